@@ -273,6 +273,9 @@ struct PlaybookFile {
     name: String,
     #[serde(default)]
     policy: Policy,
+    // serde_yaml writes enums as YAML tags (`!add_certificate`); playbooks use the familiar
+    // one-key map form (`- add_certificate: {}`).
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     steps: Vec<Step>,
 }
 
