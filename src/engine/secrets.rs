@@ -130,3 +130,124 @@ impl SecretStore for EnvSecrets {
         })
     }
 }
+
+/// Secrets from the encrypted vault. Every change is saved (atomically, fsynced) before the
+/// call returns, so the engine may act on it: a pending secret is on disk before the
+/// rotation command leaves, a promotion is on disk before the step is journalled done.
+pub struct VaultSecrets {
+    vault: Mutex<crate::vault::Vault>,
+}
+
+impl std::fmt::Debug for VaultSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VaultSecrets")
+    }
+}
+
+impl VaultSecrets {
+    pub fn new(vault: crate::vault::Vault) -> Self {
+        VaultSecrets {
+            vault: Mutex::new(vault),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut crate::vault::Vault) -> Result<T, SecretStoreError>,
+    ) -> Result<T, SecretStoreError> {
+        let mut guard = self
+            .vault
+            .lock()
+            .map_err(|_| SecretStoreError::Vault("vault lock poisoned".into()))?;
+        f(&mut guard)
+    }
+
+    fn change(
+        &self,
+        f: impl FnOnce(&mut crate::vault::Vault) -> Result<(), crate::vault::VaultError>,
+    ) -> Result<(), SecretStoreError> {
+        self.with(|v| {
+            f(v).and_then(|_| v.save())
+                .map_err(|e| SecretStoreError::Vault(e.to_string()))
+        })
+    }
+}
+
+fn vault_err(e: crate::vault::VaultError) -> SecretStoreError {
+    SecretStoreError::Vault(e.to_string())
+}
+
+impl SecretStore for VaultSecrets {
+    fn current(&self, device: &Device) -> Result<Secret, SecretStoreError> {
+        if let ClientSecretSource::Env(var) = &device.client_secret {
+            return env_secret(device, var, "device ClientSecret");
+        }
+        self.with(|v| {
+            v.current_secret(&device.name)
+                .cloned()
+                .ok_or_else(|| SecretStoreError::NoSecret {
+                    device: device.name.clone(),
+                })
+        })
+    }
+
+    fn is_seeded(&self, device: &Device) -> bool {
+        self.with(|v| Ok(v.device(&device.name).is_some_and(|d| d.seeded)))
+            .unwrap_or(false)
+    }
+
+    fn mark_seeded(&self, device: &Device) -> Result<(), SecretStoreError> {
+        if self.is_seeded(device) {
+            return Ok(());
+        }
+        if matches!(device.client_secret, ClientSecretSource::Env(_)) {
+            return Ok(());
+        }
+        self.change(|v| v.mark_seeded(&device.name))
+    }
+
+    fn pending(&self, device: &Device) -> Result<Option<Secret>, SecretStoreError> {
+        self.with(|v| {
+            Ok(v.device(&device.name)
+                .and_then(|d| d.pending.as_ref())
+                .map(|r| r.secret.clone()))
+        })
+    }
+
+    fn begin_rotation(&self, device: &Device) -> Result<Secret, SecretStoreError> {
+        if let Some(p) = self.pending(device)? {
+            return Ok(p);
+        }
+        let new = crate::vault::generate_secret();
+        let keep = new.clone();
+        self.with(|v| {
+            v.begin_rotation(&device.name, new)
+                .and_then(|_| v.save())
+                .map_err(vault_err)
+        })?;
+        Ok(keep)
+    }
+
+    fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.change(|v| v.promote_pending(&device.name))
+    }
+
+    fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.change(|v| v.abandon_pending(&device.name))
+    }
+
+    fn mark_secret_unknown(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.change(|v| v.mark_secret_unknown(&device.name))
+    }
+
+    fn credential(&self, device: &Device, name: &str) -> Result<Secret, SecretStoreError> {
+        self.with(|v| {
+            v.credential(name)
+                .cloned()
+                .ok_or_else(|| SecretStoreError::NoCredential {
+                    device: device.name.clone(),
+                    name: name.to_string(),
+                })
+        })
+    }
+}
