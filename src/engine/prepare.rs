@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use crate::cert::{load_identity, DeviceIdentity};
 use crate::engine::secrets::{env_secret, SecretStore};
@@ -19,7 +20,7 @@ pub struct PreparedDevice {
     pub device: Device,
     pub auth: ClientAuth,
     /// The device's certificate and key, when the playbook needs them.
-    pub identity: Option<DeviceIdentity>,
+    pub identity: Option<Arc<DeviceIdentity>>,
     /// The CN the device must report after activation.
     pub expected_identity: Option<String>,
 }
@@ -122,7 +123,7 @@ pub fn prepare(
                                 );
                             }
                         }
-                        identity = Some(id);
+                        identity = Some(Arc::new(id));
                     }
                 },
             }
@@ -130,7 +131,7 @@ pub fn prepare(
         let expected_identity = device.identity.clone().or_else(|| {
             identity
                 .as_ref()
-                .and_then(|i: &DeviceIdentity| i.cert.subject_cn.clone())
+                .and_then(|i: &Arc<DeviceIdentity>| i.cert.subject_cn.clone())
         });
         if let Some(auth) = auth {
             prepared.push(PreparedDevice {

@@ -305,7 +305,7 @@ async fn show(ctx: &mut StepContext<'_>) -> Result<Vec<ShownCertificate>, StepEr
 }
 
 fn own_identity<'a>(ctx: &StepContext<'a>) -> Result<&'a crate::cert::DeviceIdentity, StepError> {
-    ctx.prepared.identity.as_ref().ok_or_else(|| {
+    ctx.prepared.identity.as_deref().ok_or_else(|| {
         StepError::Local("no certificate loaded for this device (check the inventory)".into())
     })
 }
