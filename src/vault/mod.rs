@@ -10,9 +10,9 @@
 //! Crash-safe rotation (done by the engine on top of this API):
 //! `begin_rotation` + `save` *before* the command is sent; `promote_pending` + `save` only
 //! after the device confirmed; on an unknown outcome the next run finds `pending` still
-//! recorded and resolves it from the device (`promote_pending`, `abandon_pending` or
-//! `mark_secret_unknown`). No operation here deletes a device's secret: superseded ones
-//! move to `previous`.
+//! recorded and resolves it from the device (`promote_pending`, `abandon_pending` /
+//! `confirm_current`, or `mark_secret_unknown`). No operation here deletes a device's
+//! secret: superseded ones move to `previous`.
 
 mod format;
 mod fsio;
@@ -351,6 +351,13 @@ impl Vault {
     /// is kept in `previous`, marked abandoned).
     pub fn abandon_pending(&mut self, device: &str) -> Result<(), VaultError> {
         self.device_mut(device)?.abandon_pending(device, now())?;
+        Ok(())
+    }
+
+    /// The device is proven to hold its current secret: state back to `ok`, seeded; a
+    /// pending secret, if any, is kept in `previous` (marked abandoned).
+    pub fn confirm_current(&mut self, device: &str) -> Result<(), VaultError> {
+        self.device_mut(device)?.confirm_current(device, now())?;
         Ok(())
     }
 

@@ -256,6 +256,27 @@ impl DeviceSecrets {
         Ok(())
     }
 
+    /// The device is proven to hold `current` (e.g. a JWE under it was accepted): whatever
+    /// the state, it becomes `ok` and seeded; a pending secret, if any, is kept in
+    /// `previous` (marked abandoned). Refused without a current secret.
+    pub fn confirm_current(
+        &mut self,
+        device: &str,
+        now: OffsetDateTime,
+    ) -> Result<(), BookkeepingError> {
+        if self.current.is_none() {
+            return Err(BookkeepingError::NoCurrentSecret {
+                device: device.to_owned(),
+            });
+        }
+        if self.pending.is_some() {
+            return self.abandon_pending(device, now);
+        }
+        self.seeded = true;
+        self.state = SecretState::Ok;
+        Ok(())
+    }
+
     /// Neither secret works: mark the device, keep `current` and `pending` both.
     pub fn mark_secret_unknown(&mut self) {
         self.state = SecretState::SecretUnknown;
@@ -419,6 +440,22 @@ mod tests {
         assert_eq!(d.previous[0].secret.expose(), "b");
         assert!(d.previous[0].note.as_deref().unwrap().contains("abandoned"));
         assert!(d.abandon_pending("r1", T2).is_err());
+    }
+
+    #[test]
+    fn confirm_current_resolves_any_state_without_losing_a_secret() {
+        let mut d = seeded("a");
+        d.mark_secret_unknown();
+        d.confirm_current("r1", T1).unwrap();
+        assert_eq!(d.state, SecretState::Ok);
+        d.begin_rotation("r1", rec("b", T1)).unwrap();
+        d.mark_secret_unknown();
+        d.confirm_current("r1", T2).unwrap();
+        assert_eq!(d.state, SecretState::Ok);
+        assert!(d.pending.is_none());
+        assert_eq!(d.current.as_ref().unwrap().secret.expose(), "a");
+        assert_eq!(d.previous[0].secret.expose(), "b");
+        assert!(DeviceSecrets::default().confirm_current("r1", T2).is_err());
     }
 
     #[test]
