@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Semaphore};
 
-use crate::inventory::Device;
 use crate::journal::{now_ms, DeviceJournal, Record, StepStatus};
 use crate::kdf::KdfPool;
 use crate::playbook::{HostKeyPolicySetting, Playbook};
