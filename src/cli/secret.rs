@@ -235,6 +235,8 @@ fn show(args: &VaultArgs, device: &str, pending: bool) -> anyhow::Result<i32> {
             "warning: {device} is in state {}: the device may hold the pending secret instead (see --pending)",
             d.state
         );
+    } else if d.state != vault::SecretState::Ok {
+        eprintln!("warning: {device} is in state {}", d.state);
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", record.secret.expose())?;
