@@ -72,6 +72,7 @@ pub enum Command {
     Import {
         #[command(flatten)]
         vault: VaultArgs,
+        /// A `.csv` file of `device,secret` rows or a `.yaml` map of `device: secret`.
         file: PathBuf,
         /// The devices already hold these secrets.
         #[arg(long)]
@@ -84,6 +85,7 @@ pub enum Command {
     Export {
         #[command(flatten)]
         vault: VaultArgs,
+        /// A new `.csv` or `.yaml` file (an existing file is never overwritten).
         file: PathBuf,
     },
     /// Manage named credentials (device SSH passwords referenced from the inventory).
