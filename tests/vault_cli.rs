@@ -156,6 +156,17 @@ fn list_never_prints_a_secret() {
 }
 
 #[test]
+fn a_missing_vault_says_how_to_create_one() {
+    let e = Env::new();
+    for args in [vec!["list"], vec!["generate", "r1"]] {
+        let out = e.run(&args);
+        assert!(!out.status.success());
+        assert!(stderr(&out).contains("secret init"), "{}", stderr(&out));
+    }
+    assert!(!e.vault.parent().unwrap().exists());
+}
+
+#[test]
 fn wrong_passphrase_is_an_error_and_the_file_is_unchanged() {
     let e = Env::new();
     e.ok(&["init"]);

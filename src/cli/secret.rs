@@ -72,6 +72,7 @@ pub enum Command {
     Import {
         #[command(flatten)]
         vault: VaultArgs,
+        /// A `.csv` file of `device,secret` rows or a `.yaml` map of `device: secret`.
         file: PathBuf,
         /// The devices already hold these secrets.
         #[arg(long)]
@@ -84,6 +85,7 @@ pub enum Command {
     Export {
         #[command(flatten)]
         vault: VaultArgs,
+        /// A new `.csv` or `.yaml` file (an existing file is never overwritten).
         file: PathBuf,
     },
     /// Manage named credentials (device SSH passwords referenced from the inventory).
@@ -235,6 +237,8 @@ fn show(args: &VaultArgs, device: &str, pending: bool) -> anyhow::Result<i32> {
             "warning: {device} is in state {}: the device may hold the pending secret instead (see --pending)",
             d.state
         );
+    } else if d.state != vault::SecretState::Ok {
+        eprintln!("warning: {device} is in state {}", d.state);
     }
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", record.secret.expose())?;

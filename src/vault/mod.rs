@@ -203,6 +203,12 @@ impl Vault {
 
     /// Opens a vault for reading and writing; holds the writer lock until dropped.
     pub fn open(path: &Path, passphrase: &Secret) -> Result<Vault, VaultError> {
+        // Checked before locking: the lock file would otherwise fail in a missing directory.
+        if path.symlink_metadata().is_err() {
+            return Err(VaultError::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
         let lock = take_lock(path)?;
         Self::load(path, passphrase, Some(lock))
     }
@@ -262,13 +268,10 @@ impl Vault {
                 path: self.path.clone(),
             });
         }
-        let plain =
-            Zeroizing::new(
-                serde_json::to_vec(&self.doc).map_err(|_| VaultError::Corrupt {
-                    path: self.path.clone(),
-                    reason: "cannot serialize the vault".to_owned(),
-                })?,
-            );
+        let plain = serialize(&self.doc).map_err(|_| VaultError::Corrupt {
+            path: self.path.clone(),
+            reason: "cannot serialize the vault".to_owned(),
+        })?;
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let header = Header {
@@ -400,6 +403,26 @@ impl Vault {
     pub fn remove_credential(&mut self, name: &str) -> bool {
         self.doc.credentials.remove(name).is_some()
     }
+}
+
+/// Serializes the document into one exactly sized, zeroizing buffer: measuring first means
+/// the buffer never grows, so no freed copy of the plaintext is left behind by a realloc.
+fn serialize(doc: &Document) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, doc)?;
+    let mut buf = Zeroizing::new(Vec::with_capacity(count.0));
+    serde_json::to_writer(&mut *buf, doc)?;
+    Ok(buf)
 }
 
 /// A fresh ClientSecret: 32 bytes from the OS RNG as unpadded base64url (43 printable
