@@ -439,3 +439,22 @@ fn invalid_utf8_is_replaced_not_fatal() {
     let rep = reply_of(&ev);
     assert_eq!(rep.get("SystemUnit Name"), Some("caf\u{fffd}"));
 }
+
+#[test]
+fn stray_reply_with_other_result_id_is_skipped() {
+    let mut r = ReplyReader::new();
+    r.feed(LOGIN);
+    r.expect_id(ReplyShape::Command, &ResultId::new("r8").unwrap());
+    // a late reply to r7, then ours, in one chunk
+    let ev = r.feed(
+        b"OK\r\n*r ServicesAddResult (status=OK): \r\n** resultId: \"r7\"\r\n** end\r\n\
+OK\r\n*r ServicesShowResult (status=OK): \r\n** resultId: \"r8\"\r\n** end\r\n",
+    );
+    assert!(matches!(&ev[..], [TshEvent::Stray(s), TshEvent::Reply(m)]
+        if s.result_id.as_deref() == Some("r7") && m.result_id.as_deref() == Some("r8")
+            && m.result_name.as_deref() == Some("ServicesShowResult")));
+    // untagged answers are accepted
+    r.expect_id(ReplyShape::Command, &ResultId::new("r9").unwrap());
+    let ev = r.feed(b"Command not recognized.\r\n");
+    assert!(matches!(&ev[..], [TshEvent::Reply(m)] if m.status == ReplyStatus::NotRecognized));
+}

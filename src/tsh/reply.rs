@@ -33,7 +33,7 @@
 //! Older TC7 software printed result fields on indented lines under the `*r` header
 //! (`    Reason: ...`); those are parsed too, nesting by indentation.
 
-use super::command::ReplyShape;
+use super::command::{ReplyShape, ResultId};
 
 /// Longest line kept whole; a device sending more without a newline gets it cut into
 /// noise chunks so memory stays bounded.
@@ -50,6 +50,10 @@ pub enum TshEvent {
     Event(String),
     /// Any other line not part of a reply (banner, echo, stray trailers).
     Noise(String),
+    /// A complete reply carrying a resultId other than the one announced with
+    /// [`ReplyReader::expect_id`] (a late answer to an abandoned command). The reader keeps
+    /// waiting for the announced reply.
+    Stray(Reply),
 }
 
 /// The outcome a device reported.
@@ -233,6 +237,7 @@ struct Acc {
 #[derive(Debug)]
 struct Pending {
     shape: ReplyShape,
+    expected_id: Option<String>,
     phase: Phase,
     acc: Acc,
 }
@@ -269,6 +274,20 @@ impl ReplyReader {
     pub fn expect(&mut self, shape: ReplyShape) {
         self.pending = Some(Pending {
             shape,
+            expected_id: None,
+            phase: Phase::Before,
+            acc: Acc::default(),
+        });
+    }
+
+    /// Like [`expect`](Self::expect) for a command tagged with `result_id`: a reply carrying
+    /// another resultId is reported as [`TshEvent::Stray`] and the wait goes on. Replies
+    /// without any resultId (`Command not recognized.`, a bare `ERROR`, devices that ignore
+    /// the tag) are accepted as the answer, since one command is outstanding at a time.
+    pub fn expect_id(&mut self, shape: ReplyShape, result_id: &ResultId) {
+        self.pending = Some(Pending {
+            shape,
+            expected_id: Some(result_id.as_str().to_string()),
             phase: Phase::Before,
             acc: Acc::default(),
         });
@@ -344,7 +363,18 @@ impl ReplyReader {
             return;
         };
         match step(&mut p, line) {
-            Some(reply) => out.push(TshEvent::Reply(reply)),
+            Some(reply) => match (&p.expected_id, &reply.result_id) {
+                (Some(want), Some(got)) if want != got => {
+                    out.push(TshEvent::Stray(reply));
+                    self.pending = Some(Pending {
+                        shape: p.shape,
+                        expected_id: p.expected_id,
+                        phase: Phase::Before,
+                        acc: Acc::default(),
+                    });
+                }
+                _ => out.push(TshEvent::Reply(reply)),
+            },
             None => self.pending = Some(p),
         }
     }
