@@ -1,1 +1,2 @@
-//! (placeholder: filled in by its owner)
+//! The RoomOS device simulator: simulated devices that speak TSH over SSH.
+pub mod model;
