@@ -1,9 +1,127 @@
-//! `roomkey sim` (placeholder: filled in by its owner).
+//! `roomkey sim`: serves simulated RoomOS devices (TSH over SSH) until Ctrl-C, either from an
+//! inventory (`--inventory FILE`) or as a quick fleet (`--count N --base A --port P`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use roomkey::secret::Secret;
+use roomkey::sim::{self, FaultPlan, Fleet, FleetOptions};
+
+/// Environment variable holding the password of `--count` fleets.
+pub const PASSWORD_ENV: &str = "ROOMKEY_SIM_PASSWORD";
 
 /// Arguments of `roomkey sim`.
 #[derive(Debug, clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Serve every device of this inventory (each on its own host:port).
+    #[arg(long, value_name = "FILE", conflicts_with = "count")]
+    pub inventory: Option<PathBuf>,
+    /// Serve N devices room-001… on consecutive addresses (password from ROOMKEY_SIM_PASSWORD).
+    #[arg(long, value_name = "N", required_unless_present = "inventory")]
+    pub count: Option<usize>,
+    /// First address of a --count fleet.
+    #[arg(long, default_value = "127.0.0.10")]
+    pub base: std::net::Ipv4Addr,
+    /// Port of every device of a --count fleet.
+    #[arg(long, default_value_t = 2222)]
+    pub port: u16,
+    /// Login name of a --count fleet.
+    #[arg(long, default_value = "admin")]
+    pub user: String,
+    /// Keep device state and host keys here (otherwise in memory only).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Seconds a device refuses logins after `xCommand SystemUnit Boot`.
+    #[arg(long, default_value_t = 5)]
+    pub boot_delay: u64,
+    /// YAML fault plan applied to every device of a --count fleet (same keys as an
+    /// inventory's `sim:` block).
+    #[arg(long, value_name = "FILE")]
+    pub faults: Option<PathBuf>,
+    /// Concurrent scrypt derivations (default: one per core).
+    #[arg(long)]
+    pub kdf_parallel: Option<usize>,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<i32> {
-    anyhow::bail!("roomkey sim: not implemented yet")
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let specs = match (&args.inventory, args.count) {
+        (Some(path), _) => sim::load_inventory_minimal(path)?,
+        (None, Some(count)) => {
+            let password = std::env::var(PASSWORD_ENV).map_err(|_| {
+                anyhow::anyhow!("set {PASSWORD_ENV} to the password the simulated devices accept")
+            })?;
+            if password.is_empty() {
+                anyhow::bail!("{PASSWORD_ENV} is empty");
+            }
+            let faults = match &args.faults {
+                Some(p) => {
+                    let text = std::fs::read_to_string(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    serde_yaml::from_str::<FaultPlan>(&text)
+                        .with_context(|| format!("parsing fault plan {}", p.display()))?
+                }
+                None => FaultPlan::default(),
+            };
+            sim::count_specs(
+                count,
+                args.base,
+                args.port,
+                &args.user,
+                &Secret::new(password),
+                &faults,
+            )?
+        }
+        (None, None) => anyhow::bail!("give --inventory FILE or --count N"),
+    };
+    let kdf = match args.kdf_parallel {
+        Some(n) => roomkey::kdf::KdfPool::new(n),
+        None => roomkey::kdf::KdfPool::per_core(),
+    };
+    let opts = FleetOptions {
+        state_dir: args.state_dir.clone(),
+        kdf,
+        boot_delay: Duration::from_secs(args.boot_delay),
+        ..FleetOptions::default()
+    };
+    let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let fleet = Fleet::start(specs, opts).await?;
+        for d in fleet.devices() {
+            println!("{}\t{}\t{}", d.name, d.addr, d.host_key_fingerprint);
+        }
+        println!(
+            "serving {} simulated device(s); Ctrl-C to stop",
+            fleet.devices().len()
+        );
+        wait_for_stop().await?;
+        fleet.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(0)
+}
+
+/// Ctrl-C, or SIGTERM (what `docker stop` sends).
+async fn wait_for_stop() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
+            _ = term.recv() => {}
+        }
+        Ok(())
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+    }
 }

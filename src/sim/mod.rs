@@ -1,1 +1,146 @@
-//! (placeholder: filled in by its owner)
+//! The RoomOS device simulator: simulated devices that speak TSH over SSH, all in one
+//! process, so roomkey can be tested and demonstrated without a rack of Room Kits.
+//!
+//! - [`model`]: the pure device (secret, certificates, CAs, status/config trees);
+//! - [`tsh_server`]: the pure device side of the TSH line protocol;
+//! - [`faults`]: deterministic fault plans;
+//! - [`store`]: persisted state and host keys (atomic, 0600);
+//! - [`server`]: the russh listeners and sessions ([`Fleet`]).
+
+pub mod faults;
+pub mod model;
+pub mod server;
+pub mod store;
+pub mod tsh_server;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+pub use faults::FaultPlan;
+pub use server::{
+    CertSnapshot, DeviceInfo, DeviceSnapshot, Fleet, FleetOptions, LoggedCommand,
+};
+
+use crate::secret::Secret;
+
+/// One simulated device to serve.
+#[derive(Clone, Debug)]
+pub struct SimDeviceSpec {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub username: String,
+    pub password: Secret,
+    pub faults: FaultPlan,
+}
+
+/// Errors of the simulator.
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("device {device}: cannot listen on {addr}: {source}")]
+    Bind {
+        device: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("two simulated devices are named {0:?}")]
+    DuplicateName(String),
+    #[error("no simulated device named {0:?}")]
+    UnknownDevice(String),
+    #[error("device {device}: saved state unusable: {reason}")]
+    State { device: String, reason: String },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("inventory {path}: {reason}")]
+    Inventory { path: PathBuf, reason: String },
+    #[error("{0}")]
+    Config(String),
+}
+
+/// `--count N --base A --port P`: devices `room-001`… on consecutive addresses from `base`.
+pub fn count_specs(
+    count: usize,
+    base: std::net::Ipv4Addr,
+    port: u16,
+    username: &str,
+    password: &Secret,
+    faults: &FaultPlan,
+) -> Result<Vec<SimDeviceSpec>, SimError> {
+    let start = u32::from(base);
+    (0..count)
+        .map(|i| {
+            let ip = u32::try_from(i)
+                .ok()
+                .and_then(|i| start.checked_add(i))
+                .ok_or_else(|| SimError::Config("address range overflows".into()))?;
+            Ok(SimDeviceSpec {
+                name: format!("room-{:03}", i + 1),
+                addr: SocketAddr::from((std::net::Ipv4Addr::from(ip), port)),
+                username: username.to_string(),
+                password: password.clone(),
+                faults: faults.clone(),
+            })
+        })
+        .collect()
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MinimalInventory {
+    devices: std::collections::BTreeMap<String, MinimalDevice>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MinimalDevice {
+    host: String,
+    #[serde(default = "default_port")]
+    port: u16,
+    #[serde(default = "default_user")]
+    username: String,
+    password_env: String,
+    #[serde(default)]
+    sim: FaultPlan,
+}
+
+fn default_port() -> u16 {
+    22
+}
+fn default_user() -> String {
+    "admin".into()
+}
+
+/// INTERIM — to be replaced by the integrator with the engine's inventory loader.
+///
+/// Reads a minimal YAML inventory:
+/// `devices: {NAME: {host, port, username, password_env, sim: {<FaultPlan>}}}`; each
+/// device's password comes from the environment variable named by `password_env`.
+pub fn load_inventory_minimal(path: &Path) -> Result<Vec<SimDeviceSpec>, SimError> {
+    let ierr = |reason: String| SimError::Inventory {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| ierr(e.to_string()))?;
+    let inv: MinimalInventory = serde_yaml::from_str(&text).map_err(|e| ierr(e.to_string()))?;
+    inv.devices
+        .into_iter()
+        .map(|(name, d)| {
+            let ip: std::net::IpAddr = d
+                .host
+                .parse()
+                .map_err(|_| ierr(format!("device {name}: host must be an IP address")))?;
+            let password = std::env::var(&d.password_env).map_err(|_| {
+                ierr(format!(
+                    "device {name}: environment variable {} is not set",
+                    d.password_env
+                ))
+            })?;
+            Ok(SimDeviceSpec {
+                name,
+                addr: SocketAddr::new(ip, d.port),
+                username: d.username,
+                password: Secret::new(password),
+                faults: d.sim,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,268 @@
+//! Fault injection for simulated devices, pure and deterministic: a [`FaultPlan`] (from the
+//! inventory's `sim:` block, the CLI or a test) and the [`FaultState`] that counts commands
+//! and decides, for each received command, what the device does instead of behaving.
+//!
+//! Counting: every command frame a device receives (over all its sessions, since the
+//! simulator started; `echo`/`xpreferences` included) gets the next 1-based number. A
+//! trigger fires on command number `nth`, or on commands whose line contains `pattern`
+//! (case-insensitive), or — with both — on the `nth` command matching `pattern`. Each
+//! trigger fires at most `times` times (default 1), so a client that reconnects and resumes
+//! gets past it.
+
+use std::time::Duration;
+
+/// When a fault fires.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trigger {
+    /// The 1-based command number (counted over all commands, or over matching ones when
+    /// `pattern` is set).
+    #[serde(default)]
+    pub nth: Option<u64>,
+    /// Case-insensitive substring of the command line.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// How many times the trigger fires (default 1; 0 = every time).
+    #[serde(default)]
+    pub times: Option<u32>,
+}
+
+impl Trigger {
+    pub fn nth(n: u64) -> Self {
+        Trigger {
+            nth: Some(n),
+            ..Default::default()
+        }
+    }
+    pub fn pattern(p: &str) -> Self {
+        Trigger {
+            pattern: Some(p.to_string()),
+            ..Default::default()
+        }
+    }
+    pub fn always(mut self) -> Self {
+        self.times = Some(0);
+        self
+    }
+}
+
+/// Answer matching commands with an error instead of executing them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorRule {
+    #[serde(default)]
+    pub nth: Option<u64>,
+    #[serde(default)]
+    pub pattern: Option<String>,
+    #[serde(default)]
+    pub times: Option<u32>,
+    /// The `Reason` of the error reply.
+    #[serde(default = "default_reason")]
+    pub reason: String,
+}
+
+impl ErrorRule {
+    /// The trigger part of the rule.
+    pub fn trigger(&self) -> Trigger {
+        Trigger {
+            nth: self.nth,
+            pattern: self.pattern.clone(),
+            times: self.times,
+        }
+    }
+}
+
+fn default_reason() -> String {
+    "Simulated failure".to_string()
+}
+
+/// The faults of one device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultPlan {
+    /// Delay before every reply, in milliseconds.
+    pub latency_ms: u64,
+    /// Refuse every login.
+    pub refuse_auth: bool,
+    /// Present a freshly generated host key instead of the device's persistent one.
+    pub wrong_host_key: bool,
+    /// Drop the connection before applying the command (no reply, no state change).
+    pub drop_before: Vec<Trigger>,
+    /// Apply the command (state changes and is persisted), then drop without replying.
+    pub drop_after: Vec<Trigger>,
+    /// Never reply to the command (nor to anything after it in that session).
+    pub hang: Vec<Trigger>,
+    /// Answer with `(status=Error)` and this reason.
+    pub error: Vec<ErrorRule>,
+}
+
+impl FaultPlan {
+    pub fn latency(&self) -> Duration {
+        Duration::from_millis(self.latency_ms)
+    }
+}
+
+/// What the device does with one command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Normal,
+    DropBefore,
+    DropAfter,
+    Hang,
+    Error(String),
+}
+
+#[derive(Clone, Debug, Default)]
+struct TriggerState {
+    matched: u64,
+    fired: u32,
+}
+
+/// The counters of one device's plan.
+#[derive(Debug)]
+pub struct FaultState {
+    plan: FaultPlan,
+    seen: u64,
+    drop_before: Vec<TriggerState>,
+    drop_after: Vec<TriggerState>,
+    hang: Vec<TriggerState>,
+    error: Vec<TriggerState>,
+}
+
+fn check(t: &Trigger, st: &mut TriggerState, seq: u64, line_lower: &str) -> bool {
+    let matches = match &t.pattern {
+        Some(p) => line_lower.contains(&p.to_ascii_lowercase()),
+        None => true,
+    };
+    if !matches {
+        return false;
+    }
+    st.matched += 1;
+    let hit = match (t.nth, &t.pattern) {
+        (Some(n), Some(_)) => st.matched == n,
+        (Some(n), None) => seq == n,
+        (None, Some(_)) => true,
+        (None, None) => false,
+    };
+    let limit = t.times.unwrap_or(1);
+    if hit && (limit == 0 || st.fired < limit) {
+        st.fired += 1;
+        return true;
+    }
+    false
+}
+
+impl FaultState {
+    pub fn new(plan: FaultPlan) -> Self {
+        let n = |v: usize| vec![TriggerState::default(); v];
+        FaultState {
+            drop_before: n(plan.drop_before.len()),
+            drop_after: n(plan.drop_after.len()),
+            hang: n(plan.hang.len()),
+            error: n(plan.error.len()),
+            plan,
+            seen: 0,
+        }
+    }
+
+    pub fn plan(&self) -> &FaultPlan {
+        &self.plan
+    }
+
+    /// Counts one received command and decides its fate (first firing fault wins, in the
+    /// order drop-before, hang, error, drop-after; every trigger still counts the command).
+    pub fn on_command(&mut self, line: &str) -> Action {
+        self.seen += 1;
+        let seq = self.seen;
+        let lower = line.to_ascii_lowercase();
+        let fire = |triggers: &[Trigger], states: &mut [TriggerState]| {
+            let mut any = None;
+            for (i, (t, st)) in triggers.iter().zip(states.iter_mut()).enumerate() {
+                if check(t, st, seq, &lower) && any.is_none() {
+                    any = Some(i);
+                }
+            }
+            any
+        };
+        let db = fire(&self.plan.drop_before, &mut self.drop_before);
+        let hang = fire(&self.plan.hang, &mut self.hang);
+        let error_whens: Vec<Trigger> = self.plan.error.iter().map(ErrorRule::trigger).collect();
+        let err = fire(&error_whens, &mut self.error);
+        let da = fire(&self.plan.drop_after, &mut self.drop_after);
+        if db.is_some() {
+            Action::DropBefore
+        } else if hang.is_some() {
+            Action::Hang
+        } else if let Some(i) = err {
+            Action::Error(
+                self.plan
+                    .error
+                    .get(i)
+                    .map(|e| e.reason.clone())
+                    .unwrap_or_else(default_reason),
+            )
+        } else if da.is_some() {
+            Action::DropAfter
+        } else {
+            Action::Normal
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nth_and_pattern_fire_once_by_default() {
+        let mut s = FaultState::new(FaultPlan {
+            drop_before: vec![Trigger::nth(2)],
+            drop_after: vec![Trigger::pattern("services add")],
+            ..Default::default()
+        });
+        assert_eq!(s.on_command("echo off"), Action::Normal);
+        assert_eq!(s.on_command("xStatus X"), Action::DropBefore);
+        assert_eq!(
+            s.on_command("xCommand Security Certificates Services Add"),
+            Action::DropAfter
+        );
+        assert_eq!(
+            s.on_command("xCommand Security Certificates Services Add"),
+            Action::Normal
+        );
+    }
+
+    #[test]
+    fn nth_matching_and_always_and_error() {
+        let mut s = FaultState::new(FaultPlan {
+            hang: vec![Trigger {
+                nth: Some(2),
+                pattern: Some("xstatus".into()),
+                times: None,
+            }],
+            error: vec![ErrorRule {
+                pattern: Some("Show".into()),
+                times: Some(0),
+                reason: "busy".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert_eq!(s.on_command("xStatus A"), Action::Normal);
+        assert_eq!(s.on_command("xCommand B"), Action::Normal);
+        assert_eq!(s.on_command("xStatus A"), Action::Hang);
+        assert_eq!(s.on_command("xcommand x show"), Action::Error("busy".into()));
+        assert_eq!(s.on_command("xcommand x show"), Action::Error("busy".into()));
+    }
+
+    #[test]
+    fn deserializes_from_yaml_and_rejects_unknown() {
+        let p: FaultPlan = serde_yaml::from_str(
+            "latency_ms: 5\ndrop_after: [{pattern: Activate}]\nerror: [{pattern: Show, reason: x}]\n",
+        )
+        .unwrap();
+        assert_eq!(p.latency_ms, 5);
+        assert_eq!(p.error[0].reason, "x");
+        assert!(serde_yaml::from_str::<FaultPlan>("bogus: 1\n").is_err());
+    }
+}

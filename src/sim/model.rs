@@ -1,0 +1,1442 @@
+//! The simulated RoomOS device as a pure state machine: ClientSecret, service certificates
+//! and their activations, the trusted CA list, the E2EE configuration and the status tree.
+//!
+//! No I/O and no async here. The one expensive operation a device performs — opening a JWE
+//! (scrypt) — is kept out of the model on purpose: [`Device::jwe_to_open`] says which JWE a
+//! request carries and with which secret, the caller opens it wherever it likes (the server
+//! does it on the bounded blocking KDF pool) and hands the outcome to [`Device::handle`]. The
+//! model then checks the action and applies the plaintext, so every rule of the device lives
+//! here and is unit-tested with fixtures.
+
+use std::collections::BTreeSet;
+
+use base64::Engine as _;
+use sha1::Digest as _;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+use crate::secret::Secret;
+
+/// The release line the simulated devices announce.
+pub const RELEASE: &str = "RoomOS 11.14.1.5 a1b2c3d";
+/// The software release date printed in the banner.
+pub const RELEASE_DATE: &str = "2024-05-10";
+
+/// Which `cisco-action` a JWE carried (mirrors `jwe::Action` so the model does not depend
+/// on the crypto module).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JweAction {
+    Populate,
+    Add,
+    Activate,
+    Deactivate,
+}
+
+/// The outcome of opening a JWE for this device.
+pub struct Decrypted {
+    pub action: JweAction,
+    pub plaintext: Zeroizing<Vec<u8>>,
+    /// The secret generation the JWE was opened with (see [`Device::jwe_to_open`]).
+    pub generation: u64,
+}
+
+/// What the caller must decrypt before calling [`Device::handle`].
+pub struct JweJob {
+    pub compact: String,
+    pub secret: Secret,
+    pub generation: u64,
+}
+
+/// The three x-command families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Command,
+    Status,
+    Configuration,
+}
+
+/// An already parsed x-command.
+#[derive(Clone)]
+pub struct Request {
+    pub kind: Kind,
+    /// Path words after the `xCommand`/`xStatus`/`xConfiguration` keyword, as typed.
+    pub path: Vec<String>,
+    /// `Name: value` parameters in order, names as typed.
+    pub params: Vec<(String, String)>,
+    /// The multi-line body, if the command took one.
+    pub body: Option<Zeroizing<String>>,
+}
+
+impl Request {
+    /// The first parameter with this name (case-insensitive).
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn path_is(&self, words: &[&str]) -> bool {
+        self.path.len() == words.len()
+            && self
+                .path
+                .iter()
+                .zip(words)
+                .all(|(a, b)| a.eq_ignore_ascii_case(b))
+    }
+}
+
+/// A leaf value; `Str` is printed quoted, `Literal` bare (numbers, enums, booleans).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Value {
+    Str(String),
+    Literal(String),
+}
+
+/// One line of a reply: the path below the result/status/configuration root and its value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leaf {
+    pub path: Vec<String>,
+    pub value: Value,
+}
+
+fn leaf(path: &[&str], value: Value) -> Leaf {
+    Leaf {
+        path: path.iter().map(|s| s.to_string()).collect(),
+        value,
+    }
+}
+
+/// The status of an xCommand result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResultStatus {
+    Ok,
+    Error,
+    ParameterError,
+}
+
+impl ResultStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResultStatus::Ok => "OK",
+            ResultStatus::Error => "Error",
+            ResultStatus::ParameterError => "ParameterError",
+        }
+    }
+}
+
+/// A structured reply; the TSH layer renders it in terminal or JSON form.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    /// An xCommand result (`*r <name> ...`), errors included.
+    Result {
+        name: String,
+        status: ResultStatus,
+        fields: Vec<Leaf>,
+    },
+    /// `xStatus` leaves (`*s ...`).
+    Status(Vec<Leaf>),
+    /// `xConfiguration` leaves (`*c xConfiguration ...`).
+    Configuration(Vec<Leaf>),
+    /// A configuration was set.
+    ConfigurationSet,
+    /// An xStatus / xConfiguration error (ends in `ERROR`).
+    NodeError {
+        kind: Kind,
+        reason: String,
+        xpath: String,
+    },
+}
+
+/// What a request did besides its reply.
+#[derive(Debug)]
+pub struct Outcome {
+    pub response: Response,
+    /// Device state changed (the caller persists it).
+    pub changed: bool,
+    /// The device was asked to reboot.
+    pub reboot: bool,
+}
+
+impl Outcome {
+    fn reply(response: Response) -> Self {
+        Outcome {
+            response,
+            changed: false,
+            reboot: false,
+        }
+    }
+    fn changed(response: Response) -> Self {
+        Outcome {
+            response,
+            changed: true,
+            reboot: false,
+        }
+    }
+}
+
+/// The purposes a service certificate can be activated for; one active certificate each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Purpose {
+    Dot1x,
+    Audit,
+    Https,
+    Pairing,
+    Sip,
+    HttpClient,
+    WebexIdentity,
+}
+
+impl Purpose {
+    pub const ALL: [Purpose; 7] = [
+        Purpose::Dot1x,
+        Purpose::Audit,
+        Purpose::Https,
+        Purpose::Pairing,
+        Purpose::Sip,
+        Purpose::HttpClient,
+        Purpose::WebexIdentity,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Dot1x => "802.1X",
+            Purpose::Audit => "Audit",
+            Purpose::Https => "HTTPS",
+            Purpose::Pairing => "Pairing",
+            Purpose::Sip => "SIP",
+            Purpose::HttpClient => "HttpClient",
+            Purpose::WebexIdentity => "WebexIdentity",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Purpose> {
+        Purpose::ALL
+            .into_iter()
+            .find(|p| p.as_str().eq_ignore_ascii_case(s))
+    }
+}
+
+/// Facts read from one X.509 certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertMeta {
+    /// Lower-case hex SHA-1 of the DER.
+    pub fingerprint: String,
+    /// Lower-case hex SHA-256 of the DER.
+    pub fingerprint_sha256: String,
+    /// OpenSSL one-line form, e.g. `/C=US/O=Example CA/CN=Example Issuing CA`.
+    pub subject: String,
+    pub issuer: String,
+    pub common_name: String,
+    pub sans: Vec<String>,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    /// Upper-case hex of the serial number.
+    pub serial: String,
+    pub signature_algorithm: String,
+    pub hashing_algorithm: String,
+    pub public_key_bits: usize,
+    pub version: u32,
+    /// The certificate alone, PEM.
+    pub pem: String,
+    pub der: Vec<u8>,
+}
+
+/// A service certificate with its private key and activations.
+#[derive(Clone)]
+pub struct ServiceCert {
+    pub meta: CertMeta,
+    pub key_pem: Secret,
+    pub used_for: BTreeSet<Purpose>,
+}
+
+/// Why a certificate/key text was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CertError {
+    #[error("no certificate found in the PEM text")]
+    NoCertificate,
+    #[error("invalid PEM: {0}")]
+    Pem(String),
+    #[error("invalid certificate: {0}")]
+    Certificate(String),
+    #[error("no private key found in the PEM text")]
+    NoKey,
+    #[error("the private key is not an ECDSA P-256 key")]
+    KeyNotP256,
+    #[error("the private key does not match the certificate")]
+    KeyMismatch,
+}
+
+/// Formats a time as devices print it: `Aug 08 03:04:26 2026 GMT`.
+pub fn device_time(t: OffsetDateTime) -> String {
+    let fmt = time::macros::format_description!(
+        "[month repr:short] [day] [hour]:[minute]:[second] [year] GMT"
+    );
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&fmt)
+        .unwrap_or_default()
+}
+
+fn dn_oneline(name: &x509_parser::x509::X509Name<'_>) -> String {
+    let registry = x509_parser::objects::oid_registry();
+    let mut out = String::new();
+    for rdn in name.iter() {
+        for attr in rdn.iter() {
+            let oid = attr.attr_type();
+            let key = x509_parser::objects::oid2abbrev(oid, registry)
+                .map(str::to_string)
+                .unwrap_or_else(|_| oid.to_id_string());
+            let value = attr
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|_| hex::encode(attr.attr_value().data));
+            out.push('/');
+            out.push_str(&key);
+            out.push('=');
+            out.push_str(&value);
+        }
+    }
+    out
+}
+
+/// Parses one DER certificate.
+pub fn parse_cert_der(der: &[u8]) -> Result<CertMeta, CertError> {
+    use x509_parser::prelude::*;
+    let (_, cert) =
+        X509Certificate::from_der(der).map_err(|e| CertError::Certificate(e.to_string()))?;
+    let registry = x509_parser::objects::oid_registry();
+    let common_name = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let mut sans = Vec::new();
+    if let Ok(Some(ext)) = cert.subject_alternative_name() {
+        for name in &ext.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => sans.push(format!("DNS:{d}")),
+                GeneralName::RFC822Name(e) => sans.push(format!("email:{e}")),
+                GeneralName::URI(u) => sans.push(format!("URI:{u}")),
+                GeneralName::IPAddress(ip) => sans.push(format!("IP:{}", hex::encode(ip))),
+                _ => {}
+            }
+        }
+    }
+    let sig_oid = &cert.signature_algorithm.algorithm;
+    let signature_algorithm = x509_parser::objects::oid2sn(sig_oid, registry)
+        .map(str::to_string)
+        .unwrap_or_else(|_| sig_oid.to_id_string());
+    let lower = signature_algorithm.to_ascii_lowercase();
+    let hashing_algorithm = ["sha512", "sha384", "sha256", "sha1"]
+        .into_iter()
+        .find(|h| lower.contains(h))
+        .map(|h| h.to_ascii_uppercase())
+        .unwrap_or_else(|| "Unknown".to_string());
+    let public_key_bits = cert
+        .public_key()
+        .parsed()
+        .map(|k| k.key_size())
+        .unwrap_or(0);
+    let pem = ::pem::encode(&::pem::Pem::new("CERTIFICATE", der.to_vec())).replace("\r\n", "\n");
+    Ok(CertMeta {
+        fingerprint: hex::encode(sha1::Sha1::digest(der)),
+        fingerprint_sha256: hex::encode(sha2::Sha256::digest(der)),
+        subject: dn_oneline(cert.subject()),
+        issuer: dn_oneline(cert.issuer()),
+        common_name,
+        sans,
+        not_before: cert.validity().not_before.to_datetime(),
+        not_after: cert.validity().not_after.to_datetime(),
+        serial: cert.raw_serial_as_string().replace(':', "").to_ascii_uppercase(),
+        signature_algorithm,
+        hashing_algorithm,
+        public_key_bits,
+        version: cert.version().0 + 1,
+        pem,
+        der: der.to_vec(),
+    })
+}
+
+/// Every certificate in a PEM text (a bundle), in order.
+pub fn parse_cert_bundle(text: &str) -> Result<Vec<CertMeta>, CertError> {
+    let blocks = pem::parse_many(text.as_bytes()).map_err(|e| CertError::Pem(e.to_string()))?;
+    let certs: Vec<CertMeta> = blocks
+        .iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| parse_cert_der(p.contents()))
+        .collect::<Result<_, _>>()?;
+    if certs.is_empty() {
+        return Err(CertError::NoCertificate);
+    }
+    Ok(certs)
+}
+
+/// Parses `certificate PEM + private key PEM`, checking the key is P-256 and matches.
+pub fn parse_cert_and_key(text: &str) -> Result<(CertMeta, Secret), CertError> {
+    use p256::pkcs8::DecodePrivateKey as _;
+    let blocks = pem::parse_many(text.as_bytes()).map_err(|e| CertError::Pem(e.to_string()))?;
+    let cert_block = blocks
+        .iter()
+        .find(|p| p.tag() == "CERTIFICATE")
+        .ok_or(CertError::NoCertificate)?;
+    let meta = parse_cert_der(cert_block.contents())?;
+    let key_block = blocks
+        .iter()
+        .find(|p| p.tag().ends_with("PRIVATE KEY"))
+        .ok_or(CertError::NoKey)?;
+    let key = match key_block.tag() {
+        "PRIVATE KEY" => p256::SecretKey::from_pkcs8_der(key_block.contents())
+            .map_err(|_| CertError::KeyNotP256)?,
+        "EC PRIVATE KEY" => p256::SecretKey::from_sec1_der(key_block.contents())
+            .map_err(|_| CertError::KeyNotP256)?,
+        _ => return Err(CertError::KeyNotP256),
+    };
+    let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
+        &key.public_key(),
+        false,
+    );
+    let (_, cert) = <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<
+        '_,
+        x509_parser::error::X509Error,
+    >>::from_der(cert_block.contents())
+    .map_err(|e| CertError::Certificate(e.to_string()))?;
+    if cert.public_key().subject_public_key.data.as_ref() != point.as_bytes() {
+        return Err(CertError::KeyMismatch);
+    }
+    let key_pem = Secret::new(pem::encode(key_block).replace("\r\n", "\n"));
+    Ok((meta, key_pem))
+}
+
+/// The persisted form of a device (includes its secret: it is a simulated device).
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedState {
+    pub version: u32,
+    pub secret: Option<String>,
+    pub certificates: Vec<PersistedCert>,
+    pub cas: Vec<String>,
+    pub e2ee_mode_on: bool,
+    pub preferred_domain: String,
+    pub boot_count: u64,
+}
+
+impl Drop for PersistedState {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        if let Some(s) = self.secret.as_mut() {
+            s.zeroize();
+        }
+        for c in &mut self.certificates {
+            c.key_pem.zeroize();
+        }
+    }
+}
+
+/// One persisted service certificate.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PersistedCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub used_for: Vec<String>,
+}
+
+/// A simulated device.
+#[derive(Clone)]
+pub struct Device {
+    pub name: String,
+    secret: Option<Secret>,
+    generation: u64,
+    pub certificates: Vec<ServiceCert>,
+    pub cas: Vec<CertMeta>,
+    pub e2ee_mode_on: bool,
+    pub preferred_domain: String,
+    pub boot_count: u64,
+}
+
+fn err(name: &str, status: ResultStatus, reason: &str) -> Outcome {
+    Outcome::reply(Response::Result {
+        name: name.to_string(),
+        status,
+        fields: vec![leaf(&["Reason"], Value::Str(reason.to_string()))],
+    })
+}
+
+fn ok(name: &str, fields: Vec<Leaf>) -> Response {
+    Response::Result {
+        name: name.to_string(),
+        status: ResultStatus::Ok,
+        fields,
+    }
+}
+
+/// Does this text look like a JWE compact serialization (five dot-separated parts)?
+pub fn looks_like_jwe(s: &str) -> bool {
+    s.split('.').count() == 5
+}
+
+/// The reason given for every JWE that cannot be opened (deliberately uninformative).
+pub const DECRYPT_FAILED: &str = "Failed to decrypt the payload";
+
+impl Device {
+    pub fn new(name: impl Into<String>) -> Self {
+        Device {
+            name: name.into(),
+            secret: None,
+            generation: 0,
+            certificates: Vec::new(),
+            cas: Vec::new(),
+            e2ee_mode_on: true,
+            preferred_domain: String::new(),
+            boot_count: 0,
+        }
+    }
+
+    /// The current ClientSecret (the simulator exposes it to tests only).
+    pub fn secret(&self) -> Option<&Secret> {
+        self.secret.as_ref()
+    }
+
+    /// Does this command take a multi-line body?
+    pub fn takes_body(kind: Kind, path: &[String]) -> bool {
+        let lower: Vec<String> = path.iter().map(|w| w.to_ascii_lowercase()).collect();
+        let l: Vec<&str> = lower.iter().map(String::as_str).collect();
+        kind == Kind::Command
+            && matches!(
+                l.as_slice(),
+                ["security", "certificates", "services", "add"]
+                    | ["security", "certificates", "ca", "add"]
+            )
+    }
+
+    /// The JWE this request carries that must be opened with the device's current secret,
+    /// or `None` if it carries none (or the device has no secret, which `handle` reports).
+    pub fn jwe_to_open(&self, req: &Request) -> Option<JweJob> {
+        if req.kind != Kind::Command {
+            return None;
+        }
+        let secret = self.secret.clone()?;
+        let compact = if req.path_is(&["Security", "ClientSecret", "Populate"]) {
+            req.param("Secret").filter(|v| looks_like_jwe(v))?.to_string()
+        } else if req.path_is(&["Security", "Certificates", "Services", "Add"]) {
+            if !req
+                .param("IsEncrypted")
+                .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            {
+                return None;
+            }
+            let body = req.body.as_ref()?;
+            body.split_whitespace().collect::<String>()
+        } else if req.path_is(&["Security", "Certificates", "Services", "Activate"])
+            || req.path_is(&["Security", "Certificates", "Services", "Deactivate"])
+        {
+            let purpose = req.param("Purpose").and_then(Purpose::parse)?;
+            if purpose != Purpose::WebexIdentity {
+                return None;
+            }
+            req.param("Fingerprint")?.to_string()
+        } else {
+            return None;
+        };
+        Some(JweJob {
+            compact,
+            secret,
+            generation: self.generation,
+        })
+    }
+
+    /// Applies a request. `decrypted` is the outcome of opening the JWE named by
+    /// [`Device::jwe_to_open`] (`Err` = could not be opened); `now` decides validity.
+    pub fn handle(
+        &mut self,
+        req: &Request,
+        decrypted: Option<Result<Decrypted, ()>>,
+        now: OffsetDateTime,
+    ) -> Outcome {
+        match req.kind {
+            Kind::Command => self.command(req, decrypted),
+            Kind::Status => self.status(req, now),
+            Kind::Configuration => self.configuration(req),
+        }
+    }
+
+    fn result_name(req: &Request) -> String {
+        let n = req.path.len();
+        let tail = &req.path[n.saturating_sub(2)..];
+        let canon: String = tail.iter().map(|w| canonical_word(w)).collect();
+        format!("{canon}Result")
+    }
+
+    /// Checks a decrypt outcome against the expected action and secret generation.
+    fn take_plaintext(
+        &self,
+        name: &str,
+        decrypted: Option<Result<Decrypted, ()>>,
+        expected: JweAction,
+    ) -> Result<Zeroizing<Vec<u8>>, Outcome> {
+        match decrypted {
+            None => Err(err(name, ResultStatus::Error, DECRYPT_FAILED)),
+            Some(Err(())) => Err(err(name, ResultStatus::Error, DECRYPT_FAILED)),
+            Some(Ok(d)) if d.generation != self.generation => Err(err(
+                name,
+                ResultStatus::Error,
+                "The client secret changed; payload rejected",
+            )),
+            Some(Ok(d)) if d.action != expected => Err(err(
+                name,
+                ResultStatus::Error,
+                "Unexpected cisco-action in the payload",
+            )),
+            Some(Ok(d)) => Ok(d.plaintext),
+        }
+    }
+
+    fn command(&mut self, req: &Request, decrypted: Option<Result<Decrypted, ()>>) -> Outcome {
+        let name = Self::result_name(req);
+        let name = name.as_str();
+        if req.path_is(&["Security", "ClientSecret", "Populate"]) {
+            return self.populate(name, req, decrypted);
+        }
+        if req.path_is(&["Security", "Certificates", "Services", "Add"]) {
+            return self.services_add(name, req, decrypted);
+        }
+        if req.path_is(&["Security", "Certificates", "Services", "Show"]) {
+            return Outcome::reply(self.services_show(name, req));
+        }
+        if req.path_is(&["Security", "Certificates", "Services", "Activate"]) {
+            return self.activation(name, req, decrypted, true);
+        }
+        if req.path_is(&["Security", "Certificates", "Services", "Deactivate"]) {
+            return self.activation(name, req, decrypted, false);
+        }
+        if req.path_is(&["Security", "Certificates", "Services", "Delete"]) {
+            let Some(fp) = req.param("Fingerprint") else {
+                return err(name, ResultStatus::ParameterError, "Missing Fingerprint");
+            };
+            let before = self.certificates.len();
+            self.certificates
+                .retain(|c| !c.meta.fingerprint.eq_ignore_ascii_case(fp));
+            if self.certificates.len() == before {
+                return err(name, ResultStatus::Error, "No certificate with that fingerprint");
+            }
+            return Outcome::changed(ok(name, vec![]));
+        }
+        if req.path_is(&["Security", "Certificates", "CA", "Add"]) {
+            let body = req.body.as_ref().map(|b| b.as_str()).unwrap_or("");
+            return match parse_cert_bundle(body) {
+                Ok(certs) => {
+                    self.cas.extend(certs);
+                    Outcome::changed(ok(name, vec![]))
+                }
+                Err(e) => err(name, ResultStatus::Error, &e.to_string()),
+            };
+        }
+        if req.path_is(&["Security", "Certificates", "CA", "Show"]) {
+            let mut fields = Vec::new();
+            for (i, ca) in self.cas.iter().enumerate() {
+                fields.extend(cert_fields(i + 1, &ca.clone(), None, false));
+            }
+            return Outcome::reply(ok(name, fields));
+        }
+        if req.path_is(&["Security", "Certificates", "CA", "Delete"]) {
+            let Some(fp) = req.param("Fingerprint") else {
+                return err(name, ResultStatus::ParameterError, "Missing Fingerprint");
+            };
+            let before = self.cas.len();
+            self.cas.retain(|c| !c.fingerprint.eq_ignore_ascii_case(fp));
+            if self.cas.len() == before {
+                return err(name, ResultStatus::Error, "No CA with that fingerprint");
+            }
+            return Outcome::changed(ok(name, vec![]));
+        }
+        if req.path_is(&["SystemUnit", "Boot"]) {
+            self.boot_count += 1;
+            return Outcome {
+                response: ok(name, vec![]),
+                changed: true,
+                reboot: true,
+            };
+        }
+        Outcome::reply(Response::Result {
+            name: "Result".to_string(),
+            status: ResultStatus::Error,
+            fields: vec![leaf(&["Reason"], Value::Str("Unknown command".to_string()))],
+        })
+    }
+
+    fn populate(
+        &mut self,
+        name: &str,
+        req: &Request,
+        decrypted: Option<Result<Decrypted, ()>>,
+    ) -> Outcome {
+        let Some(value) = req.param("Secret") else {
+            return err(name, ResultStatus::ParameterError, "Missing Secret");
+        };
+        if self.secret.is_none() {
+            // First seeding: base64url of the phrase, in plaintext.
+            let trimmed = value.trim_end_matches('=');
+            let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed)
+            else {
+                return err(name, ResultStatus::Error, "Secret is not valid base64url");
+            };
+            let bytes = Zeroizing::new(bytes);
+            let Ok(phrase) = std::str::from_utf8(&bytes) else {
+                return err(name, ResultStatus::Error, "Secret is not valid UTF-8");
+            };
+            if phrase.is_empty() {
+                return err(name, ResultStatus::Error, "Secret must not be empty");
+            }
+            self.secret = Some(Secret::new(phrase));
+            self.generation += 1;
+            return Outcome::changed(ok(name, vec![]));
+        }
+        if !looks_like_jwe(value) {
+            return err(
+                name,
+                ResultStatus::Error,
+                "A client secret is already set; send a populate JWE",
+            );
+        }
+        let plaintext = match self.take_plaintext(name, decrypted, JweAction::Populate) {
+            Ok(p) => p,
+            Err(o) => return o,
+        };
+        if plaintext.is_empty() {
+            self.secret = None;
+        } else {
+            let Ok(phrase) = std::str::from_utf8(&plaintext) else {
+                return err(name, ResultStatus::Error, "Secret is not valid UTF-8");
+            };
+            self.secret = Some(Secret::new(phrase));
+        }
+        self.generation += 1;
+        Outcome::changed(ok(name, vec![]))
+    }
+
+    fn services_add(
+        &mut self,
+        name: &str,
+        req: &Request,
+        decrypted: Option<Result<Decrypted, ()>>,
+    ) -> Outcome {
+        if req.param("PrivateKeyPassword").is_some() {
+            return err(
+                name,
+                ResultStatus::Error,
+                "Encrypted private keys are not supported by the simulator",
+            );
+        }
+        let encrypted = req
+            .param("IsEncrypted")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let text: Zeroizing<String> = if encrypted {
+            if self.secret.is_none() {
+                return err(name, ResultStatus::Error, "No client secret has been populated");
+            }
+            let plaintext = match self.take_plaintext(name, decrypted, JweAction::Add) {
+                Ok(p) => p,
+                Err(o) => return o,
+            };
+            match std::str::from_utf8(&plaintext) {
+                Ok(s) => Zeroizing::new(s.to_string()),
+                Err(_) => return err(name, ResultStatus::Error, "Payload is not PEM text"),
+            }
+        } else {
+            match &req.body {
+                Some(b) => b.clone(),
+                None => return err(name, ResultStatus::ParameterError, "Missing body"),
+            }
+        };
+        let (meta, key_pem) = match parse_cert_and_key(&text) {
+            Ok(v) => v,
+            Err(e) => return err(name, ResultStatus::Error, &e.to_string()),
+        };
+        if self
+            .certificates
+            .iter()
+            .any(|c| c.meta.fingerprint == meta.fingerprint)
+        {
+            // Re-adding an installed certificate keeps the one entry (and its activations).
+            return Outcome::reply(ok(name, vec![]));
+        }
+        self.certificates.push(ServiceCert {
+            meta,
+            key_pem,
+            used_for: BTreeSet::new(),
+        });
+        Outcome::changed(ok(name, vec![]))
+    }
+
+    fn services_show(&self, name: &str, req: &Request) -> Response {
+        let sha256 = req
+            .param("FingerprintAlgorithm")
+            .is_some_and(|v| v.eq_ignore_ascii_case("sha256"));
+        let filter = req.param("Filter").map(str::to_ascii_lowercase);
+        let mut fields = Vec::new();
+        let mut n = 0;
+        for c in &self.certificates {
+            if let Some(f) = &filter {
+                let hay = format!("{} {}", c.meta.fingerprint, c.meta.subject).to_ascii_lowercase();
+                if !hay.contains(f.as_str()) {
+                    continue;
+                }
+            }
+            n += 1;
+            fields.extend(cert_fields(n, &c.meta, Some(&c.used_for), sha256));
+        }
+        ok(name, fields)
+    }
+
+    fn activation(
+        &mut self,
+        name: &str,
+        req: &Request,
+        decrypted: Option<Result<Decrypted, ()>>,
+        activate: bool,
+    ) -> Outcome {
+        let Some(purpose_text) = req.param("Purpose") else {
+            return err(name, ResultStatus::ParameterError, "Missing Purpose");
+        };
+        let Some(purpose) = Purpose::parse(purpose_text) else {
+            return err(name, ResultStatus::ParameterError, "Invalid Purpose");
+        };
+        let Some(fp_param) = req.param("Fingerprint") else {
+            return err(name, ResultStatus::ParameterError, "Missing Fingerprint");
+        };
+        let fingerprint: String = if purpose == Purpose::WebexIdentity {
+            if self.secret.is_none() {
+                return err(name, ResultStatus::Error, "No client secret has been populated");
+            }
+            if !looks_like_jwe(fp_param) {
+                return err(
+                    name,
+                    ResultStatus::Error,
+                    "The fingerprint must be encrypted for WebexIdentity",
+                );
+            }
+            let expected = if activate {
+                JweAction::Activate
+            } else {
+                JweAction::Deactivate
+            };
+            let plaintext = match self.take_plaintext(name, decrypted, expected) {
+                Ok(p) => p,
+                Err(o) => return o,
+            };
+            match std::str::from_utf8(&plaintext) {
+                Ok(s) => s.trim().to_string(),
+                Err(_) => return err(name, ResultStatus::Error, "Invalid fingerprint"),
+            }
+        } else {
+            fp_param.to_string()
+        };
+        let Some(idx) = self
+            .certificates
+            .iter()
+            .position(|c| c.meta.fingerprint.eq_ignore_ascii_case(&fingerprint))
+        else {
+            return err(name, ResultStatus::Error, "No certificate with that fingerprint");
+        };
+        if activate {
+            for c in &mut self.certificates {
+                c.used_for.remove(&purpose);
+            }
+            if let Some(c) = self.certificates.get_mut(idx) {
+                c.used_for.insert(purpose);
+            }
+        } else if let Some(c) = self.certificates.get_mut(idx) {
+            c.used_for.remove(&purpose);
+        }
+        Outcome::changed(ok(name, vec![]))
+    }
+
+    /// The certificate active for `WebexIdentity`, if any.
+    pub fn external_identity(&self) -> Option<&ServiceCert> {
+        self.certificates
+            .iter()
+            .find(|c| c.used_for.contains(&Purpose::WebexIdentity))
+    }
+
+    /// The whole status tree (canonical names), in print order.
+    pub fn status_tree(&self, now: OffsetDateTime) -> Vec<Leaf> {
+        let mut v = vec![
+            leaf(&["SystemUnit", "ProductId"], Value::Str("Cisco Room Kit".into())),
+            leaf(&["SystemUnit", "ProductPlatform"], Value::Str("Room Kit".into())),
+            leaf(
+                &["SystemUnit", "Software", "DisplayName"],
+                Value::Str(RELEASE.into()),
+            ),
+            leaf(
+                &["SystemUnit", "Software", "ReleaseDate"],
+                Value::Str(RELEASE_DATE.into()),
+            ),
+            leaf(
+                &["SystemUnit", "Software", "Version"],
+                Value::Str("ce11.14.1.5.a1b2c3d".into()),
+            ),
+            leaf(
+                &["SystemUnit", "Hardware", "Module", "SerialNumber"],
+                Value::Str(format!(
+                    "FOC{}",
+                    &hex::encode(sha1::Sha1::digest(self.name.as_bytes()))[..8].to_uppercase()
+                )),
+            ),
+        ];
+        let base = ["Conference", "EndToEndEncryption"];
+        let avail = if self.e2ee_mode_on {
+            "Available"
+        } else {
+            "Unavailable"
+        };
+        v.push(leaf(
+            &[base[0], base[1], "Availability"],
+            Value::Literal(avail.into()),
+        ));
+        let ext = self.external_identity();
+        let p = |rest: &[&str]| -> Vec<String> {
+            let mut path: Vec<String> = base.iter().map(|s| s.to_string()).collect();
+            path.push("ExternalIdentity".into());
+            path.extend(rest.iter().map(|s| s.to_string()));
+            path
+        };
+        match ext {
+            Some(c) => {
+                let m = &c.meta;
+                let valid = now >= m.not_before && now <= m.not_after;
+                let validity = if now > m.not_after {
+                    "Expired"
+                } else if now < m.not_before {
+                    "NotYetValid"
+                } else {
+                    "Valid"
+                };
+                let info = serde_json::json!({
+                    "subject": m.subject,
+                    "issuer": m.issuer,
+                    "serialNumber": m.serial,
+                    "notBefore": device_time(m.not_before),
+                    "notAfter": device_time(m.not_after),
+                    "fingerprint": m.fingerprint,
+                    "subjectAltNames": m.sans,
+                })
+                .to_string();
+                let tf = if valid { "True" } else { "False" };
+                v.push(Leaf {
+                    path: p(&["Valid"]),
+                    value: Value::Literal(tf.into()),
+                });
+                v.push(Leaf {
+                    path: p(&["Identity"]),
+                    value: Value::Str(m.common_name.clone()),
+                });
+                v.push(Leaf {
+                    path: p(&["CertInfo"]),
+                    value: Value::Str(info),
+                });
+                v.push(Leaf {
+                    path: p(&["Verification"]),
+                    value: Value::Literal(if valid { "Verified" } else { "Unverified" }.into()),
+                });
+                v.push(Leaf {
+                    path: p(&["Status"]),
+                    value: Value::Literal(validity.into()),
+                });
+                let cc = |f: &[&str]| {
+                    let mut r = vec!["CertificateChain", "Certificate", "1"];
+                    r.extend_from_slice(f);
+                    p(&r)
+                };
+                let fields: Vec<(Vec<String>, Value)> = vec![
+                    (cc(&["Fingerprint"]), Value::Str(m.fingerprint.clone())),
+                    (cc(&["NotAfter"]), Value::Str(device_time(m.not_after))),
+                    (cc(&["NotBefore"]), Value::Str(device_time(m.not_before))),
+                    (cc(&["PrimaryName"]), Value::Str(m.common_name.clone())),
+                    (cc(&["SerialNumber"]), Value::Str(m.serial.clone())),
+                    (cc(&["Subject", "1", "Name"]), Value::Str(m.subject.clone())),
+                    (cc(&["Validity"]), Value::Literal(validity.into())),
+                ];
+                v.extend(fields.into_iter().map(|(path, value)| Leaf { path, value }));
+            }
+            None => {
+                v.push(Leaf {
+                    path: p(&["Valid"]),
+                    value: Value::Literal("False".into()),
+                });
+                v.push(Leaf {
+                    path: p(&["Identity"]),
+                    value: Value::Str(String::new()),
+                });
+                v.push(Leaf {
+                    path: p(&["CertInfo"]),
+                    value: Value::Str(String::new()),
+                });
+                v.push(Leaf {
+                    path: p(&["Verification"]),
+                    value: Value::Literal("Unverified".into()),
+                });
+                v.push(Leaf {
+                    path: p(&["Status"]),
+                    value: Value::Literal("NotConfigured".into()),
+                });
+            }
+        }
+        for (field, value) in [
+            ("Valid", Value::Literal("False".into())),
+            ("Identity", Value::Str(String::new())),
+            ("CertInfo", Value::Str(String::new())),
+            ("Verification", Value::Literal("Unverified".into())),
+            ("Status", Value::Literal("NotConfigured".into())),
+        ] {
+            v.push(leaf(&[base[0], base[1], "InternalIdentity", field], value));
+        }
+        v
+    }
+
+    fn config_tree(&self) -> Vec<Leaf> {
+        vec![
+            leaf(
+                &["Conference", "EndToEndEncryption", "Identity", "PreferredDomain"],
+                Value::Str(self.preferred_domain.clone()),
+            ),
+            leaf(
+                &["Conference", "EndToEndEncryption", "Mode"],
+                Value::Literal(if self.e2ee_mode_on { "On" } else { "Off" }.into()),
+            ),
+        ]
+    }
+
+    fn status(&self, req: &Request, now: OffsetDateTime) -> Outcome {
+        let leaves = select(self.status_tree(now), &req.path);
+        if leaves.is_empty() {
+            return Outcome::reply(Response::NodeError {
+                kind: Kind::Status,
+                reason: "No match on address expression.".into(),
+                xpath: format!("Status/{}", req.path.join("/")),
+            });
+        }
+        Outcome::reply(Response::Status(leaves))
+    }
+
+    fn configuration(&mut self, req: &Request) -> Outcome {
+        // `xConfiguration A B C: value` arrives as path [A, B] and param (C, value).
+        let Some((last, value)) = req.params.first() else {
+            let leaves = select(self.config_tree(), &req.path);
+            if leaves.is_empty() {
+                return Outcome::reply(Response::NodeError {
+                    kind: Kind::Configuration,
+                    reason: "No match on address expression.".into(),
+                    xpath: format!("Configuration/{}", req.path.join("/")),
+                });
+            }
+            return Outcome::reply(Response::Configuration(leaves));
+        };
+        let mut path = req.path.clone();
+        path.push(last.clone());
+        let full = Request {
+            kind: Kind::Configuration,
+            path,
+            params: vec![],
+            body: None,
+        };
+        let xpath = format!("Configuration/{}", full.path.join("/"));
+        let node_err = |reason: &str| {
+            Outcome::reply(Response::NodeError {
+                kind: Kind::Configuration,
+                reason: reason.to_string(),
+                xpath: xpath.clone(),
+            })
+        };
+        if full.path_is(&["Conference", "EndToEndEncryption", "Mode"]) {
+            let on = if value.eq_ignore_ascii_case("on") {
+                true
+            } else if value.eq_ignore_ascii_case("off") {
+                false
+            } else {
+                return node_err("Illegal value");
+            };
+            self.e2ee_mode_on = on;
+            return Outcome::changed(Response::ConfigurationSet);
+        }
+        if full.path_is(&[
+            "Conference",
+            "EndToEndEncryption",
+            "Identity",
+            "PreferredDomain",
+        ]) {
+            if self.external_identity().is_some() {
+                return node_err(
+                    "PreferredDomain cannot be set while an external identity certificate is active",
+                );
+            }
+            if value.len() > 255 {
+                return node_err("Illegal value");
+            }
+            self.preferred_domain = value.clone();
+            return Outcome::changed(Response::ConfigurationSet);
+        }
+        node_err("No match on address expression.")
+    }
+
+    /// The persisted form of the device.
+    pub fn to_persisted(&self) -> PersistedState {
+        PersistedState {
+            version: 1,
+            secret: self.secret.as_ref().map(|s| s.expose().to_string()),
+            certificates: self
+                .certificates
+                .iter()
+                .map(|c| PersistedCert {
+                    cert_pem: c.meta.pem.clone(),
+                    key_pem: c.key_pem.expose().to_string(),
+                    used_for: c.used_for.iter().map(|p| p.as_str().to_string()).collect(),
+                })
+                .collect(),
+            cas: self.cas.iter().map(|c| c.pem.clone()).collect(),
+            e2ee_mode_on: self.e2ee_mode_on,
+            preferred_domain: self.preferred_domain.clone(),
+            boot_count: self.boot_count,
+        }
+    }
+
+    /// Rebuilds a device from its persisted form.
+    pub fn from_persisted(name: &str, state: &PersistedState) -> Result<Device, CertError> {
+        let mut d = Device::new(name);
+        d.secret = state.secret.as_deref().map(Secret::new);
+        d.generation = 1;
+        for pc in &state.certificates {
+            let mut text = Zeroizing::new(pc.cert_pem.clone());
+            text.push('\n');
+            text.push_str(&pc.key_pem);
+            let (meta, key_pem) = parse_cert_and_key(&text)?;
+            let used_for = pc.used_for.iter().filter_map(|p| Purpose::parse(p)).collect();
+            d.certificates.push(ServiceCert {
+                meta,
+                key_pem,
+                used_for,
+            });
+        }
+        for ca in &state.cas {
+            d.cas.extend(parse_cert_bundle(ca)?);
+        }
+        d.e2ee_mode_on = state.e2ee_mode_on;
+        d.preferred_domain = state.preferred_domain.clone();
+        d.boot_count = state.boot_count;
+        Ok(d)
+    }
+}
+
+/// The leaves whose path starts with `prefix` (case-insensitive).
+fn select(tree: Vec<Leaf>, prefix: &[String]) -> Vec<Leaf> {
+    tree.into_iter()
+        .filter(|l| {
+            l.path.len() >= prefix.len()
+                && l.path
+                    .iter()
+                    .zip(prefix)
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b))
+        })
+        .collect()
+}
+
+/// Certificate fields as `Details <n> <Field>` leaves.
+fn cert_fields(
+    n: usize,
+    m: &CertMeta,
+    used_for: Option<&BTreeSet<Purpose>>,
+    sha256: bool,
+) -> Vec<Leaf> {
+    let idx = n.to_string();
+    let f = |name: &str, value: Value| Leaf {
+        path: vec!["Details".into(), idx.clone(), name.to_string()],
+        value,
+    };
+    let fp = if sha256 {
+        m.fingerprint_sha256.clone()
+    } else {
+        m.fingerprint.clone()
+    };
+    let mut v = vec![
+        f("Fingerprint", Value::Str(fp)),
+        f("SubjectName", Value::Str(m.subject.clone())),
+        f("IssuerName", Value::Str(m.issuer.clone())),
+        f("notAfter", Value::Str(device_time(m.not_after))),
+        f("notBefore", Value::Str(device_time(m.not_before))),
+    ];
+    if let Some(u) = used_for {
+        let s: Vec<&str> = u.iter().map(|p| p.as_str()).collect();
+        v.push(f("UsedFor", Value::Str(s.join(", "))));
+    }
+    v.extend([
+        f("HashingAlgorithm", Value::Str(m.hashing_algorithm.clone())),
+        f("PublicKeySize", Value::Literal(m.public_key_bits.to_string())),
+        f("SerialNumber", Value::Str(m.serial.clone())),
+        f("SignatureAlgorithm", Value::Str(m.signature_algorithm.clone())),
+        f("Version", Value::Literal(m.version.to_string())),
+    ]);
+    v
+}
+
+/// Canonical spelling of a command word (for result names of case-insensitive input).
+fn canonical_word(w: &str) -> String {
+    const WORDS: &[&str] = &[
+        "Security",
+        "ClientSecret",
+        "Populate",
+        "Certificates",
+        "Services",
+        "Add",
+        "Show",
+        "Activate",
+        "Deactivate",
+        "Delete",
+        "CA",
+        "SystemUnit",
+        "Boot",
+    ];
+    WORDS
+        .iter()
+        .find(|c| c.eq_ignore_ascii_case(w))
+        .map(|c| c.to_string())
+        .unwrap_or_else(|| w.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    fn make_cert(cn: &str) -> String {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec![cn.to_string()]).unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        let cert = params.self_signed(&key).unwrap();
+        format!("{}{}", cert.pem(), key.serialize_pem())
+    }
+
+    fn cmd(path: &str, params: &[(&str, &str)], body: Option<&str>) -> Request {
+        Request {
+            kind: Kind::Command,
+            path: path.split(' ').map(String::from).collect(),
+            params: params
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+            body: body.map(|b| Zeroizing::new(b.to_string())),
+        }
+    }
+
+    fn status_of(o: &Outcome) -> ResultStatus {
+        match &o.response {
+            Response::Result { status, .. } => *status,
+            other => panic!("not a result: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn first_populate_is_plaintext_then_refused() {
+        let mut d = Device::new("room-1");
+        let o = d.handle(
+            &cmd("Security ClientSecret Populate", &[("Secret", "MDEyMzQ1Njc4OWFiY2RlZg")], None),
+            None,
+            now(),
+        );
+        assert_eq!(status_of(&o), ResultStatus::Ok);
+        assert!(o.changed);
+        assert_eq!(d.secret().unwrap().expose(), "0123456789abcdef");
+        let o = d.handle(
+            &cmd("security clientsecret populate", &[("secret", "b3NzaWZyYWdl")], None),
+            None,
+            now(),
+        );
+        assert_eq!(status_of(&o), ResultStatus::Error);
+        assert_eq!(d.secret().unwrap().expose(), "0123456789abcdef");
+    }
+
+    #[test]
+    fn populate_jwe_wrong_secret_changes_nothing_and_empty_resets() {
+        let mut d = Device::new("r");
+        d.handle(
+            &cmd("Security ClientSecret Populate", &[("Secret", "b3NzaWZyYWdl")], None),
+            None,
+            now(),
+        );
+        let req = cmd("Security ClientSecret Populate", &[("Secret", "a.b.c.d.e")], None);
+        let job = d.jwe_to_open(&req).unwrap();
+        assert_eq!(job.compact, "a.b.c.d.e");
+        let o = d.handle(&req, Some(Err(())), now());
+        assert_eq!(status_of(&o), ResultStatus::Error);
+        assert!(!o.changed);
+        assert_eq!(d.secret().unwrap().expose(), "ossifrage");
+        // Wrong action is refused too.
+        let o = d.handle(
+            &req,
+            Some(Ok(Decrypted {
+                action: JweAction::Add,
+                plaintext: Zeroizing::new(b"x".to_vec()),
+                generation: job.generation,
+            })),
+            now(),
+        );
+        assert_eq!(status_of(&o), ResultStatus::Error);
+        let o = d.handle(
+            &req,
+            Some(Ok(Decrypted {
+                action: JweAction::Populate,
+                plaintext: Zeroizing::new(Vec::new()),
+                generation: job.generation,
+            })),
+            now(),
+        );
+        assert_eq!(status_of(&o), ResultStatus::Ok);
+        assert!(d.secret().is_none());
+    }
+
+    #[test]
+    fn add_show_activate_status_and_preferred_domain() {
+        let mut d = Device::new("r");
+        let pem = make_cert("meeting-room-1.example.com");
+        let o = d.handle(
+            &cmd("Security Certificates Services Add", &[], Some(&pem)),
+            None,
+            now(),
+        );
+        assert_eq!(status_of(&o), ResultStatus::Ok, "{o:?}");
+        // Added twice: still one entry.
+        d.handle(
+            &cmd("Security Certificates Services Add", &[], Some(&pem)),
+            None,
+            now(),
+        );
+        assert_eq!(d.certificates.len(), 1);
+        let fp = d.certificates[0].meta.fingerprint.clone();
+        assert_eq!(fp.len(), 40);
+        assert_eq!(d.certificates[0].meta.subject, "/CN=meeting-room-1.example.com");
+        // Plain activation for HTTPS.
+        let o = d.handle(
+            &cmd(
+                "Security Certificates Services Activate",
+                &[("Purpose", "https"), ("Fingerprint", &fp)],
+                None,
+            ),
+            None,
+            now(),
+        );
+        assert_eq!(status_of(&o), ResultStatus::Ok);
+        // WebexIdentity needs a JWE and a secret.
+        let req = cmd(
+            "Security Certificates Services Activate",
+            &[("Purpose", "WebexIdentity"), ("Fingerprint", &fp)],
+            None,
+        );
+        assert_eq!(status_of(&d.handle(&req, None, now())), ResultStatus::Error);
+        d.handle(
+            &cmd("Security ClientSecret Populate", &[("Secret", "b3NzaWZyYWdl")], None),
+            None,
+            now(),
+        );
+        let req = cmd(
+            "Security Certificates Services Activate",
+            &[("Purpose", "WebexIdentity"), ("Fingerprint", "h..i.c.t")],
+            None,
+        );
+        let job = d.jwe_to_open(&req).unwrap();
+        let o = d.handle(
+            &req,
+            Some(Ok(Decrypted {
+                action: JweAction::Activate,
+                plaintext: Zeroizing::new(fp.clone().into_bytes()),
+                generation: job.generation,
+            })),
+            now(),
+        );
+        assert_eq!(status_of(&o), ResultStatus::Ok);
+        let st = Request {
+            kind: Kind::Status,
+            path: vec!["conference".into(), "EndToEndEncryption".into(), "externalidentity".into()],
+            params: vec![],
+            body: None,
+        };
+        let Response::Status(leaves) = d.handle(&st, None, now()).response else {
+            panic!()
+        };
+        assert!(leaves.contains(&Leaf {
+            path: ["Conference", "EndToEndEncryption", "ExternalIdentity", "Identity"]
+                .map(String::from)
+                .to_vec(),
+            value: Value::Str("meeting-room-1.example.com".into())
+        }));
+        assert!(leaves.iter().any(|l| l.path.last().unwrap() == "Valid"
+            && l.value == Value::Literal("True".into())));
+        // PreferredDomain refused while the external identity is active.
+        let set = Request {
+            kind: Kind::Configuration,
+            path: ["Conference", "EndToEndEncryption", "Identity"]
+                .map(String::from)
+                .to_vec(),
+            params: vec![("PreferredDomain".into(), "example.com".into())],
+            body: None,
+        };
+        assert!(matches!(
+            d.handle(&set, None, now()).response,
+            Response::NodeError { .. }
+        ));
+        // Persistence round trip keeps everything.
+        let p = d.to_persisted();
+        let d2 = Device::from_persisted("r", &p).unwrap();
+        assert_eq!(d2.certificates.len(), 1);
+        assert!(d2.external_identity().is_some());
+        assert_eq!(d2.secret().unwrap().expose(), "ossifrage");
+    }
+
+    #[test]
+    fn key_mismatch_and_non_p256_refused() {
+        let a = make_cert("a");
+        let b = make_cert("b");
+        let cert_a = &a[..a.find("-----BEGIN PRIVATE KEY").unwrap()];
+        let key_b = &b[b.find("-----BEGIN PRIVATE KEY").unwrap()..];
+        assert_eq!(
+            parse_cert_and_key(&format!("{cert_a}{key_b}")).unwrap_err(),
+            CertError::KeyMismatch
+        );
+        assert_eq!(parse_cert_and_key(cert_a).unwrap_err(), CertError::NoKey);
+    }
+
+    #[test]
+    fn ca_add_keeps_duplicates_and_time_format() {
+        let mut d = Device::new("r");
+        let a = make_cert("ca");
+        let cert = &a[..a.find("-----BEGIN PRIVATE KEY").unwrap()];
+        let bundle = format!("{cert}{cert}");
+        d.handle(&cmd("Security Certificates CA Add", &[], Some(&bundle)), None, now());
+        d.handle(&cmd("Security Certificates CA Add", &[], Some(cert)), None, now());
+        assert_eq!(d.cas.len(), 3);
+        let t = time::macros::datetime!(2026-08-08 03:04:26 UTC);
+        assert_eq!(device_time(t), "Aug 08 03:04:26 2026 GMT");
+    }
+
+    #[test]
+    fn unknown_command_and_status_subtree() {
+        let mut d = Device::new("r");
+        let o = d.handle(&cmd("Foo Bar", &[], None), None, now());
+        assert_eq!(status_of(&o), ResultStatus::Error);
+        let st = Request {
+            kind: Kind::Status,
+            path: vec!["Nope".into()],
+            params: vec![],
+            body: None,
+        };
+        assert!(matches!(
+            d.handle(&st, None, now()).response,
+            Response::NodeError { .. }
+        ));
+    }
+}

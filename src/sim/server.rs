@@ -1,0 +1,807 @@
+//! The SSH side of the simulator: one russh server listener per simulated device, all in one
+//! process, each connection running a TSH session against the device's shared model.
+//!
+//! Per device: a [`DeviceRuntime`] owns the model (behind an async mutex so commands apply
+//! in order), the fault counters, the redacted command log and the optional [`Store`].
+//! JWEs are opened on the bounded [`KdfPool`] (scrypt never runs on the executor) without
+//! holding the model lock; the model re-checks the secret generation when it applies the
+//! plaintext. `xCommand SystemUnit Boot` bumps a watch channel that disconnects every
+//! session of the device, and the listener refuses logins until the boot delay has passed.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+
+use russh::keys::{HashAlg, PrivateKey, PublicKey};
+use russh::server::{Auth, Msg, Session};
+use russh::{Channel, ChannelId, ChannelMsg, Disconnect, MethodKind, MethodSet};
+use time::OffsetDateTime;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use super::faults::{self, FaultState};
+use super::model::{self, Decrypted, Device, JweAction, Kind, Request, Response};
+use super::store::{self, Store};
+use super::tsh_server::{self as tsh, Input, OutputMode, Parsed, Splitter};
+use super::{SimDeviceSpec, SimError};
+use crate::kdf::KdfPool;
+use crate::secret::Secret;
+
+/// Options shared by every device of a fleet.
+#[derive(Clone, Debug)]
+pub struct FleetOptions {
+    /// Where device state and host keys persist; `None` keeps everything in memory.
+    pub state_dir: Option<PathBuf>,
+    /// Bounds the simulator's scrypt work.
+    pub kdf: KdfPool,
+    /// How long a device refuses logins after `xCommand SystemUnit Boot`.
+    pub boot_delay: Duration,
+    /// russh's constant-time rejection delay for failed logins.
+    pub auth_rejection_time: Duration,
+}
+
+impl Default for FleetOptions {
+    fn default() -> Self {
+        FleetOptions {
+            state_dir: None,
+            kdf: KdfPool::per_core(),
+            boot_delay: Duration::from_secs(5),
+            auth_rejection_time: Duration::from_millis(200),
+        }
+    }
+}
+
+/// Where a device listens and which host key it has.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// The device's own (persistent) host key.
+    pub host_key: PublicKey,
+    /// `SHA256:…` fingerprint of `host_key`.
+    pub host_key_fingerprint: String,
+    /// The key actually presented (differs under the `wrong_host_key` fault).
+    pub presented_host_key: PublicKey,
+}
+
+/// One received command, as logged (values redacted, bodies only as a size).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedCommand {
+    /// 1-based number over all the device's commands.
+    pub seq: u64,
+    pub line: String,
+    /// `ok`, `error`, `dropped-before`, `dropped-after`, `hang`, `injected-error`,
+    /// `not-recognized`.
+    pub outcome: String,
+}
+
+/// A certificate as seen in a snapshot.
+#[derive(Clone, Debug)]
+pub struct CertSnapshot {
+    pub fingerprint: String,
+    pub subject: String,
+    pub issuer: String,
+    pub common_name: String,
+    pub not_before: OffsetDateTime,
+    pub not_after: OffsetDateTime,
+    pub used_for: Vec<String>,
+}
+
+/// A device's state for tests.
+#[derive(Clone, Debug)]
+pub struct DeviceSnapshot {
+    /// The device's ClientSecret (exposed for tests; redacted in `Debug`).
+    pub secret: Option<Secret>,
+    pub certificates: Vec<CertSnapshot>,
+    pub cas: Vec<CertSnapshot>,
+    pub e2ee_mode_on: bool,
+    pub preferred_domain: String,
+    pub boot_count: u64,
+    pub commands: Vec<LoggedCommand>,
+    pub logins: u64,
+}
+
+impl DeviceSnapshot {
+    /// How many received commands contain `pattern` (case-insensitive).
+    pub fn count(&self, pattern: &str) -> usize {
+        let p = pattern.to_ascii_lowercase();
+        self.commands
+            .iter()
+            .filter(|c| c.line.to_ascii_lowercase().contains(&p))
+            .count()
+    }
+
+    /// The purposes the certificate with this fingerprint is active for.
+    pub fn activations(&self, fingerprint: &str) -> Vec<String> {
+        self.certificates
+            .iter()
+            .find(|c| c.fingerprint.eq_ignore_ascii_case(fingerprint))
+            .map(|c| c.used_for.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn cert_snapshot(m: &model::CertMeta, used_for: Vec<String>) -> CertSnapshot {
+    CertSnapshot {
+        fingerprint: m.fingerprint.clone(),
+        subject: m.subject.clone(),
+        issuer: m.issuer.clone(),
+        common_name: m.common_name.clone(),
+        not_before: m.not_before,
+        not_after: m.not_after,
+        used_for,
+    }
+}
+
+struct DeviceRuntime {
+    name: String,
+    username: String,
+    password: Secret,
+    model: tokio::sync::Mutex<Device>,
+    faults: StdMutex<FaultState>,
+    log: StdMutex<Vec<LoggedCommand>>,
+    store: Option<Store>,
+    kdf: KdfPool,
+    boot: watch::Sender<u64>,
+    down_until: StdMutex<Option<tokio::time::Instant>>,
+    boot_delay: Duration,
+    logins: AtomicU64,
+    latency: Duration,
+    refuse_auth: bool,
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these small locks cannot leave torn data worth refusing.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Length-independent comparison (the simulator should not leak timing either).
+fn same(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(*x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+impl DeviceRuntime {
+    fn credentials_ok(&self, user: &str, password: &[u8]) -> bool {
+        !self.refuse_auth && user == self.username && same(password, self.password.as_bytes())
+    }
+
+    fn is_down(&self) -> bool {
+        let mut d = lock(&self.down_until);
+        match *d {
+            Some(t) if tokio::time::Instant::now() < t => true,
+            Some(_) => {
+                *d = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn reboot(&self) {
+        *lock(&self.down_until) = Some(tokio::time::Instant::now() + self.boot_delay);
+        self.boot.send_modify(|g| *g += 1);
+        tracing::info!(device = %self.name, "device rebooting");
+    }
+
+    fn log_command(&self, seq: u64, line: String, outcome: &str) {
+        tracing::debug!(device = %self.name, seq, command = %line, outcome, "command");
+        lock(&self.log).push(LoggedCommand {
+            seq,
+            line,
+            outcome: outcome.to_string(),
+        });
+    }
+
+    /// Opens the request's JWE (if any) off the executor, then applies it to the model and
+    /// persists a changed state.
+    async fn apply(&self, req: &Request) -> model::Outcome {
+        let job = self.model.lock().await.jwe_to_open(req);
+        let decrypted = match job {
+            None => None,
+            Some(job) => Some(
+                match self.kdf.open(job.compact.clone(), &job.secret).await {
+                    Ok((header, plaintext)) => Ok(Decrypted {
+                        action: match header.action {
+                            crate::jwe::Action::Populate => JweAction::Populate,
+                            crate::jwe::Action::Add => JweAction::Add,
+                            crate::jwe::Action::Activate => JweAction::Activate,
+                            crate::jwe::Action::Deactivate => JweAction::Deactivate,
+                        },
+                        plaintext,
+                        generation: job.generation,
+                    }),
+                    Err(_) => {
+                        tracing::debug!(device = %self.name, "JWE could not be opened");
+                        Err(())
+                    }
+                },
+            ),
+        };
+        let mut m = self.model.lock().await;
+        let outcome = m.handle(req, decrypted, OffsetDateTime::now_utc());
+        if outcome.changed {
+            if let Some(store) = self.store.clone() {
+                let state = m.to_persisted();
+                let name = self.name.clone();
+                let res = tokio::task::spawn_blocking(move || store.save_state(&state)).await;
+                match res {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(device = %name, error = %e, "saving state failed"),
+                    Err(_) => tracing::error!(device = %name, "saving state panicked"),
+                }
+            }
+        }
+        outcome
+    }
+
+    fn snapshot(&self, m: &Device) -> DeviceSnapshot {
+        DeviceSnapshot {
+            secret: m.secret().cloned(),
+            certificates: m
+                .certificates
+                .iter()
+                .map(|c| {
+                    cert_snapshot(
+                        &c.meta,
+                        c.used_for.iter().map(|p| p.as_str().to_string()).collect(),
+                    )
+                })
+                .collect(),
+            cas: m.cas.iter().map(|c| cert_snapshot(c, vec![])).collect(),
+            e2ee_mode_on: m.e2ee_mode_on,
+            preferred_domain: m.preferred_domain.clone(),
+            boot_count: m.boot_count,
+            commands: lock(&self.log).clone(),
+            logins: self.logins.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What a session does after a frame.
+enum Flow {
+    Reply(String),
+    ReplyThenReboot(String),
+    Drop,
+    Hang,
+    Close,
+}
+
+struct SessionState {
+    echo: bool,
+    mode: OutputMode,
+}
+
+async fn process_frame(
+    rt: &DeviceRuntime,
+    st: &mut SessionState,
+    line: &str,
+    body: Option<tsh::ZeroizingString>,
+) -> Flow {
+    let parsed = tsh::parse_line(line);
+    if matches!(parsed, Parsed::Empty) {
+        return Flow::Reply(String::new());
+    }
+    let action = lock(&rt.faults).on_command(line);
+    let seq = {
+        let log = lock(&rt.log);
+        log.len() as u64 + 1
+    };
+    let log_line = match &parsed {
+        Parsed::X { req, .. } => {
+            let mut r = req.clone();
+            r.body = body.as_ref().map(|b| Zeroizing::new(b.0.to_string()));
+            tsh::redacted(&r)
+        }
+        Parsed::Echo(on) => format!("echo {}", if *on { "on" } else { "off" }),
+        Parsed::OutputMode(m) => format!("xpreferences outputmode {m:?}").to_ascii_lowercase(),
+        Parsed::BadPreference => "xpreferences ?".into(),
+        Parsed::Feedback => "xFeedback".into(),
+        Parsed::Bye => "bye".into(),
+        Parsed::Syntax { kind, .. } => format!("{kind:?} <syntax error>"),
+        Parsed::NotRecognized | Parsed::Empty => "<not recognized>".into(),
+    };
+    let result_id = match &parsed {
+        Parsed::X { result_id, .. } | Parsed::Syntax { result_id, .. } => result_id.clone(),
+        _ => None,
+    };
+    match action {
+        faults::Action::DropBefore => {
+            rt.log_command(seq, log_line, "dropped-before");
+            return Flow::Drop;
+        }
+        faults::Action::Hang => {
+            rt.log_command(seq, log_line, "hang");
+            return Flow::Hang;
+        }
+        faults::Action::Error(reason) => {
+            rt.log_command(seq, log_line, "injected-error");
+            let kind = match &parsed {
+                Parsed::X { req, .. } => req.kind,
+                _ => Kind::Command,
+            };
+            let resp = match kind {
+                Kind::Command => Response::Result {
+                    name: "Result".into(),
+                    status: model::ResultStatus::Error,
+                    fields: vec![model::Leaf {
+                        path: vec!["Reason".into()],
+                        value: model::Value::Str(reason),
+                    }],
+                },
+                k => Response::NodeError {
+                    kind: k,
+                    reason,
+                    xpath: String::new(),
+                },
+            };
+            return Flow::Reply(tsh::render(&resp, st.mode, result_id.as_deref()));
+        }
+        faults::Action::Normal | faults::Action::DropAfter => {}
+    }
+    let drop_after = action == faults::Action::DropAfter;
+    let finish = |flow: Flow, outcome: &str| {
+        rt.log_command(
+            seq,
+            log_line.clone(),
+            if drop_after { "dropped-after" } else { outcome },
+        );
+        if drop_after {
+            Flow::Drop
+        } else {
+            flow
+        }
+    };
+    match parsed {
+        Parsed::Empty => Flow::Reply(String::new()),
+        Parsed::Echo(on) => {
+            st.echo = on;
+            finish(Flow::Reply(tsh::ok_line()), "ok")
+        }
+        Parsed::OutputMode(m) => {
+            st.mode = m;
+            finish(Flow::Reply(tsh::ok_line()), "ok")
+        }
+        Parsed::BadPreference | Parsed::NotRecognized => {
+            finish(Flow::Reply(tsh::not_recognized()), "not-recognized")
+        }
+        Parsed::Feedback => finish(Flow::Reply(tsh::ok_line()), "ok"),
+        Parsed::Bye => finish(Flow::Close, "ok"),
+        Parsed::Syntax { kind, reason, .. } => finish(
+            Flow::Reply(tsh::render(
+                &tsh::syntax_error(kind, &reason),
+                st.mode,
+                result_id.as_deref(),
+            )),
+            "error",
+        ),
+        Parsed::X { mut req, result_id } => {
+            req.body = body.map(|b| b.0);
+            let outcome = rt.apply(&req).await;
+            let ok = match &outcome.response {
+                Response::Result { status, .. } => *status == model::ResultStatus::Ok,
+                Response::NodeError { .. } => false,
+                _ => true,
+            };
+            let text = tsh::render(&outcome.response, st.mode, result_id.as_deref());
+            let flow = if outcome.reboot {
+                Flow::ReplyThenReboot(text)
+            } else {
+                Flow::Reply(text)
+            };
+            if drop_after && outcome.reboot {
+                rt.reboot();
+            }
+            finish(flow, if ok { "ok" } else { "error" })
+        }
+    }
+}
+
+async fn send(channel: &Channel<Msg>, text: &str) -> bool {
+    if text.is_empty() {
+        return true;
+    }
+    channel.data(text.as_bytes()).await.is_ok()
+}
+
+/// Runs one TSH session on an accepted session channel.
+async fn run_tsh(rt: Arc<DeviceRuntime>, mut channel: Channel<Msg>, handle: russh::server::Handle) {
+    // Wait for the shell; pty/env requests are answered by the handler.
+    loop {
+        match channel.wait().await {
+            Some(ChannelMsg::RequestShell { .. }) => break,
+            Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => return,
+            Some(_) => {}
+        }
+    }
+    rt.logins.fetch_add(1, Ordering::Relaxed);
+    if !send(&channel, &tsh::banner(&rt.name)).await {
+        return;
+    }
+    let mut splitter = Splitter::default();
+    let mut st = SessionState {
+        echo: true,
+        mode: OutputMode::Terminal,
+    };
+    let mut hung = false;
+    while let Some(msg) = channel.wait().await {
+        let data = match msg {
+            ChannelMsg::Data { data } => data,
+            ChannelMsg::Eof | ChannelMsg::Close => break,
+            _ => continue,
+        };
+        if hung {
+            continue;
+        }
+        let inputs = match splitter.push(&data) {
+            Ok(i) => i,
+            Err(_) => {
+                tracing::warn!(device = %rt.name, "input too long; dropping the session");
+                let _ = handle
+                    .disconnect(Disconnect::ByApplication, String::new(), String::new())
+                    .await;
+                return;
+            }
+        };
+        for input in inputs {
+            if hung {
+                break;
+            }
+            match input {
+                Input::Echo(line) => {
+                    if st.echo && !send(&channel, &format!("{line}{}", tsh::EOL)).await {
+                        return;
+                    }
+                }
+                Input::Frame { line, body } => {
+                    let flow = process_frame(&rt, &mut st, &line, body).await;
+                    if !rt.latency.is_zero() {
+                        tokio::time::sleep(rt.latency).await;
+                    }
+                    match flow {
+                        Flow::Reply(text) => {
+                            if !send(&channel, &text).await {
+                                return;
+                            }
+                        }
+                        Flow::ReplyThenReboot(text) => {
+                            let _ = send(&channel, &text).await;
+                            rt.reboot();
+                            return;
+                        }
+                        Flow::Drop => {
+                            tracing::info!(device = %rt.name, "fault: dropping the connection");
+                            let _ = handle
+                                .disconnect(
+                                    Disconnect::ByApplication,
+                                    String::new(),
+                                    String::new(),
+                                )
+                                .await;
+                            return;
+                        }
+                        Flow::Hang => {
+                            tracing::info!(device = %rt.name, "fault: hanging");
+                            hung = true;
+                        }
+                        Flow::Close => {
+                            let _ = channel.eof().await;
+                            let _ = channel.close().await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The russh handler of one connection.
+struct ConnHandler {
+    rt: Arc<DeviceRuntime>,
+}
+
+impl russh::server::Handler for ConnHandler {
+    type Error = russh::Error;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(Auth::reject())
+    }
+
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        if self.rt.credentials_ok(user, password.as_bytes()) {
+            tracing::debug!(device = %self.rt.name, "password login accepted");
+            Ok(Auth::Accept)
+        } else {
+            tracing::info!(device = %self.rt.name, "login refused");
+            Ok(Auth::reject())
+        }
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<russh::server::Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        match response {
+            None => Ok(Auth::Partial {
+                name: "".into(),
+                instructions: "".into(),
+                prompts: vec![("Password: ".into(), false)].into(),
+            }),
+            Some(mut answers) => {
+                let answer = answers.next().unwrap_or_default();
+                if self.rt.credentials_ok(user, &answer) {
+                    tracing::debug!(device = %self.rt.name, "keyboard-interactive login accepted");
+                    Ok(Auth::Accept)
+                } else {
+                    tracing::info!(device = %self.rt.name, "login refused");
+                    Ok(Auth::reject())
+                }
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        let rt = self.rt.clone();
+        let handle = session.handle();
+        tokio::spawn(run_tsh(rt, channel, handle));
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        _term: &str,
+        _col_width: u32,
+        _row_height: u32,
+        _pix_width: u32,
+        _pix_height: u32,
+        _modes: &[(russh::Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        _data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)
+    }
+}
+
+/// A running simulated fleet.
+pub struct Fleet {
+    devices: Vec<(DeviceInfo, Arc<DeviceRuntime>)>,
+    tasks: Vec<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+}
+
+fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+async fn accept_loop(
+    rt: Arc<DeviceRuntime>,
+    listener: TcpListener,
+    config: Arc<russh::server::Config>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.changed() => return,
+            a = listener.accept() => a,
+        };
+        let (socket, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(device = %rt.name, error = %e, "accept failed");
+                continue;
+            }
+        };
+        if rt.is_down() {
+            // Rebooting: the connection is closed at once, like a refused port.
+            drop(socket);
+            continue;
+        }
+        tracing::debug!(device = %rt.name, %peer, "connection");
+        let _ = socket.set_nodelay(true);
+        let handler = ConnHandler { rt: rt.clone() };
+        let config = config.clone();
+        let mut boot_rx = rt.boot.subscribe();
+        let mut shutdown_rx = shutdown.clone();
+        tokio::spawn(async move {
+            let session = match russh::server::run_stream(config, socket, handler).await {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+            let handle = session.handle();
+            tokio::select! {
+                _ = session => {}
+                _ = boot_rx.changed() => {
+                    let _ = handle.disconnect(Disconnect::ByApplication, "rebooting".into(), String::new()).await;
+                }
+                _ = shutdown_rx.changed() => {
+                    let _ = handle.disconnect(Disconnect::ByApplication, "shutting down".into(), String::new()).await;
+                }
+            }
+        });
+    }
+}
+
+impl Fleet {
+    /// Binds every device and starts serving.
+    pub async fn start(specs: Vec<SimDeviceSpec>, opts: FleetOptions) -> Result<Fleet, SimError> {
+        let (shutdown, _) = watch::channel(false);
+        let mut fleet = Fleet {
+            devices: Vec::new(),
+            tasks: Vec::new(),
+            shutdown,
+        };
+        let mut names = std::collections::HashSet::new();
+        for spec in specs {
+            if !names.insert(spec.name.clone()) {
+                return Err(SimError::DuplicateName(spec.name));
+            }
+            let (store, device, host_key) = match &opts.state_dir {
+                Some(dir) => {
+                    let st = Store::open(dir, &spec.name)?;
+                    let device = match st.load_state()? {
+                        Some(p) => Device::from_persisted(&spec.name, &p).map_err(|e| {
+                            SimError::State {
+                                device: spec.name.clone(),
+                                reason: e.to_string(),
+                            }
+                        })?,
+                        None => Device::new(&spec.name),
+                    };
+                    let key = st.host_key()?;
+                    (Some(st), device, key)
+                }
+                None => (None, Device::new(&spec.name), store::random_host_key()),
+            };
+            let presented: PrivateKey = if spec.faults.wrong_host_key {
+                store::random_host_key()
+            } else {
+                host_key.clone()
+            };
+            let listener = TcpListener::bind(spec.addr)
+                .await
+                .map_err(|source| SimError::Bind {
+                    device: spec.name.clone(),
+                    addr: spec.addr,
+                    source,
+                })?;
+            let addr = listener.local_addr().map_err(|source| SimError::Bind {
+                device: spec.name.clone(),
+                addr: spec.addr,
+                source,
+            })?;
+            let config = russh::server::Config {
+                methods: MethodSet::from(
+                    &[MethodKind::Password, MethodKind::KeyboardInteractive][..],
+                ),
+                auth_rejection_time: opts.auth_rejection_time,
+                auth_rejection_time_initial: Some(Duration::ZERO),
+                keys: vec![presented.clone()],
+                inactivity_timeout: Some(Duration::from_secs(3600)),
+                nodelay: true,
+                ..Default::default()
+            };
+            let (boot, _) = watch::channel(0u64);
+            let rt = Arc::new(DeviceRuntime {
+                name: spec.name.clone(),
+                username: spec.username.clone(),
+                password: spec.password.clone(),
+                model: tokio::sync::Mutex::new(device),
+                latency: spec.faults.latency(),
+                refuse_auth: spec.faults.refuse_auth,
+                faults: StdMutex::new(FaultState::new(spec.faults.clone())),
+                log: StdMutex::new(Vec::new()),
+                store,
+                kdf: opts.kdf.clone(),
+                boot,
+                down_until: StdMutex::new(None),
+                boot_delay: opts.boot_delay,
+                logins: AtomicU64::new(0),
+            });
+            let info = DeviceInfo {
+                name: spec.name.clone(),
+                addr,
+                host_key_fingerprint: fingerprint(host_key.public_key()),
+                host_key: host_key.public_key().clone(),
+                presented_host_key: presented.public_key().clone(),
+            };
+            tracing::info!(device = %spec.name, %addr, "device listening");
+            fleet.tasks.push(tokio::spawn(accept_loop(
+                rt.clone(),
+                listener,
+                Arc::new(config),
+                fleet.shutdown.subscribe(),
+            )));
+            fleet.devices.push((info, rt));
+        }
+        Ok(fleet)
+    }
+
+    /// Every device: name, bound address, host key.
+    pub fn devices(&self) -> Vec<DeviceInfo> {
+        self.devices.iter().map(|(i, _)| i.clone()).collect()
+    }
+
+    fn runtime(&self, name: &str) -> Result<&Arc<DeviceRuntime>, SimError> {
+        self.devices
+            .iter()
+            .find(|(i, _)| i.name == name)
+            .map(|(_, rt)| rt)
+            .ok_or_else(|| SimError::UnknownDevice(name.to_string()))
+    }
+
+    /// A device's current state and command log.
+    pub async fn snapshot(&self, name: &str) -> Result<DeviceSnapshot, SimError> {
+        let rt = self.runtime(name)?;
+        let m = rt.model.lock().await;
+        Ok(rt.snapshot(&m))
+    }
+
+    /// Replaces a device's fault plan (counters restart). Latency, auth refusal and the
+    /// presented host key are fixed at start.
+    pub fn set_faults(&self, name: &str, plan: faults::FaultPlan) -> Result<(), SimError> {
+        let rt = self.runtime(name)?;
+        *lock(&rt.faults) = FaultState::new(plan);
+        Ok(())
+    }
+
+    /// Stops every listener and disconnects every session.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}

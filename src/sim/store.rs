@@ -1,0 +1,203 @@
+//! Persisted simulator state, one directory per device under the state dir:
+//! `<state-dir>/<device>/state.json` (the device model, secret included — it is a simulated
+//! device) and `<state-dir>/<device>/host_key` (its ed25519 SSH host key, OpenSSH format).
+//! Both files are 0600 and written atomically (temp file in the same dir, fsync, rename,
+//! fsync of the directory), so a crash never leaves a torn file behind.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use russh::keys::ssh_key::private::Ed25519Keypair;
+use russh::keys::PrivateKey;
+use zeroize::Zeroizing;
+
+use super::model::PersistedState;
+
+/// Errors of the state dir.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid device name for a state directory: {0:?}")]
+    BadName(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("corrupt state file {path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+    #[error("host key error in {path}: {reason}")]
+    HostKey { path: PathBuf, reason: String },
+}
+
+/// One device's directory in the state dir.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+const STATE_FILE: &str = "state.json";
+const HOST_KEY_FILE: &str = "host_key";
+
+/// Writes `data` to `path` atomically with mode 0600.
+pub fn write_atomic_private(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let werr = |source| StoreError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(werr)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(werr)?;
+    }
+    f.write_all(data).map_err(werr)?;
+    f.sync_all().map_err(werr)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(werr)?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        // Directory fsync makes the rename durable; not all platforms allow it.
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// A new random ed25519 host key.
+pub fn random_host_key() -> PrivateKey {
+    let mut seed = Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, seed.as_mut());
+    PrivateKey::from(Ed25519Keypair::from_seed(&seed))
+}
+
+impl Store {
+    /// The directory of device `name` under `root` (created, 0700).
+    pub fn open(root: &Path, name: &str) -> Result<Store, StoreError> {
+        let ok = !name.is_empty()
+            && name != "."
+            && name != ".."
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            return Err(StoreError::BadName(name.to_string()));
+        }
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Write {
+            path: dir.clone(),
+            source,
+        })?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
+        Ok(Store { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The saved device state, if any.
+    pub fn load_state(&self) -> Result<Option<PersistedState>, StoreError> {
+        let path = self.dir.join(STATE_FILE);
+        let text = match std::fs::read(&path) {
+            Ok(t) => Zeroizing::new(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Read { path, source }),
+        };
+        serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path,
+                // serde_json errors name a position and category, never the content.
+                reason: format!("line {} column {}", e.line(), e.column()),
+            })
+    }
+
+    /// Saves the device state atomically (0600).
+    pub fn save_state(&self, state: &PersistedState) -> Result<(), StoreError> {
+        let path = self.dir.join(STATE_FILE);
+        let bytes = Zeroizing::new(serde_json::to_vec_pretty(state).map_err(|e| {
+            StoreError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            }
+        })?);
+        write_atomic_private(&path, &bytes)
+    }
+
+    /// The device's persistent host key (created on first use).
+    pub fn host_key(&self) -> Result<PrivateKey, StoreError> {
+        let path = self.dir.join(HOST_KEY_FILE);
+        let herr = |reason: String| StoreError::HostKey {
+            path: path.clone(),
+            reason,
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let bytes = Zeroizing::new(bytes);
+                PrivateKey::from_openssh(&*bytes).map_err(|e| herr(e.to_string()))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let key = random_host_key();
+                let text = key
+                    .to_openssh(russh::keys::ssh_key::LineEnding::LF)
+                    .map_err(|e| herr(e.to_string()))?;
+                write_atomic_private(&path, text.as_bytes())?;
+                Ok(key)
+            }
+            Err(source) => Err(StoreError::Read { path, source }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_and_host_key_round_trip_with_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), "room-001").unwrap();
+        assert!(s.load_state().unwrap().is_none());
+        let mut st = PersistedState::default();
+        st.version = 1;
+        st.secret = Some("ossifrage".into());
+        st.boot_count = 3;
+        s.save_state(&st).unwrap();
+        let back = s.load_state().unwrap().unwrap();
+        assert_eq!(back.secret.as_deref(), Some("ossifrage"));
+        assert_eq!(back.boot_count, 3);
+        let k1 = s.host_key().unwrap();
+        let k2 = s.host_key().unwrap();
+        assert_eq!(k1.public_key(), k2.public_key());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            for f in [STATE_FILE, HOST_KEY_FILE] {
+                let m = std::fs::metadata(s.dir().join(f)).unwrap().permissions().mode();
+                assert_eq!(m & 0o777, 0o600, "{f}");
+            }
+        }
+        assert!(Store::open(dir.path(), "../x").is_err());
+    }
+}
