@@ -406,7 +406,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let first = StateLock::acquire(dir.path()).unwrap();
         let err = StateLock::acquire(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("in use by another roomkey apply"), "{err}");
+        assert!(
+            err.to_string().contains("in use by another roomkey apply"),
+            "{err}"
+        );
         drop(first);
         StateLock::acquire(dir.path()).unwrap();
     }
@@ -437,24 +440,23 @@ pub fn read_steps(
 
 /// Folds one record into the step states (shared by `DeviceJournal` and `read_steps`).
 fn fold_into(steps: &mut BTreeMap<String, StepState>, r: &Record) {
-        let s = steps.entry(r.step.clone()).or_default();
-        match r.status {
-            StepStatus::InFlight => {
-                s.attempts += 1;
-                s.started_ms = Some(r.at_ms);
-                s.finished_ms = None;
-            }
-            StepStatus::Done | StepStatus::Failed | StepStatus::Skipped => {
-                s.finished_ms = Some(r.at_ms)
-            }
-            // A reset: the step starts over, and its old outputs must not be reused.
-            StepStatus::Pending => s.outputs.clear(),
+    let s = steps.entry(r.step.clone()).or_default();
+    match r.status {
+        StepStatus::InFlight => {
+            s.attempts += 1;
+            s.started_ms = Some(r.at_ms);
+            s.finished_ms = None;
         }
-        s.status = r.status;
-        s.changed = r.changed || (s.changed && r.status != StepStatus::Pending);
-        s.error = r.error.clone();
-        for (k, v) in &r.outputs {
-            s.outputs.insert(k.clone(), v.clone());
+        StepStatus::Done | StepStatus::Failed | StepStatus::Skipped => {
+            s.finished_ms = Some(r.at_ms)
         }
+        // A reset: the step starts over, and its old outputs must not be reused.
+        StepStatus::Pending => s.outputs.clear(),
     }
-
+    s.status = r.status;
+    s.changed = r.changed || (s.changed && r.status != StepStatus::Pending);
+    s.error = r.error.clone();
+    for (k, v) in &r.outputs {
+        s.outputs.insert(k.clone(), v.clone());
+    }
+}

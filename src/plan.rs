@@ -99,7 +99,10 @@ fn step_commands(
     device: &PreparedDevice,
     seed: SeedState,
 ) -> (Vec<PlannedCommand>, Vec<String>) {
-    let own_fp = device.identity.as_ref().map(|i| i.fingerprint().to_string());
+    let own_fp = device
+        .identity
+        .as_ref()
+        .map(|i| i.fingerprint().to_string());
     let mut notes = Vec::new();
     let commands = match step {
         Step::PopulateSecret(p) => match seed {
@@ -197,15 +200,25 @@ fn activation_cmd(verb: &str, purpose: Purpose, fp: &str) -> PlannedCommand {
     } else {
         base.and_then(|c| c.param("Fingerprint", fp))
     };
-    let state = if verb == "Activate" { "active" } else { "inactive" };
+    let state = if verb == "Activate" {
+        "active"
+    } else {
+        "inactive"
+    };
     let jwe = if purpose == Purpose::WebexIdentity {
-        format!(" (fingerprint {fp} sent as a {} JWE)", verb.to_ascii_lowercase())
+        format!(
+            " (fingerprint {fp} sent as a {} JWE)",
+            verb.to_ascii_lowercase()
+        )
     } else {
         String::new()
     };
     cmd(
         built,
-        &format!("if {fp} is not already {state} for {}{jwe}", purpose.as_str()),
+        &format!(
+            "if {fp} is not already {state} for {}{jwe}",
+            purpose.as_str()
+        ),
     )
 }
 
@@ -263,7 +276,10 @@ pub fn device_plan(
         device: device.device.name.clone(),
         address: device.device.address(),
         identity: device.expected_identity.clone(),
-        fingerprint: device.identity.as_ref().map(|i| i.fingerprint().to_string()),
+        fingerprint: device
+            .identity
+            .as_ref()
+            .map(|i| i.fingerprint().to_string()),
         steps,
     }
 }

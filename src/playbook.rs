@@ -471,8 +471,10 @@ steps:
     #[test]
     fn unknown_step_and_unknown_field_are_errors() {
         assert!(problems("name: t\nsteps:\n  - add_certificat: {}\n").contains("unknown variant"));
-        assert!(problems("name: t\nsteps:\n  - populate_secret: { inital: true }\n")
-            .contains("unknown field `inital`"));
+        assert!(
+            problems("name: t\nsteps:\n  - populate_secret: { inital: true }\n")
+                .contains("unknown field `inital`")
+        );
     }
 
     #[test]

@@ -93,7 +93,12 @@ impl Reporter for ProgressReporter {
                 self.multi.suspend(|| eprintln!("{line}"));
             }
             Event::DeviceFinished { outcome } => {
-                if let Some(bar) = self.devices.lock().ok().and_then(|mut m| m.remove(&outcome.device)) {
+                if let Some(bar) = self
+                    .devices
+                    .lock()
+                    .ok()
+                    .and_then(|mut m| m.remove(&outcome.device))
+                {
                     bar.finish_and_clear();
                     self.multi.remove(&bar);
                 }
@@ -143,7 +148,11 @@ impl<W: Write + Send> Reporter for PlainReporter<W> {
                 ..
             } => Some(format!(
                 "run {playbook}: {devices} devices, {steps} steps{}",
-                if *check_mode { " (check mode: read-only)" } else { "" }
+                if *check_mode {
+                    " (check mode: read-only)"
+                } else {
+                    ""
+                }
             )),
             Event::StepFinished { device, step } => Some(format!(
                 "{device}: {} {}{}{}",
@@ -419,13 +428,17 @@ mod tests {
         let recap = render_recap(&s);
         assert!(recap.contains("room-1  changed"), "{recap}");
         assert!(recap.contains("identity r.example.com"), "{recap}");
-        s.outcomes.push(outcome("room-3", DeviceStatus::Unreachable));
+        s.outcomes
+            .push(outcome("room-3", DeviceStatus::Unreachable));
         assert_eq!(s.exit_code(), 3);
         s.outcomes.push(outcome("room-4", DeviceStatus::Failed));
         assert_eq!(s.exit_code(), 2);
         assert!(render_recap(&s).contains("02-add_certificate: device refused"));
         let s2 = RunSummary {
-            outcomes: vec![outcome("a", DeviceStatus::Ok), outcome("b", DeviceStatus::NotStarted)],
+            outcomes: vec![
+                outcome("a", DeviceStatus::Ok),
+                outcome("b", DeviceStatus::NotStarted),
+            ],
             stopped_early: Some(StoppedEarly { reason: "x".into() }),
             ..s
         };

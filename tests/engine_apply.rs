@@ -38,8 +38,7 @@ async fn full_flow_on_twenty_rooms_then_rerun_changes_nothing() {
         );
         assert_eq!(snap.count("Services Add"), 1, "{name}: added once");
     }
-    let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(doc["version"], 1);
     assert_eq!(doc["outcomes"].as_array().unwrap().len(), 20);
     assert!(doc["outcomes"]
@@ -67,7 +66,7 @@ async fn full_flow_on_twenty_rooms_then_rerun_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_faulty_room_gets_its_own_status_while_the_rest_complete() {
     // room-01 drops every Add, room-02 hangs on Show, room-03 refuses logins,
-    // room-04 presents another host key on the second run, room-05 refuses Activate.
+    // room-04's known host key changes before a second run, room-05 refuses Activate.
     let lab = Lab::start(8, 42, |i| match i {
         0 => FaultPlan {
             drop_before: vec![Trigger::pattern("Services Add").always()],
@@ -100,8 +99,7 @@ async fn each_faulty_room_gets_its_own_status_while_the_rest_complete() {
         .apply(&pb, &["--report", report.to_str().unwrap()])
         .await;
     assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let doc: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     let status = |name: &str| -> String {
         doc["outcomes"]
             .as_array()
@@ -121,16 +119,32 @@ async fn each_faulty_room_gets_its_own_status_while_the_rest_complete() {
     }
     assert!(stdout.contains("Certificate activation failed"), "{stdout}");
 
-    // Now room-04 presents a different host key: it fails loudly, even with accept-new.
-    lab.fleet()
-        .set_faults(
-            "room-04",
-            FaultPlan {
-                wrong_host_key: true,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    // Now room-04's recorded host key no longer matches what it presents (as after a
+    // device swap or a man in the middle): it fails loudly, even with accept-new.
+    let known_hosts = lab.path().join("known_hosts");
+    let text = std::fs::read_to_string(&known_hosts).unwrap();
+    let devices = lab.fleet().devices();
+    let host_of = |name: &str| {
+        let d = devices.iter().find(|d| d.name == name).unwrap();
+        format!("[{}]:{} ", d.addr.ip(), d.addr.port())
+    };
+    let (h4, h5) = (host_of("room-04"), host_of("room-05"));
+    let key5 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(h5.as_str()))
+        .unwrap()
+        .to_string();
+    let swapped: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with(h4.as_str()) {
+                format!("{h4}{key5}\n")
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    std::fs::write(&known_hosts, swapped).unwrap();
     let (code, stdout, stderr) = lab.apply(&pb, &["--limit", "room-04", "--fresh"]).await;
     assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stdout.contains("host-key-changed"), "{stdout}");
@@ -166,7 +180,11 @@ async fn bad_input_is_refused_before_anything_is_sent() {
     .unwrap();
 
     let cases: Vec<(&str, String, Vec<&str>)> = vec![
-        ("malformed.yaml", "devices: [unclosed\n".into(), vec!["malformed.yaml"]),
+        (
+            "malformed.yaml",
+            "devices: [unclosed\n".into(),
+            vec!["malformed.yaml"],
+        ),
         (
             "unknown-key.yaml",
             good.replace("defaults:", "defaults:\n  prot: 22"),
@@ -184,7 +202,10 @@ async fn bad_input_is_refused_before_anything_is_sent() {
                 lab.fleet().devices()[0].addr.ip()
             )
             .replace(
-                &format!("room-99: {{ host: {} }}", lab.fleet().devices()[0].addr.ip()),
+                &format!(
+                    "room-99: {{ host: {} }}",
+                    lab.fleet().devices()[0].addr.ip()
+                ),
                 &format!(
                     "room-99: {{ host: {}, port: {} }}",
                     lab.fleet().devices()[0].addr.ip(),
@@ -224,7 +245,12 @@ async fn bad_input_is_refused_before_anything_is_sent() {
     }
     // The certificate problems of all three rooms are reported together.
     let out = lab
-        .roomkey(&["apply", "-i", lab.inventory.to_str().unwrap(), pb.to_str().unwrap()])
+        .roomkey(&[
+            "apply",
+            "-i",
+            lab.inventory.to_str().unwrap(),
+            pb.to_str().unwrap(),
+        ])
         .output()
         .await
         .unwrap();
@@ -244,7 +270,12 @@ async fn plan_connects_to_nothing_and_shows_no_secret() {
     let lab = Lab::start(2, 44, |_| FaultPlan::default()).await;
     let pb = playbook(lab.path(), "flow", TEST_POLICY, FULL_FLOW);
     let out = lab
-        .roomkey(&["plan", "-i", lab.inventory.to_str().unwrap(), pb.to_str().unwrap()])
+        .roomkey(&[
+            "plan",
+            "-i",
+            lab.inventory.to_str().unwrap(),
+            pb.to_str().unwrap(),
+        ])
         .output()
         .await
         .unwrap();

@@ -47,9 +47,11 @@ pub struct Target {
 
 /// Arguments of `roomkey apply`.
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Exit codes: 0 all devices done; 1 invalid input, nothing sent; \
+#[command(
+    after_help = "Exit codes: 0 all devices done; 1 invalid input, nothing sent; \
 2 some devices failed; 3 some devices unreachable (none failed); 4 stopped early, rerun to \
-resume.")]
+resume."
+)]
 pub struct ApplyArgs {
     #[command(flatten)]
     pub target: Target,
@@ -132,9 +134,9 @@ pub fn named_sets(loaded: &Loaded) -> BTreeMap<String, BTreeSet<String>> {
             failed.insert(d.name.clone());
         }
         let done = (0..loaded.playbook.steps.len()).all(|i| {
-            steps.get(&loaded.playbook.step_id(i)).is_some_and(|s| {
-                matches!(s.status, StepStatus::Done | StepStatus::Skipped)
-            })
+            steps
+                .get(&loaded.playbook.step_id(i))
+                .is_some_and(|s| matches!(s.status, StepStatus::Done | StepStatus::Skipped))
         });
         if !done {
             unfinished.insert(d.name.clone());
@@ -171,7 +173,10 @@ pub fn open_store(
     if !needs_vault(devices, playbook) {
         return Ok(Arc::new(EnvSecrets::new()));
     }
-    let path = target.vault.clone().unwrap_or_else(|| inventory.vault.clone());
+    let path = target
+        .vault
+        .clone()
+        .unwrap_or_else(|| inventory.vault.clone());
     let passphrase = roomkey::vault::read_passphrase(target.passphrase_file.as_deref())
         .context("reading the vault passphrase")?;
     let vault = roomkey::vault::Vault::open(&path, &passphrase)
@@ -287,7 +292,11 @@ pub fn run_engine(
     Ok(summary)
 }
 
-pub fn finish(summary: &RunSummary, output: Output, report_path: Option<&Path>) -> anyhow::Result<i32> {
+pub fn finish(
+    summary: &RunSummary,
+    output: Output,
+    report_path: Option<&Path>,
+) -> anyhow::Result<i32> {
     if output != Output::Json {
         print!("{}", report::render_recap(summary));
     }

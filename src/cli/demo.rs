@@ -87,7 +87,12 @@ pub fn run(args: Args, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
     let mut vault = roomkey::vault::Vault::create(&inventory.vault, &passphrase)
         .with_context(|| format!("creating the demo vault {}", inventory.vault.display()))?;
     for d in &inventory.devices {
-        vault.set_current(&d.name, roomkey::vault::generate_secret(), false, Some("demo"))?;
+        vault.set_current(
+            &d.name,
+            roomkey::vault::generate_secret(),
+            false,
+            Some("demo"),
+        )?;
     }
     vault.save()?;
     let store = Arc::new(VaultSecrets::new(vault));

@@ -137,10 +137,9 @@ impl RunSummary {
     }
 
     pub fn exit_code(&self) -> i32 {
-        let failed = self
-            .outcomes
-            .iter()
-            .any(|o| !o.status.is_success() && !o.status.is_unreachable() && !o.status.is_unfinished());
+        let failed = self.outcomes.iter().any(|o| {
+            !o.status.is_success() && !o.status.is_unreachable() && !o.status.is_unfinished()
+        });
         let unreachable = self.outcomes.iter().any(|o| o.status.is_unreachable());
         let unfinished = self.outcomes.iter().any(|o| o.status.is_unfinished());
         if failed {

@@ -233,15 +233,15 @@ async fn run_device(
         duration_ms: 0,
         connections: 0,
     };
-    let journal = match DeviceJournal::open(&config.state_dir, &playbook_key(&config.playbook), &name)
-    {
-        Ok(j) => j,
-        Err(e) => {
-            outcome.status = DeviceStatus::Failed;
-            outcome.reason = Some(e.to_string());
-            return outcome;
-        }
-    };
+    let journal =
+        match DeviceJournal::open(&config.state_dir, &playbook_key(&config.playbook), &name) {
+            Ok(j) => j,
+            Err(e) => {
+                outcome.status = DeviceStatus::Failed;
+                outcome.reason = Some(e.to_string());
+                return outcome;
+            }
+        };
     let mut dr = DeviceRun {
         config,
         prepared,
@@ -339,9 +339,9 @@ async fn run_device(
 /// lost its network together does not reconnect in one burst.
 fn backoff_delay(base: Duration, attempt: u32, device: &str) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(6));
-    let hash = device
-        .bytes()
-        .fold(attempt as u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let hash = device.bytes().fold(attempt as u64, |h, b| {
+        h.wrapping_mul(31).wrapping_add(b as u64)
+    });
     let jitter = exp.mul_f64((hash % 500) as f64 / 1000.0);
     exp + jitter
 }
@@ -374,7 +374,14 @@ impl DeviceRun<'_> {
         out
     }
 
-    fn record(&mut self, step: &str, status: StepStatus, changed: bool, outputs: BTreeMap<String, String>, error: Option<String>) -> Result<(), String> {
+    fn record(
+        &mut self,
+        step: &str,
+        status: StepStatus,
+        changed: bool,
+        outputs: BTreeMap<String, String>,
+        error: Option<String>,
+    ) -> Result<(), String> {
         self.journal
             .append(Record {
                 run: self.run.to_string(),
@@ -396,7 +403,12 @@ impl DeviceRun<'_> {
         };
         self.reporter.event(&Event::Connected {
             device: self.prepared.device.name.clone(),
-            banner: session.banner().lines().next().unwrap_or_default().to_string(),
+            banner: session
+                .banner()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
         });
         let result = self.run_steps(&mut session).await;
         session.close().await;
@@ -470,7 +482,13 @@ impl DeviceRun<'_> {
             match result {
                 Ok(done) => {
                     if !self.config.check_mode {
-                        if let Err(e) = self.record(&id, StepStatus::Done, done.changed, done.outputs.clone(), None) {
+                        if let Err(e) = self.record(
+                            &id,
+                            StepStatus::Done,
+                            done.changed,
+                            done.outputs.clone(),
+                            None,
+                        ) {
                             return Attempt::Fatal(DeviceStatus::Failed, e);
                         }
                     }
@@ -493,7 +511,13 @@ impl DeviceRun<'_> {
                 }
                 Err(steps::StepError::Refused(reason)) => {
                     if !self.config.check_mode {
-                        if let Err(e) = self.record(&id, StepStatus::Failed, false, BTreeMap::new(), Some(reason.clone())) {
+                        if let Err(e) = self.record(
+                            &id,
+                            StepStatus::Failed,
+                            false,
+                            BTreeMap::new(),
+                            Some(reason.clone()),
+                        ) {
                             return Attempt::Fatal(DeviceStatus::Failed, e);
                         }
                     }
@@ -549,8 +573,12 @@ impl DeviceRun<'_> {
 fn classify_ssh_error(e: &SshError) -> Attempt {
     use crate::ssh::Phase;
     match e {
-        SshError::HostKeyChanged { .. } => Attempt::Fatal(DeviceStatus::HostKeyChanged, e.to_string()),
-        SshError::HostKeyUnknown { .. } => Attempt::Fatal(DeviceStatus::HostKeyUnknown, e.to_string()),
+        SshError::HostKeyChanged { .. } => {
+            Attempt::Fatal(DeviceStatus::HostKeyChanged, e.to_string())
+        }
+        SshError::HostKeyUnknown { .. } => {
+            Attempt::Fatal(DeviceStatus::HostKeyUnknown, e.to_string())
+        }
         SshError::AuthRejected { .. } => Attempt::Fatal(DeviceStatus::AuthFailed, e.to_string()),
         SshError::Timeout {
             phase: Phase::Command,
@@ -571,6 +599,9 @@ mod tests {
         let a2 = backoff_delay(base, 2, "room-1");
         assert!(a1 >= base && a1 < base * 2);
         assert!(a2 >= base * 2 && a2 < base * 3);
-        assert_ne!(backoff_delay(base, 1, "room-1"), backoff_delay(base, 1, "room-2"));
+        assert_ne!(
+            backoff_delay(base, 1, "room-1"),
+            backoff_delay(base, 1, "room-2")
+        );
     }
 }

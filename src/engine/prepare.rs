@@ -97,8 +97,8 @@ pub fn prepare(
                                 cert_path.display()
                             ));
                         }
-                        if let Some(other) = by_fingerprint
-                            .insert(id.fingerprint().to_string(), device.name.clone())
+                        if let Some(other) =
+                            by_fingerprint.insert(id.fingerprint().to_string(), device.name.clone())
                         {
                             problem(
                                 "certificate",
@@ -195,7 +195,9 @@ fn resolve_auth(device: &Device, secrets: Option<&dyn SecretStore>) -> Result<Cl
         }
         AuthSource::Agent => {
             if std::env::var_os("SSH_AUTH_SOCK").is_none() {
-                return Err("auth is `agent: true` but SSH_AUTH_SOCK is not set (no ssh-agent)".into());
+                return Err(
+                    "auth is `agent: true` but SSH_AUTH_SOCK is not set (no ssh-agent)".into(),
+                );
             }
             Ok(ClientAuth::Agent)
         }

@@ -63,7 +63,11 @@ impl EnvSecrets {
     }
 }
 
-pub fn env_secret(device: &Device, var: &str, what: &'static str) -> Result<Secret, SecretStoreError> {
+pub fn env_secret(
+    device: &Device,
+    var: &str,
+    what: &'static str,
+) -> Result<Secret, SecretStoreError> {
     std::env::var(var)
         .ok()
         .filter(|v| !v.is_empty())

@@ -331,10 +331,7 @@ async fn add_certificate(
     if ctx.check_mode {
         return Ok(would(&header));
     }
-    let secret = ctx
-        .secrets
-        .current(&ctx.prepared.device)
-        .map_err(local)?;
+    let secret = ctx.secrets.current(&ctx.prepared.device).map_err(local)?;
     let payload = identity.add_payload();
     let jwe = ctx
         .kdf
@@ -444,10 +441,7 @@ async fn set_activation(
     }
     // WebexIdentity takes the fingerprint as a JWE; the other purposes take it plain.
     if purpose == Purpose::WebexIdentity {
-        let secret = ctx
-            .secrets
-            .current(&ctx.prepared.device)
-            .map_err(local)?;
+        let secret = ctx.secrets.current(&ctx.prepared.device).map_err(local)?;
         let action = if activate {
             Action::Activate
         } else {

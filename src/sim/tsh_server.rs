@@ -420,14 +420,18 @@ pub fn redacted(req: &Request) -> String {
     for w in &req.path {
         s.push(' ');
         // Path words are identifiers; anything odd is not echoed into logs.
-        if w.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '[' || c == ']') {
+        if w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '[' || c == ']')
+        {
             s.push_str(w);
         } else {
             s.push('?');
         }
     }
     for (k, v) in &req.params {
-        let safe_name = k.chars().all(|c| c.is_ascii_alphanumeric() || c == '[' || c == ']');
+        let safe_name = k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '[' || c == ']');
         let name = if safe_name { k.as_str() } else { "?" };
         if LOGGED_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(k))
             && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')

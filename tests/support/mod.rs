@@ -182,7 +182,9 @@ impl Lab {
         let mut out = String::new();
         let mut stack = vec![self.dir.path().join(".roomkey")];
         while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else { continue };
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
             for e in rd.flatten() {
                 let p = e.path();
                 if p.is_dir() {
