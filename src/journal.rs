@@ -313,6 +313,52 @@ impl StateLock {
     }
 }
 
+/// Reads a device's step states without creating anything (for `plan` and `--limit @failed`).
+pub fn read_steps(
+    state_dir: &Path,
+    key: &str,
+    device: &str,
+) -> Result<BTreeMap<String, StepState>, JournalError> {
+    let path = state_dir
+        .join("journal")
+        .join(key)
+        .join(format!("{device}.jsonl"));
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(io_err(&path)(e)),
+    };
+    let (records, _, _) = parse_lines(&bytes);
+    let mut steps = BTreeMap::new();
+    for r in &records {
+        fold_into(&mut steps, r);
+    }
+    Ok(steps)
+}
+
+/// Folds one record into the step states (shared by `DeviceJournal` and `read_steps`).
+fn fold_into(steps: &mut BTreeMap<String, StepState>, r: &Record) {
+    let s = steps.entry(r.step.clone()).or_default();
+    match r.status {
+        StepStatus::InFlight => {
+            s.attempts += 1;
+            s.started_ms = Some(r.at_ms);
+            s.finished_ms = None;
+        }
+        StepStatus::Done | StepStatus::Failed | StepStatus::Skipped => {
+            s.finished_ms = Some(r.at_ms)
+        }
+        // A reset: the step starts over, and its old outputs must not be reused.
+        StepStatus::Pending => s.outputs.clear(),
+    }
+    s.status = r.status;
+    s.changed = r.changed || (s.changed && r.status != StepStatus::Pending);
+    s.error = r.error.clone();
+    for (k, v) in &r.outputs {
+        s.outputs.insert(k.clone(), v.clone());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -412,51 +458,5 @@ mod tests {
         );
         drop(first);
         StateLock::acquire(dir.path()).unwrap();
-    }
-}
-
-/// Reads a device's step states without creating anything (for `plan` and `--limit @failed`).
-pub fn read_steps(
-    state_dir: &Path,
-    key: &str,
-    device: &str,
-) -> Result<BTreeMap<String, StepState>, JournalError> {
-    let path = state_dir
-        .join("journal")
-        .join(key)
-        .join(format!("{device}.jsonl"));
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
-        Err(e) => return Err(io_err(&path)(e)),
-    };
-    let (records, _, _) = parse_lines(&bytes);
-    let mut steps = BTreeMap::new();
-    for r in &records {
-        fold_into(&mut steps, r);
-    }
-    Ok(steps)
-}
-
-/// Folds one record into the step states (shared by `DeviceJournal` and `read_steps`).
-fn fold_into(steps: &mut BTreeMap<String, StepState>, r: &Record) {
-    let s = steps.entry(r.step.clone()).or_default();
-    match r.status {
-        StepStatus::InFlight => {
-            s.attempts += 1;
-            s.started_ms = Some(r.at_ms);
-            s.finished_ms = None;
-        }
-        StepStatus::Done | StepStatus::Failed | StepStatus::Skipped => {
-            s.finished_ms = Some(r.at_ms)
-        }
-        // A reset: the step starts over, and its old outputs must not be reused.
-        StepStatus::Pending => s.outputs.clear(),
-    }
-    s.status = r.status;
-    s.changed = r.changed || (s.changed && r.status != StepStatus::Pending);
-    s.error = r.error.clone();
-    for (k, v) in &r.outputs {
-        s.outputs.insert(k.clone(), v.clone());
     }
 }

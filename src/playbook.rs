@@ -383,13 +383,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
             | Step::ActivateCertificate(Activate {
                 certificate: CertificateRef::Fingerprint(fp),
                 ..
-            }) => {
-                if fp.len() != 40 || !fp.chars().all(|c| c.is_ascii_hexdigit()) {
-                    problem(
-                        entry,
-                        "a certificate fingerprint is 40 hex digits (SHA-1)".into(),
-                    );
-                }
+            }) if fp.len() != 40 || !fp.chars().all(|c| c.is_ascii_hexdigit()) => {
+                problem(
+                    entry,
+                    "a certificate fingerprint is 40 hex digits (SHA-1)".into(),
+                );
             }
             _ => {}
         }

@@ -98,9 +98,7 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
         let sessions = Arc::clone(&sessions);
         let run = run.clone();
         tasks.spawn(async move {
-            let Some(prepared) = config.devices.get(index) else {
-                return None;
-            };
+            let prepared = config.devices.get(index)?;
             let mut stop = config.stop.clone();
             let permit = tokio::select! {
                 p = sessions.acquire() => p.ok(),
