@@ -232,6 +232,17 @@ impl SshError {
         )
     }
 
+    /// Worth another attempt later: the device was unreachable, slow before login, or the
+    /// connection dropped. Host key, credential, key file and command-timeout failures are
+    /// not (a timed-out command may still have been applied; re-check before resending).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SshError::Connect { .. } | SshError::Disconnected { .. } => true,
+            SshError::Timeout { phase, .. } => *phase != Phase::Command,
+            _ => false,
+        }
+    }
+
     /// Credentials were refused.
     pub fn is_auth(&self) -> bool {
         matches!(self, SshError::AuthRejected { .. })

@@ -458,3 +458,24 @@ OK\r\n*r ServicesShowResult (status=OK): \r\n** resultId: \"r8\"\r\n** end\r\n",
     let ev = r.feed(b"Command not recognized.\r\n");
     assert!(matches!(&ev[..], [TshEvent::Reply(m)] if m.status == ReplyStatus::NotRecognized));
 }
+
+#[test]
+fn status_display() {
+    assert_eq!(ReplyStatus::Ok.to_string(), "OK");
+    assert_eq!(
+        ReplyStatus::Error {
+            reason: Some("Illegal value".into())
+        }
+        .to_string(),
+        "Error: Illegal value"
+    );
+    assert_eq!(
+        ReplyStatus::ParameterError { reason: None }.to_string(),
+        "ParameterError"
+    );
+    assert_eq!(
+        ReplyStatus::NotRecognized.to_string(),
+        "Command not recognized"
+    );
+    assert_eq!(ReplyStatus::BareError.to_string(), "ERROR");
+}

@@ -22,6 +22,10 @@
 //! part of a reply; the `** end` that closes an event block is consumed with it, so an event
 //! arriving between a command's `OK` and its result block cannot end the reply early.
 //!
+//! Unsolicited `*s`/`*c` feedback blocks (only sent after `xFeedback register`, which
+//! roomkey never sends) cannot be told apart from an `xStatus` reply and would be merged into
+//! it; during an `xCommand` they are recognised (no `*r` line) and skipped.
+//!
 //! Correlation is by resultId: the reply carries the `** resultId: "rN"` the client sent,
 //! and the SSH client discards replies whose id is not the one it awaits.
 //!
@@ -77,6 +81,24 @@ pub enum ReplyStatus {
     NotRecognized,
     /// A bare `ERROR` line without a status header.
     BareError,
+}
+
+impl std::fmt::Display for ReplyStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let with_reason = |f: &mut std::fmt::Formatter<'_>, what: &str, r: &Option<String>| match r
+        {
+            Some(r) => write!(f, "{what}: {r}"),
+            None => f.write_str(what),
+        };
+        match self {
+            ReplyStatus::Ok => f.write_str("OK"),
+            ReplyStatus::Error { reason } => with_reason(f, "Error", reason),
+            ReplyStatus::ParameterError { reason } => with_reason(f, "ParameterError", reason),
+            ReplyStatus::Other { status, reason } => with_reason(f, status, reason),
+            ReplyStatus::NotRecognized => f.write_str("Command not recognized"),
+            ReplyStatus::BareError => f.write_str("ERROR"),
+        }
+    }
 }
 
 /// One `*r` / `*s` / `*c` line (or TC7 indented line) of a reply.
