@@ -479,3 +479,23 @@ fn status_display() {
     );
     assert_eq!(ReplyStatus::BareError.to_string(), "ERROR");
 }
+
+#[test]
+fn tc7_reason_on_its_own_line() {
+    let r = reply_of(&run(
+        include_bytes!("fixtures/tc7_reason_alone.txt"),
+        ReplyShape::Command,
+    ));
+    assert_eq!(r.reason(), Some("Invalid number"));
+}
+
+#[test]
+fn trailing_whitespace_and_doubled_cr_on_markers() {
+    let mut r = ReplyReader::new();
+    let ev = r.feed(b"*r Login successful \r\r\n\r\nOK \r\n");
+    assert!(ev.contains(&TshEvent::LoginReady));
+    r.expect(ReplyShape::Status);
+    let ev = r.feed(b"*s Audio Volume: 50\r\r\n** end \r\n\r\nOK\r\r\n");
+    let rep = reply_of(&ev);
+    assert_eq!(rep.get("Audio Volume"), Some("50"));
+}

@@ -326,7 +326,7 @@ impl ReplyReader {
         for &b in bytes {
             if b == b'\n' {
                 let mut line = std::mem::take(&mut self.buf);
-                if line.last() == Some(&b'\r') {
+                while line.last() == Some(&b'\r') {
                     line.pop();
                 }
                 let text = String::from_utf8_lossy(&line).into_owned();
@@ -352,9 +352,10 @@ impl ReplyReader {
 
     fn line(&mut self, line: String, out: &mut Vec<TshEvent>) {
         if !self.logged_in {
-            if line == "*r Login successful" {
+            let t = line.trim_end();
+            if t == "*r Login successful" {
                 self.saw_login_line = true;
-            } else if line == "OK" && self.saw_login_line {
+            } else if t == "OK" && self.saw_login_line {
                 self.logged_in = true;
                 out.push(TshEvent::LoginReady);
                 return;
@@ -370,7 +371,7 @@ impl ReplyReader {
             return;
         }
         if self.in_event {
-            if line == "** end" {
+            if line.trim_end() == "** end" {
                 self.in_event = false;
                 out.push(TshEvent::Noise(line));
                 return;
@@ -405,12 +406,16 @@ impl ReplyReader {
 /// Processes one line for the pending reply; returns the reply if it completed.
 fn step(p: &mut Pending, line: String) -> Option<Reply> {
     let acc = &mut p.acc;
-    if line == "Command not recognized." {
+    // Markers are compared whole, ignoring trailing whitespace only, so a value that merely
+    // contains `OK` or `ERROR` never matches.
+    let t = line.trim_end().to_string();
+    let t = t.as_str();
+    if t == "Command not recognized." {
         acc.raw.push(line);
         return Some(finish(acc, Some(ReplyStatus::NotRecognized)));
     }
     if p.shape == ReplyShape::Plain {
-        let status = match line.as_str() {
+        let status = match t {
             "OK" => Some(ReplyStatus::Ok),
             "ERROR" => Some(ReplyStatus::BareError),
             _ => None,
@@ -419,24 +424,24 @@ fn step(p: &mut Pending, line: String) -> Option<Reply> {
         return status.map(|s| finish(acc, Some(s)));
     }
     if p.phase == Phase::AwaitTrailer {
-        let done = match line.as_str() {
+        let done = match t {
             "OK" => Some(None),
             "ERROR" => Some(Some(ReplyStatus::BareError)),
             _ => None,
         };
-        if !line.is_empty() {
+        if !t.is_empty() {
             acc.raw.push(line);
         }
         return done.map(|trailer| finish(acc, trailer));
     }
-    if line == "ERROR" {
+    if t == "ERROR" {
         acc.raw.push(line);
         return Some(finish(acc, Some(ReplyStatus::BareError)));
     }
-    if line.is_empty() {
+    if t.is_empty() {
         return None;
     }
-    if line == "** end" {
+    if t == "** end" {
         acc.raw.push(line);
         match p.shape {
             ReplyShape::Status => {
@@ -480,8 +485,10 @@ fn step(p: &mut Pending, line: String) -> Option<Reply> {
         acc.raw.push(line);
         return None;
     }
+    // TC7: fields on lines below the `*r` header, indented (nested by indentation) or,
+    // for `Reason: ...`, at the start of the line.
     let indent = line.len() - line.trim_start().len();
-    if indent > 0 && p.phase == Phase::InBlock && acc.saw_r {
+    if p.phase == Phase::InBlock && acc.saw_r && !line.starts_with('*') {
         parse_indented(acc, indent, line.trim());
     }
     // `OK` before the block, echoed commands and anything else: kept in raw only.
