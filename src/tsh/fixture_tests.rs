@@ -499,3 +499,17 @@ fn trailing_whitespace_and_doubled_cr_on_markers() {
     let rep = reply_of(&ev);
     assert_eq!(rep.get("Audio Volume"), Some("50"));
 }
+
+#[test]
+fn event_between_result_id_and_end_does_not_swallow_the_end() {
+    let mut r = ReplyReader::new();
+    r.feed(LOGIN);
+    r.expect_id(ReplyShape::Command, &ResultId::new("r1").unwrap());
+    let ev = r.feed(
+        b"OK\r\n*r AudioVolumeSetResult (status=OK): \r\n** resultId: \"r1\"\r\n\
+*e Standby: On\r\n** end\r\n** end\r\n",
+    );
+    assert_eq!(ev[0], TshEvent::Event("*e Standby: On".into()));
+    assert!(matches!(&ev[1], TshEvent::Reply(rep) if rep.result_id.as_deref() == Some("r1")));
+    assert_eq!(ev[2], TshEvent::Noise("** end".into()));
+}

@@ -370,7 +370,13 @@ impl ReplyReader {
             out.push(TshEvent::Event(line));
             return;
         }
-        if self.in_event {
+        // Once this reply's `** resultId` line has been seen, the next `** end` is the
+        // reply's own (the tag comes just before it), even if an event slipped in between.
+        let tagged = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.acc.result_id.is_some());
+        if self.in_event && !tagged {
             if line.trim_end() == "** end" {
                 self.in_event = false;
                 out.push(TshEvent::Noise(line));
