@@ -232,8 +232,79 @@ impl SshError {
         )
     }
 
+    /// Worth another attempt later: the device was unreachable, slow before login, or the
+    /// connection dropped. Host key, credential, key file and command-timeout failures are
+    /// not (a timed-out command may still have been applied; re-check before resending).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SshError::Connect { .. } | SshError::Disconnected { .. } => true,
+            SshError::Timeout { phase, .. } => *phase != Phase::Command,
+            _ => false,
+        }
+    }
+
     /// Credentials were refused.
     pub fn is_auth(&self) -> bool {
         matches!(self, SshError::AuthRejected { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_name_host_port_and_classify() {
+        let changed = SshError::HostKeyChanged {
+            host: "10.0.0.5".into(),
+            port: 2222,
+            expected_fp: "SHA256:old".into(),
+            presented_fp: "SHA256:new".into(),
+            known_hosts: PathBuf::from("/k/known_hosts"),
+            line: 3,
+        };
+        let msg = changed.to_string();
+        assert!(msg.starts_with("10.0.0.5:2222: HOST KEY CHANGED"), "{msg}");
+        assert!(msg.contains("/k/known_hosts:3") && msg.contains("SHA256:new"));
+        assert!(changed.is_host_key() && !changed.is_retryable() && !changed.is_unreachable());
+
+        let t = SshError::Timeout {
+            host: "h".into(),
+            port: 22,
+            phase: Phase::Connect,
+        };
+        assert_eq!(t.to_string(), "h:22: timed out during connect");
+        assert!(t.is_unreachable() && t.is_retryable());
+        let t = SshError::Timeout {
+            host: "h".into(),
+            port: 22,
+            phase: Phase::Command,
+        };
+        assert!(!t.is_unreachable() && !t.is_retryable());
+
+        let d = SshError::Disconnected {
+            host: "h".into(),
+            port: 22,
+            phase: Phase::Command,
+            detail: String::new(),
+        };
+        assert_eq!(d.to_string(), "h:22: connection closed during command");
+        assert!(d.is_retryable());
+
+        let a = SshError::AuthRejected {
+            host: "h".into(),
+            port: 22,
+            username: "admin".into(),
+            method: "password",
+        };
+        assert!(a.is_auth() && !a.is_retryable());
+    }
+
+    #[test]
+    fn options_debug_hides_the_password() {
+        let o = ConnectOptions::new("h", "admin", ClientAuth::Password(Secret::new("pw-xyzzy")));
+        assert!(!format!("{o:?}").contains("xyzzy"));
+        assert_eq!(o.port, 22);
+        assert_eq!(o.host_key_policy, HostKeyPolicy::Strict);
     }
 }

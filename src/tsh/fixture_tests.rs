@@ -458,3 +458,58 @@ OK\r\n*r ServicesShowResult (status=OK): \r\n** resultId: \"r8\"\r\n** end\r\n",
     let ev = r.feed(b"Command not recognized.\r\n");
     assert!(matches!(&ev[..], [TshEvent::Reply(m)] if m.status == ReplyStatus::NotRecognized));
 }
+
+#[test]
+fn status_display() {
+    assert_eq!(ReplyStatus::Ok.to_string(), "OK");
+    assert_eq!(
+        ReplyStatus::Error {
+            reason: Some("Illegal value".into())
+        }
+        .to_string(),
+        "Error: Illegal value"
+    );
+    assert_eq!(
+        ReplyStatus::ParameterError { reason: None }.to_string(),
+        "ParameterError"
+    );
+    assert_eq!(
+        ReplyStatus::NotRecognized.to_string(),
+        "Command not recognized"
+    );
+    assert_eq!(ReplyStatus::BareError.to_string(), "ERROR");
+}
+
+#[test]
+fn tc7_reason_on_its_own_line() {
+    let r = reply_of(&run(
+        include_bytes!("fixtures/tc7_reason_alone.txt"),
+        ReplyShape::Command,
+    ));
+    assert_eq!(r.reason(), Some("Invalid number"));
+}
+
+#[test]
+fn trailing_whitespace_and_doubled_cr_on_markers() {
+    let mut r = ReplyReader::new();
+    let ev = r.feed(b"*r Login successful \r\r\n\r\nOK \r\n");
+    assert!(ev.contains(&TshEvent::LoginReady));
+    r.expect(ReplyShape::Status);
+    let ev = r.feed(b"*s Audio Volume: 50\r\r\n** end \r\n\r\nOK\r\r\n");
+    let rep = reply_of(&ev);
+    assert_eq!(rep.get("Audio Volume"), Some("50"));
+}
+
+#[test]
+fn event_between_result_id_and_end_does_not_swallow_the_end() {
+    let mut r = ReplyReader::new();
+    r.feed(LOGIN);
+    r.expect_id(ReplyShape::Command, &ResultId::new("r1").unwrap());
+    let ev = r.feed(
+        b"OK\r\n*r AudioVolumeSetResult (status=OK): \r\n** resultId: \"r1\"\r\n\
+*e Standby: On\r\n** end\r\n** end\r\n",
+    );
+    assert_eq!(ev[0], TshEvent::Event("*e Standby: On".into()));
+    assert!(matches!(&ev[1], TshEvent::Reply(rep) if rep.result_id.as_deref() == Some("r1")));
+    assert_eq!(ev[2], TshEvent::Noise("** end".into()));
+}

@@ -22,6 +22,10 @@
 //! part of a reply; the `** end` that closes an event block is consumed with it, so an event
 //! arriving between a command's `OK` and its result block cannot end the reply early.
 //!
+//! Unsolicited `*s`/`*c` feedback blocks (only sent after `xFeedback register`, which
+//! roomkey never sends) cannot be told apart from an `xStatus` reply and would be merged into
+//! it; during an `xCommand` they are recognised (no `*r` line) and skipped.
+//!
 //! Correlation is by resultId: the reply carries the `** resultId: "rN"` the client sent,
 //! and the SSH client discards replies whose id is not the one it awaits.
 //!
@@ -77,6 +81,24 @@ pub enum ReplyStatus {
     NotRecognized,
     /// A bare `ERROR` line without a status header.
     BareError,
+}
+
+impl std::fmt::Display for ReplyStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let with_reason = |f: &mut std::fmt::Formatter<'_>, what: &str, r: &Option<String>| match r
+        {
+            Some(r) => write!(f, "{what}: {r}"),
+            None => f.write_str(what),
+        };
+        match self {
+            ReplyStatus::Ok => f.write_str("OK"),
+            ReplyStatus::Error { reason } => with_reason(f, "Error", reason),
+            ReplyStatus::ParameterError { reason } => with_reason(f, "ParameterError", reason),
+            ReplyStatus::Other { status, reason } => with_reason(f, status, reason),
+            ReplyStatus::NotRecognized => f.write_str("Command not recognized"),
+            ReplyStatus::BareError => f.write_str("ERROR"),
+        }
+    }
 }
 
 /// One `*r` / `*s` / `*c` line (or TC7 indented line) of a reply.
@@ -304,7 +326,7 @@ impl ReplyReader {
         for &b in bytes {
             if b == b'\n' {
                 let mut line = std::mem::take(&mut self.buf);
-                if line.last() == Some(&b'\r') {
+                while line.last() == Some(&b'\r') {
                     line.pop();
                 }
                 let text = String::from_utf8_lossy(&line).into_owned();
@@ -330,9 +352,10 @@ impl ReplyReader {
 
     fn line(&mut self, line: String, out: &mut Vec<TshEvent>) {
         if !self.logged_in {
-            if line == "*r Login successful" {
+            let t = line.trim_end();
+            if t == "*r Login successful" {
                 self.saw_login_line = true;
-            } else if line == "OK" && self.saw_login_line {
+            } else if t == "OK" && self.saw_login_line {
                 self.logged_in = true;
                 out.push(TshEvent::LoginReady);
                 return;
@@ -347,8 +370,14 @@ impl ReplyReader {
             out.push(TshEvent::Event(line));
             return;
         }
-        if self.in_event {
-            if line == "** end" {
+        // Once this reply's `** resultId` line has been seen, the next `** end` is the
+        // reply's own (the tag comes just before it), even if an event slipped in between.
+        let tagged = self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.acc.result_id.is_some());
+        if self.in_event && !tagged {
+            if line.trim_end() == "** end" {
                 self.in_event = false;
                 out.push(TshEvent::Noise(line));
                 return;
@@ -383,12 +412,16 @@ impl ReplyReader {
 /// Processes one line for the pending reply; returns the reply if it completed.
 fn step(p: &mut Pending, line: String) -> Option<Reply> {
     let acc = &mut p.acc;
-    if line == "Command not recognized." {
+    // Markers are compared whole, ignoring trailing whitespace only, so a value that merely
+    // contains `OK` or `ERROR` never matches.
+    let t = line.trim_end().to_string();
+    let t = t.as_str();
+    if t == "Command not recognized." {
         acc.raw.push(line);
         return Some(finish(acc, Some(ReplyStatus::NotRecognized)));
     }
     if p.shape == ReplyShape::Plain {
-        let status = match line.as_str() {
+        let status = match t {
             "OK" => Some(ReplyStatus::Ok),
             "ERROR" => Some(ReplyStatus::BareError),
             _ => None,
@@ -397,24 +430,24 @@ fn step(p: &mut Pending, line: String) -> Option<Reply> {
         return status.map(|s| finish(acc, Some(s)));
     }
     if p.phase == Phase::AwaitTrailer {
-        let done = match line.as_str() {
+        let done = match t {
             "OK" => Some(None),
             "ERROR" => Some(Some(ReplyStatus::BareError)),
             _ => None,
         };
-        if !line.is_empty() {
+        if !t.is_empty() {
             acc.raw.push(line);
         }
         return done.map(|trailer| finish(acc, trailer));
     }
-    if line == "ERROR" {
+    if t == "ERROR" {
         acc.raw.push(line);
         return Some(finish(acc, Some(ReplyStatus::BareError)));
     }
-    if line.is_empty() {
+    if t.is_empty() {
         return None;
     }
-    if line == "** end" {
+    if t == "** end" {
         acc.raw.push(line);
         match p.shape {
             ReplyShape::Status => {
@@ -458,8 +491,10 @@ fn step(p: &mut Pending, line: String) -> Option<Reply> {
         acc.raw.push(line);
         return None;
     }
+    // TC7: fields on lines below the `*r` header, indented (nested by indentation) or,
+    // for `Reason: ...`, at the start of the line.
     let indent = line.len() - line.trim_start().len();
-    if indent > 0 && p.phase == Phase::InBlock && acc.saw_r {
+    if p.phase == Phase::InBlock && acc.saw_r && !line.starts_with('*') {
         parse_indented(acc, indent, line.trim());
     }
     // `OK` before the block, echoed commands and anything else: kept in raw only.
