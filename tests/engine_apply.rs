@@ -92,7 +92,7 @@ async fn each_faulty_room_gets_its_own_status_while_the_rest_complete() {
         _ => FaultPlan::default(),
     })
     .await;
-    let policy = "concurrency: 8, connect_timeout: 5s, auth_timeout: 5s, command_timeout: 2s, retries: 1, retry_backoff: 50ms, host_key_policy: accept-new";
+    let policy = "concurrency: 8, connect_timeout: 5s, auth_timeout: 5s, command_timeout: 5s, retries: 1, retry_backoff: 50ms, host_key_policy: accept-new";
     let pb = playbook(lab.path(), "flow", policy, FULL_FLOW);
     let report = lab.path().join("report.json");
     let (code, stdout, stderr) = lab

@@ -569,20 +569,21 @@ impl DeviceRun<'_> {
 }
 
 fn classify_ssh_error(e: &SshError) -> Attempt {
-    use crate::ssh::Phase;
     match e {
-        SshError::HostKeyChanged { .. } => {
+        SshError::HostKeyChanged { .. } | SshError::HostKeyRevoked { .. } => {
             Attempt::Fatal(DeviceStatus::HostKeyChanged, e.to_string())
         }
         SshError::HostKeyUnknown { .. } => {
             Attempt::Fatal(DeviceStatus::HostKeyUnknown, e.to_string())
         }
-        SshError::AuthRejected { .. } => Attempt::Fatal(DeviceStatus::AuthFailed, e.to_string()),
-        SshError::Timeout {
-            phase: Phase::Command,
-            ..
-        } => Attempt::Fatal(DeviceStatus::TimedOut, e.to_string()),
-        _ => Attempt::Retry(e.to_string()),
+        _ if e.is_auth() => Attempt::Fatal(DeviceStatus::AuthFailed, e.to_string()),
+        SshError::Timeout { .. } if !e.is_retryable() => {
+            Attempt::Fatal(DeviceStatus::TimedOut, e.to_string())
+        }
+        // Connection-level trouble may pass: retry with backoff.
+        _ if e.is_retryable() => Attempt::Retry(e.to_string()),
+        // Local problems (known_hosts file, key file, agent) will not fix themselves.
+        _ => Attempt::Fatal(DeviceStatus::Failed, e.to_string()),
     }
 }
 
