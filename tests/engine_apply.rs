@@ -292,3 +292,112 @@ async fn plan_connects_to_nothing_and_shows_no_secret() {
         assert_eq!(lab.snapshot(name).await.logins, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_mid_run_then_rerun_completes_without_adding_twice() {
+    use tokio::io::AsyncBufReadExt;
+    // rooms 1-4 hang on their first Activate; rooms 5-7 apply their first Add and drop the
+    // connection before replying; the rest behave.
+    let lab = Lab::start(10, 45, |i| match i {
+        0..=3 => FaultPlan {
+            hang: vec![Trigger::pattern("Services Activate")],
+            ..Default::default()
+        },
+        4..=6 => FaultPlan {
+            drop_after: vec![Trigger::pattern("Services Add")],
+            ..Default::default()
+        },
+        _ => FaultPlan::default(),
+    })
+    .await;
+    let policy = "concurrency: 10, command_timeout: 60s, retries: 2, retry_backoff: 50ms, host_key_policy: accept-new";
+    let pb = playbook(lab.path(), "flow", policy, FULL_FLOW);
+    let inv = lab.inventory.to_str().unwrap().to_string();
+    let mut child = lab
+        .roomkey(&[
+            "apply",
+            "-i",
+            &inv,
+            pb.to_str().unwrap(),
+            "--output",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Follow the run's own event stream: kill it once the four hanging rooms are inside
+    // their activation step and the six others are done.
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut activating = std::collections::BTreeSet::new();
+    let mut finished = std::collections::BTreeSet::new();
+    while activating.len() < 4 || finished.len() < 6 {
+        let line = lines.next_line().await.unwrap().expect("apply ended early");
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let device = event["device"].as_str().unwrap_or_default().to_string();
+        match event["event"].as_str() {
+            Some("step-started") if event["step"] == "04-activate_certificate" => {
+                activating.insert(device);
+            }
+            Some("device-finished") => {
+                finished.insert(event["outcome"]["device"].as_str().unwrap().to_string());
+            }
+            _ => {}
+        }
+    }
+    child.start_kill().unwrap(); // SIGKILL
+    child.wait().await.unwrap();
+    let mut logins_before = Vec::new();
+    for name in &lab.names {
+        logins_before.push(lab.snapshot(name).await.logins);
+    }
+
+    let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_provisioned(&snap, name);
+        assert_eq!(
+            snap.count("Services Add"),
+            1,
+            "{name}: certificate added once"
+        );
+    }
+    // The six rooms that had finished are complete in the journal: not contacted again.
+    for (i, name) in lab.names.iter().enumerate().skip(4) {
+        assert!(
+            stderr.contains(&format!("{name}: ok\n")),
+            "{name}: {stderr}"
+        );
+        let logins = lab.snapshot(name).await.logins;
+        assert_eq!(logins, logins_before[i], "{name} logged in again");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_mode_reads_only_and_reports_what_would_change() {
+    let lab = Lab::start(2, 46, |_| FaultPlan::default()).await;
+    let pb = playbook(lab.path(), "flow", TEST_POLICY, FULL_FLOW);
+    let (code, stdout, stderr) = lab.apply(&pb, &["--check"]).await;
+    // Verification fails in check mode: nothing was activated.
+    assert_eq!(code, 2, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("would send: xCommand Security Certificates Services Add"),
+        "{stderr}"
+    );
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert!(snap.secret.is_none(), "{name}: nothing seeded");
+        assert!(snap.certificates.is_empty(), "{name}: nothing added");
+        for c in &snap.commands {
+            let l = c.line.to_ascii_lowercase();
+            assert!(
+                l.starts_with("echo")
+                    || l.contains("show")
+                    || l.starts_with("xstatus")
+                    || (l.starts_with("xconfiguration") && !l.contains(": on")),
+                "{name}: non-read-only command in check mode: {}",
+                c.line
+            );
+        }
+    }
+}
