@@ -562,7 +562,8 @@ impl Device {
         }
     }
 
-    fn result_name(req: &Request) -> String {
+    /// The `<Name>Result` of an xCommand (`Services Show` → `ServicesShowResult`).
+    pub fn result_name(req: &Request) -> String {
         let n = req.path.len();
         let tail = &req.path[n.saturating_sub(2)..];
         let canon: String = tail.iter().map(|w| canonical_word(w)).collect();

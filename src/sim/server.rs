@@ -323,13 +323,13 @@ async fn process_frame(
         }
         faults::Action::Error(reason) => {
             rt.log_command(seq, log_line, "injected-error");
-            let kind = match &parsed {
-                Parsed::X { req, .. } => req.kind,
-                _ => Kind::Command,
+            let (kind, name) = match &parsed {
+                Parsed::X { req, .. } => (req.kind, Device::result_name(req)),
+                _ => (Kind::Command, "Result".to_string()),
             };
             let resp = match kind {
                 Kind::Command => Response::Result {
-                    name: "Result".into(),
+                    name,
                     status: model::ResultStatus::Error,
                     fields: vec![model::Leaf {
                         path: vec!["Reason".into()],
