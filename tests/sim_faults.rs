@@ -21,7 +21,8 @@ async fn drop_before_and_after() {
     let fleet = one_device(plan, None).await;
     let mut c = login(&fleet).await;
     c.cmd("echo off", "OK\r\n").await;
-    c.send("xCommand Security Certificates Services Show\n").await;
+    c.send("xCommand Security Certificates Services Show\n")
+        .await;
     assert_eq!(c.read_to_close().await, "");
     let snap = fleet.snapshot("room-001").await.unwrap();
     assert_eq!(snap.commands.last().unwrap().outcome, "dropped-before");
@@ -29,7 +30,9 @@ async fn drop_before_and_after() {
     // Fires once: the next session gets past it; the populate is applied, then dropped.
     let mut c = login(&fleet).await;
     c.cmd("echo off", "OK\r\n").await;
-    let show = c.cmd("xCommand Security Certificates Services Show", "** end\r\n").await;
+    let show = c
+        .cmd("xCommand Security Certificates Services Show", "** end\r\n")
+        .await;
     assert!(show.contains("(status=OK)"));
     c.send(&format!("{POPULATE}\n")).await;
     assert_eq!(c.read_to_close().await, "");
@@ -115,7 +118,11 @@ async fn state_and_host_key_persist_across_restarts() {
     c.cmd("echo off", "OK\r\n").await;
     let r = c.cmd(POPULATE, "** end\r\n").await;
     assert!(r.contains("(status=OK)"));
-    c.cmd("xConfiguration Conference EndToEndEncryption Identity PreferredDomain: \"example.com\"", "\r\nOK\r\n").await;
+    c.cmd(
+        "xConfiguration Conference EndToEndEncryption Identity PreferredDomain: \"example.com\"",
+        "\r\nOK\r\n",
+    )
+    .await;
     drop(c);
     fleet.shutdown().await;
 
@@ -123,7 +130,10 @@ async fn state_and_host_key_persist_across_restarts() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(&state).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let fleet = one_device(FaultPlan::default(), Some(dir.path().to_path_buf())).await;
     assert_eq!(fleet.devices()[0].host_key, key1);
@@ -148,7 +158,10 @@ async fn boot_drops_sessions_and_comes_back_with_state() {
     c.cmd(POPULATE, "** end\r\n").await;
     c.send("xCommand SystemUnit Boot\n").await;
     let rest = c.read_to_close().await;
-    assert_eq!(rest, "OK\r\n*r SystemUnitBootResult (status=OK): \r\n** end\r\n");
+    assert_eq!(
+        rest,
+        "OK\r\n*r SystemUnitBootResult (status=OK): \r\n** end\r\n"
+    );
     other.read_to_close().await;
     // Right after the boot the device refuses logins (boot delay 300 ms in tests).
     assert!(RawClient::connect(addr, USER, PASSWORD).await.is_err());

@@ -64,7 +64,10 @@ async fn seed_flow_end_to_end() {
             "** end\r\n",
         )
         .await;
-    assert!(show.starts_with("OK\r\n*r ServicesShowResult (status=OK): \r\n"), "{show}");
+    assert!(
+        show.starts_with("OK\r\n*r ServicesShowResult (status=OK): \r\n"),
+        "{show}"
+    );
     assert!(show.contains(&format!(
         "*r ServicesShowResult Details 1 Fingerprint: \"{fp}\"\r\n"
     )));
@@ -72,7 +75,10 @@ async fn seed_flow_end_to_end() {
         "*r ServicesShowResult Details 1 SubjectName: \"/CN=meeting-room-1.example.com\"\r\n"
     ));
     assert!(show.contains("*r ServicesShowResult Details 1 UsedFor: \"\"\r\n"));
-    assert!(show.ends_with("** resultId: \"r7\"\r\n** end\r\n"), "{show}");
+    assert!(
+        show.ends_with("** resultId: \"r7\"\r\n** end\r\n"),
+        "{show}"
+    );
 
     let act = seal(Action::Activate, &secret, fp.as_bytes());
     assert_eq!(

@@ -12,7 +12,12 @@ fn leaf_pems() -> (String, roomkey::secret::Secret, String) {
     let ca = TestCa::create("Example Issuing CA").unwrap();
     let now = OffsetDateTime::now_utc();
     let (cert, key) = ca
-        .issue("plain.example.com", &[], now - Duration::days(1), now + Duration::days(30))
+        .issue(
+            "plain.example.com",
+            &[],
+            now - Duration::days(1),
+            now + Duration::days(30),
+        )
         .unwrap();
     (cert, key, ca.cert_pem.clone())
 }
@@ -24,32 +29,48 @@ async fn terminal_reply_shapes() {
 
     // Echo is on by default: the command line comes back first.
     assert_eq!(
-        c.cmd("xStatus SystemUnit Software Version", "\r\nOK\r\n").await,
+        c.cmd("xStatus SystemUnit Software Version", "\r\nOK\r\n")
+            .await,
         "xStatus SystemUnit Software Version\r\n\
          *s SystemUnit Software Version: \"ce11.14.1.5.a1b2c3d\"\r\n** end\r\n\r\nOK\r\n"
     );
     assert_eq!(c.cmd("echo off", "OK\r\n").await, "echo off\r\nOK\r\n");
-    assert_eq!(c.cmd("foo bar", "\r\n").await, "Command not recognized.\r\n");
+    assert_eq!(
+        c.cmd("foo bar", "\r\n").await,
+        "Command not recognized.\r\n"
+    );
     assert_eq!(
         c.cmd("xCommand Foo Bar", "** end\r\n").await,
         "OK\r\n*r Result (status=Error): \r\n*r Result Reason: \"Unknown command\"\r\n** end\r\n"
     );
     assert_eq!(
-        c.cmd("xConfiguration Conference EndToEndEncryption", "\r\nOK\r\n").await,
+        c.cmd("xConfiguration Conference EndToEndEncryption", "\r\nOK\r\n")
+            .await,
         "*c xConfiguration Conference EndToEndEncryption Identity PreferredDomain: \"\"\r\n\
          *c xConfiguration Conference EndToEndEncryption Mode: On\r\n** end\r\n\r\nOK\r\n"
     );
     assert_eq!(
-        c.cmd("xconfiguration conference endtoendencryption mode: Off | resultId=\"c1\"", "\r\nOK\r\n")
-            .await,
+        c.cmd(
+            "xconfiguration conference endtoendencryption mode: Off | resultId=\"c1\"",
+            "\r\nOK\r\n"
+        )
+        .await,
         "** resultId: \"c1\"\r\n** end\r\n\r\nOK\r\n"
     );
     assert_eq!(
-        c.cmd("xStatus Conference EndToEndEncryption Availability", "\r\nOK\r\n").await,
+        c.cmd(
+            "xStatus Conference EndToEndEncryption Availability",
+            "\r\nOK\r\n"
+        )
+        .await,
         "*s Conference EndToEndEncryption Availability: Unavailable\r\n** end\r\n\r\nOK\r\n"
     );
     assert_eq!(
-        c.cmd("xConfiguration Conference EndToEndEncryption Mode: Maybe", "ERROR\r\n").await,
+        c.cmd(
+            "xConfiguration Conference EndToEndEncryption Mode: Maybe",
+            "ERROR\r\n"
+        )
+        .await,
         "*r Configuration (status=Error): \r\n*r Configuration Reason: \"Illegal value\"\r\n\
          *r Configuration XPath: \"Configuration/Conference/EndToEndEncryption/Mode\"\r\n\
          ** end\r\n\r\nERROR\r\n"
@@ -60,8 +81,11 @@ async fn terminal_reply_shapes() {
          *r Status XPath: \"Status/Nope\"\r\n** resultId: \"s9\"\r\n** end\r\n\r\nERROR\r\n"
     );
     assert_eq!(
-        c.cmd("xCommand Security Certificates Services Activate Purpose: Bogus Fingerprint: \"x\"", "** end\r\n")
-            .await,
+        c.cmd(
+            "xCommand Security Certificates Services Activate Purpose: Bogus Fingerprint: \"x\"",
+            "** end\r\n"
+        )
+        .await,
         "OK\r\n*r ServicesActivateResult (status=ParameterError): \r\n\
          *r ServicesActivateResult Reason: \"Invalid Purpose\"\r\n** end\r\n"
     );
@@ -69,8 +93,10 @@ async fn terminal_reply_shapes() {
     // A plain (unencrypted) Add with a dot-terminated body, plain activation, Show, Delete.
     let (cert, key, ca_pem) = leaf_pems();
     let body = format!("{cert}{}", key.expose());
-    c.send(&format!("xCommand Security Certificates Services Add\n{body}.\n"))
-        .await;
+    c.send(&format!(
+        "xCommand Security Certificates Services Add\n{body}.\n"
+    ))
+    .await;
     assert_eq!(
         c.read_until("** end\r\n").await,
         "OK\r\n*r ServicesAddResult (status=OK): \r\n** end\r\n"
@@ -108,18 +134,31 @@ async fn terminal_reply_shapes() {
         info.serial_hex.to_uppercase(),
     );
     assert_eq!(show, expected);
-    assert!(info.issuer.ends_with("/CN=Example Issuing CA"), "{}", info.issuer);
+    assert!(
+        info.issuer.ends_with("/CN=Example Issuing CA"),
+        "{}",
+        info.issuer
+    );
 
     // Length-prefixed body (jsxapi form) for a CA bundle; duplicates are kept.
     let content = format!("xCommand Security Certificates CA Add\n{ca_pem}{ca_pem}");
-    let content = if content.ends_with('\n') { content } else { format!("{content}\n") };
+    let content = if content.ends_with('\n') {
+        content
+    } else {
+        format!("{content}\n")
+    };
     c.send(&format!("{{{}}} \n{content}", content.len())).await;
     assert_eq!(
         c.read_until("** end\r\n").await,
         "OK\r\n*r CAAddResult (status=OK): \r\n** end\r\n"
     );
-    let ca_show = c.cmd("xCommand Security Certificates CA Show", "** end\r\n").await;
-    assert!(ca_show.contains("*r CAShowResult Details 2 SubjectName: "), "{ca_show}");
+    let ca_show = c
+        .cmd("xCommand Security Certificates CA Show", "** end\r\n")
+        .await;
+    assert!(
+        ca_show.contains("*r CAShowResult Details 2 SubjectName: "),
+        "{ca_show}"
+    );
     assert_eq!(fleet.snapshot("room-001").await.unwrap().cas.len(), 2);
 
     assert_eq!(
@@ -130,7 +169,12 @@ async fn terminal_reply_shapes() {
         .await,
         "OK\r\n*r ServicesDeleteResult (status=OK): \r\n** end\r\n"
     );
-    assert!(fleet.snapshot("room-001").await.unwrap().certificates.is_empty());
+    assert!(fleet
+        .snapshot("room-001")
+        .await
+        .unwrap()
+        .certificates
+        .is_empty());
 
     // echo on again, then `bye` closes the session.
     assert_eq!(c.cmd("echo on", "OK\r\n").await, "OK\r\n");
@@ -144,7 +188,10 @@ async fn json_mode_shapes() {
     let fleet = one_device(FaultPlan::default(), None).await;
     let mut c = login(&fleet).await;
     c.cmd("echo off", "OK\r\n").await;
-    assert_eq!(c.cmd("xpreferences outputmode json", "OK\r\n").await, "OK\r\n");
+    assert_eq!(
+        c.cmd("xpreferences outputmode json", "OK\r\n").await,
+        "OK\r\n"
+    );
     assert_eq!(
         c.cmd(
             "xStatus Conference EndToEndEncryption Availability | resultId=\"j1\"",
@@ -157,12 +204,17 @@ async fn json_mode_shapes() {
         c.cmd("xCommand Foo", "}\r\n").await,
         "{\"CommandResponse\":{\"Result\":{\"Reason\":{\"Value\":\"Unknown command\"},\"status\":\"Error\"}}}\r\n"
     );
-    let show = c.cmd("xCommand Security Certificates Services Show", "}\r\n").await;
+    let show = c
+        .cmd("xCommand Security Certificates Services Show", "}\r\n")
+        .await;
     assert_eq!(
         show,
         "{\"CommandResponse\":{\"ServicesShowResult\":{\"status\":\"OK\"}}}\r\n"
     );
-    assert_eq!(c.cmd("xpreferences outputmode terminal", "OK\r\n").await, "OK\r\n");
+    assert_eq!(
+        c.cmd("xpreferences outputmode terminal", "OK\r\n").await,
+        "OK\r\n"
+    );
     fleet.shutdown().await;
 }
 
@@ -171,7 +223,10 @@ async fn auth_methods_and_wrong_credentials() {
     let fleet = one_device(FaultPlan::default(), None).await;
     let addr = fleet.devices()[0].addr;
     let mut c = RawClient::connect_kbd(addr, USER, PASSWORD).await.unwrap();
-    assert!(c.read_banner().await.ends_with("*r Login successful\r\n\r\nOK\r\n\r\n"));
+    assert!(c
+        .read_banner()
+        .await
+        .ends_with("*r Login successful\r\n\r\nOK\r\n\r\n"));
     assert!(matches!(
         RawClient::connect(addr, USER, "nope").await,
         Err(ConnectError::AuthRefused)

@@ -251,8 +251,14 @@ mod tests {
         assert_eq!(s.on_command("xStatus A"), Action::Normal);
         assert_eq!(s.on_command("xCommand B"), Action::Normal);
         assert_eq!(s.on_command("xStatus A"), Action::Hang);
-        assert_eq!(s.on_command("xcommand x show"), Action::Error("busy".into()));
-        assert_eq!(s.on_command("xcommand x show"), Action::Error("busy".into()));
+        assert_eq!(
+            s.on_command("xcommand x show"),
+            Action::Error("busy".into())
+        );
+        assert_eq!(
+            s.on_command("xcommand x show"),
+            Action::Error("busy".into())
+        );
     }
 
     #[test]

@@ -17,9 +17,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 pub use faults::FaultPlan;
-pub use server::{
-    CertSnapshot, DeviceInfo, DeviceSnapshot, Fleet, FleetOptions, LoggedCommand,
-};
+pub use server::{CertSnapshot, DeviceInfo, DeviceSnapshot, Fleet, FleetOptions, LoggedCommand};
 
 use crate::secret::Secret;
 

@@ -349,7 +349,10 @@ pub fn parse_cert_der(der: &[u8]) -> Result<CertMeta, CertError> {
         sans,
         not_before: cert.validity().not_before.to_datetime(),
         not_after: cert.validity().not_after.to_datetime(),
-        serial: cert.raw_serial_as_string().replace(':', "").to_ascii_uppercase(),
+        serial: cert
+            .raw_serial_as_string()
+            .replace(':', "")
+            .to_ascii_uppercase(),
         signature_algorithm,
         hashing_algorithm,
         public_key_bits,
@@ -393,10 +396,8 @@ pub fn parse_cert_and_key(text: &str) -> Result<(CertMeta, Secret), CertError> {
             .map_err(|_| CertError::KeyNotP256)?,
         _ => return Err(CertError::KeyNotP256),
     };
-    let point = p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(
-        &key.public_key(),
-        false,
-    );
+    let point =
+        p256::elliptic_curve::sec1::ToEncodedPoint::to_encoded_point(&key.public_key(), false);
     let (_, cert) = <x509_parser::certificate::X509Certificate as x509_parser::prelude::FromDer<
         '_,
         x509_parser::error::X509Error,
@@ -519,7 +520,9 @@ impl Device {
         }
         let secret = self.secret.clone()?;
         let compact = if req.path_is(&["Security", "ClientSecret", "Populate"]) {
-            req.param("Secret").filter(|v| looks_like_jwe(v))?.to_string()
+            req.param("Secret")
+                .filter(|v| looks_like_jwe(v))?
+                .to_string()
         } else if req.path_is(&["Security", "Certificates", "Services", "Add"]) {
             if !req
                 .param("IsEncrypted")
@@ -620,7 +623,11 @@ impl Device {
             self.certificates
                 .retain(|c| !c.meta.fingerprint.eq_ignore_ascii_case(fp));
             if self.certificates.len() == before {
-                return err(name, ResultStatus::Error, "No certificate with that fingerprint");
+                return err(
+                    name,
+                    ResultStatus::Error,
+                    "No certificate with that fingerprint",
+                );
             }
             return Outcome::changed(ok(name, vec![]));
         }
@@ -679,8 +686,7 @@ impl Device {
         if self.secret.is_none() {
             // First seeding: base64url of the phrase, in plaintext.
             let trimmed = value.trim_end_matches('=');
-            let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed)
-            else {
+            let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(trimmed) else {
                 return err(name, ResultStatus::Error, "Secret is not valid base64url");
             };
             let bytes = Zeroizing::new(bytes);
@@ -735,7 +741,11 @@ impl Device {
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
         let text: Zeroizing<String> = if encrypted {
             if self.secret.is_none() {
-                return err(name, ResultStatus::Error, "No client secret has been populated");
+                return err(
+                    name,
+                    ResultStatus::Error,
+                    "No client secret has been populated",
+                );
             }
             let plaintext = match self.take_plaintext(name, decrypted, JweAction::Add) {
                 Ok(p) => p,
@@ -809,7 +819,11 @@ impl Device {
         };
         let fingerprint: String = if purpose == Purpose::WebexIdentity {
             if self.secret.is_none() {
-                return err(name, ResultStatus::Error, "No client secret has been populated");
+                return err(
+                    name,
+                    ResultStatus::Error,
+                    "No client secret has been populated",
+                );
             }
             if !looks_like_jwe(fp_param) {
                 return err(
@@ -839,7 +853,11 @@ impl Device {
             .iter()
             .position(|c| c.meta.fingerprint.eq_ignore_ascii_case(&fingerprint))
         else {
-            return err(name, ResultStatus::Error, "No certificate with that fingerprint");
+            return err(
+                name,
+                ResultStatus::Error,
+                "No certificate with that fingerprint",
+            );
         };
         if activate {
             for c in &mut self.certificates {
@@ -864,8 +882,14 @@ impl Device {
     /// The whole status tree (canonical names), in print order.
     pub fn status_tree(&self, now: OffsetDateTime) -> Vec<Leaf> {
         let mut v = vec![
-            leaf(&["SystemUnit", "ProductId"], Value::Str("Cisco Room Kit".into())),
-            leaf(&["SystemUnit", "ProductPlatform"], Value::Str("Room Kit".into())),
+            leaf(
+                &["SystemUnit", "ProductId"],
+                Value::Str("Cisco Room Kit".into()),
+            ),
+            leaf(
+                &["SystemUnit", "ProductPlatform"],
+                Value::Str("Room Kit".into()),
+            ),
             leaf(
                 &["SystemUnit", "Software", "DisplayName"],
                 Value::Str(RELEASE.into()),
@@ -999,7 +1023,12 @@ impl Device {
     fn config_tree(&self) -> Vec<Leaf> {
         vec![
             leaf(
-                &["Conference", "EndToEndEncryption", "Identity", "PreferredDomain"],
+                &[
+                    "Conference",
+                    "EndToEndEncryption",
+                    "Identity",
+                    "PreferredDomain",
+                ],
                 Value::Str(self.preferred_domain.clone()),
             ),
             leaf(
@@ -1112,7 +1141,11 @@ impl Device {
             text.push('\n');
             text.push_str(&pc.key_pem);
             let (meta, key_pem) = parse_cert_and_key(&text)?;
-            let used_for = pc.used_for.iter().filter_map(|p| Purpose::parse(p)).collect();
+            let used_for = pc
+                .used_for
+                .iter()
+                .filter_map(|p| Purpose::parse(p))
+                .collect();
             d.certificates.push(ServiceCert {
                 meta,
                 key_pem,
@@ -1172,9 +1205,15 @@ fn cert_fields(
     }
     v.extend([
         f("HashingAlgorithm", Value::Str(m.hashing_algorithm.clone())),
-        f("PublicKeySize", Value::Literal(m.public_key_bits.to_string())),
+        f(
+            "PublicKeySize",
+            Value::Literal(m.public_key_bits.to_string()),
+        ),
         f("SerialNumber", Value::Str(m.serial.clone())),
-        f("SignatureAlgorithm", Value::Str(m.signature_algorithm.clone())),
+        f(
+            "SignatureAlgorithm",
+            Value::Str(m.signature_algorithm.clone()),
+        ),
         f("Version", Value::Literal(m.version.to_string())),
     ]);
     v
@@ -1246,7 +1285,11 @@ mod tests {
     fn first_populate_is_plaintext_then_refused() {
         let mut d = Device::new("room-1");
         let o = d.handle(
-            &cmd("Security ClientSecret Populate", &[("Secret", "MDEyMzQ1Njc4OWFiY2RlZg")], None),
+            &cmd(
+                "Security ClientSecret Populate",
+                &[("Secret", "MDEyMzQ1Njc4OWFiY2RlZg")],
+                None,
+            ),
             None,
             now(),
         );
@@ -1254,7 +1297,11 @@ mod tests {
         assert!(o.changed);
         assert_eq!(d.secret().unwrap().expose(), "0123456789abcdef");
         let o = d.handle(
-            &cmd("security clientsecret populate", &[("secret", "b3NzaWZyYWdl")], None),
+            &cmd(
+                "security clientsecret populate",
+                &[("secret", "b3NzaWZyYWdl")],
+                None,
+            ),
             None,
             now(),
         );
@@ -1266,11 +1313,19 @@ mod tests {
     fn populate_jwe_wrong_secret_changes_nothing_and_empty_resets() {
         let mut d = Device::new("r");
         d.handle(
-            &cmd("Security ClientSecret Populate", &[("Secret", "b3NzaWZyYWdl")], None),
+            &cmd(
+                "Security ClientSecret Populate",
+                &[("Secret", "b3NzaWZyYWdl")],
+                None,
+            ),
             None,
             now(),
         );
-        let req = cmd("Security ClientSecret Populate", &[("Secret", "a.b.c.d.e")], None);
+        let req = cmd(
+            "Security ClientSecret Populate",
+            &[("Secret", "a.b.c.d.e")],
+            None,
+        );
         let job = d.jwe_to_open(&req).unwrap();
         assert_eq!(job.compact, "a.b.c.d.e");
         let o = d.handle(&req, Some(Err(())), now());
@@ -1320,7 +1375,10 @@ mod tests {
         assert_eq!(d.certificates.len(), 1);
         let fp = d.certificates[0].meta.fingerprint.clone();
         assert_eq!(fp.len(), 40);
-        assert_eq!(d.certificates[0].meta.subject, "/CN=meeting-room-1.example.com");
+        assert_eq!(
+            d.certificates[0].meta.subject,
+            "/CN=meeting-room-1.example.com"
+        );
         // Plain activation for HTTPS.
         let o = d.handle(
             &cmd(
@@ -1340,7 +1398,11 @@ mod tests {
         );
         assert_eq!(status_of(&d.handle(&req, None, now())), ResultStatus::Error);
         d.handle(
-            &cmd("Security ClientSecret Populate", &[("Secret", "b3NzaWZyYWdl")], None),
+            &cmd(
+                "Security ClientSecret Populate",
+                &[("Secret", "b3NzaWZyYWdl")],
+                None,
+            ),
             None,
             now(),
         );
@@ -1362,7 +1424,11 @@ mod tests {
         assert_eq!(status_of(&o), ResultStatus::Ok);
         let st = Request {
             kind: Kind::Status,
-            path: vec!["conference".into(), "EndToEndEncryption".into(), "externalidentity".into()],
+            path: vec![
+                "conference".into(),
+                "EndToEndEncryption".into(),
+                "externalidentity".into(),
+            ],
             params: vec![],
             body: None,
         };
@@ -1370,13 +1436,22 @@ mod tests {
             panic!()
         };
         assert!(leaves.contains(&Leaf {
-            path: ["Conference", "EndToEndEncryption", "ExternalIdentity", "Identity"]
-                .map(String::from)
-                .to_vec(),
+            path: [
+                "Conference",
+                "EndToEndEncryption",
+                "ExternalIdentity",
+                "Identity"
+            ]
+            .map(String::from)
+            .to_vec(),
             value: Value::Str("meeting-room-1.example.com".into())
         }));
-        assert!(leaves.iter().any(|l| l.path.last().unwrap() == "Valid"
-            && l.value == Value::Literal("True".into())));
+        assert!(
+            leaves
+                .iter()
+                .any(|l| l.path.last().unwrap() == "Valid"
+                    && l.value == Value::Literal("True".into()))
+        );
         // PreferredDomain refused while the external identity is active.
         let set = Request {
             kind: Kind::Configuration,
@@ -1417,8 +1492,16 @@ mod tests {
         let a = make_cert("ca");
         let cert = &a[..a.find("-----BEGIN PRIVATE KEY").unwrap()];
         let bundle = format!("{cert}{cert}");
-        d.handle(&cmd("Security Certificates CA Add", &[], Some(&bundle)), None, now());
-        d.handle(&cmd("Security Certificates CA Add", &[], Some(cert)), None, now());
+        d.handle(
+            &cmd("Security Certificates CA Add", &[], Some(&bundle)),
+            None,
+            now(),
+        );
+        d.handle(
+            &cmd("Security Certificates CA Add", &[], Some(cert)),
+            None,
+            now(),
+        );
         assert_eq!(d.cas.len(), 3);
         let t = time::macros::datetime!(2026-08-08 03:04:26 UTC);
         assert_eq!(device_time(t), "Aug 08 03:04:26 2026 GMT");

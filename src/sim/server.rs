@@ -234,7 +234,9 @@ impl DeviceRuntime {
                 let res = tokio::task::spawn_blocking(move || store.save_state(&state)).await;
                 match res {
                     Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(device = %name, error = %e, "saving state failed"),
+                    Ok(Err(e)) => {
+                        tracing::error!(device = %name, error = %e, "saving state failed")
+                    }
                     Err(_) => tracing::error!(device = %name, "saving state panicked"),
                 }
             }
@@ -479,11 +481,7 @@ async fn run_tsh(rt: Arc<DeviceRuntime>, mut channel: Channel<Msg>, handle: russ
                         Flow::Drop => {
                             tracing::info!(device = %rt.name, "fault: dropping the connection");
                             let _ = handle
-                                .disconnect(
-                                    Disconnect::ByApplication,
-                                    String::new(),
-                                    String::new(),
-                                )
+                                .disconnect(Disconnect::ByApplication, String::new(), String::new())
                                 .await;
                             return;
                         }
@@ -692,12 +690,12 @@ impl Fleet {
                 Some(dir) => {
                     let st = Store::open(dir, &spec.name)?;
                     let device = match st.load_state()? {
-                        Some(p) => Device::from_persisted(&spec.name, &p).map_err(|e| {
-                            SimError::State {
+                        Some(p) => {
+                            Device::from_persisted(&spec.name, &p).map_err(|e| SimError::State {
                                 device: spec.name.clone(),
                                 reason: e.to_string(),
-                            }
-                        })?,
+                            })?
+                        }
                         None => Device::new(&spec.name),
                     };
                     let key = st.host_key()?;

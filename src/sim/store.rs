@@ -136,12 +136,13 @@ impl Store {
     /// Saves the device state atomically (0600).
     pub fn save_state(&self, state: &PersistedState) -> Result<(), StoreError> {
         let path = self.dir.join(STATE_FILE);
-        let bytes = Zeroizing::new(serde_json::to_vec_pretty(state).map_err(|e| {
-            StoreError::Corrupt {
-                path: path.clone(),
-                reason: e.to_string(),
-            }
-        })?);
+        let bytes =
+            Zeroizing::new(
+                serde_json::to_vec_pretty(state).map_err(|e| StoreError::Corrupt {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?,
+            );
         write_atomic_private(&path, &bytes)
     }
 
@@ -194,7 +195,10 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt as _;
             for f in [STATE_FILE, HOST_KEY_FILE] {
-                let m = std::fs::metadata(s.dir().join(f)).unwrap().permissions().mode();
+                let m = std::fs::metadata(s.dir().join(f))
+                    .unwrap()
+                    .permissions()
+                    .mode();
                 assert_eq!(m & 0o777, 0o600, "{f}");
             }
         }

@@ -319,8 +319,11 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
     Ok(out)
 }
 
+/// Path words and `Name: value` parameters of a command line.
+type Args = (Vec<String>, Vec<(String, String)>);
+
 /// Parses path words and `Name: value` parameters.
-fn parse_args(s: &str) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+fn parse_args(s: &str) -> Result<Args, String> {
     let tokens = tokenize(s)?;
     let mut path = Vec::new();
     let mut params = Vec::new();
@@ -420,14 +423,18 @@ pub fn redacted(req: &Request) -> String {
     for w in &req.path {
         s.push(' ');
         // Path words are identifiers; anything odd is not echoed into logs.
-        if w.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '[' || c == ']') {
+        if w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '[' || c == ']')
+        {
             s.push_str(w);
         } else {
             s.push('?');
         }
     }
     for (k, v) in &req.params {
-        let safe_name = k.chars().all(|c| c.is_ascii_alphanumeric() || c == '[' || c == ']');
+        let safe_name = k
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '[' || c == ']');
         let name = if safe_name { k.as_str() } else { "?" };
         if LOGGED_PARAMS.iter().any(|p| p.eq_ignore_ascii_case(k))
             && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '.')

@@ -19,7 +19,10 @@ pub struct KeyRecorder(pub Arc<Mutex<Option<PublicKey>>>);
 
 impl client::Handler for KeyRecorder {
     type Error = russh::Error;
-    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
         if let PublicKeyOrCertificate::PublicKey { key, .. } = key {
             *self.0.lock().unwrap() = Some(key.clone());
         }
@@ -56,12 +59,20 @@ fn config() -> Arc<client::Config> {
 
 impl RawClient {
     /// Connects with password auth, requests a pty and a shell.
-    pub async fn connect(addr: SocketAddr, user: &str, password: &str) -> Result<Self, ConnectError> {
+    pub async fn connect(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+    ) -> Result<Self, ConnectError> {
         Self::connect_with(addr, user, password, false).await
     }
 
     /// Connects with keyboard-interactive auth (answering every prompt with the password).
-    pub async fn connect_kbd(addr: SocketAddr, user: &str, password: &str) -> Result<Self, ConnectError> {
+    pub async fn connect_kbd(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+    ) -> Result<Self, ConnectError> {
         Self::connect_with(addr, user, password, true).await
     }
 
@@ -90,7 +101,10 @@ impl RawClient {
                 }
             }
         } else {
-            handle.authenticate_password(user, password).await?.success()
+            handle
+                .authenticate_password(user, password)
+                .await?
+                .success()
         };
         if !ok {
             return Err(ConnectError::AuthRefused);
@@ -212,7 +226,9 @@ pub fn options(state_dir: Option<std::path::PathBuf>) -> roomkey::sim::FleetOpti
 /// Logs in to the fleet's first device and reads the banner.
 pub async fn login(fleet: &roomkey::sim::Fleet) -> RawClient {
     let addr = fleet.devices()[0].addr;
-    let mut c = RawClient::connect(addr, USER, PASSWORD).await.expect("login");
+    let mut c = RawClient::connect(addr, USER, PASSWORD)
+        .await
+        .expect("login");
     c.read_banner().await;
     c
 }
