@@ -672,6 +672,23 @@ async fn accept_loop(
     }
 }
 
+/// Loads (or creates) a device's persisted state and host key.
+fn load_device(
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<(Option<Store>, Device, PrivateKey), SimError> {
+    let st = Store::open(dir, name)?;
+    let device = match st.load_state()? {
+        Some(p) => Device::from_persisted(name, &p).map_err(|e| SimError::State {
+            device: name.to_string(),
+            reason: e.to_string(),
+        })?,
+        None => Device::new(name),
+    };
+    let key = st.host_key()?;
+    Ok((Some(st), device, key))
+}
+
 impl Fleet {
     /// Binds every device and starts serving.
     pub async fn start(specs: Vec<SimDeviceSpec>, opts: FleetOptions) -> Result<Fleet, SimError> {
@@ -686,20 +703,16 @@ impl Fleet {
             if !names.insert(spec.name.clone()) {
                 return Err(SimError::DuplicateName(spec.name));
             }
-            let (store, device, host_key) = match &opts.state_dir {
+            let (store, device, host_key) = match opts.state_dir.clone() {
                 Some(dir) => {
-                    let st = Store::open(dir, &spec.name)?;
-                    let device = match st.load_state()? {
-                        Some(p) => {
-                            Device::from_persisted(&spec.name, &p).map_err(|e| SimError::State {
-                                device: spec.name.clone(),
-                                reason: e.to_string(),
-                            })?
-                        }
-                        None => Device::new(&spec.name),
-                    };
-                    let key = st.host_key()?;
-                    (Some(st), device, key)
+                    let name = spec.name.clone();
+                    // File I/O (and key parsing) off the executor.
+                    tokio::task::spawn_blocking(move || load_device(&dir, &name))
+                        .await
+                        .map_err(|_| SimError::State {
+                            device: spec.name.clone(),
+                            reason: "loading state panicked".into(),
+                        })??
                 }
                 None => (None, Device::new(&spec.name), store::random_host_key()),
             };
