@@ -94,6 +94,7 @@ async fn refused_auth_wrong_host_key_and_latency() {
         FaultPlan {
             wrong_host_key: true,
             latency_ms: 50,
+            login_notice: vec!["Last login from 10.0.0.5 at 2024-05-10 13:14:47".into()],
             ..Default::default()
         },
         None,
@@ -101,6 +102,10 @@ async fn refused_auth_wrong_host_key_and_latency() {
     .await;
     let info = fleet.devices()[0].clone();
     let mut c = login(&fleet).await;
+    assert_eq!(
+        c.read_until("\r\n").await,
+        "Last login from 10.0.0.5 at 2024-05-10 13:14:47\r\n"
+    );
     assert_ne!(c.server_key, info.host_key);
     assert_eq!(c.server_key, info.presented_host_key);
     let t = std::time::Instant::now();

@@ -152,6 +152,7 @@ struct DeviceRuntime {
     logins: AtomicU64,
     latency: Duration,
     refuse_auth: bool,
+    login_notice: Vec<String>,
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -424,7 +425,12 @@ async fn run_tsh(rt: Arc<DeviceRuntime>, mut channel: Channel<Msg>, handle: russ
         }
     }
     rt.logins.fetch_add(1, Ordering::Relaxed);
-    if !send(&channel, &tsh::banner(&rt.name)).await {
+    let mut banner = tsh::banner(&rt.name);
+    for line in &rt.login_notice {
+        banner.push_str(line);
+        banner.push_str(tsh::EOL);
+    }
+    if !send(&channel, &banner).await {
         return;
     }
     let mut splitter = Splitter::default();
@@ -752,6 +758,13 @@ impl Fleet {
                 model: tokio::sync::Mutex::new(device),
                 latency: spec.faults.latency(),
                 refuse_auth: spec.faults.refuse_auth,
+                login_notice: spec
+                    .faults
+                    .login_notice
+                    .iter()
+                    // One line each: a notice cannot smuggle extra protocol lines.
+                    .map(|l| l.replace(['\r', '\n'], " "))
+                    .collect(),
                 faults: StdMutex::new(FaultState::new(spec.faults.clone())),
                 log: StdMutex::new(Vec::new()),
                 store,
