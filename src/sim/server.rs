@@ -415,7 +415,12 @@ async fn send(channel: &Channel<Msg>, text: &str) -> bool {
 }
 
 /// Runs one TSH session on an accepted session channel.
-async fn run_tsh(rt: Arc<DeviceRuntime>, mut channel: Channel<Msg>, handle: russh::server::Handle) {
+async fn run_tsh(
+    rt: Arc<DeviceRuntime>,
+    mut channel: Channel<Msg>,
+    handle: russh::server::Handle,
+    tcp: Option<Arc<std::net::TcpStream>>,
+) {
     // Wait for the shell; pty/env requests are answered by the handler.
     loop {
         match channel.wait().await {
@@ -486,9 +491,7 @@ async fn run_tsh(rt: Arc<DeviceRuntime>, mut channel: Channel<Msg>, handle: russ
                         }
                         Flow::Drop => {
                             tracing::info!(device = %rt.name, "fault: dropping the connection");
-                            let _ = handle
-                                .disconnect(Disconnect::ByApplication, String::new(), String::new())
-                                .await;
+                            drop_connection(&handle, tcp.as_deref()).await;
                             return;
                         }
                         Flow::Hang => {
@@ -507,9 +510,26 @@ async fn run_tsh(rt: Arc<DeviceRuntime>, mut channel: Channel<Msg>, handle: russ
     }
 }
 
+/// Drops a connection like a network failure: the TCP socket is shut down under the SSH
+/// session (no SSH disconnect message); without a socket handle, a plain SSH disconnect.
+async fn drop_connection(handle: &russh::server::Handle, tcp: Option<&std::net::TcpStream>) {
+    match tcp {
+        Some(s) => {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        None => {
+            let _ = handle
+                .disconnect(Disconnect::ByApplication, String::new(), String::new())
+                .await;
+        }
+    }
+}
+
 /// The russh handler of one connection.
 struct ConnHandler {
     rt: Arc<DeviceRuntime>,
+    /// A duplicate of the connection's socket, to shut it down for drop faults.
+    tcp: Option<Arc<std::net::TcpStream>>,
 }
 
 impl russh::server::Handler for ConnHandler {
@@ -563,7 +583,7 @@ impl russh::server::Handler for ConnHandler {
         reply.accept().await;
         let rt = self.rt.clone();
         let handle = session.handle();
-        tokio::spawn(run_tsh(rt, channel, handle));
+        tokio::spawn(run_tsh(rt, channel, handle, self.tcp.clone()));
         Ok(())
     }
 
@@ -630,6 +650,15 @@ fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
+/// Returns the socket (still registered with tokio) and a duplicate of its descriptor.
+fn split_for_drop(
+    socket: tokio::net::TcpStream,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let std_socket = socket.into_std()?;
+    let dup = std_socket.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(std_socket)?, dup))
+}
+
 async fn accept_loop(
     rt: Arc<DeviceRuntime>,
     listener: TcpListener,
@@ -655,7 +684,18 @@ async fn accept_loop(
         }
         tracing::debug!(device = %rt.name, %peer, "connection");
         let _ = socket.set_nodelay(true);
-        let handler = ConnHandler { rt: rt.clone() };
+        // Keep a duplicate of the socket so a drop fault can cut the TCP connection itself.
+        let (socket, tcp) = match split_for_drop(socket) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(device = %rt.name, error = %e, "socket setup failed");
+                continue;
+            }
+        };
+        let handler = ConnHandler {
+            rt: rt.clone(),
+            tcp: Some(Arc::new(tcp)),
+        };
         let config = config.clone();
         let mut boot_rx = rt.boot.subscribe();
         let mut shutdown_rx = shutdown.clone();
