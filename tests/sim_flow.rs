@@ -46,7 +46,7 @@ async fn seed_flow_end_to_end() {
         "OK\r\n*r ClientSecretPopulateResult (status=OK): \r\n** end\r\n"
     );
 
-    let (_ca, id) = identity("meeting-room-1.example.com");
+    let (ca, id) = identity("meeting-room-1.example.com");
     let add_jwe = seal(Action::Add, &secret, id.add_payload().as_bytes());
     c.send(&format!(
         "xCommand Security Certificates Services Add IsEncrypted: True\n{add_jwe}\n.\n"
@@ -92,6 +92,17 @@ async fn seed_flow_end_to_end() {
         "OK\r\n*r ServicesActivateResult (status=OK): \r\n** end\r\n"
     );
 
+    // Trusting the issuing CA makes it appear as Certificate 2 of the chain.
+    c.send(&format!(
+        "xCommand Security Certificates CA Add\n{}.\n",
+        ca.cert_pem
+    ))
+    .await;
+    assert_eq!(
+        c.read_until("** end\r\n").await,
+        "OK\r\n*r CAAddResult (status=OK): \r\n** end\r\n"
+    );
+
     let status = c
         .cmd(
             "xStatus Conference EndToEndEncryption ExternalIdentity",
@@ -108,6 +119,9 @@ async fn seed_flow_end_to_end() {
     assert!(status.contains(
         "*s Conference EndToEndEncryption ExternalIdentity CertificateChain Certificate 1 Subject 1 Name: \"/CN=meeting-room-1.example.com\"\r\n"
     ));
+    assert!(status.contains(
+        "*s Conference EndToEndEncryption ExternalIdentity CertificateChain Certificate 2 PrimaryName: \"Example Issuing CA\"\r\n"
+    ), "{status}");
     assert!(status.ends_with("** end\r\n\r\nOK\r\n"));
 
     let single = c

@@ -26,6 +26,10 @@ pub struct Args {
     /// Port of every device of a --count fleet.
     #[arg(long, default_value_t = 2222)]
     pub port: u16,
+    /// Put a --count fleet on one address (--base) and consecutive ports from --port,
+    /// instead of consecutive addresses on one port (use in containers).
+    #[arg(long)]
+    pub same_address: bool,
     /// Login name of a --count fleet.
     #[arg(long, default_value = "admin")]
     pub user: String,
@@ -74,6 +78,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
                 count,
                 args.base,
                 args.port,
+                if args.same_address {
+                    sim::Layout::Ports
+                } else {
+                    sim::Layout::Addresses
+                },
                 &args.user,
                 &Secret::new(password),
                 &faults,

@@ -94,6 +94,9 @@ pub struct FaultPlan {
     pub hang: Vec<Trigger>,
     /// Answer with `(status=Error)` and this reason.
     pub error: Vec<ErrorRule>,
+    /// Extra lines printed after the banner's `OK` (a variant real devices show, e.g.
+    /// `Last login from 10.0.0.5 at 2024-05-10 13:14:47`); clients must cope.
+    pub login_notice: Vec<String>,
 }
 
 impl FaultPlan {

@@ -54,11 +54,23 @@ pub enum SimError {
     Config(String),
 }
 
-/// `--count N --base A --port P`: devices `room-001`… on consecutive addresses from `base`.
+/// How a `--count` fleet is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// Consecutive addresses from the base, all on the same port (the default: on Linux all
+    /// of 127/8 is loopback, so each device looks like its own host).
+    Addresses,
+    /// One address, consecutive ports from the base port (for containers, where only the
+    /// container's own address can be published).
+    Ports,
+}
+
+/// `--count N --base A --port P`: devices `room-001`… laid out per `layout`.
 pub fn count_specs(
     count: usize,
     base: std::net::Ipv4Addr,
     port: u16,
+    layout: Layout,
     username: &str,
     password: &Secret,
     faults: &FaultPlan,
@@ -66,13 +78,26 @@ pub fn count_specs(
     let start = u32::from(base);
     (0..count)
         .map(|i| {
-            let ip = u32::try_from(i)
-                .ok()
-                .and_then(|i| start.checked_add(i))
-                .ok_or_else(|| SimError::Config("address range overflows".into()))?;
+            let overflow = || SimError::Config("address or port range overflows".into());
+            let addr = match layout {
+                Layout::Addresses => {
+                    let ip = u32::try_from(i)
+                        .ok()
+                        .and_then(|i| start.checked_add(i))
+                        .ok_or_else(overflow)?;
+                    SocketAddr::from((std::net::Ipv4Addr::from(ip), port))
+                }
+                Layout::Ports => {
+                    let p = u16::try_from(i)
+                        .ok()
+                        .and_then(|i| port.checked_add(i))
+                        .ok_or_else(overflow)?;
+                    SocketAddr::from((base, p))
+                }
+            };
             Ok(SimDeviceSpec {
                 name: format!("room-{:03}", i + 1),
-                addr: SocketAddr::from((std::net::Ipv4Addr::from(ip), port)),
+                addr,
                 username: username.to_string(),
                 password: password.clone(),
                 faults: faults.clone(),
@@ -141,4 +166,41 @@ pub fn load_inventory_minimal(path: &Path) -> Result<Vec<SimDeviceSpec>, SimErro
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn count_layouts() {
+        let pw = Secret::new("pw");
+        let f = FaultPlan::default();
+        let base = std::net::Ipv4Addr::new(127, 0, 0, 10);
+        let a = count_specs(3, base, 2222, Layout::Addresses, "admin", &pw, &f).unwrap();
+        assert_eq!(a[2].name, "room-003");
+        assert_eq!(a[2].addr, "127.0.0.12:2222".parse().unwrap());
+        let p = count_specs(3, base, 2222, Layout::Ports, "admin", &pw, &f).unwrap();
+        assert_eq!(p[2].addr, "127.0.0.10:2224".parse().unwrap());
+        assert!(count_specs(2, base, u16::MAX, Layout::Ports, "admin", &pw, &f).is_err());
+    }
+
+    #[test]
+    fn minimal_inventory() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("inv.yaml");
+        std::env::set_var("ROOMKEY_SIM_TEST_PW_1", "pw1");
+        std::fs::write(
+            &path,
+            "devices:\n  room-a:\n    host: 127.0.0.21\n    port: 2300\n    password_env: ROOMKEY_SIM_TEST_PW_1\n    sim:\n      latency_ms: 5\n",
+        )
+        .unwrap();
+        let specs = load_inventory_minimal(&path).unwrap();
+        assert_eq!(specs[0].name, "room-a");
+        assert_eq!(specs[0].username, "admin");
+        assert_eq!(specs[0].password.expose(), "pw1");
+        assert_eq!(specs[0].faults.latency_ms, 5);
+        std::fs::write(&path, "devices:\n  x:\n    host: h\n    bogus: 1\n").unwrap();
+        assert!(load_inventory_minimal(&path).is_err());
+    }
 }

@@ -565,7 +565,8 @@ impl Device {
         }
     }
 
-    fn result_name(req: &Request) -> String {
+    /// The `<Name>Result` of an xCommand (`Services Show` → `ServicesShowResult`).
+    pub fn result_name(req: &Request) -> String {
         let n = req.path.len();
         let tail = &req.path[n.saturating_sub(2)..];
         let canon: String = tail.iter().map(|w| canonical_word(w)).collect();
@@ -968,20 +969,46 @@ impl Device {
                     path: p(&["Status"]),
                     value: Value::Literal(validity.into()),
                 });
-                let cc = |f: &[&str]| {
-                    let mut r = vec!["CertificateChain", "Certificate", "1"];
-                    r.extend_from_slice(f);
-                    p(&r)
-                };
-                let fields: Vec<(Vec<String>, Value)> = vec![
-                    (cc(&["Fingerprint"]), Value::Str(m.fingerprint.clone())),
-                    (cc(&["NotAfter"]), Value::Str(device_time(m.not_after))),
-                    (cc(&["NotBefore"]), Value::Str(device_time(m.not_before))),
-                    (cc(&["PrimaryName"]), Value::Str(m.common_name.clone())),
-                    (cc(&["SerialNumber"]), Value::Str(m.serial.clone())),
-                    (cc(&["Subject", "1", "Name"]), Value::Str(m.subject.clone())),
-                    (cc(&["Validity"]), Value::Literal(validity.into())),
-                ];
+                // The chain: the leaf, then trusted CAs (CA Add) up the issuer links.
+                let mut chain: Vec<&CertMeta> = vec![m];
+                while chain.len() < 5 {
+                    let Some(last) = chain.last() else { break };
+                    if last.subject == last.issuer {
+                        break;
+                    }
+                    let Some(ca) = self.cas.iter().find(|c| {
+                        c.subject == last.issuer
+                            && !chain.iter().any(|x| x.fingerprint == c.fingerprint)
+                    }) else {
+                        break;
+                    };
+                    chain.push(ca);
+                }
+                let mut fields: Vec<(Vec<String>, Value)> = Vec::new();
+                for (i, c) in chain.iter().enumerate() {
+                    let n = (i + 1).to_string();
+                    let cc = |f: &[&str]| {
+                        let mut r = vec!["CertificateChain", "Certificate", n.as_str()];
+                        r.extend_from_slice(f);
+                        p(&r)
+                    };
+                    let validity = if now > c.not_after {
+                        "Expired"
+                    } else if now < c.not_before {
+                        "NotYetValid"
+                    } else {
+                        "Valid"
+                    };
+                    fields.extend([
+                        (cc(&["Fingerprint"]), Value::Str(c.fingerprint.clone())),
+                        (cc(&["NotAfter"]), Value::Str(device_time(c.not_after))),
+                        (cc(&["NotBefore"]), Value::Str(device_time(c.not_before))),
+                        (cc(&["PrimaryName"]), Value::Str(c.common_name.clone())),
+                        (cc(&["SerialNumber"]), Value::Str(c.serial.clone())),
+                        (cc(&["Subject", "1", "Name"]), Value::Str(c.subject.clone())),
+                        (cc(&["Validity"]), Value::Literal(validity.into())),
+                    ]);
+                }
                 v.extend(fields.into_iter().map(|(path, value)| Leaf { path, value }));
             }
             None => {

@@ -152,6 +152,7 @@ struct DeviceRuntime {
     logins: AtomicU64,
     latency: Duration,
     refuse_auth: bool,
+    login_notice: Vec<String>,
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -325,13 +326,13 @@ async fn process_frame(
         }
         faults::Action::Error(reason) => {
             rt.log_command(seq, log_line, "injected-error");
-            let kind = match &parsed {
-                Parsed::X { req, .. } => req.kind,
-                _ => Kind::Command,
+            let (kind, name) = match &parsed {
+                Parsed::X { req, .. } => (req.kind, Device::result_name(req)),
+                _ => (Kind::Command, "Result".to_string()),
             };
             let resp = match kind {
                 Kind::Command => Response::Result {
-                    name: "Result".into(),
+                    name,
                     status: model::ResultStatus::Error,
                     fields: vec![model::Leaf {
                         path: vec!["Reason".into()],
@@ -414,7 +415,12 @@ async fn send(channel: &Channel<Msg>, text: &str) -> bool {
 }
 
 /// Runs one TSH session on an accepted session channel.
-async fn run_tsh(rt: Arc<DeviceRuntime>, mut channel: Channel<Msg>, handle: russh::server::Handle) {
+async fn run_tsh(
+    rt: Arc<DeviceRuntime>,
+    mut channel: Channel<Msg>,
+    handle: russh::server::Handle,
+    tcp: Option<Arc<std::net::TcpStream>>,
+) {
     // Wait for the shell; pty/env requests are answered by the handler.
     loop {
         match channel.wait().await {
@@ -424,7 +430,12 @@ async fn run_tsh(rt: Arc<DeviceRuntime>, mut channel: Channel<Msg>, handle: russ
         }
     }
     rt.logins.fetch_add(1, Ordering::Relaxed);
-    if !send(&channel, &tsh::banner(&rt.name)).await {
+    let mut banner = tsh::banner(&rt.name);
+    for line in &rt.login_notice {
+        banner.push_str(line);
+        banner.push_str(tsh::EOL);
+    }
+    if !send(&channel, &banner).await {
         return;
     }
     let mut splitter = Splitter::default();
@@ -480,9 +491,7 @@ async fn run_tsh(rt: Arc<DeviceRuntime>, mut channel: Channel<Msg>, handle: russ
                         }
                         Flow::Drop => {
                             tracing::info!(device = %rt.name, "fault: dropping the connection");
-                            let _ = handle
-                                .disconnect(Disconnect::ByApplication, String::new(), String::new())
-                                .await;
+                            drop_connection(&handle, tcp.as_deref()).await;
                             return;
                         }
                         Flow::Hang => {
@@ -501,9 +510,26 @@ async fn run_tsh(rt: Arc<DeviceRuntime>, mut channel: Channel<Msg>, handle: russ
     }
 }
 
+/// Drops a connection like a network failure: the TCP socket is shut down under the SSH
+/// session (no SSH disconnect message); without a socket handle, a plain SSH disconnect.
+async fn drop_connection(handle: &russh::server::Handle, tcp: Option<&std::net::TcpStream>) {
+    match tcp {
+        Some(s) => {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+        None => {
+            let _ = handle
+                .disconnect(Disconnect::ByApplication, String::new(), String::new())
+                .await;
+        }
+    }
+}
+
 /// The russh handler of one connection.
 struct ConnHandler {
     rt: Arc<DeviceRuntime>,
+    /// A duplicate of the connection's socket, to shut it down for drop faults.
+    tcp: Option<Arc<std::net::TcpStream>>,
 }
 
 impl russh::server::Handler for ConnHandler {
@@ -557,7 +583,7 @@ impl russh::server::Handler for ConnHandler {
         reply.accept().await;
         let rt = self.rt.clone();
         let handle = session.handle();
-        tokio::spawn(run_tsh(rt, channel, handle));
+        tokio::spawn(run_tsh(rt, channel, handle, self.tcp.clone()));
         Ok(())
     }
 
@@ -624,6 +650,15 @@ fn fingerprint(key: &PublicKey) -> String {
     key.fingerprint(HashAlg::Sha256).to_string()
 }
 
+/// Returns the socket (still registered with tokio) and a duplicate of its descriptor.
+fn split_for_drop(
+    socket: tokio::net::TcpStream,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::TcpStream)> {
+    let std_socket = socket.into_std()?;
+    let dup = std_socket.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(std_socket)?, dup))
+}
+
 async fn accept_loop(
     rt: Arc<DeviceRuntime>,
     listener: TcpListener,
@@ -649,7 +684,18 @@ async fn accept_loop(
         }
         tracing::debug!(device = %rt.name, %peer, "connection");
         let _ = socket.set_nodelay(true);
-        let handler = ConnHandler { rt: rt.clone() };
+        // Keep a duplicate of the socket so a drop fault can cut the TCP connection itself.
+        let (socket, tcp) = match split_for_drop(socket) {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(device = %rt.name, error = %e, "socket setup failed");
+                continue;
+            }
+        };
+        let handler = ConnHandler {
+            rt: rt.clone(),
+            tcp: Some(Arc::new(tcp)),
+        };
         let config = config.clone();
         let mut boot_rx = rt.boot.subscribe();
         let mut shutdown_rx = shutdown.clone();
@@ -672,6 +718,23 @@ async fn accept_loop(
     }
 }
 
+/// Loads (or creates) a device's persisted state and host key.
+fn load_device(
+    dir: &std::path::Path,
+    name: &str,
+) -> Result<(Option<Store>, Device, PrivateKey), SimError> {
+    let st = Store::open(dir, name)?;
+    let device = match st.load_state()? {
+        Some(p) => Device::from_persisted(name, &p).map_err(|e| SimError::State {
+            device: name.to_string(),
+            reason: e.to_string(),
+        })?,
+        None => Device::new(name),
+    };
+    let key = st.host_key()?;
+    Ok((Some(st), device, key))
+}
+
 impl Fleet {
     /// Binds every device and starts serving.
     pub async fn start(specs: Vec<SimDeviceSpec>, opts: FleetOptions) -> Result<Fleet, SimError> {
@@ -686,20 +749,16 @@ impl Fleet {
             if !names.insert(spec.name.clone()) {
                 return Err(SimError::DuplicateName(spec.name));
             }
-            let (store, device, host_key) = match &opts.state_dir {
+            let (store, device, host_key) = match opts.state_dir.clone() {
                 Some(dir) => {
-                    let st = Store::open(dir, &spec.name)?;
-                    let device = match st.load_state()? {
-                        Some(p) => {
-                            Device::from_persisted(&spec.name, &p).map_err(|e| SimError::State {
-                                device: spec.name.clone(),
-                                reason: e.to_string(),
-                            })?
-                        }
-                        None => Device::new(&spec.name),
-                    };
-                    let key = st.host_key()?;
-                    (Some(st), device, key)
+                    let name = spec.name.clone();
+                    // File I/O (and key parsing) off the executor.
+                    tokio::task::spawn_blocking(move || load_device(&dir, &name))
+                        .await
+                        .map_err(|_| SimError::State {
+                            device: spec.name.clone(),
+                            reason: "loading state panicked".into(),
+                        })??
                 }
                 None => (None, Device::new(&spec.name), store::random_host_key()),
             };
@@ -739,6 +798,13 @@ impl Fleet {
                 model: tokio::sync::Mutex::new(device),
                 latency: spec.faults.latency(),
                 refuse_auth: spec.faults.refuse_auth,
+                login_notice: spec
+                    .faults
+                    .login_notice
+                    .iter()
+                    // One line each: a notice cannot smuggle extra protocol lines.
+                    .map(|l| l.replace(['\r', '\n'], " "))
+                    .collect(),
                 faults: StdMutex::new(FaultState::new(spec.faults.clone())),
                 log: StdMutex::new(Vec::new()),
                 store,

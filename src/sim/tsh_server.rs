@@ -319,8 +319,11 @@ fn tokenize(s: &str) -> Result<Vec<Token>, String> {
     Ok(out)
 }
 
+/// Path words and `Name: value` parameters of a command line.
+type Args = (Vec<String>, Vec<(String, String)>);
+
 /// Parses path words and `Name: value` parameters.
-fn parse_args(s: &str) -> Result<(Vec<String>, Vec<(String, String)>), String> {
+fn parse_args(s: &str) -> Result<Args, String> {
     let tokens = tokenize(s)?;
     let mut path = Vec::new();
     let mut params = Vec::new();
