@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::engine::rollout::{Window, WindowSpec};
 use crate::jwe::Enc;
 
 /// How roomkey logs in to a device. Secrets are never literal in the resolved form: they are
@@ -90,6 +91,9 @@ pub struct Settings {
     pub enc: Option<Enc>,
     #[serde(default)]
     pub client_secret: Option<SecretSettings>,
+    /// A maintenance window overriding the playbook's (sites in other time zones).
+    #[serde(default)]
+    pub window: Option<WindowSpec>,
     #[serde(default)]
     pub vars: BTreeMap<String, String>,
 }
@@ -214,6 +218,8 @@ pub struct Device {
     /// Every group the device belongs to, directly or through parents.
     pub groups: BTreeSet<String>,
     pub vars: BTreeMap<String, String>,
+    /// The device's own maintenance window, if the inventory sets one.
+    pub window: Option<Window>,
     pub sim: Option<serde_yaml::Value>,
 }
 
@@ -467,6 +473,16 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
                 ));
             }
         }
+        let window = match layers.iter().find_map(|s| s.window.as_ref()) {
+            Some(spec) => match spec.resolve() {
+                Ok(w) => Some(w),
+                Err(msg) => {
+                    problems.push(problem(&format!("{where_}.window"), msg));
+                    None
+                }
+            },
+            None => None,
+        };
         let Some(auth) = auth else { continue };
         devices.push(Device {
             name: name.clone(),
@@ -481,6 +497,7 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
             client_secret,
             groups: all_groups,
             vars,
+            window,
             sim: entry.sim.clone(),
         });
     }

@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::engine::rollout::{Budget, Serial, Window, WindowSpec};
 use crate::inventory::{render_problems, yaml_location, Problem};
 
 /// The purposes a device certificate can be activated for (RoomOS `Purpose:` values).
@@ -207,7 +208,7 @@ pub enum HostKeyPolicySetting {
 }
 
 /// How a run is carried out.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Policy {
     /// Devices worked on at once.
@@ -226,6 +227,13 @@ pub struct Policy {
     #[serde(deserialize_with = "duration")]
     pub retry_backoff: Duration,
     pub host_key_policy: HostKeyPolicySetting,
+    /// New SSH connections per second across the fleet (a burst of hundreds of logins can
+    /// overwhelm an AAA server); unset = no limit. Jittered.
+    pub connection_rate: Option<f64>,
+    /// How long one device is expected to take before the journal has timings of its own
+    /// (used to decide whether a device still fits in the maintenance window).
+    #[serde(deserialize_with = "duration")]
+    pub device_estimate: Duration,
 }
 
 impl Default for Policy {
@@ -239,6 +247,8 @@ impl Default for Policy {
             retries: 2,
             retry_backoff: Duration::from_secs(1),
             host_key_policy: HostKeyPolicySetting::Strict,
+            connection_rate: None,
+            device_estimate: Duration::from_secs(120),
         }
     }
 }
@@ -273,6 +283,21 @@ struct PlaybookFile {
     name: String,
     #[serde(default)]
     policy: Policy,
+    /// Rolling batches: a count, a percentage or a list (`[1, 5, "25%"]`, last repeats).
+    #[serde(default)]
+    serial: Serial,
+    /// A batch whose failed share exceeds this percentage stops the run.
+    #[serde(default)]
+    max_fail_percentage: Option<f64>,
+    /// More failed devices than this in the whole run stops it.
+    #[serde(default)]
+    max_failures: Option<usize>,
+    /// Any failed device stops the run (canaries).
+    #[serde(default)]
+    any_errors_fatal: bool,
+    /// The maintenance window (inventory groups and devices may override it).
+    #[serde(default)]
+    window: Option<WindowSpec>,
     // serde_yaml writes enums as YAML tags (`!add_certificate`); playbooks use the familiar
     // one-key map form (`- add_certificate: {}`).
     #[serde(with = "serde_yaml::with::singleton_map_recursive")]
@@ -286,6 +311,9 @@ pub struct Playbook {
     pub name: String,
     pub policy: Policy,
     pub steps: Vec<Step>,
+    pub serial: Serial,
+    pub budget: Budget,
+    pub window: Option<Window>,
 }
 
 impl Playbook {
@@ -345,6 +373,29 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
     if file.steps.is_empty() {
         problem("steps".into(), "the playbook has no step".into());
     }
+    let window = match file.window.as_ref().map(WindowSpec::resolve).transpose() {
+        Ok(w) => w,
+        Err(msg) => {
+            problem("window".into(), msg);
+            None
+        }
+    };
+    if let Some(p) = file.max_fail_percentage {
+        if !(0.0..=100.0).contains(&p) {
+            problem(
+                "max_fail_percentage".into(),
+                "must be between 0 and 100".into(),
+            );
+        }
+    }
+    if let Some(r) = file.policy.connection_rate {
+        if r.is_nan() || r <= 0.0 {
+            problem(
+                "policy.connection_rate".into(),
+                "must be a positive number of connections per second".into(),
+            );
+        }
+    }
     if file.policy.concurrency == 0 {
         problem(
             "policy.concurrency".into(),
@@ -400,6 +451,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
         name: file.name,
         policy: file.policy,
         steps: file.steps,
+        serial: file.serial,
+        budget: Budget {
+            max_fail_percentage: file.max_fail_percentage,
+            max_failures: file.max_failures,
+            any_errors_fatal: file.any_errors_fatal,
+        },
+        window,
     })
 }
 

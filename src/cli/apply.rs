@@ -49,8 +49,8 @@ pub struct Target {
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Exit codes: 0 all devices done; 1 invalid input, nothing sent; \
-2 some devices failed; 3 some devices unreachable (none failed); 4 stopped early, rerun to \
-resume."
+2 some devices failed; 3 some devices unreachable (none failed); 4 stopped early (Ctrl-C, a \
+failure budget, the maintenance window), rerun to resume."
 )]
 pub struct ApplyArgs {
     #[command(flatten)]
@@ -64,6 +64,10 @@ pub struct ApplyArgs {
     /// Progress display: auto (bars on a terminal, lines otherwise), plain, json.
     #[arg(long, value_enum, default_value = "auto")]
     pub output: Output,
+    /// When a device's maintenance window is closed, wait for it to open instead of
+    /// leaving the device for the next run.
+    #[arg(long)]
+    pub wait_for_window: bool,
     /// Write a versioned JSON report of the run to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
@@ -256,6 +260,8 @@ pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Re
         kdf: KdfPool::per_core(),
         secrets: Arc::clone(&store),
         stop,
+        wait_for_window: args.wait_for_window,
+        start_time: None,
     };
     let summary = run_engine(config, reporter)?;
     finish(&summary, args.output, args.report.as_deref())

@@ -164,6 +164,8 @@ pub fn run(args: Args, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
         kdf: KdfPool::per_core(),
         secrets: store,
         stop,
+        wait_for_window: false,
+        start_time: None,
     };
     let summary = runtime.block_on(engine::run(config, reporter));
     if args.output != super::apply::Output::Json {

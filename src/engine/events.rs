@@ -127,7 +127,8 @@ pub mod exit {
     pub const SOME_FAILED: i32 = 2;
     /// No device failed, but at least one could not be reached.
     pub const SOME_UNREACHABLE: i32 = 3;
-    /// The run stopped early (Ctrl-C); rerunning the same command resumes.
+    /// The run stopped early (Ctrl-C, a failure budget, the maintenance window); rerunning
+    /// the same command resumes.
     pub const STOPPED_RESUMABLE: i32 = 4;
 }
 
@@ -142,11 +143,15 @@ impl RunSummary {
         });
         let unreachable = self.outcomes.iter().any(|o| o.status.is_unreachable());
         let unfinished = self.outcomes.iter().any(|o| o.status.is_unfinished());
-        if failed {
+        if self.stopped_early.is_some() {
+            // A budget, a window or Ctrl-C stopped the run: what matters first is that it
+            // is unfinished and resumable (the recap lists the failures).
+            exit::STOPPED_RESUMABLE
+        } else if failed {
             exit::SOME_FAILED
         } else if unreachable {
             exit::SOME_UNREACHABLE
-        } else if unfinished || self.stopped_early.is_some() {
+        } else if unfinished {
             exit::STOPPED_RESUMABLE
         } else {
             exit::ALL_DONE
@@ -164,6 +169,19 @@ pub enum Event {
         devices: usize,
         steps: usize,
         check_mode: bool,
+    },
+    BatchStarted {
+        batch: usize,
+        batches: usize,
+        devices: Vec<String>,
+    },
+    /// The device's maintenance window is closed; waiting for it to open.
+    WindowWait {
+        device: String,
+        until: String,
+    },
+    WindowOpen {
+        device: String,
     },
     DeviceStarted {
         device: String,

@@ -14,11 +14,13 @@
 
 pub mod events;
 pub mod prepare;
+pub mod rollout;
 pub mod secrets;
 pub mod steps;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -49,6 +51,11 @@ pub struct RunConfig {
     pub secrets: Arc<dyn SecretStore>,
     /// Becomes `true` to stop starting new work.
     pub stop: watch::Receiver<bool>,
+    /// `--wait-for-window`: sleep until a closed maintenance window opens instead of
+    /// leaving the device for the next run.
+    pub wait_for_window: bool,
+    /// Pins the run's wall-clock start (tests); `None` = now.
+    pub start_time: Option<jiff::Timestamp>,
 }
 
 /// The journal directory key of a playbook: its name, made file-system safe.
@@ -77,12 +84,124 @@ fn run_id() -> String {
         .unwrap_or_else(|_| now_ms().to_string())
 }
 
+/// Why the run stops starting new devices (Ctrl-C, a failure budget). Device tasks watch it.
+type Halt = watch::Receiver<Option<String>>;
+
+fn halted(halt: &Halt) -> bool {
+    halt.borrow().is_some()
+}
+
+/// The run's wall clock: the wall time at start plus tokio's elapsed time, so tests can
+/// pin the start and drive time with `tokio::time::pause`.
+#[derive(Clone, Copy)]
+struct Clock {
+    wall: jiff::Timestamp,
+    at: tokio::time::Instant,
+}
+
+impl Clock {
+    fn now(&self) -> jiff::Timestamp {
+        let elapsed = jiff::SignedDuration::try_from(self.at.elapsed()).unwrap_or_default();
+        self.wall.checked_add(elapsed).unwrap_or(self.wall)
+    }
+
+    fn instant_for(&self, t: jiff::Timestamp) -> tokio::time::Instant {
+        let ahead = t.duration_since(self.wall);
+        let ahead = Duration::try_from(ahead).unwrap_or_default();
+        self.at + ahead
+    }
+}
+
+/// Expected device duration: the mean of devices that did work (this run and, seeded, the
+/// journal of earlier runs), else the policy's default.
+struct Estimator {
+    default: Duration,
+    total_ms: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Estimator {
+    fn estimate(&self) -> Duration {
+        match self.count.load(Ordering::Relaxed) {
+            0 => self.default,
+            n => Duration::from_millis(self.total_ms.load(Ordering::Relaxed) / n),
+        }
+    }
+
+    fn record(&self, d: Duration) {
+        self.total_ms
+            .fetch_add(d.as_millis() as u64, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Spaces new connections `1/rate` apart across the fleet, with jitter.
+struct RateLimiter {
+    interval: Option<Duration>,
+    next: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl RateLimiter {
+    fn new(rate: Option<f64>) -> Self {
+        RateLimiter {
+            interval: rate
+                .filter(|r| *r > 0.0)
+                .map(|r| Duration::from_secs_f64(1.0 / r)),
+            next: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+
+    async fn wait(&self, device: &str) {
+        let Some(interval) = self.interval else {
+            return;
+        };
+        let slot = {
+            let Ok(mut next) = self.next.lock() else {
+                return;
+            };
+            let now = tokio::time::Instant::now();
+            let slot = (*next).max(now);
+            // ±25% jitter keeps a fleet from synchronising on the slots.
+            let spread = jitter_fraction(device, 0) - 0.25;
+            let step = interval.mul_f64(1.0 + spread);
+            *next = slot + step;
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+struct Shared {
+    config: Arc<RunConfig>,
+    reporter: Arc<dyn Reporter>,
+    sessions: Semaphore,
+    halt_tx: watch::Sender<Option<String>>,
+    failed_total: AtomicUsize,
+    clock: Clock,
+    estimator: Estimator,
+    rate: RateLimiter,
+    run: String,
+}
+
+impl Shared {
+    fn halt(&self, reason: String) {
+        self.halt_tx.send_if_modified(|h| {
+            if h.is_none() {
+                *h = Some(reason.clone());
+                true
+            } else {
+                false
+            }
+        });
+    }
+}
+
 /// Runs the playbook on every prepared device and returns the summary (also sent as the
-/// last event).
+/// last event). Devices run in batches (`serial`); failure budgets and maintenance windows
+/// decide whether more devices start.
 pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
     let started = Instant::now();
     let run = run_id();
-    let config = Arc::new(config);
     reporter.event(&Event::RunStarted {
         playbook: config.playbook.name.clone(),
         run: run.clone(),
@@ -90,66 +209,246 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
         steps: config.playbook.steps.len(),
         check_mode: config.check_mode,
     });
-    let sessions = Arc::new(Semaphore::new(config.playbook.policy.concurrency.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    for index in 0..config.devices.len() {
-        let config = Arc::clone(&config);
-        let reporter = Arc::clone(&reporter);
-        let sessions = Arc::clone(&sessions);
-        let run = run.clone();
-        tasks.spawn(async move {
-            let prepared = config.devices.get(index)?;
-            let mut stop = config.stop.clone();
-            let permit = tokio::select! {
-                p = sessions.acquire() => p.ok(),
-                _ = stop.wait_for(|s| *s) => None,
-            };
-            let outcome = match permit {
-                Some(_permit) if !*config.stop.borrow() => {
-                    run_device(&config, prepared, &run, reporter.as_ref()).await
-                }
-                _ => not_started(prepared),
-            };
-            reporter.event(&Event::DeviceFinished {
-                outcome: outcome.clone(),
-            });
-            Some((index, outcome))
-        });
+    let (halt_tx, halt_rx) = watch::channel(None);
+    let estimator = Estimator {
+        default: config.playbook.policy.device_estimate,
+        total_ms: AtomicU64::new(0),
+        count: AtomicU64::new(0),
+    };
+    for d in journal_durations(&config) {
+        estimator.record(d);
     }
-    let mut outcomes: Vec<Option<DeviceOutcome>> = vec![None; config.devices.len()];
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok(Some((index, outcome))) = joined {
-            if let Some(slot) = outcomes.get_mut(index) {
-                *slot = Some(outcome);
+    let shared = Arc::new(Shared {
+        sessions: Semaphore::new(config.playbook.policy.concurrency.max(1)),
+        rate: RateLimiter::new(config.playbook.policy.connection_rate),
+        clock: Clock {
+            wall: config.start_time.unwrap_or_else(jiff::Timestamp::now),
+            at: tokio::time::Instant::now(),
+        },
+        config: Arc::new(config),
+        reporter,
+        halt_tx,
+        failed_total: AtomicUsize::new(0),
+        estimator,
+        run: run.clone(),
+    });
+    // Ctrl-C (the caller's stop signal) halts like a budget does.
+    let forward = {
+        let shared = Arc::clone(&shared);
+        let mut stop = shared.config.stop.clone();
+        tokio::spawn(async move {
+            if stop.wait_for(|s| *s).await.is_ok() {
+                shared.halt("interrupted".into());
+            }
+        })
+    };
+
+    let total = shared.config.devices.len();
+    let sizes = rollout::batch_sizes(total, &shared.config.playbook.serial);
+    let mut outcomes: Vec<Option<DeviceOutcome>> = vec![None; total];
+    let mut first = 0usize;
+    for (batch_index, size) in sizes.iter().enumerate() {
+        let batch = batch_index + 1;
+        let range = first..first + size;
+        first += size;
+        if halted(&halt_rx) {
+            break;
+        }
+        shared.reporter.event(&Event::BatchStarted {
+            batch,
+            batches: sizes.len(),
+            devices: range
+                .clone()
+                .filter_map(|i| shared.config.devices.get(i))
+                .map(|d| d.device.name.clone())
+                .collect(),
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        for index in range.clone() {
+            let shared = Arc::clone(&shared);
+            let halt = halt_rx.clone();
+            tasks.spawn(async move {
+                let outcome = device_task(&shared, index, halt).await?;
+                if !outcome.status.is_success() && !outcome.status.is_unfinished() {
+                    let failed = shared.failed_total.fetch_add(1, Ordering::SeqCst) + 1;
+                    if let Some(reason) = shared.config.playbook.budget.run_tripped(failed) {
+                        shared.halt(reason);
+                    }
+                }
+                shared.reporter.event(&Event::DeviceFinished {
+                    outcome: outcome.clone(),
+                });
+                Some((index, outcome))
+            });
+        }
+        let mut failed_in_batch = 0;
+        while let Some(joined) = tasks.join_next().await {
+            if let Ok(Some((index, outcome))) = joined {
+                if !outcome.status.is_success() && !outcome.status.is_unfinished() {
+                    failed_in_batch += 1;
+                }
+                if let Some(slot) = outcomes.get_mut(index) {
+                    *slot = Some(outcome);
+                }
             }
         }
+        if let Some(reason) =
+            shared
+                .config
+                .playbook
+                .budget
+                .batch_tripped(batch, range.len(), failed_in_batch)
+        {
+            shared.halt(reason);
+        }
     }
+    forward.abort();
+
     let outcomes: Vec<DeviceOutcome> = outcomes
         .into_iter()
-        .zip(config.devices.iter())
-        .map(|(o, d)| {
-            o.unwrap_or_else(|| DeviceOutcome {
-                reason: Some("internal error: the device task ended abnormally".into()),
-                status: DeviceStatus::Failed,
-                ..not_started(d)
-            })
-        })
+        .zip(shared.config.devices.iter())
+        .map(|(o, d)| o.unwrap_or_else(|| not_started(d)))
         .collect();
-    let stopped_early = (*config.stop.borrow()).then(|| events::StoppedEarly {
-        reason: "interrupted; rerun the same command to resume".into(),
+    let window_closed = outcomes.iter().any(|o| {
+        o.status == DeviceStatus::NotStarted
+            && o.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(WINDOW_PREFIX))
     });
+    let halt_reason = halt_rx.borrow().clone();
+    let stopped_early = match (halt_reason, window_closed) {
+        (Some(reason), _) => Some(events::StoppedEarly {
+            reason: format!("{reason}; rerun the same command to resume"),
+        }),
+        (None, true) => Some(events::StoppedEarly {
+            reason: "the maintenance window does not leave time for every device; rerun in \
+                     the next window (or use --wait-for-window) to continue"
+                .into(),
+        }),
+        (None, false) => None,
+    };
     let summary = RunSummary {
-        playbook: config.playbook.name.clone(),
+        playbook: shared.config.playbook.name.clone(),
         run,
         outcomes,
         stopped_early,
         duration_ms: started.elapsed().as_millis() as u64,
-        check_mode: config.check_mode,
+        check_mode: shared.config.check_mode,
     };
-    reporter.event(&Event::RunFinished {
+    shared.reporter.event(&Event::RunFinished {
         summary: summary.clone(),
     });
     summary
+}
+
+/// Reasons of devices held back by their maintenance window start with this.
+pub const WINDOW_PREFIX: &str = "maintenance window";
+
+/// One device from the start of its turn to its outcome: window, session slot, halt check.
+async fn device_task(shared: &Shared, index: usize, mut halt: Halt) -> Option<DeviceOutcome> {
+    let config = &shared.config;
+    let prepared = config.devices.get(index)?;
+    let window = prepared
+        .device
+        .window
+        .as_ref()
+        .or(config.playbook.window.as_ref());
+    loop {
+        let permit = tokio::select! {
+            p = shared.sessions.acquire() => p.ok(),
+            _ = halt.wait_for(|h| h.is_some()) => None,
+        };
+        let Some(permit) = permit.filter(|_| !halted(&halt)) else {
+            return Some(not_started(prepared));
+        };
+        // The window is judged when the device would really start (it may have queued for a
+        // session slot), with the estimate as it stands now.
+        let opens = match window {
+            None => None,
+            Some(window) => {
+                let now = shared.clock.now();
+                let estimate = shared.estimator.estimate();
+                match window.decide(now, estimate) {
+                    rollout::WindowDecision::Fits { .. } => None,
+                    rollout::WindowDecision::TooLate { closes } if !config.wait_for_window => {
+                        return Some(window_refusal(
+                            prepared,
+                            format!(
+                                "{WINDOW_PREFIX} {} closes at {}; the estimated {}s would not fit",
+                                window.describe(),
+                                rollout::local_time(closes, &window.tz),
+                                estimate.as_secs()
+                            ),
+                        ));
+                    }
+                    rollout::WindowDecision::Closed { opens } if !config.wait_for_window => {
+                        return Some(window_refusal(
+                            prepared,
+                            format!(
+                                "{WINDOW_PREFIX} {} is closed; it opens at {}",
+                                window.describe(),
+                                rollout::local_time(opens, &window.tz)
+                            ),
+                        ));
+                    }
+                    _ => Some((window, window.next_open(now))),
+                }
+            }
+        };
+        match opens {
+            None => {
+                let started = Instant::now();
+                let outcome = run_device(shared, prepared, halt).await;
+                drop(permit);
+                if outcome.connections > 0 && outcome.status.is_success() {
+                    shared.estimator.record(started.elapsed());
+                }
+                return Some(outcome);
+            }
+            Some((window, opens)) => {
+                // Wait without holding a session slot.
+                drop(permit);
+                shared.reporter.event(&Event::WindowWait {
+                    device: prepared.device.name.clone(),
+                    until: rollout::local_time(opens, &window.tz),
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep_until(shared.clock.instant_for(opens)) => {}
+                    _ = halt.wait_for(|h| h.is_some()) => return Some(not_started(prepared)),
+                }
+                shared.reporter.event(&Event::WindowOpen {
+                    device: prepared.device.name.clone(),
+                });
+            }
+        }
+    }
+}
+
+fn window_refusal(prepared: &PreparedDevice, reason: String) -> DeviceOutcome {
+    DeviceOutcome {
+        reason: Some(reason),
+        ..not_started(prepared)
+    }
+}
+
+/// Durations of devices that completed the playbook in earlier runs (from the journal).
+fn journal_durations(config: &RunConfig) -> Vec<Duration> {
+    let key = playbook_key(&config.playbook);
+    config
+        .devices
+        .iter()
+        .filter_map(|d| {
+            let steps = crate::journal::read_steps(&config.state_dir, &key, &d.device.name).ok()?;
+            let first = steps.values().filter_map(|s| s.started_ms).min()?;
+            let last = steps.values().filter_map(|s| s.finished_ms).max()?;
+            let all_done = (0..config.playbook.steps.len()).all(|i| {
+                steps
+                    .get(&config.playbook.step_id(i))
+                    .is_some_and(|s| s.status == StepStatus::Done)
+            });
+            (all_done && last >= first).then(|| Duration::from_millis(last - first))
+        })
+        .collect()
 }
 
 fn not_started(prepared: &PreparedDevice) -> DeviceOutcome {
@@ -201,6 +500,8 @@ enum Attempt {
 struct DeviceRun<'a> {
     config: &'a RunConfig,
     prepared: &'a PreparedDevice,
+    rate: &'a RateLimiter,
+    halt: Halt,
     journal: DeviceJournal,
     run: &'a str,
     reporter: &'a dyn Reporter,
@@ -209,12 +510,10 @@ struct DeviceRun<'a> {
     identity: Option<String>,
 }
 
-async fn run_device(
-    config: &RunConfig,
-    prepared: &PreparedDevice,
-    run: &str,
-    reporter: &dyn Reporter,
-) -> DeviceOutcome {
+async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> DeviceOutcome {
+    let config: &RunConfig = &shared.config;
+    let reporter: &dyn Reporter = shared.reporter.as_ref();
+    let run: &str = &shared.run;
     let started = Instant::now();
     let name = prepared.device.name.clone();
     reporter.event(&Event::DeviceStarted {
@@ -246,6 +545,8 @@ async fn run_device(
         journal,
         run,
         reporter,
+        rate: &shared.rate,
+        halt: halt.clone(),
         reports: BTreeMap::new(),
         failed: None,
         identity: None,
@@ -272,7 +573,7 @@ async fn run_device(
         outcome.connections += 1;
         let result = dr.session_attempt().await;
         match result {
-            Attempt::Retry(reason) if attempt <= policy.retries && !*config.stop.borrow() => {
+            Attempt::Retry(reason) if attempt <= policy.retries && !halted(&halt) => {
                 let backoff = backoff_delay(policy.retry_backoff, attempt, &name);
                 reporter.event(&Event::Notice {
                     device: Some(name.clone()),
@@ -283,10 +584,10 @@ async fn run_device(
                         policy.retries + 1
                     ),
                 });
-                let mut stop = config.stop.clone();
+                let mut halt = halt.clone();
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|s| *s) => break Attempt::Stopped,
+                    _ = halt.wait_for(|h| h.is_some()) => break Attempt::Stopped,
                 }
             }
             other => break other,
@@ -337,11 +638,15 @@ async fn run_device(
 /// lost its network together does not reconnect in one burst.
 fn backoff_delay(base: Duration, attempt: u32, device: &str) -> Duration {
     let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(6));
-    let hash = device.bytes().fold(attempt as u64, |h, b| {
+    exp + exp.mul_f64(jitter_fraction(device, attempt))
+}
+
+/// A per-device, per-attempt fraction in [0, 0.5): deterministic jitter (tests repeat).
+fn jitter_fraction(device: &str, attempt: u32) -> f64 {
+    let hash = device.bytes().fold(attempt as u64 + 7, |h, b| {
         h.wrapping_mul(31).wrapping_add(b as u64)
     });
-    let jitter = exp.mul_f64((hash % 500) as f64 / 1000.0);
-    exp + jitter
+    (hash % 500) as f64 / 1000.0
 }
 
 impl DeviceRun<'_> {
@@ -395,6 +700,7 @@ impl DeviceRun<'_> {
 
     async fn session_attempt(&mut self) -> Attempt {
         let opts = connect_options(self.config, self.prepared);
+        self.rate.wait(&self.prepared.device.name).await;
         let mut session = match TshSession::connect(&opts).await {
             Ok(s) => s,
             Err(e) => return classify_ssh_error(&e),
@@ -434,7 +740,7 @@ impl DeviceRun<'_> {
                 }
                 continue;
             }
-            if *self.config.stop.borrow() {
+            if halted(&self.halt) {
                 return Attempt::Stopped;
             }
             self.reporter.event(&Event::StepStarted {

@@ -126,7 +126,17 @@ impl Lab {
             ));
         }
         let inventory = dir.path().join("inventory.yaml");
-        std::fs::write(&inventory, inv).unwrap();
+        std::fs::write(&inventory, &inv).unwrap();
+        // The same rooms with the password written in (for tests that run the engine
+        // in-process and must not touch the process environment).
+        std::fs::write(
+            dir.path().join("inventory-literal.yaml"),
+            inv.replace(
+                "auth: { password_env: ROOMKEY_SIM_PASSWORD }",
+                &format!("auth: {{ password: \"{PASSWORD}\" }}"),
+            ),
+        )
+        .unwrap();
         Lab {
             dir,
             fleet: Some(fleet),
@@ -195,5 +205,34 @@ impl Lab {
             }
         }
         out
+    }
+}
+
+impl Lab {
+    /// Prepares the lab's rooms for an in-process engine run (`inventory-literal.yaml`).
+    pub fn prepare(
+        &self,
+        playbook: &Path,
+    ) -> (
+        roomkey::playbook::Playbook,
+        Vec<roomkey::engine::PreparedDevice>,
+        std::sync::Arc<dyn roomkey::engine::SecretStore>,
+    ) {
+        let inventory =
+            roomkey::inventory::load(&self.dir.path().join("inventory-literal.yaml")).unwrap();
+        let playbook = roomkey::playbook::load(playbook).unwrap();
+        let vault = roomkey::vault::Vault::open(&self.vault, &Secret::new(PASSPHRASE)).unwrap();
+        let store: std::sync::Arc<dyn roomkey::engine::SecretStore> =
+            std::sync::Arc::new(roomkey::engine::secrets::VaultSecrets::new(vault));
+        let devices: Vec<&roomkey::inventory::Device> = inventory.devices.iter().collect();
+        let prepared = roomkey::engine::prepare::prepare(
+            &inventory.path,
+            &devices,
+            &playbook,
+            Some(store.as_ref()),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        (playbook, prepared.devices, store)
     }
 }
