@@ -1,7 +1,8 @@
-//! The `roomkey` binary: parses the command line, sets up logging, dispatches to
-//! `roomkey::cli`, and maps the outcome to a documented exit code.
+//! The `roomkey` binary: parses the command line, sets up logging, dispatches to `cli`,
+//! and maps the outcome to a documented exit code. `anyhow` lives only here and in `cli`.
 
 use clap::{Parser, Subcommand};
+
 mod cli;
 
 /// Provision Cisco RoomOS devices (Room, Board, Desk) with externally issued identity
@@ -9,12 +10,27 @@ mod cli;
 #[derive(Debug, Parser)]
 #[command(name = "roomkey", version, about, long_about = None)]
 struct Cli {
+    /// Log format on stderr (filter with RUST_LOG, e.g. RUST_LOG=roomkey=debug).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a playbook on the inventory's devices (resumable; see exit codes in --help).
+    Apply(cli::apply::ApplyArgs),
+    /// Show what `apply` would do, per device, without connecting to anything.
+    Plan(cli::apply::PlanArgs),
+    /// Run the external-identity playbook on a built-in simulated fleet of rooms.
+    Demo(cli::demo::Args),
     /// Build, decrypt and inspect the device JWE (Cisco `cisco-kdf` scrypt + AES-GCM).
     #[command(subcommand)]
     Jwe(cli::jwe::Command),
@@ -28,9 +44,28 @@ enum Command {
     Secret(cli::secret::Command),
 }
 
+fn init_logging(format: LogFormat, multi: &indicatif::MultiProgress) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let writer = roomkey::report::LogWriter::new(Some(multi.clone()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_target(true);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let multi = roomkey::report::multi_progress(true);
+    init_logging(cli.log_format, &multi);
     let result = match cli.command {
+        Command::Apply(args) => cli::apply::run_apply(args, multi),
+        Command::Plan(args) => cli::apply::run_plan(args),
+        Command::Demo(args) => cli::demo::run(args, multi),
         Command::Jwe(cmd) => cli::jwe::run(cmd),
         Command::Cert(cmd) => cli::cert::run(cmd),
         Command::Sim(args) => cli::sim::run(args),

@@ -1,1 +1,322 @@
-//! (placeholder: filled in by its owner)
+//! The dry-run plan: per device, each step, whether the journal would skip it, and the exact
+//! commands it would send — secrets and JWEs replaced by `[redacted]`. Pure: built from
+//! prepared devices, the playbook and the journal's step states; connects to nothing.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::engine::prepare::PreparedDevice;
+use crate::journal::StepStatus;
+use crate::playbook::{CertificateRef, Playbook, Purpose, Step};
+use crate::secret::Secret;
+use crate::tsh::TshCommand;
+
+/// One command a step may send.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PlannedCommand {
+    /// The command as it would be sent, secrets shown as `[redacted]`.
+    pub text: String,
+    /// When it is sent (`always`, or the condition checked on the device first).
+    pub when: String,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PlannedStep {
+    pub id: String,
+    pub kind: String,
+    /// `run`, `skip (done in an earlier run)`, or `re-check (in-flight in an earlier run)`.
+    pub action: String,
+    pub commands: Vec<PlannedCommand>,
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DevicePlan {
+    pub device: String,
+    pub address: String,
+    pub identity: Option<String>,
+    pub fingerprint: Option<String>,
+    pub steps: Vec<PlannedStep>,
+}
+
+/// What the plan knows about a device's secret bookkeeping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedState {
+    Seeded,
+    NotSeeded,
+    Unknown,
+}
+
+const PLACEHOLDER: &str = "placeholder";
+
+fn cmd(result: Result<TshCommand, crate::tsh::EncodeError>, when: &str) -> PlannedCommand {
+    match result {
+        Ok(c) => PlannedCommand {
+            text: c.redacted_text(),
+            when: when.to_string(),
+            read_only: c.is_read_only(),
+        },
+        Err(e) => PlannedCommand {
+            text: format!("(cannot encode: {e})"),
+            when: when.to_string(),
+            read_only: true,
+        },
+    }
+}
+
+fn show() -> PlannedCommand {
+    cmd(
+        TshCommand::xcommand("Security Certificates Services Show"),
+        "always",
+    )
+}
+
+fn secret_placeholder() -> Secret {
+    Secret::new(PLACEHOLDER)
+}
+
+fn populate(when: &str) -> PlannedCommand {
+    cmd(
+        TshCommand::xcommand("Security ClientSecret Populate")
+            .and_then(|c| c.param_secret("Secret", &secret_placeholder())),
+        when,
+    )
+}
+
+fn fp_text(which: &CertificateRef, own: Option<&str>) -> String {
+    match which {
+        CertificateRef::New => own.unwrap_or("<certificate fingerprint>").to_string(),
+        CertificateRef::Previous => "<previously active certificate>".into(),
+        CertificateRef::Fingerprint(fp) => fp.clone(),
+    }
+}
+
+/// The commands a step may send, in order.
+fn step_commands(
+    step: &Step,
+    device: &PreparedDevice,
+    seed: SeedState,
+) -> (Vec<PlannedCommand>, Vec<String>) {
+    let own_fp = device
+        .identity
+        .as_ref()
+        .map(|i| i.fingerprint().to_string());
+    let mut notes = Vec::new();
+    let commands = match step {
+        Step::PopulateSecret(p) => match seed {
+            SeedState::Seeded => {
+                notes.push("the vault records the device as seeded: nothing is sent".into());
+                vec![]
+            }
+            _ => {
+                if p.initial {
+                    notes.push(
+                        "WARNING: first seeding sends the ClientSecret in PLAINTEXT over the \
+                         network (base64url); do it on an unregistered device or a trusted \
+                         network"
+                            .into(),
+                    );
+                    vec![
+                        populate("always (plaintext first seeding)"),
+                        populate("if refused: a populate JWE under the same secret proves the device already holds it"),
+                    ]
+                } else {
+                    notes.push("fails unless the device is recorded as seeded".into());
+                    vec![]
+                }
+            }
+        },
+        Step::RotateSecret(_) => vec![
+            populate("always: populate JWE with a new secret, keyed from the current one (the new one is saved in the vault as pending first)"),
+            populate("if refused: populate JWE new-under-new proves an earlier rotation landed"),
+        ],
+        Step::AddCertificate(_) => vec![
+            show(),
+            cmd(
+                TshCommand::xcommand("Security Certificates Services Add")
+                    .and_then(|c| c.param_literal("IsEncrypted", "True"))
+                    .and_then(|c| c.body_secret(&secret_placeholder())),
+                &format!(
+                    "if {} is not listed (body: add JWE of certificate + key)",
+                    own_fp.as_deref().unwrap_or("the certificate")
+                ),
+            ),
+        ],
+        Step::ShowCertificates(_) => vec![show()],
+        Step::ActivateCertificate(a) => {
+            let fp = fp_text(&a.certificate, own_fp.as_deref());
+            vec![show(), activation_cmd("Activate", a.purpose, &fp)]
+        }
+        Step::DeactivateCertificate(t) => {
+            let fp = fp_text(&t.certificate, own_fp.as_deref());
+            vec![show(), activation_cmd("Deactivate", t.purpose, &fp)]
+        }
+        Step::DeleteCertificate(t) => {
+            let fp = fp_text(&t.certificate, own_fp.as_deref());
+            vec![
+                show(),
+                cmd(
+                    TshCommand::xcommand("Security Certificates Services Delete")
+                        .and_then(|c| c.param("Fingerprint", &fp)),
+                    &format!("if {fp} is listed"),
+                ),
+            ]
+        }
+        Step::SetConfiguration(s) => vec![
+            cmd(TshCommand::xconfiguration(&s.path), "always"),
+            cmd(
+                TshCommand::xconfiguration_set(&s.path, &s.value),
+                &format!("if not already {}", s.value),
+            ),
+        ],
+        Step::VerifyExternalIdentity(_) => {
+            notes.push(format!(
+                "expects a valid external identity '{}'",
+                device.expected_identity.as_deref().unwrap_or("(any)")
+            ));
+            vec![cmd(
+                TshCommand::xstatus("Conference EndToEndEncryption ExternalIdentity"),
+                "always",
+            )]
+        }
+        Step::Xcommand(x) => {
+            let mut built = TshCommand::xcommand(&x.command);
+            for (k, v) in &x.params {
+                built = built.and_then(|c| c.param(k, v));
+            }
+            vec![cmd(built, "always")]
+        }
+    };
+    (commands, notes)
+}
+
+fn activation_cmd(verb: &str, purpose: Purpose, fp: &str) -> PlannedCommand {
+    let base = TshCommand::xcommand(&format!("Security Certificates Services {verb}"))
+        .and_then(|c| c.param_literal("Purpose", purpose.as_str()));
+    let built = if purpose == Purpose::WebexIdentity {
+        base.and_then(|c| c.param_secret("Fingerprint", &secret_placeholder()))
+    } else {
+        base.and_then(|c| c.param("Fingerprint", fp))
+    };
+    let state = if verb == "Activate" {
+        "active"
+    } else {
+        "inactive"
+    };
+    let jwe = if purpose == Purpose::WebexIdentity {
+        format!(
+            " (fingerprint {fp} sent as a {} JWE)",
+            verb.to_ascii_lowercase()
+        )
+    } else {
+        String::new()
+    };
+    cmd(
+        built,
+        &format!(
+            "if {fp} is not already {state} for {}{jwe}",
+            purpose.as_str()
+        ),
+    )
+}
+
+/// Builds the plan of one device.
+pub fn device_plan(
+    device: &PreparedDevice,
+    playbook: &Playbook,
+    journal: &BTreeMap<String, StepStatus>,
+    seed: SeedState,
+    fresh: bool,
+) -> DevicePlan {
+    let steps = playbook
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let id = playbook.step_id(i);
+            let status = if fresh {
+                StepStatus::Pending
+            } else {
+                journal.get(&id).copied().unwrap_or_default()
+            };
+            let (commands, mut notes) = step_commands(step, device, seed);
+            let action = match status {
+                StepStatus::Done | StepStatus::Skipped => {
+                    return PlannedStep {
+                        id,
+                        kind: step.kind().into(),
+                        action: "skip (done in an earlier run)".into(),
+                        commands: vec![],
+                        notes: vec![],
+                    }
+                }
+                StepStatus::InFlight => {
+                    notes.push(
+                        "was in flight when an earlier run stopped: the device is read first, \
+                         so nothing is applied twice"
+                            .into(),
+                    );
+                    "re-check and run"
+                }
+                StepStatus::Failed => "run again (failed in an earlier run)",
+                StepStatus::Pending => "run",
+            };
+            PlannedStep {
+                id,
+                kind: step.kind().into(),
+                action: action.into(),
+                commands,
+                notes,
+            }
+        })
+        .collect();
+    DevicePlan {
+        device: device.device.name.clone(),
+        address: device.device.address(),
+        identity: device.expected_identity.clone(),
+        fingerprint: device
+            .identity
+            .as_ref()
+            .map(|i| i.fingerprint().to_string()),
+        steps,
+    }
+}
+
+/// Renders plans as text.
+pub fn render(playbook: &Playbook, plans: &[DevicePlan], warnings: &[String]) -> String {
+    let mut out = format!(
+        "PLAN {} — {} device(s), {} step(s), concurrency {}; nothing is sent by `plan`\n",
+        playbook.name,
+        plans.len(),
+        playbook.steps.len(),
+        playbook.policy.concurrency
+    );
+    for w in warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    for p in plans {
+        out.push_str(&format!("\n{} ({})", p.device, p.address));
+        if let Some(id) = &p.identity {
+            out.push_str(&format!(" identity {id}"));
+        }
+        if let Some(fp) = &p.fingerprint {
+            out.push_str(&format!(" certificate {fp}"));
+        }
+        out.push('\n');
+        for s in &p.steps {
+            out.push_str(&format!("  {} — {}\n", s.id, s.action));
+            for n in &s.notes {
+                out.push_str(&format!("      note: {n}\n"));
+            }
+            for c in &s.commands {
+                out.push_str(&format!("      [{}]\n", c.when));
+                for line in c.text.lines() {
+                    out.push_str(&format!("        {line}\n"));
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,8 +1,10 @@
 //! Command-line front ends (part of the binary, not the library): one module per subcommand
-//! family, each owning its clap `Args`
-//! and a `run` function. `anyhow` lives here and in `main.rs`, never in the library.
+//! family, each owning its clap arguments and a `run` function. `anyhow` lives here and in
+//! `main.rs`, never in the library.
 
+pub mod apply;
 pub mod cert;
+pub mod demo;
 pub mod jwe;
 pub mod secret;
 pub mod sim;

@@ -1,12 +1,610 @@
-//! `roomkey secret` (placeholder: filled in by its owner).
+//! `roomkey secret`: manage the encrypted ClientSecret vault (init, generate, set, show,
+//! list, import, export, named credentials). Secret values reach stdout only through
+//! `show` and the files only through `export`; everything else prints names and states.
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use roomkey::secret::Secret;
+use roomkey::vault::{self, Vault};
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
+
+/// Which vault, and where its passphrase comes from.
+#[derive(Debug, Clone, clap::Args)]
+pub struct VaultArgs {
+    /// The vault file.
+    #[arg(long, env = "ROOMKEY_VAULT", default_value = ".roomkey/vault")]
+    pub vault: PathBuf,
+    /// Read the vault passphrase from this file (otherwise from ROOMKEY_VAULT_PASSPHRASE,
+    /// otherwise a no-echo prompt on the terminal).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+}
 
 /// `roomkey secret` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Not implemented yet.
-    Todo,
+    /// Create an empty vault (refuses to overwrite an existing file).
+    Init {
+        #[command(flatten)]
+        vault: VaultArgs,
+    },
+    /// Generate a random high-entropy ClientSecret for each named device that has none.
+    Generate {
+        #[command(flatten)]
+        vault: VaultArgs,
+        /// A device (repeatable); device names may also be given as arguments.
+        #[arg(long = "device", value_name = "DEVICE")]
+        devices: Vec<String>,
+        #[arg(value_name = "DEVICE")]
+        names: Vec<String>,
+    },
+    /// Set a device's ClientSecret, read from stdin or a no-echo prompt (the old one is
+    /// kept as previous).
+    Set {
+        #[command(flatten)]
+        vault: VaultArgs,
+        #[arg(long, value_name = "DEVICE")]
+        device: String,
+        /// The device already holds this secret (it was seeded by other means).
+        #[arg(long)]
+        seeded: bool,
+    },
+    /// Print a device's current ClientSecret (e.g. to hand it to the room owner).
+    Show {
+        #[command(flatten)]
+        vault: VaultArgs,
+        #[arg(long, value_name = "DEVICE")]
+        device: String,
+        /// Print the pending secret of an unresolved rotation instead.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// List devices with their secret state, seeding and age — never the secrets.
+    List {
+        #[command(flatten)]
+        vault: VaultArgs,
+    },
+    /// Import `device,secret` rows from a CSV file or a YAML map (by extension).
+    Import {
+        #[command(flatten)]
+        vault: VaultArgs,
+        /// A `.csv` file of `device,secret` rows or a `.yaml` map of `device: secret`.
+        file: PathBuf,
+        /// The devices already hold these secrets.
+        #[arg(long)]
+        seeded: bool,
+        /// Replace a device's different current secret (it is kept as previous).
+        #[arg(long)]
+        replace: bool,
+    },
+    /// Export every device's current secret to a new CSV or YAML file (0600, plaintext!).
+    Export {
+        #[command(flatten)]
+        vault: VaultArgs,
+        /// A new `.csv` or `.yaml` file (an existing file is never overwritten).
+        file: PathBuf,
+    },
+    /// Manage named credentials (device SSH passwords referenced from the inventory).
+    #[command(subcommand)]
+    Credential(CredentialCommand),
 }
 
-pub fn run(_cmd: Command) -> anyhow::Result<i32> {
-    anyhow::bail!("roomkey secret: not implemented yet")
+/// `roomkey secret credential` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum CredentialCommand {
+    /// Add or replace a credential, read from stdin or a no-echo prompt.
+    Set {
+        #[command(flatten)]
+        vault: VaultArgs,
+        name: String,
+    },
+    /// Remove a credential.
+    Remove {
+        #[command(flatten)]
+        vault: VaultArgs,
+        name: String,
+    },
+}
+
+pub fn run(cmd: Command) -> anyhow::Result<i32> {
+    match cmd {
+        Command::Init { vault } => init(&vault),
+        Command::Generate {
+            vault,
+            mut devices,
+            names,
+        } => {
+            devices.extend(names);
+            generate(&vault, &devices)
+        }
+        Command::Set {
+            vault,
+            device,
+            seeded,
+        } => set(&vault, &device, seeded),
+        Command::Show {
+            vault,
+            device,
+            pending,
+        } => show(&vault, &device, pending),
+        Command::List { vault } => list(&vault),
+        Command::Import {
+            vault,
+            file,
+            seeded,
+            replace,
+        } => import(&vault, &file, seeded, replace),
+        Command::Export { vault, file } => export(&vault, &file),
+        Command::Credential(CredentialCommand::Set { vault, name }) => {
+            credential_set(&vault, &name)
+        }
+        Command::Credential(CredentialCommand::Remove { vault, name }) => {
+            credential_remove(&vault, &name)
+        }
+    }
+}
+
+fn open(args: &VaultArgs) -> anyhow::Result<Vault> {
+    let pass = vault::read_passphrase(args.passphrase_file.as_deref())?;
+    Ok(Vault::open(&args.vault, &pass)?)
+}
+
+fn open_read_only(args: &VaultArgs) -> anyhow::Result<Vault> {
+    let pass = vault::read_passphrase(args.passphrase_file.as_deref())?;
+    Ok(Vault::open_read_only(&args.vault, &pass)?)
+}
+
+fn init(args: &VaultArgs) -> anyhow::Result<i32> {
+    let pass = vault::read_new_passphrase(args.passphrase_file.as_deref())?;
+    Vault::create(&args.vault, &pass)?;
+    eprintln!("created an empty vault at {}", args.vault.display());
+    Ok(0)
+}
+
+fn generate(args: &VaultArgs, devices: &[String]) -> anyhow::Result<i32> {
+    if devices.is_empty() {
+        bail!("name at least one device (--device D or D ...)");
+    }
+    for d in devices {
+        vault::check_name(d)?;
+    }
+    let mut v = open(args)?;
+    let mut made = 0;
+    for d in devices {
+        if v.current_secret(d).is_some() {
+            eprintln!("{d}: already has a secret; left as is");
+            continue;
+        }
+        v.set_current(d, vault::generate_secret(), false, Some("generated"))?;
+        eprintln!("{d}: generated a new secret");
+        made += 1;
+    }
+    if made > 0 {
+        v.save()?;
+    }
+    Ok(0)
+}
+
+/// Reads one secret from stdin when it is not a terminal, else from a no-echo prompt
+/// (asked twice).
+fn read_secret(what: &str) -> anyhow::Result<Secret> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        let first = vault::prompt(&format!("{what}: "))?;
+        let again = vault::prompt(&format!("{what} (again): "))?;
+        if first != again {
+            bail!("the two entries do not match");
+        }
+        Ok(first)
+    } else {
+        let mut text = Zeroizing::new(String::new());
+        stdin
+            .lock()
+            .read_to_string(&mut text)
+            .context("cannot read the secret from stdin")?;
+        Ok(Secret::from_file_text(text))
+    }
+}
+
+fn set(args: &VaultArgs, device: &str, seeded: bool) -> anyhow::Result<i32> {
+    vault::check_name(device)?;
+    let mut v = open(args)?;
+    let secret = read_secret(&format!("New ClientSecret for {device}"))?;
+    v.set_current(device, secret, seeded, Some("set"))?;
+    v.save()?;
+    eprintln!("{device}: secret set");
+    Ok(0)
+}
+
+fn show(args: &VaultArgs, device: &str, pending: bool) -> anyhow::Result<i32> {
+    let v = open_read_only(args)?;
+    let Some(d) = v.device(device) else {
+        bail!("device {device} is not in the vault");
+    };
+    let record = if pending { &d.pending } else { &d.current };
+    let Some(record) = record else {
+        bail!(
+            "device {device} has no {} secret",
+            if pending { "pending" } else { "current" }
+        );
+    };
+    if !pending && d.pending.is_some() {
+        eprintln!(
+            "warning: {device} is in state {}: the device may hold the pending secret instead (see --pending)",
+            d.state
+        );
+    } else if d.state != vault::SecretState::Ok {
+        eprintln!("warning: {device} is in state {}", d.state);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", record.secret.expose())?;
+    Ok(0)
+}
+
+/// A short age: `45s`, `12m`, `5h`, `3d`.
+fn age(created: OffsetDateTime, now: OffsetDateTime) -> String {
+    let s = (now - created).whole_seconds().max(0);
+    match s {
+        0..=119 => format!("{s}s"),
+        120..=7199 => format!("{}m", s / 60),
+        7200..=172_799 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86400),
+    }
+}
+
+/// The `list` table (pure, for tests): no secret value can reach it.
+fn list_table(v: &Vault, now: OffsetDateTime) -> String {
+    let mut rows = vec![[
+        "DEVICE".to_owned(),
+        "STATE".to_owned(),
+        "SEEDED".to_owned(),
+        "AGE".to_owned(),
+        "PENDING".to_owned(),
+        "PREVIOUS".to_owned(),
+    ]];
+    for name in v.device_names() {
+        let Some(d) = v.device(name) else { continue };
+        rows.push([
+            name.to_owned(),
+            d.state.to_string(),
+            if d.seeded { "yes" } else { "no" }.to_owned(),
+            d.current
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |r| age(r.created, now)),
+            if d.pending.is_some() { "yes" } else { "no" }.to_owned(),
+            d.previous.len().to_string(),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    let creds: Vec<&str> = v.credential_names().collect();
+    if !creds.is_empty() {
+        out.push_str(&format!("credentials: {}\n", creds.join(", ")));
+    }
+    out
+}
+
+fn list(args: &VaultArgs) -> anyhow::Result<i32> {
+    let v = open_read_only(args)?;
+    if v.device_names().next().is_none() && v.credential_names().next().is_none() {
+        eprintln!("the vault is empty");
+        return Ok(0);
+    }
+    print!("{}", list_table(&v, OffsetDateTime::now_utc()));
+    Ok(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Csv,
+    Yaml,
+}
+
+fn file_kind(path: &Path) -> anyhow::Result<FileKind> {
+    match path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("csv") => Ok(FileKind::Csv),
+        Some("yaml" | "yml") => Ok(FileKind::Yaml),
+        _ => bail!(
+            "{}: use a .csv or .yaml/.yml file name to choose the format",
+            path.display()
+        ),
+    }
+}
+
+/// Parses one CSV line into fields (RFC 4180 quoting, no line breaks inside fields).
+fn csv_fields(line: &str) -> Result<Vec<String>, &'static str> {
+    let mut fields = Vec::new();
+    let mut chars = line.chars().peekable();
+    loop {
+        let mut field = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        field.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                    None => return Err("unterminated quoted field"),
+                }
+            }
+            match chars.next() {
+                None => {
+                    fields.push(field);
+                    return Ok(fields);
+                }
+                Some(',') => fields.push(field),
+                Some(_) => return Err("text after a closing quote"),
+            }
+        } else {
+            loop {
+                match chars.next() {
+                    None => {
+                        fields.push(field);
+                        return Ok(fields);
+                    }
+                    Some(',') => break,
+                    Some('"') => return Err("quote inside an unquoted field"),
+                    Some(c) => field.push(c),
+                }
+            }
+            fields.push(field);
+        }
+    }
+}
+
+/// `device,secret` rows; an optional `device,secret` header, blank lines and `#` comments
+/// are skipped. Errors name the line, never its content.
+fn parse_csv(text: &str) -> anyhow::Result<Vec<(String, Secret)>> {
+    let mut rows = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.trim().is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut fields = csv_fields(line).map_err(|e| anyhow::anyhow!("line {n}: {e}"))?;
+        if fields.len() != 2 {
+            bail!(
+                "line {n}: expected 2 fields (device,secret), found {}",
+                fields.len()
+            );
+        }
+        let secret = Secret::new(fields.pop().unwrap_or_default());
+        let device = fields.pop().unwrap_or_default();
+        if rows.is_empty()
+            && device.eq_ignore_ascii_case("device")
+            && secret.expose().eq_ignore_ascii_case("secret")
+        {
+            continue;
+        }
+        rows.push((device, secret));
+    }
+    Ok(rows)
+}
+
+fn csv_quote(field: &str) -> String {
+    if field.contains([',', '"'])
+        || field.starts_with(' ')
+        || field.ends_with(' ')
+        || field.starts_with('#')
+    {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
+}
+
+fn to_csv(rows: &[(&str, &Secret)]) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::from("device,secret\n"));
+    for (d, s) in rows {
+        out.push_str(&csv_quote(d));
+        out.push(',');
+        out.push_str(&csv_quote(s.expose()));
+        out.push('\n');
+    }
+    out
+}
+
+/// A YAML map `device: secret`. Errors give the position only (messages may quote values).
+fn parse_yaml(text: &str) -> anyhow::Result<Vec<(String, Secret)>> {
+    let map: BTreeMap<String, String> = serde_yaml::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+            .unwrap_or_default();
+        anyhow::anyhow!("not a YAML map of device: secret{at}")
+    })?;
+    Ok(map.into_iter().map(|(d, s)| (d, Secret::new(s))).collect())
+}
+
+fn to_yaml(rows: &[(&str, &Secret)]) -> anyhow::Result<Zeroizing<String>> {
+    let map: BTreeMap<&str, &str> = rows.iter().map(|(d, s)| (*d, s.expose())).collect();
+    Ok(Zeroizing::new(
+        serde_yaml::to_string(&map).map_err(|_| anyhow::anyhow!("cannot write YAML"))?,
+    ))
+}
+
+fn import(args: &VaultArgs, file: &Path, seeded: bool, replace: bool) -> anyhow::Result<i32> {
+    let kind = file_kind(file)?;
+    let text = Zeroizing::new(
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?,
+    );
+    let rows = match kind {
+        FileKind::Csv => parse_csv(&text),
+        FileKind::Yaml => parse_yaml(&text),
+    }
+    .with_context(|| format!("{}", file.display()))?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (d, s) in &rows {
+        vault::check_name(d)?;
+        vault::check_secret(d, s)?;
+        if !seen.insert(d.as_str()) {
+            bail!("{}: device {d} appears twice", file.display());
+        }
+    }
+    let mut v = open(args)?;
+    let conflicts: Vec<&str> = rows
+        .iter()
+        .filter(|(d, s)| v.current_secret(d).is_some_and(|c| c != s))
+        .map(|(d, _)| d.as_str())
+        .collect();
+    if !conflicts.is_empty() && !replace {
+        bail!(
+            "these devices already have a different secret (nothing imported; use --replace to replace them, the old ones are kept as previous): {}",
+            conflicts.join(", ")
+        );
+    }
+    let n = rows.len();
+    for (d, s) in rows {
+        v.set_current(&d, s, seeded, Some("imported"))?;
+    }
+    v.save()?;
+    eprintln!(
+        "imported {n} device secret(s) into {}",
+        args.vault.display()
+    );
+    eprintln!(
+        "warning: {} holds plaintext secrets; delete it securely now",
+        file.display()
+    );
+    Ok(0)
+}
+
+fn export(args: &VaultArgs, file: &Path) -> anyhow::Result<i32> {
+    let kind = file_kind(file)?;
+    if file.symlink_metadata().is_ok() {
+        bail!(
+            "{}: already exists; refusing to overwrite it",
+            file.display()
+        );
+    }
+    let v = open_read_only(args)?;
+    let rows: Vec<(&str, &Secret)> = v
+        .device_names()
+        .filter_map(|d| v.current_secret(d).map(|s| (d, s)))
+        .collect();
+    let text = match kind {
+        FileKind::Csv => to_csv(&rows),
+        FileKind::Yaml => to_yaml(&rows)?,
+    };
+    vault::write_new(file, text.as_bytes())
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    eprintln!(
+        "warning: {} holds {} plaintext secret(s) (mode 0600); keep it safe and delete it when done",
+        file.display(),
+        rows.len()
+    );
+    Ok(0)
+}
+
+fn credential_set(args: &VaultArgs, name: &str) -> anyhow::Result<i32> {
+    vault::check_name(name)?;
+    let mut v = open(args)?;
+    let secret = read_secret(&format!("Credential {name}"))?;
+    v.set_credential(name, secret)?;
+    v.save()?;
+    eprintln!("credential {name} set");
+    Ok(0)
+}
+
+fn credential_remove(args: &VaultArgs, name: &str) -> anyhow::Result<i32> {
+    let mut v = open(args)?;
+    if !v.remove_credential(name) {
+        bail!("no credential named {name}");
+    }
+    v.save()?;
+    eprintln!("credential {name} removed");
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_round_trip_with_awkward_values() {
+        let a = Secret::new("plain");
+        let b = Secret::new("with,comma and \"quote\"");
+        let c = Secret::new(" padded ");
+        let text = to_csv(&[("r1", &a), ("r2", &b), ("r3", &c)]);
+        let rows = parse_csv(&text).unwrap();
+        let got: Vec<(&str, &str)> = rows.iter().map(|(d, s)| (d.as_str(), s.expose())).collect();
+        assert_eq!(
+            got,
+            [
+                ("r1", "plain"),
+                ("r2", "with,comma and \"quote\""),
+                ("r3", " padded ")
+            ]
+        );
+    }
+
+    #[test]
+    fn csv_skips_header_blank_and_comments_and_reports_lines_only() {
+        let rows = parse_csv("device,secret\r\n\n# note\nr1,s1\r\n").unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].1.expose(), "s1");
+        let err = parse_csv("r1,s1\nr2,topsecret,extra\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"));
+        assert!(!err.contains("topsecret"));
+        let err = parse_csv("r1,\"topsecret\n").unwrap_err().to_string();
+        assert!(!err.contains("topsecret"));
+    }
+
+    #[test]
+    fn yaml_round_trip_and_errors_without_values() {
+        let a = Secret::new("yes");
+        let b = Secret::new("12345");
+        let text = to_yaml(&[("r1", &a), ("r2", &b)]).unwrap();
+        let rows = parse_yaml(&text).unwrap();
+        assert_eq!(rows[0].1.expose(), "yes");
+        assert_eq!(rows[1].1.expose(), "12345");
+        let err = parse_yaml("r1: [topsecret]\n").unwrap_err().to_string();
+        assert!(!err.contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn ages() {
+        let t = time::macros::datetime!(2026-01-01 00:00 UTC);
+        assert_eq!(age(t, t + time::Duration::seconds(5)), "5s");
+        assert_eq!(age(t, t + time::Duration::minutes(30)), "30m");
+        assert_eq!(age(t, t + time::Duration::hours(5)), "5h");
+        assert_eq!(age(t, t + time::Duration::days(40)), "40d");
+        assert_eq!(age(t, t - time::Duration::days(1)), "0s");
+    }
+
+    #[test]
+    fn file_kinds() {
+        assert_eq!(file_kind(Path::new("a.CSV")).unwrap(), FileKind::Csv);
+        assert_eq!(file_kind(Path::new("a.yml")).unwrap(), FileKind::Yaml);
+        assert!(file_kind(Path::new("a.txt")).is_err());
+    }
 }

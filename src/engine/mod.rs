@@ -1,1 +1,606 @@
-//! (placeholder: filled in by its owner)
+//! The fleet engine: takes prepared devices and a playbook and brings every device through
+//! the steps, concurrently and durably.
+//!
+//! - Concurrency is bounded twice: a semaphore for device sessions (`policy.concurrency`)
+//!   and the `KdfPool` for scrypt (at most one derivation per core).
+//! - Each device runs its steps in order on one TSH session. One device's failure, hang or
+//!   disconnect only ends that device: its task owns its session and its journal.
+//! - Write-ahead journal: a step is recorded `in-flight` (fsynced) before its first
+//!   changing command is sent, `done`/`failed` after. A step found in-flight on a rerun is
+//!   reconciled against the device with read-only commands before anything is resent.
+//! - Stop (Ctrl-C): no new device or step starts; the current command finishes or times out;
+//!   everything is recorded; the run ends resumable.
+//! - The engine never prints: it sends `Event`s to a `Reporter`.
+
+pub mod events;
+pub mod prepare;
+pub mod secrets;
+pub mod steps;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Semaphore};
+
+use crate::journal::{now_ms, DeviceJournal, Record, StepStatus};
+use crate::kdf::KdfPool;
+use crate::playbook::{HostKeyPolicySetting, Playbook};
+use crate::ssh::{ConnectOptions, HostKeyPolicy, SshError, TshSession};
+
+pub use events::{DeviceOutcome, DeviceStatus, Event, Reporter, RunSummary, StepReport};
+pub use prepare::PreparedDevice;
+pub use secrets::SecretStore;
+
+/// Everything a run needs, validated and resolved up front.
+pub struct RunConfig {
+    pub playbook: Playbook,
+    pub devices: Vec<PreparedDevice>,
+    pub state_dir: PathBuf,
+    pub known_hosts: PathBuf,
+    /// Overrides the playbook's host-key policy (`--accept-new-host-keys`).
+    pub host_key_policy: Option<HostKeyPolicySetting>,
+    /// `apply --check`: run only read-only commands, report what would change.
+    pub check_mode: bool,
+    /// Ignore what the journal says is done and run every step again.
+    pub fresh: bool,
+    pub kdf: KdfPool,
+    pub secrets: Arc<dyn SecretStore>,
+    /// Becomes `true` to stop starting new work.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// The journal directory key of a playbook: its name, made file-system safe.
+pub fn playbook_key(playbook: &Playbook) -> String {
+    let key: String = playbook
+        .name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if key.is_empty() {
+        "playbook".into()
+    } else {
+        key
+    }
+}
+
+fn run_id() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| now_ms().to_string())
+}
+
+/// Runs the playbook on every prepared device and returns the summary (also sent as the
+/// last event).
+pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
+    let started = Instant::now();
+    let run = run_id();
+    let config = Arc::new(config);
+    reporter.event(&Event::RunStarted {
+        playbook: config.playbook.name.clone(),
+        run: run.clone(),
+        devices: config.devices.len(),
+        steps: config.playbook.steps.len(),
+        check_mode: config.check_mode,
+    });
+    let sessions = Arc::new(Semaphore::new(config.playbook.policy.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..config.devices.len() {
+        let config = Arc::clone(&config);
+        let reporter = Arc::clone(&reporter);
+        let sessions = Arc::clone(&sessions);
+        let run = run.clone();
+        tasks.spawn(async move {
+            let prepared = config.devices.get(index)?;
+            let mut stop = config.stop.clone();
+            let permit = tokio::select! {
+                p = sessions.acquire() => p.ok(),
+                _ = stop.wait_for(|s| *s) => None,
+            };
+            let outcome = match permit {
+                Some(_permit) if !*config.stop.borrow() => {
+                    run_device(&config, prepared, &run, reporter.as_ref()).await
+                }
+                _ => not_started(prepared),
+            };
+            reporter.event(&Event::DeviceFinished {
+                outcome: outcome.clone(),
+            });
+            Some((index, outcome))
+        });
+    }
+    let mut outcomes: Vec<Option<DeviceOutcome>> = vec![None; config.devices.len()];
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(Some((index, outcome))) = joined {
+            if let Some(slot) = outcomes.get_mut(index) {
+                *slot = Some(outcome);
+            }
+        }
+    }
+    let outcomes: Vec<DeviceOutcome> = outcomes
+        .into_iter()
+        .zip(config.devices.iter())
+        .map(|(o, d)| {
+            o.unwrap_or_else(|| DeviceOutcome {
+                reason: Some("internal error: the device task ended abnormally".into()),
+                status: DeviceStatus::Failed,
+                ..not_started(d)
+            })
+        })
+        .collect();
+    let stopped_early = (*config.stop.borrow()).then(|| events::StoppedEarly {
+        reason: "interrupted; rerun the same command to resume".into(),
+    });
+    let summary = RunSummary {
+        playbook: config.playbook.name.clone(),
+        run,
+        outcomes,
+        stopped_early,
+        duration_ms: started.elapsed().as_millis() as u64,
+        check_mode: config.check_mode,
+    };
+    reporter.event(&Event::RunFinished {
+        summary: summary.clone(),
+    });
+    summary
+}
+
+fn not_started(prepared: &PreparedDevice) -> DeviceOutcome {
+    DeviceOutcome {
+        device: prepared.device.name.clone(),
+        address: prepared.device.address(),
+        status: DeviceStatus::NotStarted,
+        failed_step: None,
+        reason: Some("the run stopped before this device started".into()),
+        identity: None,
+        steps: Vec::new(),
+        duration_ms: 0,
+        connections: 0,
+    }
+}
+
+fn connect_options(config: &RunConfig, prepared: &PreparedDevice) -> ConnectOptions {
+    let policy = &config.playbook.policy;
+    let host_key_policy = match config.host_key_policy.unwrap_or(policy.host_key_policy) {
+        HostKeyPolicySetting::Strict => HostKeyPolicy::Strict,
+        HostKeyPolicySetting::AcceptNew => HostKeyPolicy::AcceptNew,
+    };
+    ConnectOptions {
+        host: prepared.device.host.clone(),
+        port: prepared.device.port,
+        username: prepared.device.username.clone(),
+        auth: prepared.auth.clone(),
+        known_hosts: config.known_hosts.clone(),
+        host_key_policy,
+        connect_timeout: policy.connect_timeout,
+        auth_timeout: policy.auth_timeout,
+        command_timeout: policy.command_timeout,
+        keepalive_interval: policy.keepalive_interval,
+    }
+}
+
+/// How a device's session attempt ended, deciding whether to retry.
+enum Attempt {
+    /// All steps processed (done, skipped or one failed: see the outcome fields).
+    Finished,
+    /// The connection failed or dropped: retry if attempts remain.
+    Retry(String),
+    /// A final failure of the device (auth, host key, timeout...).
+    Fatal(DeviceStatus, String),
+    /// The run is stopping.
+    Stopped,
+}
+
+struct DeviceRun<'a> {
+    config: &'a RunConfig,
+    prepared: &'a PreparedDevice,
+    journal: DeviceJournal,
+    run: &'a str,
+    reporter: &'a dyn Reporter,
+    reports: BTreeMap<String, StepReport>,
+    failed: Option<(String, String)>,
+    identity: Option<String>,
+}
+
+async fn run_device(
+    config: &RunConfig,
+    prepared: &PreparedDevice,
+    run: &str,
+    reporter: &dyn Reporter,
+) -> DeviceOutcome {
+    let started = Instant::now();
+    let name = prepared.device.name.clone();
+    reporter.event(&Event::DeviceStarted {
+        device: name.clone(),
+    });
+    let mut outcome = DeviceOutcome {
+        device: name.clone(),
+        address: prepared.device.address(),
+        status: DeviceStatus::Ok,
+        failed_step: None,
+        reason: None,
+        identity: None,
+        steps: Vec::new(),
+        duration_ms: 0,
+        connections: 0,
+    };
+    let journal =
+        match DeviceJournal::open(&config.state_dir, &playbook_key(&config.playbook), &name) {
+            Ok(j) => j,
+            Err(e) => {
+                outcome.status = DeviceStatus::Failed;
+                outcome.reason = Some(e.to_string());
+                return outcome;
+            }
+        };
+    let mut dr = DeviceRun {
+        config,
+        prepared,
+        journal,
+        run,
+        reporter,
+        reports: BTreeMap::new(),
+        failed: None,
+        identity: None,
+    };
+    if config.fresh && !config.check_mode {
+        if let Err(e) = dr.journal.reset(run) {
+            outcome.status = DeviceStatus::Failed;
+            outcome.reason = Some(e.to_string());
+            return outcome;
+        }
+    }
+
+    let policy = &config.playbook.policy;
+    let mut attempt = 0u32;
+    let final_state = loop {
+        if dr.all_done() {
+            break Attempt::Finished;
+        }
+        attempt += 1;
+        reporter.event(&Event::Connecting {
+            device: name.clone(),
+            attempt,
+        });
+        outcome.connections += 1;
+        let result = dr.session_attempt().await;
+        match result {
+            Attempt::Retry(reason) if attempt <= policy.retries && !*config.stop.borrow() => {
+                let backoff = backoff_delay(policy.retry_backoff, attempt, &name);
+                reporter.event(&Event::Notice {
+                    device: Some(name.clone()),
+                    message: format!(
+                        "{reason}; retrying in {:.1}s (attempt {} of {})",
+                        backoff.as_secs_f32(),
+                        attempt + 1,
+                        policy.retries + 1
+                    ),
+                });
+                let mut stop = config.stop.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => break Attempt::Stopped,
+                }
+            }
+            other => break other,
+        }
+    };
+
+    outcome.steps = dr.reports.values().cloned().collect();
+    outcome.identity = dr.identity.clone();
+    let any_changed = outcome.steps.iter().any(|s| s.changed);
+    match final_state {
+        Attempt::Finished => match dr.failed.take() {
+            Some((step, reason)) => {
+                outcome.status = if reason.starts_with(steps::SECRET_UNKNOWN_PREFIX) {
+                    DeviceStatus::SecretUnknown
+                } else {
+                    DeviceStatus::Failed
+                };
+                outcome.failed_step = Some(step);
+                outcome.reason = Some(reason);
+            }
+            None => {
+                outcome.status = if any_changed {
+                    DeviceStatus::Changed
+                } else {
+                    DeviceStatus::Ok
+                }
+            }
+        },
+        Attempt::Retry(reason) => {
+            outcome.status = DeviceStatus::Unreachable;
+            outcome.reason = Some(reason);
+        }
+        Attempt::Fatal(status, reason) => {
+            outcome.status = status;
+            outcome.reason = Some(reason);
+            outcome.failed_step = dr.failed.take().map(|(s, _)| s);
+        }
+        Attempt::Stopped => {
+            outcome.status = DeviceStatus::Interrupted;
+            outcome.reason = Some("the run stopped; rerun to resume this device".into());
+        }
+    }
+    outcome.duration_ms = started.elapsed().as_millis() as u64;
+    outcome
+}
+
+/// Exponential backoff with deterministic per-device jitter (up to +50%), so a fleet that
+/// lost its network together does not reconnect in one burst.
+fn backoff_delay(base: Duration, attempt: u32, device: &str) -> Duration {
+    let exp = base.saturating_mul(1u32 << attempt.saturating_sub(1).min(6));
+    let hash = device.bytes().fold(attempt as u64, |h, b| {
+        h.wrapping_mul(31).wrapping_add(b as u64)
+    });
+    let jitter = exp.mul_f64((hash % 500) as f64 / 1000.0);
+    exp + jitter
+}
+
+impl DeviceRun<'_> {
+    fn step_ids(&self) -> Vec<String> {
+        (0..self.config.playbook.steps.len())
+            .map(|i| self.config.playbook.step_id(i))
+            .collect()
+    }
+
+    fn all_done(&self) -> bool {
+        self.failed.is_some()
+            || self.step_ids().iter().all(|id| {
+                matches!(
+                    self.journal.step(id).status,
+                    StepStatus::Done | StepStatus::Skipped
+                ) && !self.config.check_mode
+            })
+    }
+
+    /// Outputs recorded by earlier steps (fingerprints), merged in step order.
+    fn outputs(&self) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for id in self.step_ids() {
+            for (k, v) in self.journal.step(&id).outputs {
+                out.insert(k, v);
+            }
+        }
+        out
+    }
+
+    fn record(
+        &mut self,
+        step: &str,
+        status: StepStatus,
+        changed: bool,
+        outputs: BTreeMap<String, String>,
+        error: Option<String>,
+    ) -> Result<(), String> {
+        self.journal
+            .append(Record {
+                run: self.run.to_string(),
+                step: step.to_string(),
+                status,
+                at_ms: now_ms(),
+                changed,
+                outputs,
+                error,
+            })
+            .map_err(|e| e.to_string())
+    }
+
+    async fn session_attempt(&mut self) -> Attempt {
+        let opts = connect_options(self.config, self.prepared);
+        let mut session = match TshSession::connect(&opts).await {
+            Ok(s) => s,
+            Err(e) => return classify_ssh_error(&e),
+        };
+        self.reporter.event(&Event::Connected {
+            device: self.prepared.device.name.clone(),
+            banner: session
+                .banner()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        });
+        let result = self.run_steps(&mut session).await;
+        session.close().await;
+        result
+    }
+
+    async fn run_steps(&mut self, session: &mut TshSession) -> Attempt {
+        let name = self.prepared.device.name.clone();
+        for (index, step) in self.config.playbook.steps.iter().enumerate() {
+            let id = self.config.playbook.step_id(index);
+            let state = self.journal.step(&id);
+            if !self.config.check_mode
+                && matches!(state.status, StepStatus::Done | StepStatus::Skipped)
+            {
+                self.reports.entry(id.clone()).or_insert(StepReport {
+                    id: id.clone(),
+                    kind: step.kind().to_string(),
+                    status: state.status,
+                    changed: false,
+                    duration_ms: None,
+                    note: Some("done in an earlier run".into()),
+                });
+                if step.kind() == "verify_external_identity" {
+                    self.identity = state.outputs.get("identity").cloned();
+                }
+                continue;
+            }
+            if *self.config.stop.borrow() {
+                return Attempt::Stopped;
+            }
+            self.reporter.event(&Event::StepStarted {
+                device: name.clone(),
+                step: id.clone(),
+            });
+            let started = Instant::now();
+            let resuming = state.status == StepStatus::InFlight;
+            let outputs = self.outputs();
+            let mut ctx = steps::StepContext {
+                session,
+                prepared: self.prepared,
+                kdf: &self.config.kdf,
+                secrets: self.config.secrets.as_ref(),
+                outputs: &outputs,
+                check_mode: self.config.check_mode,
+                resuming,
+            };
+            // Write-ahead: the journal says in-flight before any changing command is sent.
+            let mut write_ahead_error = None;
+            let result = steps::execute(step, &mut ctx, &mut |_| {
+                if self.config.check_mode {
+                    return Ok(());
+                }
+                let r = self.journal.append(Record {
+                    run: self.run.to_string(),
+                    step: id.clone(),
+                    status: StepStatus::InFlight,
+                    at_ms: now_ms(),
+                    changed: false,
+                    outputs: BTreeMap::new(),
+                    error: None,
+                });
+                r.map_err(|e| {
+                    let msg = e.to_string();
+                    write_ahead_error = Some(msg.clone());
+                    msg
+                })
+            })
+            .await;
+            let duration_ms = Some(started.elapsed().as_millis() as u64);
+            let kind = step.kind().to_string();
+            match result {
+                Ok(done) => {
+                    if !self.config.check_mode {
+                        if let Err(e) = self.record(
+                            &id,
+                            StepStatus::Done,
+                            done.changed,
+                            done.outputs.clone(),
+                            None,
+                        ) {
+                            return Attempt::Fatal(DeviceStatus::Failed, e);
+                        }
+                    }
+                    if let Some(identity) = done.outputs.get("identity") {
+                        self.identity = Some(identity.clone());
+                    }
+                    let report = StepReport {
+                        id: id.clone(),
+                        kind,
+                        status: StepStatus::Done,
+                        changed: done.changed,
+                        duration_ms,
+                        note: done.note,
+                    };
+                    self.reporter.event(&Event::StepFinished {
+                        device: name.clone(),
+                        step: report.clone(),
+                    });
+                    self.reports.insert(id, report);
+                }
+                Err(steps::StepError::Refused(reason)) => {
+                    if !self.config.check_mode {
+                        if let Err(e) = self.record(
+                            &id,
+                            StepStatus::Failed,
+                            false,
+                            BTreeMap::new(),
+                            Some(reason.clone()),
+                        ) {
+                            return Attempt::Fatal(DeviceStatus::Failed, e);
+                        }
+                    }
+                    let report = StepReport {
+                        id: id.clone(),
+                        kind,
+                        status: StepStatus::Failed,
+                        changed: false,
+                        duration_ms,
+                        note: Some(reason.clone()),
+                    };
+                    self.reporter.event(&Event::StepFinished {
+                        device: name.clone(),
+                        step: report.clone(),
+                    });
+                    self.reports.insert(id.clone(), report);
+                    self.failed = Some((id, reason));
+                    return Attempt::Finished;
+                }
+                Err(steps::StepError::Ssh(e)) => {
+                    // The step stays in-flight in the journal: the next attempt (or run)
+                    // reconciles it against the device before resending anything.
+                    let report = StepReport {
+                        id: id.clone(),
+                        kind,
+                        status: StepStatus::InFlight,
+                        changed: false,
+                        duration_ms,
+                        note: Some(e.to_string()),
+                    };
+                    self.reporter.event(&Event::StepFinished {
+                        device: name.clone(),
+                        step: report.clone(),
+                    });
+                    self.reports.insert(id.clone(), report);
+                    let attempt = classify_ssh_error(&e);
+                    if let Attempt::Fatal(..) = attempt {
+                        self.failed = Some((id, e.to_string()));
+                    }
+                    return attempt;
+                }
+                Err(steps::StepError::Local(reason)) => {
+                    let reason = write_ahead_error.unwrap_or(reason);
+                    self.failed = Some((id, reason.clone()));
+                    return Attempt::Fatal(DeviceStatus::Failed, reason);
+                }
+            }
+        }
+        Attempt::Finished
+    }
+}
+
+fn classify_ssh_error(e: &SshError) -> Attempt {
+    match e {
+        SshError::HostKeyChanged { .. } | SshError::HostKeyRevoked { .. } => {
+            Attempt::Fatal(DeviceStatus::HostKeyChanged, e.to_string())
+        }
+        SshError::HostKeyUnknown { .. } => {
+            Attempt::Fatal(DeviceStatus::HostKeyUnknown, e.to_string())
+        }
+        _ if e.is_auth() => Attempt::Fatal(DeviceStatus::AuthFailed, e.to_string()),
+        SshError::Timeout { .. } if !e.is_retryable() => {
+            Attempt::Fatal(DeviceStatus::TimedOut, e.to_string())
+        }
+        // Connection-level trouble may pass: retry with backoff.
+        _ if e.is_retryable() => Attempt::Retry(e.to_string()),
+        // Local problems (known_hosts file, key file, agent) will not fix themselves.
+        _ => Attempt::Fatal(DeviceStatus::Failed, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_jitters_per_device() {
+        let base = Duration::from_secs(1);
+        let a1 = backoff_delay(base, 1, "room-1");
+        let a2 = backoff_delay(base, 2, "room-1");
+        assert!(a1 >= base && a1 < base * 2);
+        assert!(a2 >= base * 2 && a2 < base * 3);
+        assert_ne!(
+            backoff_delay(base, 1, "room-1"),
+            backoff_delay(base, 1, "room-2")
+        );
+    }
+}

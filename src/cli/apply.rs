@@ -1,0 +1,382 @@
+//! `roomkey apply` and `roomkey plan`: load and validate the inventory and playbook, select
+//! devices, preflight every one of them (nothing is sent unless all pass), then run the
+//! engine with a reporter, print the recap and exit with a documented code.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use roomkey::engine::events::exit;
+use roomkey::engine::prepare::{prepare, Prepared};
+use roomkey::engine::secrets::{EnvSecrets, SecretStore, VaultSecrets};
+use roomkey::engine::{self, Reporter, RunConfig, RunSummary};
+use roomkey::inventory::{self, ClientSecretSource, Device, Inventory};
+use roomkey::journal::{read_steps, StateLock, StepStatus};
+use roomkey::kdf::KdfPool;
+use roomkey::playbook::{self, HostKeyPolicySetting, Playbook};
+use roomkey::report;
+
+/// Options shared by `apply` and `plan`.
+#[derive(Debug, clap::Args)]
+pub struct Target {
+    /// Inventory YAML file.
+    #[arg(short, long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// Playbook YAML file (see playbooks/).
+    #[arg(value_name = "PLAYBOOK")]
+    pub playbook: PathBuf,
+    /// Select devices: names, globs (`room-1*`), groups, `@failed` or `@unfinished` (from the
+    /// journal), comma-separated; `!pattern` excludes.
+    #[arg(short, long, value_name = "PATTERNS")]
+    pub limit: Option<String>,
+    /// State directory (journal, lock). Default: `.roomkey/` beside the inventory.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Vault file. Default: the inventory's `vault:` or `.roomkey/vault` beside it.
+    #[arg(long, value_name = "FILE", env = "ROOMKEY_VAULT")]
+    pub vault: Option<PathBuf>,
+    /// File holding the vault passphrase (else ROOMKEY_VAULT_PASSPHRASE, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Run every step again, ignoring what the journal records as done.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+/// Arguments of `roomkey apply`.
+#[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Exit codes: 0 all devices done; 1 invalid input, nothing sent; \
+2 some devices failed; 3 some devices unreachable (none failed); 4 stopped early, rerun to \
+resume."
+)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Connect and run only read-only commands; report what would change.
+    #[arg(long)]
+    pub check: bool,
+    /// Record host keys of devices not yet in known_hosts (a changed key still fails).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Progress display: auto (bars on a terminal, lines otherwise), plain, json.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub output: Output,
+    /// Write a versioned JSON report of the run to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Auto,
+    Plain,
+    Json,
+}
+
+/// Arguments of `roomkey plan`.
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Loaded and validated inputs.
+pub struct Loaded {
+    pub inventory: Inventory,
+    pub playbook: Playbook,
+    pub state_dir: PathBuf,
+}
+
+/// Loads inventory and playbook, reporting every problem of both at once.
+pub fn load(target: &Target) -> Result<Loaded, String> {
+    let inv = inventory::load(&target.inventory);
+    let pb = playbook::load(&target.playbook);
+    let mut errors = Vec::new();
+    if let Err(e) = &inv {
+        errors.push(e.to_string());
+    }
+    if let Err(e) = &pb {
+        errors.push(e.to_string());
+    }
+    match (inv, pb) {
+        (Ok(inventory), Ok(playbook)) => {
+            let state_dir = target.state_dir.clone().unwrap_or_else(|| {
+                inventory
+                    .path
+                    .parent()
+                    .unwrap_or(Path::new("."))
+                    .join(".roomkey")
+            });
+            Ok(Loaded {
+                inventory,
+                playbook,
+                state_dir,
+            })
+        }
+        _ => Err(errors.join("\n")),
+    }
+}
+
+/// `@failed` and `@unfinished` from the journal.
+pub fn named_sets(loaded: &Loaded) -> BTreeMap<String, BTreeSet<String>> {
+    let key = engine::playbook_key(&loaded.playbook);
+    let mut failed = BTreeSet::new();
+    let mut unfinished = BTreeSet::new();
+    for d in &loaded.inventory.devices {
+        let steps = read_steps(&loaded.state_dir, &key, &d.name).unwrap_or_default();
+        if steps.values().any(|s| s.status == StepStatus::Failed) {
+            failed.insert(d.name.clone());
+        }
+        let done = (0..loaded.playbook.steps.len()).all(|i| {
+            steps
+                .get(&loaded.playbook.step_id(i))
+                .is_some_and(|s| matches!(s.status, StepStatus::Done | StepStatus::Skipped))
+        });
+        if !done {
+            unfinished.insert(d.name.clone());
+        }
+    }
+    BTreeMap::from([
+        ("failed".to_string(), failed),
+        ("unfinished".to_string(), unfinished),
+    ])
+}
+
+fn needs_vault(devices: &[&Device], playbook: &Playbook) -> bool {
+    let secret_from_vault = playbook.needs_client_secret()
+        && devices
+            .iter()
+            .any(|d| d.client_secret == ClientSecretSource::Vault);
+    let login_from_vault = devices
+        .iter()
+        .any(|d| matches!(d.auth, inventory::AuthSource::PasswordVault { .. }));
+    let rotates = playbook
+        .steps
+        .iter()
+        .any(|s| matches!(s, playbook::Step::RotateSecret(_)));
+    secret_from_vault || login_from_vault || rotates
+}
+
+/// Opens the secret store the selected devices need (the vault only when needed).
+pub fn open_store(
+    target: &Target,
+    inventory: &Inventory,
+    devices: &[&Device],
+    playbook: &Playbook,
+) -> anyhow::Result<Arc<dyn SecretStore>> {
+    if !needs_vault(devices, playbook) {
+        return Ok(Arc::new(EnvSecrets::new()));
+    }
+    let path = target
+        .vault
+        .clone()
+        .unwrap_or_else(|| inventory.vault.clone());
+    let passphrase = roomkey::vault::read_passphrase(target.passphrase_file.as_deref())
+        .context("reading the vault passphrase")?;
+    let vault = roomkey::vault::Vault::open(&path, &passphrase)
+        .with_context(|| format!("opening the vault {}", path.display()))?;
+    Ok(Arc::new(VaultSecrets::new(vault)))
+}
+
+fn select<'a>(loaded: &'a Loaded, limit: Option<&str>) -> Result<Vec<&'a Device>, String> {
+    let sets = named_sets(loaded);
+    inventory::select(&loaded.inventory, limit, &sets)
+}
+
+pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
+    let loaded = match load(&args.target) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}\nnothing was sent to any device.");
+            return Ok(exit::INVALID);
+        }
+    };
+    let devices = match select(&loaded, args.target.limit.as_deref()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::INVALID);
+        }
+    };
+    for w in &loaded.inventory.warnings {
+        eprintln!("warning: {w}");
+    }
+    if devices.is_empty() {
+        eprintln!("no device selected; nothing to do");
+        return Ok(exit::ALL_DONE);
+    }
+    let store = open_store(&args.target, &loaded.inventory, &devices, &loaded.playbook)?;
+    let Prepared {
+        devices: prepared,
+        warnings,
+    } = match prepare(
+        &loaded.inventory.path,
+        &devices,
+        &loaded.playbook,
+        Some(store.as_ref()),
+        time::OffsetDateTime::now_utc(),
+    ) {
+        Ok(p) => p,
+        Err(problems) => {
+            eprintln!(
+                "error: {}\nnothing was sent to any device.",
+                inventory::render_problems(&problems)
+            );
+            return Ok(exit::INVALID);
+        }
+    };
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    let _lock = StateLock::acquire(&loaded.state_dir)?;
+    let reporter: Arc<dyn Reporter> = match args.output {
+        Output::Json => Arc::new(report::JsonReporter::new(std::io::stdout())),
+        Output::Plain => Arc::new(report::PlainReporter::new(std::io::stderr())),
+        Output::Auto if std::io::stderr().is_terminal() => {
+            Arc::new(report::ProgressReporter::new(multi))
+        }
+        Output::Auto => Arc::new(report::PlainReporter::new(std::io::stderr())),
+    };
+    let config = |stop| RunConfig {
+        playbook: loaded.playbook.clone(),
+        devices: prepared.clone(),
+        state_dir: loaded.state_dir.clone(),
+        known_hosts: loaded.inventory.known_hosts.clone(),
+        host_key_policy: args
+            .accept_new_host_keys
+            .then_some(HostKeyPolicySetting::AcceptNew),
+        check_mode: args.check,
+        fresh: args.target.fresh,
+        kdf: KdfPool::per_core(),
+        secrets: Arc::clone(&store),
+        stop,
+    };
+    let summary = run_engine(config, reporter)?;
+    finish(&summary, args.output, args.report.as_deref())
+}
+
+/// Runs the engine on a fresh runtime with Ctrl-C wired to a graceful stop.
+pub fn run_engine(
+    config: impl FnOnce(tokio::sync::watch::Receiver<bool>) -> RunConfig,
+    reporter: Arc<dyn Reporter>,
+) -> anyhow::Result<RunSummary> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let config = config(stop_rx);
+    let summary = runtime.block_on(async move {
+        let signal_reporter = Arc::clone(&reporter);
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                signal_reporter.event(&engine::Event::Stopping {
+                    reason: "Ctrl-C: finishing in-flight commands; press Ctrl-C again to abort \
+                             (the journal stays consistent either way)"
+                        .into(),
+                });
+                let _ = stop_tx.send(true);
+                if tokio::signal::ctrl_c().await.is_ok() {
+                    std::process::exit(exit::STOPPED_RESUMABLE);
+                }
+            }
+        });
+        engine::run(config, reporter).await
+    });
+    Ok(summary)
+}
+
+pub fn finish(
+    summary: &RunSummary,
+    output: Output,
+    report_path: Option<&Path>,
+) -> anyhow::Result<i32> {
+    if output != Output::Json {
+        print!("{}", report::render_recap(summary));
+    }
+    if let Some(path) = report_path {
+        report::write_report(path, summary)
+            .with_context(|| format!("writing the report {}", path.display()))?;
+    }
+    Ok(summary.exit_code())
+}
+
+pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
+    let loaded = match load(&args.target) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::INVALID);
+        }
+    };
+    let devices = match select(&loaded, args.target.limit.as_deref()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit::INVALID);
+        }
+    };
+    // The plan works without the vault passphrase; it opens the vault only if one is given.
+    let store: Option<Arc<dyn SecretStore>> = if needs_vault(&devices, &loaded.playbook)
+        && (std::env::var_os(roomkey::vault::PASSPHRASE_ENV).is_some()
+            || args.target.passphrase_file.is_some())
+    {
+        Some(open_store(
+            &args.target,
+            &loaded.inventory,
+            &devices,
+            &loaded.playbook,
+        )?)
+    } else {
+        None
+    };
+    let prepared = match prepare(
+        &loaded.inventory.path,
+        &devices,
+        &loaded.playbook,
+        store.as_deref(),
+        time::OffsetDateTime::now_utc(),
+    ) {
+        Ok(p) => p,
+        Err(problems) => {
+            eprintln!("error: {}", inventory::render_problems(&problems));
+            return Ok(exit::INVALID);
+        }
+    };
+    let key = engine::playbook_key(&loaded.playbook);
+    let plans: Vec<_> = prepared
+        .devices
+        .iter()
+        .map(|p| {
+            let journal: BTreeMap<String, StepStatus> =
+                read_steps(&loaded.state_dir, &key, &p.device.name)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.status))
+                    .collect();
+            let seed = match &store {
+                Some(s) if s.is_seeded(&p.device) => roomkey::plan::SeedState::Seeded,
+                Some(_) => roomkey::plan::SeedState::NotSeeded,
+                None => roomkey::plan::SeedState::Unknown,
+            };
+            roomkey::plan::device_plan(p, &loaded.playbook, &journal, seed, args.target.fresh)
+        })
+        .collect();
+    let mut warnings = loaded.inventory.warnings.clone();
+    warnings.extend(prepared.warnings);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&plans)?);
+    } else {
+        print!(
+            "{}",
+            roomkey::plan::render(&loaded.playbook, &plans, &warnings)
+        );
+    }
+    Ok(exit::ALL_DONE)
+}

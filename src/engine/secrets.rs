@@ -1,0 +1,257 @@
+//! Where the engine gets secrets: device ClientSecrets (and their seeding / rotation
+//! bookkeeping) and SSH passwords. `SecretStore` is the seam between the engine and the
+//! vault; the environment-variable store serves labs without a vault. Every write that a
+//! crash must not lose (pending secret, promotion) is durable before the call returns.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use crate::inventory::{ClientSecretSource, Device};
+use crate::secret::Secret;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretStoreError {
+    #[error("device {device}: environment variable {var} is not set (it should hold the {what})")]
+    MissingEnv {
+        device: String,
+        var: String,
+        what: &'static str,
+    },
+    #[error("device {device}: the vault has no ClientSecret for it; run `roomkey secret generate` or `roomkey secret set --device {device}`")]
+    NoSecret { device: String },
+    #[error("device {device}: a vault is needed for {what}, but none is open (pass --vault or set `vault:` in the inventory)")]
+    NoVault { device: String, what: &'static str },
+    #[error("device {device}: vault credential '{name}' does not exist; add it with `roomkey secret credential set {name}`")]
+    NoCredential { device: String, name: String },
+    #[error("vault: {0}")]
+    Vault(String),
+}
+
+/// The secret bookkeeping a run needs. Implementations are shared by all device tasks.
+pub trait SecretStore: Send + Sync {
+    /// The secret the device is believed to hold (or should be seeded with).
+    fn current(&self, device: &Device) -> Result<Secret, SecretStoreError>;
+    /// Whether the device is known to hold `current` already.
+    fn is_seeded(&self, device: &Device) -> bool;
+    /// Records (durably) that the device holds `current`.
+    fn mark_seeded(&self, device: &Device) -> Result<(), SecretStoreError>;
+    /// The pending secret of an unfinished rotation, if any.
+    fn pending(&self, device: &Device) -> Result<Option<Secret>, SecretStoreError>;
+    /// Starts (or continues) a rotation: makes sure a pending secret is durably recorded and
+    /// returns it. Called before the rotation command is sent.
+    fn begin_rotation(&self, device: &Device) -> Result<Secret, SecretStoreError>;
+    /// The device confirmed the pending secret: it becomes current, the old one previous.
+    fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError>;
+    /// The device was proven to still hold `current`: drop the pending secret.
+    fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError>;
+    /// Neither secret works: keep both and flag the device.
+    fn mark_secret_unknown(&self, device: &Device) -> Result<(), SecretStoreError>;
+    /// A named credential (SSH password) from the vault.
+    fn credential(&self, device: &Device, name: &str) -> Result<Secret, SecretStoreError>;
+}
+
+/// Secrets from environment variables (`client_secret: { env: VAR }`); no rotation, and
+/// "seeded" is only remembered for the length of the run.
+#[derive(Debug, Default)]
+pub struct EnvSecrets {
+    seeded: Mutex<BTreeSet<String>>,
+}
+
+impl EnvSecrets {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+pub fn env_secret(
+    device: &Device,
+    var: &str,
+    what: &'static str,
+) -> Result<Secret, SecretStoreError> {
+    std::env::var(var)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .map(Secret::new)
+        .ok_or_else(|| SecretStoreError::MissingEnv {
+            device: device.name.clone(),
+            var: var.to_string(),
+            what,
+        })
+}
+
+impl SecretStore for EnvSecrets {
+    fn current(&self, device: &Device) -> Result<Secret, SecretStoreError> {
+        match &device.client_secret {
+            ClientSecretSource::Env(var) => env_secret(device, var, "device ClientSecret"),
+            ClientSecretSource::Vault => Err(SecretStoreError::NoVault {
+                device: device.name.clone(),
+                what: "its ClientSecret",
+            }),
+        }
+    }
+
+    fn is_seeded(&self, device: &Device) -> bool {
+        self.seeded
+            .lock()
+            .map(|s| s.contains(&device.name))
+            .unwrap_or(false)
+    }
+
+    fn mark_seeded(&self, device: &Device) -> Result<(), SecretStoreError> {
+        if let Ok(mut s) = self.seeded.lock() {
+            s.insert(device.name.clone());
+        }
+        Ok(())
+    }
+
+    fn pending(&self, _device: &Device) -> Result<Option<Secret>, SecretStoreError> {
+        Ok(None)
+    }
+
+    fn begin_rotation(&self, device: &Device) -> Result<Secret, SecretStoreError> {
+        Err(SecretStoreError::NoVault {
+            device: device.name.clone(),
+            what: "rotating its ClientSecret",
+        })
+    }
+
+    fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.begin_rotation(device).map(|_| ())
+    }
+
+    fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.begin_rotation(device).map(|_| ())
+    }
+
+    fn mark_secret_unknown(&self, _device: &Device) -> Result<(), SecretStoreError> {
+        Ok(())
+    }
+
+    fn credential(&self, device: &Device, name: &str) -> Result<Secret, SecretStoreError> {
+        Err(SecretStoreError::NoCredential {
+            device: device.name.clone(),
+            name: name.to_string(),
+        })
+    }
+}
+
+/// Secrets from the encrypted vault. Every change is saved (atomically, fsynced) before the
+/// call returns, so the engine may act on it: a pending secret is on disk before the
+/// rotation command leaves, a promotion is on disk before the step is journalled done.
+pub struct VaultSecrets {
+    vault: Mutex<crate::vault::Vault>,
+}
+
+impl std::fmt::Debug for VaultSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VaultSecrets")
+    }
+}
+
+impl VaultSecrets {
+    pub fn new(vault: crate::vault::Vault) -> Self {
+        VaultSecrets {
+            vault: Mutex::new(vault),
+        }
+    }
+
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut crate::vault::Vault) -> Result<T, SecretStoreError>,
+    ) -> Result<T, SecretStoreError> {
+        let mut guard = self
+            .vault
+            .lock()
+            .map_err(|_| SecretStoreError::Vault("vault lock poisoned".into()))?;
+        f(&mut guard)
+    }
+
+    fn change(
+        &self,
+        f: impl FnOnce(&mut crate::vault::Vault) -> Result<(), crate::vault::VaultError>,
+    ) -> Result<(), SecretStoreError> {
+        self.with(|v| {
+            f(v).and_then(|_| v.save())
+                .map_err(|e| SecretStoreError::Vault(e.to_string()))
+        })
+    }
+}
+
+fn vault_err(e: crate::vault::VaultError) -> SecretStoreError {
+    SecretStoreError::Vault(e.to_string())
+}
+
+impl SecretStore for VaultSecrets {
+    fn current(&self, device: &Device) -> Result<Secret, SecretStoreError> {
+        if let ClientSecretSource::Env(var) = &device.client_secret {
+            return env_secret(device, var, "device ClientSecret");
+        }
+        self.with(|v| {
+            v.current_secret(&device.name)
+                .cloned()
+                .ok_or_else(|| SecretStoreError::NoSecret {
+                    device: device.name.clone(),
+                })
+        })
+    }
+
+    fn is_seeded(&self, device: &Device) -> bool {
+        self.with(|v| Ok(v.device(&device.name).is_some_and(|d| d.seeded)))
+            .unwrap_or(false)
+    }
+
+    fn mark_seeded(&self, device: &Device) -> Result<(), SecretStoreError> {
+        if self.is_seeded(device) {
+            return Ok(());
+        }
+        if matches!(device.client_secret, ClientSecretSource::Env(_)) {
+            return Ok(());
+        }
+        self.change(|v| v.mark_seeded(&device.name))
+    }
+
+    fn pending(&self, device: &Device) -> Result<Option<Secret>, SecretStoreError> {
+        self.with(|v| {
+            Ok(v.device(&device.name)
+                .and_then(|d| d.pending.as_ref())
+                .map(|r| r.secret.clone()))
+        })
+    }
+
+    fn begin_rotation(&self, device: &Device) -> Result<Secret, SecretStoreError> {
+        if let Some(p) = self.pending(device)? {
+            return Ok(p);
+        }
+        let new = crate::vault::generate_secret();
+        let keep = new.clone();
+        self.with(|v| {
+            v.begin_rotation(&device.name, new)
+                .and_then(|_| v.save())
+                .map_err(vault_err)
+        })?;
+        Ok(keep)
+    }
+
+    fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.change(|v| v.promote_pending(&device.name))
+    }
+
+    fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.change(|v| v.abandon_pending(&device.name))
+    }
+
+    fn mark_secret_unknown(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.change(|v| v.mark_secret_unknown(&device.name))
+    }
+
+    fn credential(&self, device: &Device, name: &str) -> Result<Secret, SecretStoreError> {
+        self.with(|v| {
+            v.credential(name)
+                .cloned()
+                .ok_or_else(|| SecretStoreError::NoCredential {
+                    device: device.name.clone(),
+                    name: name.to_string(),
+                })
+        })
+    }
+}

@@ -1,0 +1,375 @@
+//! OpenSSH `known_hosts` handling: parse the file, decide whether a presented host key is
+//! known, unknown, changed or revoked, and append a newly accepted key.
+//!
+//! Supported: `host` / `[host]:port` patterns (comma lists, `*`/`?` globs, `!` negation),
+//! hashed entries (`|1|salt|hmac`, HMAC-SHA1 as OpenSSH writes them), `@revoked` markers.
+//! `@cert-authority` lines are ignored (devices present plain host keys).
+//! A host with entries but none matching the presented key is *changed* — even when the
+//! entries are of another key type — so an attacker cannot downgrade to a type the
+//! administrator never pinned.
+
+use std::io::Write;
+use std::path::Path;
+
+use russh::keys::{HashAlg, PublicKey};
+use sha1::{Digest, Sha1};
+
+/// The host string as it appears in `known_hosts` for `host:port`.
+pub fn host_pattern(host: &str, port: u16) -> String {
+    let host = host.to_ascii_lowercase();
+    if port == 22 {
+        host
+    } else {
+        format!("[{host}]:{port}")
+    }
+}
+
+/// `SHA256:...` as `ssh-keygen -l` prints it.
+pub fn fingerprint(key: &PublicKey) -> String {
+    key.fingerprint(HashAlg::Sha256).to_string()
+}
+
+/// The outcome of checking a presented key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// A line for this host holds this key.
+    Known { line: usize },
+    /// No line for this host.
+    Unknown,
+    /// Lines exist for this host, none with this key.
+    Changed { line: usize, expected_fp: String },
+    /// The key is marked `@revoked`.
+    Revoked { line: usize },
+}
+
+#[derive(Debug)]
+struct Entry {
+    line: usize,
+    revoked: bool,
+    hosts: String,
+    key: PublicKey,
+}
+
+fn parse(text: &str) -> Vec<Entry> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut parts = line.split_whitespace();
+        let mut first = parts.next().unwrap_or("");
+        let mut revoked = false;
+        if first.starts_with('@') {
+            match first {
+                "@revoked" => revoked = true,
+                // @cert-authority and unknown markers: not host keys we can pin.
+                _ => continue,
+            }
+            first = parts.next().unwrap_or("");
+        }
+        let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(key) = PublicKey::from_openssh(&format!("{kind} {b64}")) else {
+            continue; // unparseable lines are skipped, as OpenSSH does
+        };
+        out.push(Entry {
+            line: i + 1,
+            revoked,
+            hosts: first.to_string(),
+            key,
+        });
+    }
+    out
+}
+
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => (0..=text.len()).any(|i| glob(rest, text.get(i..).unwrap_or(&[]))),
+        Some((b'?', rest)) => text.split_first().is_some_and(|(_, t)| glob(rest, t)),
+        Some((c, rest)) => text
+            .split_first()
+            .is_some_and(|(t0, t)| t0.eq_ignore_ascii_case(c) && glob(rest, t)),
+    }
+}
+
+fn hmac_sha1(key: &[u8], msg: &[u8]) -> [u8; 20] {
+    let mut k = [0u8; 64];
+    if key.len() > 64 {
+        let d = Sha1::digest(key);
+        k[..20].copy_from_slice(&d);
+    } else {
+        k[..key.len()].copy_from_slice(key);
+    }
+    let mut inner = Sha1::new();
+    inner.update(k.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha1::new();
+    outer.update(k.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+fn hashed_matches(field: &str, pattern: &str) -> bool {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut it = field.trim_start_matches("|1|").split('|');
+    let (Some(salt), Some(hash)) = (it.next(), it.next()) else {
+        return false;
+    };
+    let (Ok(salt), Ok(hash)) = (b64.decode(salt), b64.decode(hash)) else {
+        return false;
+    };
+    hmac_sha1(&salt, pattern.as_bytes()).as_slice() == hash.as_slice()
+}
+
+/// Does the host field of a line apply to `pattern` (the output of [`host_pattern`])?
+fn hosts_match(field: &str, pattern: &str) -> bool {
+    if field.starts_with("|1|") {
+        return hashed_matches(field, pattern);
+    }
+    let mut matched = false;
+    for p in field.split(',') {
+        let (negated, p) = match p.strip_prefix('!') {
+            Some(rest) => (true, rest),
+            None => (false, p),
+        };
+        if glob(p.as_bytes(), pattern.as_bytes()) {
+            if negated {
+                return false;
+            }
+            matched = true;
+        }
+    }
+    matched
+}
+
+/// Checks `key` for `host:port` against the text of a known_hosts file.
+pub fn check(text: &str, host: &str, port: u16, key: &PublicKey) -> Verdict {
+    let pattern = host_pattern(host, port);
+    let entries = parse(text);
+    if let Some(e) = entries
+        .iter()
+        .find(|e| e.revoked && e.key.key_data() == key.key_data())
+    {
+        return Verdict::Revoked { line: e.line };
+    }
+    let mut first_other: Option<&Entry> = None;
+    for e in entries.iter().filter(|e| !e.revoked) {
+        if !hosts_match(&e.hosts, &pattern) {
+            continue;
+        }
+        if e.key.key_data() == key.key_data() {
+            return Verdict::Known { line: e.line };
+        }
+        first_other.get_or_insert(e);
+    }
+    match first_other {
+        Some(e) => Verdict::Changed {
+            line: e.line,
+            expected_fp: fingerprint(&e.key),
+        },
+        None => Verdict::Unknown,
+    }
+}
+
+/// The line appended for an accepted key: `<pattern> <type> <base64>`.
+pub fn entry_line(host: &str, port: u16, key: &PublicKey) -> Result<String, String> {
+    let bare = PublicKey::new(key.key_data().clone(), "");
+    let openssh = bare.to_openssh().map_err(|e| e.to_string())?;
+    Ok(format!("{} {}\n", host_pattern(host, port), openssh.trim()))
+}
+
+/// Reads the file; a missing file is empty.
+pub fn read(path: &Path) -> std::io::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Serialises check-then-append within this process so concurrent connections to one host
+/// do not add it twice.
+static APPEND_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Accept-new: re-checks under a lock, then appends the key (creating the file 0600 and its
+/// directory if missing) and fsyncs. Returns the verdict found under the lock; only
+/// `Unknown` leads to an append.
+pub fn learn(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<Verdict> {
+    let _guard = APPEND_LOCK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let text = read(path)?;
+    let verdict = check(&text, host, port, key);
+    if verdict != Verdict::Unknown {
+        return Ok(verdict);
+    }
+    let mut line = entry_line(host, port, key).map_err(std::io::Error::other)?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        line.insert(0, '\n');
+    }
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    if let Some(dir) = dir {
+        std::fs::create_dir_all(dir)?;
+    }
+    let existed = path.exists();
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(line.as_bytes())?;
+    f.sync_all()?;
+    if !existed {
+        if let Some(dir) = dir {
+            // Make the new directory entry durable too; best effort on platforms where a
+            // directory cannot be opened.
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+    }
+    Ok(Verdict::Unknown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use russh::keys::ssh_key::private::{Ed25519Keypair, KeypairData};
+    use russh::keys::PrivateKey;
+
+    fn key(seed: u8) -> PublicKey {
+        let kp = Ed25519Keypair::from_seed(&[seed; 32]);
+        PrivateKey::new(KeypairData::Ed25519(kp), "")
+            .unwrap()
+            .public_key()
+            .clone()
+    }
+
+    fn line(pattern: &str, k: &PublicKey) -> String {
+        format!("{pattern} {}\n", k.to_openssh().unwrap())
+    }
+
+    #[test]
+    fn patterns_for_ports() {
+        assert_eq!(host_pattern("Room1.Example.com", 22), "room1.example.com");
+        assert_eq!(host_pattern("10.0.0.5", 2222), "[10.0.0.5]:2222");
+    }
+
+    #[test]
+    fn known_unknown_changed() {
+        let a = key(1);
+        let b = key(2);
+        let text = format!(
+            "# comment\n\n{}{}",
+            line("room1,10.0.0.5", &a),
+            line("[10.0.0.6]:2222", &a)
+        );
+        assert_eq!(check(&text, "10.0.0.5", 22, &a), Verdict::Known { line: 3 });
+        assert_eq!(check(&text, "ROOM1", 22, &a), Verdict::Known { line: 3 });
+        assert_eq!(
+            check(&text, "10.0.0.6", 2222, &a),
+            Verdict::Known { line: 4 }
+        );
+        // same host, other port: unknown
+        assert_eq!(check(&text, "10.0.0.6", 22, &a), Verdict::Unknown);
+        assert_eq!(check(&text, "10.0.0.7", 22, &a), Verdict::Unknown);
+        assert_eq!(
+            check(&text, "10.0.0.5", 22, &b),
+            Verdict::Changed {
+                line: 3,
+                expected_fp: fingerprint(&a)
+            }
+        );
+    }
+
+    #[test]
+    fn globs_negation_revoked_and_markers() {
+        let a = key(1);
+        let b = key(2);
+        let text = format!(
+            "{}{}{}",
+            line("*.lab.example,!bad.lab.example", &a),
+            format_args!("@revoked * {}\n", b.to_openssh().unwrap()),
+            format_args!("@cert-authority * {}\n", b.to_openssh().unwrap()),
+        );
+        assert_eq!(
+            check(&text, "r1.lab.example", 22, &a),
+            Verdict::Known { line: 1 }
+        );
+        assert_eq!(check(&text, "bad.lab.example", 22, &a), Verdict::Unknown);
+        assert_eq!(
+            check(&text, "r1.lab.example", 22, &b),
+            Verdict::Revoked { line: 2 }
+        );
+        assert!(glob(b"r?.lab*", b"r1.lab.example"));
+        assert!(!glob(b"r?.lab", b"r12.lab"));
+    }
+
+    #[test]
+    fn hashed_entries() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let a = key(1);
+        let salt = [7u8; 20];
+        let h = hmac_sha1(&salt, b"[10.0.0.9]:2222");
+        let field = format!("|1|{}|{}", b64.encode(salt), b64.encode(h));
+        let text = line(&field, &a);
+        assert_eq!(
+            check(&text, "10.0.0.9", 2222, &a),
+            Verdict::Known { line: 1 }
+        );
+        assert_eq!(check(&text, "10.0.0.9", 22, &a), Verdict::Unknown);
+    }
+
+    #[test]
+    fn hmac_sha1_matches_rfc2202() {
+        // RFC 2202 test case 2
+        assert_eq!(
+            hex::encode(hmac_sha1(b"Jefe", b"what do ya want for nothing?")),
+            "effcdf6ae5eb2fa2d27416d5f184df9c259a7c79"
+        );
+    }
+
+    #[test]
+    fn learn_creates_0600_and_appends_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub").join("known_hosts");
+        let a = key(1);
+        assert_eq!(
+            learn(&path, "10.0.0.5", 2222, &a).unwrap(),
+            Verdict::Unknown
+        );
+        assert_eq!(
+            learn(&path, "10.0.0.5", 2222, &a).unwrap(),
+            Verdict::Known { line: 1 }
+        );
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        assert!(text.starts_with("[10.0.0.5]:2222 ssh-ed25519 "));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // a file without a trailing newline gets one before the new line
+        std::fs::write(&path, text.trim_end()).unwrap();
+        learn(&path, "room2", 22, &key(3)).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            check(&text, "room2", 22, &key(3)),
+            Verdict::Known { line: 2 }
+        );
+        assert_eq!(
+            check(&text, "10.0.0.5", 2222, &a),
+            Verdict::Known { line: 1 }
+        );
+    }
+}

@@ -1,0 +1,604 @@
+//! One TSH session over russh: connect, check the host key, authenticate, open the shell
+//! (no pty, as Cisco's own jsxapi does), wait for login readiness, `echo off`, then run
+//! commands one at a time.
+//!
+//! After a command times out or the connection breaks, the session refuses further
+//! commands: the device may still answer the abandoned command, and an untagged late
+//! answer (`ERROR`, `Command not recognized.`) could otherwise be taken for the next
+//! command's reply. Callers reconnect instead.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use russh::client::{self, Handle, KeyboardInteractiveAuthResponse};
+use russh::keys::agent::client::AgentClient;
+use russh::keys::agent::AgentIdentity;
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect, MethodKind};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use super::known_hosts::{self, Verdict};
+use super::{ClientAuth, ConnectOptions, HostKeyPolicy, Phase, SshError};
+use crate::secret::Secret;
+use crate::tsh::{Reply, ReplyReader, ReplyShape, ResultId, TshCommand, TshEvent, ECHO_OFF};
+
+/// Most unsolicited `*e` lines kept for [`TshSession::take_events`].
+const MAX_EVENTS: usize = 256;
+/// Keepalives sent without an answer before the connection is dropped.
+const KEEPALIVE_MAX: usize = 3;
+/// Keyboard-interactive rounds answered before giving up (a device asks once).
+const MAX_KI_ROUNDS: usize = 8;
+
+/// The result of the host key check, kept by the handler for `connect` to report.
+type KeyCheckSlot = Arc<Mutex<Option<SshError>>>;
+
+struct DeviceHandler {
+    host: String,
+    port: u16,
+    known_hosts: PathBuf,
+    policy: HostKeyPolicy,
+    rejection: KeyCheckSlot,
+}
+
+impl DeviceHandler {
+    fn reject(&self, err: SshError) -> Result<bool, russh::Error> {
+        if let Ok(mut slot) = self.rejection.lock() {
+            *slot = Some(err);
+        }
+        Ok(false)
+    }
+
+    fn known_hosts_error(&self, e: impl std::fmt::Display) -> SshError {
+        SshError::KnownHosts {
+            host: self.host.clone(),
+            port: self.port,
+            known_hosts: self.known_hosts.clone(),
+            detail: e.to_string(),
+        }
+    }
+
+    fn judge(&self, verdict: Verdict, presented_fp: String) -> Result<bool, russh::Error> {
+        match verdict {
+            Verdict::Known { .. } => Ok(true),
+            Verdict::Changed { line, expected_fp } => self.reject(SshError::HostKeyChanged {
+                host: self.host.clone(),
+                port: self.port,
+                expected_fp,
+                presented_fp,
+                known_hosts: self.known_hosts.clone(),
+                line,
+            }),
+            Verdict::Revoked { line } => self.reject(SshError::HostKeyRevoked {
+                host: self.host.clone(),
+                port: self.port,
+                presented_fp,
+                known_hosts: self.known_hosts.clone(),
+                line,
+            }),
+            Verdict::Unknown => self.reject(SshError::HostKeyUnknown {
+                host: self.host.clone(),
+                port: self.port,
+                presented_fp,
+                known_hosts: self.known_hosts.clone(),
+            }),
+        }
+    }
+}
+
+impl client::Handler for DeviceHandler {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        server_key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let key = match server_key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => key,
+            PublicKeyOrCertificate::Certificate(_) => {
+                return self.reject(SshError::Protocol {
+                    host: self.host.clone(),
+                    port: self.port,
+                    detail: "the device presented a host certificate; only plain host keys \
+                             checked against known_hosts are supported"
+                        .into(),
+                });
+            }
+        };
+        let fp = known_hosts::fingerprint(key);
+        let text = match known_hosts::read(&self.known_hosts) {
+            Ok(t) => t,
+            Err(e) => return self.reject(self.known_hosts_error(e)),
+        };
+        let verdict = known_hosts::check(&text, &self.host, self.port, key);
+        if verdict == Verdict::Unknown && self.policy == HostKeyPolicy::AcceptNew {
+            return match known_hosts::learn(&self.known_hosts, &self.host, self.port, key) {
+                Ok(Verdict::Unknown) => {
+                    tracing::info!(
+                        host = %self.host, port = self.port, fingerprint = %fp,
+                        "new host key added to known_hosts"
+                    );
+                    Ok(true)
+                }
+                // Someone else added it meanwhile: judge what is there now.
+                Ok(other) => self.judge(other, fp),
+                Err(e) => self.reject(self.known_hosts_error(e)),
+            };
+        }
+        self.judge(verdict, fp)
+    }
+}
+
+/// An open TSH session to one device.
+pub struct TshSession {
+    handle: Handle<DeviceHandler>,
+    channel: russh::Channel<client::Msg>,
+    reader: ReplyReader,
+    banner: String,
+    host: String,
+    port: u16,
+    command_timeout: std::time::Duration,
+    next_id: u64,
+    events: Vec<String>,
+    /// Why the session may no longer be used, once it may not.
+    broken: Option<&'static str>,
+}
+
+impl std::fmt::Debug for TshSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TshSession")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("next_id", &self.next_id)
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+fn client_config(opts: &ConnectOptions) -> client::Config {
+    let keepalive = (!opts.keepalive_interval.is_zero()).then_some(opts.keepalive_interval);
+    client::Config {
+        keepalive_interval: keepalive,
+        keepalive_max: KEEPALIVE_MAX,
+        // With keepalives, a silent peer is caught after KEEPALIVE_MAX unanswered probes;
+        // the inactivity timeout is a backstop in case the peer answers nothing at all.
+        inactivity_timeout: keepalive.map(|k| k * (KEEPALIVE_MAX as u32 + 2)),
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+impl TshSession {
+    /// Connects, checks the host key, authenticates, opens the shell, waits for the login
+    /// `OK` and turns echo off.
+    pub async fn connect(opts: &ConnectOptions) -> Result<Self, SshError> {
+        let host = opts.host.clone();
+        let port = opts.port;
+        let rejection: KeyCheckSlot = Arc::new(Mutex::new(None));
+        let handler = DeviceHandler {
+            host: host.clone(),
+            port,
+            known_hosts: opts.known_hosts.clone(),
+            policy: opts.host_key_policy,
+            rejection: rejection.clone(),
+        };
+        let config = Arc::new(client_config(opts));
+
+        let handshake = async {
+            let tcp = TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| SshError::Connect {
+                    host: host.clone(),
+                    port,
+                    detail: e.to_string(),
+                })?;
+            let _ = tcp.set_nodelay(true);
+            client::connect_stream(config, tcp, handler)
+                .await
+                .map_err(|e| {
+                    let rejected = rejection.lock().ok().and_then(|mut s| s.take());
+                    rejected.unwrap_or_else(|| SshError::Connect {
+                        host: host.clone(),
+                        port,
+                        detail: format!("SSH handshake failed: {e}"),
+                    })
+                })
+        };
+        let mut handle = timeout(opts.connect_timeout, handshake)
+            .await
+            .map_err(|_| SshError::Timeout {
+                host: host.clone(),
+                port,
+                phase: Phase::Connect,
+            })??;
+
+        let authed = timeout(opts.auth_timeout, authenticate(&mut handle, opts))
+            .await
+            .map_err(|_| SshError::Timeout {
+                host: host.clone(),
+                port,
+                phase: Phase::Auth,
+            })??;
+        if !authed {
+            return Err(SshError::AuthRejected {
+                host,
+                port,
+                username: opts.username.clone(),
+                method: opts.auth.method_name(),
+            });
+        }
+
+        let mut session = timeout(opts.command_timeout, open_shell(handle, opts))
+            .await
+            .map_err(|_| SshError::Timeout {
+                host: host.clone(),
+                port,
+                phase: Phase::Login,
+            })??;
+
+        // echo off: answered by OK. A device that refuses keeps echoing, which the reader
+        // tolerates (echoed lines are noise), so a refusal is only logged.
+        let echo = timeout(opts.command_timeout, async {
+            session.reader.expect(ReplyShape::Plain);
+            session.send(ECHO_OFF.as_bytes(), Phase::Login).await?;
+            session.await_reply(Phase::Login).await
+        })
+        .await
+        .map_err(|_| SshError::Timeout {
+            host: host.clone(),
+            port,
+            phase: Phase::Login,
+        })??;
+        if !echo.is_ok() {
+            tracing::warn!(host = %host, port, status = ?echo.status, "device refused `echo off`");
+        }
+        Ok(session)
+    }
+
+    /// Runs one command: tags it with a fresh resultId (`r1`, `r2`, ...), sends it and waits
+    /// for its reply, skipping `*e` events and replies tagged with other ids. A reply with a
+    /// device-side error is `Ok(reply)` with a non-OK status; `Err` is a transport problem.
+    pub async fn run(&mut self, cmd: &TshCommand) -> Result<Reply, SshError> {
+        if let Some(why) = self.broken {
+            return Err(SshError::Protocol {
+                host: self.host.clone(),
+                port: self.port,
+                detail: format!("session no longer usable ({why}); reconnect"),
+            });
+        }
+        self.next_id += 1;
+        let id = ResultId::sequence(self.next_id);
+        tracing::debug!(
+            host = %self.host, port = self.port, result_id = %id,
+            command = %cmd.redacted_line(), body = cmd.has_body(), "sending command"
+        );
+        let bytes = cmd.encode(&id);
+        self.reader.expect_id(cmd.reply_shape(), &id);
+        let limit = self.command_timeout;
+        let exchange = async {
+            self.send(bytes.as_bytes(), Phase::Command).await?;
+            self.await_reply(Phase::Command).await
+        };
+        match timeout(limit, exchange).await {
+            Ok(Ok(reply)) => {
+                tracing::debug!(
+                    host = %self.host, result_id = %id, status = ?reply.status, "reply"
+                );
+                Ok(reply)
+            }
+            Ok(Err(e)) => {
+                self.broken = Some("the connection failed");
+                Err(e)
+            }
+            Err(_) => {
+                self.reader.cancel();
+                self.broken = Some("a command timed out");
+                Err(SshError::Timeout {
+                    host: self.host.clone(),
+                    port: self.port,
+                    phase: Phase::Command,
+                })
+            }
+        }
+    }
+
+    /// The text the device printed before login was ready (welcome line, release, ...).
+    pub fn banner(&self) -> &str {
+        &self.banner
+    }
+
+    /// The unsolicited `*e` lines seen since the last call.
+    pub fn take_events(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.events)
+    }
+
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Closes the channel and the connection (best effort, bounded by the command timeout).
+    pub async fn close(self) {
+        let t = self.command_timeout;
+        let _ = timeout(t, async {
+            let _ = self.channel.eof().await;
+            let _ = self
+                .handle
+                .disconnect(Disconnect::ByApplication, "", "en")
+                .await;
+        })
+        .await;
+    }
+
+    async fn send(&mut self, bytes: &[u8], phase: Phase) -> Result<(), SshError> {
+        self.channel
+            .data(bytes)
+            .await
+            .map_err(|e| SshError::Disconnected {
+                host: self.host.clone(),
+                port: self.port,
+                phase,
+                detail: format!("sending failed: {e}"),
+            })
+    }
+
+    /// Reads channel messages until the reader completes the pending reply.
+    async fn await_reply(&mut self, phase: Phase) -> Result<Reply, SshError> {
+        loop {
+            let Some(msg) = self.channel.wait().await else {
+                return Err(self.disconnected(phase));
+            };
+            match msg {
+                ChannelMsg::Data { data } => {
+                    let mut reply = None;
+                    for ev in self.reader.feed(&data) {
+                        match ev {
+                            TshEvent::Reply(r) => reply = Some(r),
+                            other => self.note(other),
+                        }
+                    }
+                    if let Some(r) = reply {
+                        return Ok(r);
+                    }
+                }
+                ChannelMsg::Eof | ChannelMsg::Close => return Err(self.disconnected(phase)),
+                _ => {}
+            }
+        }
+    }
+
+    fn disconnected(&self, phase: Phase) -> SshError {
+        let partial = self.reader.partial_line();
+        SshError::Disconnected {
+            host: self.host.clone(),
+            port: self.port,
+            phase,
+            detail: if self.reader.is_awaiting() {
+                format!(
+                    "reply incomplete{}",
+                    if partial.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({} bytes of an unfinished line)", partial.len())
+                    }
+                )
+            } else {
+                String::new()
+            },
+        }
+    }
+
+    fn note(&mut self, ev: TshEvent) {
+        match ev {
+            TshEvent::Event(e) => {
+                tracing::debug!(host = %self.host, event = %e, "device event");
+                if self.events.len() < MAX_EVENTS {
+                    self.events.push(e);
+                }
+            }
+            TshEvent::Stray(r) => {
+                tracing::debug!(host = %self.host, result_id = ?r.result_id, "skipped stray reply");
+            }
+            // Noise is not logged by content: with echo still on it could be a command we
+            // sent, values included.
+            TshEvent::Noise(n) => {
+                tracing::trace!(host = %self.host, bytes = n.len(), "noise line");
+            }
+            TshEvent::LoginReady | TshEvent::Reply(_) => {}
+        }
+    }
+}
+
+async fn open_shell(
+    handle: Handle<DeviceHandler>,
+    opts: &ConnectOptions,
+) -> Result<TshSession, SshError> {
+    let host = opts.host.clone();
+    let port = opts.port;
+    let channel = handle
+        .channel_open_session()
+        .await
+        .map_err(|e| SshError::Protocol {
+            host: host.clone(),
+            port,
+            detail: format!("cannot open a session channel: {e}"),
+        })?;
+    // No pty: TSH needs none (jsxapi opens a plain shell), and a pty would add echo and
+    // line-discipline limits on long lines such as a JWE.
+    channel
+        .request_shell(true)
+        .await
+        .map_err(|e| SshError::Protocol {
+            host: host.clone(),
+            port,
+            detail: format!("shell request failed: {e}"),
+        })?;
+    let mut session = TshSession {
+        handle,
+        channel,
+        reader: ReplyReader::new(),
+        banner: String::new(),
+        host,
+        port,
+        command_timeout: opts.command_timeout,
+        next_id: 0,
+        events: Vec::new(),
+        broken: None,
+    };
+    let mut banner: Vec<String> = Vec::new();
+    loop {
+        let Some(msg) = session.channel.wait().await else {
+            return Err(session.disconnected(Phase::Login));
+        };
+        match msg {
+            ChannelMsg::Data { data } => {
+                let mut ready = false;
+                for ev in session.reader.feed(&data) {
+                    match ev {
+                        TshEvent::LoginReady => ready = true,
+                        TshEvent::Noise(line) if !ready => banner.push(line),
+                        other => session.note(other),
+                    }
+                }
+                if ready {
+                    while banner.last().is_some_and(|l| l.trim().is_empty()) {
+                        banner.pop();
+                    }
+                    let start = banner.iter().take_while(|l| l.trim().is_empty()).count();
+                    session.banner = banner.get(start..).unwrap_or(&[]).join("\n");
+                    return Ok(session);
+                }
+            }
+            ChannelMsg::Failure => {
+                return Err(SshError::Protocol {
+                    host: session.host.clone(),
+                    port: session.port,
+                    detail: "the device refused to start a shell".into(),
+                })
+            }
+            ChannelMsg::Eof | ChannelMsg::Close => return Err(session.disconnected(Phase::Login)),
+            _ => {}
+        }
+    }
+}
+
+fn proto(opts: &ConnectOptions, e: impl std::fmt::Display) -> SshError {
+    SshError::Protocol {
+        host: opts.host.clone(),
+        port: opts.port,
+        detail: format!("authentication: {e}"),
+    }
+}
+
+/// Returns whether the device accepted the credentials.
+async fn authenticate(
+    handle: &mut Handle<DeviceHandler>,
+    opts: &ConnectOptions,
+) -> Result<bool, SshError> {
+    let user = opts.username.as_str();
+    match &opts.auth {
+        ClientAuth::Password(pw) => {
+            let r = handle
+                .authenticate_password(user, pw.expose())
+                .await
+                .map_err(|e| proto(opts, e))?;
+            match r {
+                client::AuthResult::Success => Ok(true),
+                client::AuthResult::Failure {
+                    remaining_methods, ..
+                } if remaining_methods.contains(&MethodKind::KeyboardInteractive) => {
+                    keyboard_interactive(handle, opts, pw).await
+                }
+                client::AuthResult::Failure { .. } => Ok(false),
+            }
+        }
+        ClientAuth::KeyboardInteractive(pw) => keyboard_interactive(handle, opts, pw).await,
+        ClientAuth::KeyFile { path, passphrase } => {
+            let key = russh::keys::load_secret_key(path, passphrase.as_ref().map(Secret::expose))
+                .map_err(|e| SshError::Key {
+                host: opts.host.clone(),
+                port: opts.port,
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            let hash = if key.algorithm().is_rsa() {
+                handle
+                    .best_supported_rsa_hash()
+                    .await
+                    .map_err(|e| proto(opts, e))?
+                    .flatten()
+            } else {
+                None
+            };
+            let r = handle
+                .authenticate_publickey(user, PrivateKeyWithHashAlg::new(Arc::new(key), hash))
+                .await
+                .map_err(|e| proto(opts, e))?;
+            Ok(r.success())
+        }
+        ClientAuth::Agent => {
+            let agent_err = |e: &dyn std::fmt::Display| SshError::Agent {
+                host: opts.host.clone(),
+                port: opts.port,
+                detail: e.to_string(),
+            };
+            let mut agent = AgentClient::connect_env()
+                .await
+                .map_err(|e| agent_err(&e))?;
+            let identities = agent
+                .request_identities()
+                .await
+                .map_err(|e| agent_err(&e))?;
+            for identity in identities {
+                let AgentIdentity::PublicKey { key, .. } = identity else {
+                    continue;
+                };
+                let hash = if key.algorithm().is_rsa() {
+                    handle
+                        .best_supported_rsa_hash()
+                        .await
+                        .map_err(|e| proto(opts, e))?
+                        .flatten()
+                } else {
+                    None
+                };
+                let r = handle
+                    .authenticate_publickey_with(user, key, hash, &mut agent)
+                    .await
+                    .map_err(|e| agent_err(&e))?;
+                if r.success() {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+async fn keyboard_interactive(
+    handle: &mut Handle<DeviceHandler>,
+    opts: &ConnectOptions,
+    pw: &Secret,
+) -> Result<bool, SshError> {
+    let mut resp = handle
+        .authenticate_keyboard_interactive_start(opts.username.as_str(), None::<String>)
+        .await
+        .map_err(|e| proto(opts, e))?;
+    for _ in 0..MAX_KI_ROUNDS {
+        match resp {
+            KeyboardInteractiveAuthResponse::Success => return Ok(true),
+            KeyboardInteractiveAuthResponse::Failure { .. } => return Ok(false),
+            KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
+                let answers = prompts.iter().map(|_| pw.expose().to_string()).collect();
+                resp = handle
+                    .authenticate_keyboard_interactive_respond(answers)
+                    .await
+                    .map_err(|e| proto(opts, e))?;
+            }
+        }
+    }
+    Ok(false)
+}

@@ -1,0 +1,156 @@
+//! File-system edge of the vault: durable atomic writes of secret-bearing files (0600,
+//! temp file in the same directory, fsync, rename, fsync of the directory) and the
+//! writer lock. Also used for `roomkey secret export`, whose file holds plaintext secrets.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+
+/// The directory a file lives in (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Creates the missing directories above `path`, new ones readable by the owner only.
+pub fn create_parent_dirs(path: &Path) -> io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent_dir(path))
+}
+
+/// Replaces (or creates) `path` with `bytes`, mode 0600, atomically and durably: when this
+/// returns Ok the new content is on disk; on any error the old file is untouched.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = parent_dir(path);
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}-{:016x}",
+        name.to_string_lossy(),
+        std::process::id(),
+        rand::rngs::OsRng.next_u64()
+    ));
+    let result = write_then_rename(&tmp, path, bytes);
+    if result.is_err() {
+        // Best effort: the temp file may not exist, and the original error matters more.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result?;
+    // The rename is durable only once the directory entry is.
+    File::open(dir)?.sync_all()
+}
+
+fn write_then_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(tmp, path)
+}
+
+/// Writes a new file (0600) that must not exist yet, durably. Not atomic against a
+/// reader, which is fine for an export file nobody reads while it is written.
+pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    let result = f.write_all(bytes).and_then(|()| f.sync_all());
+    if result.is_err() {
+        drop(f);
+        let _ = std::fs::remove_file(path);
+        return result;
+    }
+    File::open(parent_dir(path))?.sync_all()
+}
+
+/// The lock file beside the vault. It is a separate file because the vault itself is
+/// replaced by rename on every save (a lock on its inode would not cover the new file).
+/// It is never deleted: deleting lock files reopens the race they close.
+pub fn lock_path(vault: &Path) -> PathBuf {
+    let mut name = vault.file_name().unwrap_or_default().to_os_string();
+    name.push(".lock");
+    parent_dir(vault).join(name)
+}
+
+/// Why the lock could not be taken.
+pub enum LockError {
+    Busy,
+    Io(io::Error),
+}
+
+/// Takes the exclusive writer lock (non-blocking); it is held until the file is dropped.
+pub fn lock(vault: &Path) -> Result<File, LockError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(lock_path(vault))
+        .map_err(LockError::Io)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LockError::Busy),
+        Err(std::fs::TryLockError::Error(e)) => Err(LockError::Io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn atomic_write_is_0600_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(std::fs::read(&p).unwrap(), b"two");
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // No temp files left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+    }
+
+    #[test]
+    fn write_new_refuses_an_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        write_new(&p, b"one").unwrap();
+        let err = write_new(&p, b"two").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(&p).unwrap(), b"one");
+    }
+
+    #[test]
+    fn second_lock_is_busy_until_the_first_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("vault");
+        let first = lock(&p).ok().unwrap();
+        assert!(matches!(lock(&p), Err(LockError::Busy)));
+        drop(first);
+        assert!(lock(&p).is_ok());
+    }
+
+    #[test]
+    fn parent_of_a_bare_name_is_dot() {
+        assert_eq!(parent_dir(Path::new("vault")), Path::new("."));
+        assert_eq!(lock_path(Path::new("a/vault")), Path::new("a/vault.lock"));
+    }
+}

@@ -1,0 +1,199 @@
+//! Test support: a lab of simulated rooms served in-process by the real simulator over
+//! real SSH on loopback, with a test CA, per-room certificates, a vault and an inventory
+//! file pointing at the rooms' actual (port 0) addresses. Each test picks its own
+//! 127.N.x.y range, so tests never share a listener.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use roomkey::cert::TestCa;
+use roomkey::kdf::KdfPool;
+use roomkey::secret::Secret;
+use roomkey::sim::{DeviceSnapshot, FaultPlan, Fleet, FleetOptions, SimDeviceSpec};
+
+pub const PASSWORD: &str = "lab-admin-password-7f3a";
+pub const PASSPHRASE: &str = "lab vault passphrase 91c2";
+
+pub struct Lab {
+    pub dir: tempfile::TempDir,
+    pub fleet: Option<Fleet>,
+    pub names: Vec<String>,
+    pub inventory: PathBuf,
+    pub vault: PathBuf,
+    pub secrets: Vec<String>,
+}
+
+pub fn room_name(i: usize) -> String {
+    format!("room-{:02}", i + 1)
+}
+
+pub fn identity(name: &str) -> String {
+    format!("{name}.lab.example.com")
+}
+
+/// A playbook with the given steps (YAML list items) and test-sized timeouts.
+pub fn playbook(dir: &Path, name: &str, policy: &str, steps: &str) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &path,
+        format!("name: {name}\npolicy: {{ {policy} }}\nsteps:\n{steps}"),
+    )
+    .unwrap();
+    path
+}
+
+pub const FULL_FLOW: &str = "  - populate_secret: { initial: true }
+  - add_certificate: {}
+  - show_certificates: {}
+  - activate_certificate: { purpose: WebexIdentity }
+  - set_configuration: { path: Conference EndToEndEncryption Mode, value: \"On\" }
+  - verify_external_identity: {}
+";
+
+pub const TEST_POLICY: &str = "concurrency: 8, connect_timeout: 5s, auth_timeout: 5s, command_timeout: 10s, retries: 2, retry_backoff: 100ms, host_key_policy: accept-new";
+
+impl Lab {
+    /// Starts `n` rooms on 127.`subnet`.0.x; `faults(i)` gives room i's fault plan.
+    pub async fn start(n: usize, subnet: u8, faults: impl Fn(usize) -> FaultPlan) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let names: Vec<String> = (0..n).map(room_name).collect();
+        let specs = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| SimDeviceSpec {
+                name: name.clone(),
+                addr: format!("127.{subnet}.{}.{}:0", i / 200, i % 200 + 1)
+                    .parse()
+                    .unwrap(),
+                username: "admin".into(),
+                password: Secret::new(PASSWORD),
+                faults: faults(i),
+            })
+            .collect();
+        let fleet = Fleet::start(
+            specs,
+            FleetOptions {
+                state_dir: Some(dir.path().join("sim")),
+                kdf: KdfPool::new(1),
+                boot_delay: Duration::from_millis(300),
+                auth_rejection_time: Duration::from_millis(10),
+            },
+        )
+        .await
+        .unwrap();
+
+        // Certificates from a test CA.
+        let ca = TestCa::create("lab CA").unwrap();
+        let certs = dir.path().join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        for name in &names {
+            let cn = identity(name);
+            let (cert, key) = ca
+                .issue(
+                    &cn,
+                    std::slice::from_ref(&cn),
+                    now - time::Duration::hours(1),
+                    now + time::Duration::days(90),
+                )
+                .unwrap();
+            std::fs::write(certs.join(format!("{name}.pem")), cert).unwrap();
+            std::fs::write(certs.join(format!("{name}.key")), key.expose()).unwrap();
+        }
+
+        // A vault with one unseeded secret per room.
+        let vault = dir.path().join("vault");
+        let mut v = roomkey::vault::Vault::create(&vault, &Secret::new(PASSPHRASE)).unwrap();
+        let mut secrets = Vec::new();
+        for name in &names {
+            let s = roomkey::vault::generate_secret();
+            secrets.push(s.expose().to_string());
+            v.set_current(name, s, false, None).unwrap();
+        }
+        v.save().unwrap();
+        drop(v);
+
+        let mut inv = String::from(
+            "vault: vault\nknown_hosts: known_hosts\ndefaults:\n  auth: { password_env: ROOMKEY_SIM_PASSWORD }\n  certificate: certs/{name}.pem\n  key: certs/{name}.key\n  identity: \"{name}.lab.example.com\"\ndevices:\n",
+        );
+        for d in fleet.devices() {
+            inv.push_str(&format!(
+                "  {}: {{ host: {}, port: {} }}\n",
+                d.name,
+                d.addr.ip(),
+                d.addr.port()
+            ));
+        }
+        let inventory = dir.path().join("inventory.yaml");
+        std::fs::write(&inventory, inv).unwrap();
+        Lab {
+            dir,
+            fleet: Some(fleet),
+            names,
+            inventory,
+            vault,
+            secrets,
+        }
+    }
+
+    pub fn fleet(&self) -> &Fleet {
+        self.fleet.as_ref().unwrap()
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `roomkey <args>` with the lab's environment.
+    pub fn roomkey(&self, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_roomkey"));
+        cmd.args(args)
+            .current_dir(self.dir.path())
+            .env("ROOMKEY_SIM_PASSWORD", PASSWORD)
+            .env("ROOMKEY_VAULT_PASSPHRASE", PASSPHRASE)
+            .env_remove("RUST_LOG")
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `roomkey apply` on the lab and returns (exit code, stdout, stderr).
+    pub async fn apply(&self, playbook: &Path, extra: &[&str]) -> (i32, String, String) {
+        let inv = self.inventory.to_str().unwrap().to_string();
+        let pb = playbook.to_str().unwrap().to_string();
+        let mut args = vec!["apply", "-i", &inv, &pb, "--output", "plain"];
+        args.extend_from_slice(extra);
+        let out = self.roomkey(&args).output().await.unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    pub async fn snapshot(&self, name: &str) -> DeviceSnapshot {
+        self.fleet().snapshot(name).await.unwrap()
+    }
+
+    /// Every file under the lab directory except the simulator's own state (which holds the
+    /// simulated devices' secrets by design) and the vault (encrypted).
+    pub fn state_files_text(&self) -> String {
+        let mut out = String::new();
+        let mut stack = vec![self.dir.path().join(".roomkey")];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(t) = std::fs::read(&p) {
+                    out.push_str(&String::from_utf8_lossy(&t));
+                }
+            }
+        }
+        out
+    }
+}
