@@ -57,7 +57,10 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .with_writer(std::io::stderr)
         .try_init();
     let specs = match (&args.inventory, args.count) {
-        (Some(path), _) => sim::load_inventory_minimal(path)?,
+        (Some(path), _) => {
+            let inv = roomkey::inventory::load(path)?;
+            sim::specs_from_inventory(&inv)?
+        }
         (None, Some(count)) => {
             let password = std::env::var(PASSWORD_ENV).map_err(|_| {
                 anyhow::anyhow!("set {PASSWORD_ENV} to the password the simulated devices accept")

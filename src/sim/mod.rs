@@ -132,7 +132,61 @@ fn default_user() -> String {
     "admin".into()
 }
 
-/// INTERIM — to be replaced by the integrator with the engine's inventory loader.
+/// The simulated devices of a resolved inventory: each on its `host:port` (host must be an
+/// IP address), with the inventory's username and password (`password_env` or a literal
+/// password; the simulator cannot open the vault) and the faults of its `sim:` block.
+pub fn specs_from_inventory(
+    inv: &crate::inventory::Inventory,
+) -> Result<Vec<SimDeviceSpec>, SimError> {
+    use crate::inventory::AuthSource;
+    let ierr = |reason: String| SimError::Inventory {
+        path: inv.path.clone(),
+        reason,
+    };
+    inv.devices
+        .iter()
+        .map(|d| {
+            let ip: std::net::IpAddr = d.host.parse().map_err(|_| {
+                ierr(format!(
+                    "device {}: the simulator needs an IP address as host, not {:?}",
+                    d.name, d.host
+                ))
+            })?;
+            let password = match &d.auth {
+                AuthSource::PasswordEnv { var, .. } => {
+                    Secret::new(std::env::var(var).map_err(|_| {
+                        ierr(format!(
+                            "device {}: environment variable {var} is not set",
+                            d.name
+                        ))
+                    })?)
+                }
+                AuthSource::PasswordLiteral { value, .. } => value.clone(),
+                _ => {
+                    return Err(ierr(format!(
+                        "device {}: the simulator needs auth.password_env (or a literal password)",
+                        d.name
+                    )))
+                }
+            };
+            let faults = match &d.sim {
+                Some(v) => serde_yaml::from_value::<FaultPlan>(v.clone())
+                    .map_err(|e| ierr(format!("device {}: sim: {e}", d.name)))?,
+                None => FaultPlan::default(),
+            };
+            Ok(SimDeviceSpec {
+                name: d.name.clone(),
+                addr: SocketAddr::new(ip, d.port),
+                username: d.username.clone(),
+                password,
+                faults,
+            })
+        })
+        .collect()
+}
+
+/// INTERIM — superseded by [`specs_from_inventory`] (the CLI uses that); kept until the
+/// integrator removes it. with the engine's inventory loader.
 ///
 /// Reads a minimal YAML inventory:
 /// `devices: {NAME: {host, port, username, password_env, sim: {<FaultPlan>}}}`; each
@@ -183,6 +237,25 @@ mod tests {
         let p = count_specs(3, base, 2222, Layout::Ports, "admin", &pw, &f).unwrap();
         assert_eq!(p[2].addr, "127.0.0.10:2224".parse().unwrap());
         assert!(count_specs(2, base, u16::MAX, Layout::Ports, "admin", &pw, &f).is_err());
+    }
+
+    #[test]
+    fn specs_from_the_engine_inventory() {
+        std::env::set_var("ROOMKEY_SIM_TEST_PW_2", "pw2");
+        let text = "defaults: { port: 2300, username: admin, auth: { password_env: ROOMKEY_SIM_TEST_PW_2 } }\n\
+                    devices:\n  room-a: { host: 127.0.0.21, sim: { latency_ms: 5, drop_after: [{ pattern: Add }] } }\n  room-b: { host: 127.0.0.22 }\n";
+        let inv = crate::inventory::parse(Path::new("inv.yaml"), text).unwrap();
+        let specs = specs_from_inventory(&inv).unwrap();
+        assert_eq!(specs.len(), 2);
+        let a = specs.iter().find(|s| s.name == "room-a").unwrap();
+        assert_eq!(a.addr, "127.0.0.21:2300".parse().unwrap());
+        assert_eq!(a.password.expose(), "pw2");
+        assert_eq!(a.faults.latency_ms, 5);
+        assert_eq!(a.faults.drop_after.len(), 1);
+        let bad = "defaults: { auth: { password_env: ROOMKEY_SIM_TEST_PW_2 } }\n\
+                   devices:\n  room-a: { host: 127.0.0.21, sim: { bogus: 1 } }\n";
+        let inv = crate::inventory::parse(Path::new("inv.yaml"), bad).unwrap();
+        assert!(specs_from_inventory(&inv).is_err());
     }
 
     #[test]

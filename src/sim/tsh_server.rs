@@ -772,6 +772,42 @@ mod tests {
     }
 
     #[test]
+    fn json_indexes_become_arrays_with_ids() {
+        let leaf = |p: &str, v: &str| Leaf {
+            path: p.split(' ').map(String::from).collect(),
+            value: Value::Str(v.into()),
+        };
+        let r = Response::Result {
+            name: "ServicesShowResult".into(),
+            status: model::ResultStatus::Ok,
+            fields: vec![
+                leaf("Details 1 Fingerprint", "aa"),
+                leaf("Details 1 UsedFor", "HTTPS"),
+                leaf("Details 2 Fingerprint", "bb"),
+            ],
+        };
+        let v: serde_json::Value = serde_json::from_str(&render_json(&r, Some("x"))).unwrap();
+        assert_eq!(v["ResultId"], "x");
+        let details = &v["CommandResponse"]["ServicesShowResult"]["Details"];
+        assert_eq!(details[0]["id"], "1");
+        assert_eq!(details[0]["UsedFor"]["Value"], "HTTPS");
+        assert_eq!(details[1]["Fingerprint"]["Value"], "bb");
+        assert_eq!(v["CommandResponse"]["ServicesShowResult"]["status"], "OK");
+    }
+
+    #[test]
+    fn quotes_are_escaped_in_terminal_values() {
+        let s = Response::Status(vec![Leaf {
+            path: vec!["A".into()],
+            value: Value::Str("say \"hi\" \\ bye".into()),
+        }]);
+        assert_eq!(
+            render_terminal(&s, None),
+            "*s A: \"say \\\"hi\\\" \\\\ bye\"\r\n** end\r\n\r\nOK\r\n"
+        );
+    }
+
+    #[test]
     fn redaction_hides_values() {
         let Parsed::X { req, .. } =
             parse_line(r#"xCommand Security ClientSecret Populate Secret: "b3NzaWZyYWdl""#)
