@@ -483,6 +483,11 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
             },
             None => None,
         };
+        if let Some(sim) = &entry.sim {
+            if let Err(e) = serde_yaml::from_value::<crate::sim::FaultPlan>(sim.clone()) {
+                problems.push(problem(&format!("{where_}.sim"), e.to_string()));
+            }
+        }
         let Some(auth) = auth else { continue };
         devices.push(Device {
             name: name.clone(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use roomkey::engine::events::{DeviceStatus, Event, Recorder, Reporter};
 use roomkey::engine::RunConfig;
 use roomkey::kdf::KdfPool;
-use roomkey::sim::faults::{ErrorRule, Trigger};
+use roomkey::sim::faults::ErrorRule;
 use roomkey::sim::FaultPlan;
 use support::{playbook, Lab, FULL_FLOW};
 
@@ -232,7 +232,7 @@ async fn wait_for_window_sleeps_until_it_opens_then_continues() {
         wall.elapsed() < std::time::Duration::from_secs(120),
         "no real two-hour wait"
     );
-    let events = reporter.inner.events.lock().unwrap();
+    let events = reporter.inner.events.lock().unwrap().clone();
     let waits: Vec<_> = events
         .iter()
         .filter_map(|e| match e {

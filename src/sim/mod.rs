@@ -14,7 +14,7 @@ pub mod store;
 pub mod tsh_server;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 pub use faults::FaultPlan;
 pub use server::{CertSnapshot, DeviceInfo, DeviceSnapshot, Fleet, FleetOptions, LoggedCommand};
@@ -106,32 +106,6 @@ pub fn count_specs(
         .collect()
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MinimalInventory {
-    devices: std::collections::BTreeMap<String, MinimalDevice>,
-}
-
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MinimalDevice {
-    host: String,
-    #[serde(default = "default_port")]
-    port: u16,
-    #[serde(default = "default_user")]
-    username: String,
-    password_env: String,
-    #[serde(default)]
-    sim: FaultPlan,
-}
-
-fn default_port() -> u16 {
-    22
-}
-fn default_user() -> String {
-    "admin".into()
-}
-
 /// The simulated devices of a resolved inventory: each on its `host:port` (host must be an
 /// IP address), with the inventory's username and password (`password_env` or a literal
 /// password; the simulator cannot open the vault) and the faults of its `sim:` block.
@@ -185,43 +159,6 @@ pub fn specs_from_inventory(
         .collect()
 }
 
-/// INTERIM — superseded by [`specs_from_inventory`] (the CLI uses that); kept until the
-/// integrator removes it. with the engine's inventory loader.
-///
-/// Reads a minimal YAML inventory:
-/// `devices: {NAME: {host, port, username, password_env, sim: {<FaultPlan>}}}`; each
-/// device's password comes from the environment variable named by `password_env`.
-pub fn load_inventory_minimal(path: &Path) -> Result<Vec<SimDeviceSpec>, SimError> {
-    let ierr = |reason: String| SimError::Inventory {
-        path: path.to_path_buf(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| ierr(e.to_string()))?;
-    let inv: MinimalInventory = serde_yaml::from_str(&text).map_err(|e| ierr(e.to_string()))?;
-    inv.devices
-        .into_iter()
-        .map(|(name, d)| {
-            let ip: std::net::IpAddr = d
-                .host
-                .parse()
-                .map_err(|_| ierr(format!("device {name}: host must be an IP address")))?;
-            let password = std::env::var(&d.password_env).map_err(|_| {
-                ierr(format!(
-                    "device {name}: environment variable {} is not set",
-                    d.password_env
-                ))
-            })?;
-            Ok(SimDeviceSpec {
-                name,
-                addr: SocketAddr::new(ip, d.port),
-                username: d.username,
-                password: Secret::new(password),
-                faults: d.sim,
-            })
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,7 +181,7 @@ mod tests {
         std::env::set_var("ROOMKEY_SIM_TEST_PW_2", "pw2");
         let text = "defaults: { port: 2300, username: admin, auth: { password_env: ROOMKEY_SIM_TEST_PW_2 } }\n\
                     devices:\n  room-a: { host: 127.0.0.21, sim: { latency_ms: 5, drop_after: [{ pattern: Add }] } }\n  room-b: { host: 127.0.0.22 }\n";
-        let inv = crate::inventory::parse(Path::new("inv.yaml"), text).unwrap();
+        let inv = crate::inventory::parse(std::path::Path::new("inv.yaml"), text).unwrap();
         let specs = specs_from_inventory(&inv).unwrap();
         assert_eq!(specs.len(), 2);
         let a = specs.iter().find(|s| s.name == "room-a").unwrap();
@@ -254,26 +191,7 @@ mod tests {
         assert_eq!(a.faults.drop_after.len(), 1);
         let bad = "defaults: { auth: { password_env: ROOMKEY_SIM_TEST_PW_2 } }\n\
                    devices:\n  room-a: { host: 127.0.0.21, sim: { bogus: 1 } }\n";
-        let inv = crate::inventory::parse(Path::new("inv.yaml"), bad).unwrap();
+        let inv = crate::inventory::parse(std::path::Path::new("inv.yaml"), bad).unwrap();
         assert!(specs_from_inventory(&inv).is_err());
-    }
-
-    #[test]
-    fn minimal_inventory() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("inv.yaml");
-        std::env::set_var("ROOMKEY_SIM_TEST_PW_1", "pw1");
-        std::fs::write(
-            &path,
-            "devices:\n  room-a:\n    host: 127.0.0.21\n    port: 2300\n    password_env: ROOMKEY_SIM_TEST_PW_1\n    sim:\n      latency_ms: 5\n",
-        )
-        .unwrap();
-        let specs = load_inventory_minimal(&path).unwrap();
-        assert_eq!(specs[0].name, "room-a");
-        assert_eq!(specs[0].username, "admin");
-        assert_eq!(specs[0].password.expose(), "pw1");
-        assert_eq!(specs[0].faults.latency_ms, 5);
-        std::fs::write(&path, "devices:\n  x:\n    host: h\n    bogus: 1\n").unwrap();
-        assert!(load_inventory_minimal(&path).is_err());
     }
 }
