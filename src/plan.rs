@@ -36,6 +36,10 @@ pub struct PlannedStep {
 pub struct DevicePlan {
     pub device: String,
     pub address: String,
+    /// The rolling batch (1-based) the device runs in.
+    pub batch: usize,
+    /// The maintenance-window decision if the run started now.
+    pub window: Option<String>,
     pub identity: Option<String>,
     pub fingerprint: Option<String>,
     pub steps: Vec<PlannedStep>,
@@ -275,12 +279,55 @@ pub fn device_plan(
     DevicePlan {
         device: device.device.name.clone(),
         address: device.device.address(),
+        batch: 1,
+        window: None,
         identity: device.expected_identity.clone(),
         fingerprint: device
             .identity
             .as_ref()
             .map(|i| i.fingerprint().to_string()),
         steps,
+    }
+}
+
+/// Assigns batches (`serial`) and window decisions (as if the run started at `now`).
+pub fn schedule(
+    plans: &mut [DevicePlan],
+    devices: &[PreparedDevice],
+    playbook: &Playbook,
+    now: jiff::Timestamp,
+) {
+    use crate::engine::rollout::{batch_sizes, local_time, WindowDecision};
+    let sizes = batch_sizes(plans.len(), &playbook.serial);
+    let mut batch_of = Vec::new();
+    for (b, size) in sizes.iter().enumerate() {
+        batch_of.extend(std::iter::repeat_n(b + 1, *size));
+    }
+    for (i, (plan, device)) in plans.iter_mut().zip(devices).enumerate() {
+        plan.batch = batch_of.get(i).copied().unwrap_or(1);
+        let window = device.device.window.as_ref().or(playbook.window.as_ref());
+        plan.window = window.map(|w| {
+            let estimate = playbook.policy.device_estimate;
+            match w.decide(now, estimate) {
+                WindowDecision::Fits { closes } => format!(
+                    "{}: open until {} — would start now",
+                    w.describe(),
+                    local_time(closes, &w.tz)
+                ),
+                WindowDecision::TooLate { closes } => format!(
+                    "{}: closes at {}, too soon for the estimated {}s — would not start \
+                     (--wait-for-window waits for the next one)",
+                    w.describe(),
+                    local_time(closes, &w.tz),
+                    estimate.as_secs()
+                ),
+                WindowDecision::Closed { opens } => format!(
+                    "{}: closed until {} — would not start (--wait-for-window waits)",
+                    w.describe(),
+                    local_time(opens, &w.tz)
+                ),
+            }
+        });
     }
 }
 
@@ -296,7 +343,30 @@ pub fn render(playbook: &Playbook, plans: &[DevicePlan], warnings: &[String]) ->
     for w in warnings {
         out.push_str(&format!("warning: {w}\n"));
     }
+    let budget = &playbook.budget;
+    let mut limits = Vec::new();
+    if let Some(p) = budget.max_fail_percentage {
+        limits.push(format!("max_fail_percentage {p}% per batch"));
+    }
+    if let Some(m) = budget.max_failures {
+        limits.push(format!("max_failures {m}"));
+    }
+    if budget.any_errors_fatal {
+        limits.push("any_errors_fatal".into());
+    }
+    if !limits.is_empty() {
+        out.push_str(&format!("failure budget: {}\n", limits.join(", ")));
+    }
+    let batches = plans.iter().map(|p| p.batch).max().unwrap_or(0);
+    let mut current = 0;
     for p in plans {
+        if p.batch != current {
+            current = p.batch;
+            let n = plans.iter().filter(|q| q.batch == current).count();
+            out.push_str(&format!(
+                "\n== batch {current} of {batches} ({n} device(s))\n"
+            ));
+        }
         out.push_str(&format!("\n{} ({})", p.device, p.address));
         if let Some(id) = &p.identity {
             out.push_str(&format!(" identity {id}"));
@@ -305,6 +375,9 @@ pub fn render(playbook: &Playbook, plans: &[DevicePlan], warnings: &[String]) ->
             out.push_str(&format!(" certificate {fp}"));
         }
         out.push('\n');
+        if let Some(w) = &p.window {
+            out.push_str(&format!("  window: {w}\n"));
+        }
         for s in &p.steps {
             out.push_str(&format!("  {} — {}\n", s.id, s.action));
             for n in &s.notes {

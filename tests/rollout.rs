@@ -246,3 +246,35 @@ async fn wait_for_window_sleeps_until_it_opens_then_continues() {
         assert!(lab.snapshot(name).await.e2ee_mode_on, "{name}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_batches_budget_and_window_decisions() {
+    let lab = Lab::start(4, 55, |_| FaultPlan::default()).await;
+    let pb = with_rollout(
+        &lab,
+        "serial: [1, \"50%\"]\nmax_fail_percentage: 10\nwindow: { start: \"00:00\", end: \"00:01\", timezone: UTC }",
+    );
+    let out = lab
+        .roomkey(&[
+            "plan",
+            "-i",
+            lab.inventory.to_str().unwrap(),
+            pb.to_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("== batch 1 of 3 (1 device(s))"), "{stdout}");
+    assert!(stdout.contains("== batch 2 of 3 (2 device(s))"), "{stdout}");
+    assert!(
+        stdout.contains("failure budget: max_fail_percentage 10% per batch"),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("  window: 00:00–00:01 UTC").count(),
+        4,
+        "{stdout}"
+    );
+}

@@ -356,7 +356,7 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
         }
     };
     let key = engine::playbook_key(&loaded.playbook);
-    let plans: Vec<_> = prepared
+    let mut plans: Vec<_> = prepared
         .devices
         .iter()
         .map(|p| {
@@ -374,6 +374,12 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
             roomkey::plan::device_plan(p, &loaded.playbook, &journal, seed, args.target.fresh)
         })
         .collect();
+    roomkey::plan::schedule(
+        &mut plans,
+        &prepared.devices,
+        &loaded.playbook,
+        jiff::Timestamp::now(),
+    );
     let mut warnings = loaded.inventory.warnings.clone();
     warnings.extend(prepared.warnings);
     if args.json {
