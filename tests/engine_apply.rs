@@ -401,3 +401,64 @@ async fn check_mode_reads_only_and_reports_what_would_change() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_new_work_records_everything_and_the_rerun_resumes() {
+    use tokio::io::AsyncBufReadExt;
+    let lab = Lab::start(6, 47, |_| FaultPlan {
+        latency_ms: 150,
+        ..Default::default()
+    })
+    .await;
+    let policy = "concurrency: 2, command_timeout: 20s, retries: 1, retry_backoff: 50ms, host_key_policy: accept-new";
+    let pb = playbook(lab.path(), "flow", policy, FULL_FLOW);
+    let inv = lab.inventory.to_str().unwrap().to_string();
+    let mut child = lab
+        .roomkey(&["apply", "-i", &inv, pb.to_str().unwrap(), "--output", "json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Interrupt as soon as the first room is done (others are mid-way).
+    loop {
+        let line = lines.next_line().await.unwrap().expect("apply ended early");
+        if line.contains("\"event\":\"device-finished\"") {
+            break;
+        }
+    }
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut summary = None;
+    while let Some(line) = lines.next_line().await.unwrap() {
+        if line.contains("\"event\":\"run-finished\"") {
+            summary = Some(line);
+        }
+    }
+    let code = child.wait().await.unwrap().code();
+    assert_eq!(code, Some(4), "stopped early, resumable");
+    let summary: serde_json::Value = serde_json::from_str(&summary.unwrap()).unwrap();
+    assert!(summary["summary"]["stopped_early"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("interrupted"));
+    // Nothing was left half-way inside a step: in-flight commands finished.
+    for name in &lab.names {
+        let steps =
+            roomkey::journal::read_steps(&lab.path().join(".roomkey"), "flow", name).unwrap();
+        assert!(
+            steps
+                .values()
+                .all(|s| s.status != roomkey::journal::StepStatus::InFlight),
+            "{name}: {steps:?}"
+        );
+    }
+    let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in &lab.names {
+        assert_provisioned(&lab.snapshot(name).await, name);
+    }
+}

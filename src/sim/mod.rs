@@ -191,7 +191,8 @@ mod tests {
         assert_eq!(a.faults.drop_after.len(), 1);
         let bad = "defaults: { auth: { password_env: ROOMKEY_SIM_TEST_PW_2 } }\n\
                    devices:\n  room-a: { host: 127.0.0.21, sim: { bogus: 1 } }\n";
-        let inv = crate::inventory::parse(std::path::Path::new("inv.yaml"), bad).unwrap();
-        assert!(specs_from_inventory(&inv).is_err());
+        // The inventory itself refuses an unknown fault, before the simulator sees it.
+        let err = crate::inventory::parse(std::path::Path::new("inv.yaml"), bad).unwrap_err();
+        assert!(err.to_string().contains("devices.room-a.sim"), "{err}");
     }
 }
