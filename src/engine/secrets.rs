@@ -23,6 +23,8 @@ pub enum SecretStoreError {
     NoVault { device: String, what: &'static str },
     #[error("device {device}: vault credential '{name}' does not exist; add it with `roomkey secret credential set {name}`")]
     NoCredential { device: String, name: String },
+    #[error("device {device}: its ClientSecret comes from environment variable {var}; rotating it needs the vault (`client_secret: vault` in the inventory)")]
+    RotationNeedsVault { device: String, var: String },
     #[error("vault: {0}")]
     Vault(String),
 }
@@ -44,6 +46,12 @@ pub trait SecretStore: Send + Sync {
     fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError>;
     /// The device was proven to still hold `current`: drop the pending secret.
     fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError>;
+    /// The device proved (a JWE under it was accepted) that it holds `current`: whatever
+    /// the recorded state, it becomes `ok` and seeded; a pending secret, if any, is kept as
+    /// previous (abandoned). Saves only if something changed.
+    fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError>;
+    /// Whether the vault flags the device `secret-unknown` (neither secret was accepted).
+    fn is_secret_unknown(&self, device: &Device) -> bool;
     /// Neither secret works: keep both and flag the device.
     fn mark_secret_unknown(&self, device: &Device) -> Result<(), SecretStoreError>;
     /// A named credential (SSH password) from the vault.
@@ -121,6 +129,14 @@ impl SecretStore for EnvSecrets {
 
     fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
         self.begin_rotation(device).map(|_| ())
+    }
+
+    fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.mark_seeded(device)
+    }
+
+    fn is_secret_unknown(&self, _device: &Device) -> bool {
+        false
     }
 
     fn mark_secret_unknown(&self, _device: &Device) -> Result<(), SecretStoreError> {
@@ -219,6 +235,12 @@ impl SecretStore for VaultSecrets {
     }
 
     fn begin_rotation(&self, device: &Device) -> Result<Secret, SecretStoreError> {
+        if let ClientSecretSource::Env(var) = &device.client_secret {
+            return Err(SecretStoreError::RotationNeedsVault {
+                device: device.name.clone(),
+                var: var.clone(),
+            });
+        }
         if let Some(p) = self.pending(device)? {
             return Ok(p);
         }
@@ -238,6 +260,31 @@ impl SecretStore for VaultSecrets {
 
     fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
         self.change(|v| v.abandon_pending(&device.name))
+    }
+
+    fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError> {
+        if matches!(device.client_secret, ClientSecretSource::Env(_)) {
+            return Ok(());
+        }
+        self.with(|v| {
+            let settled = v.device(&device.name).is_some_and(|d| {
+                d.seeded && d.pending.is_none() && d.state == crate::vault::SecretState::Ok
+            });
+            if settled {
+                return Ok(());
+            }
+            v.confirm_current(&device.name)
+                .and_then(|_| v.save())
+                .map_err(vault_err)
+        })
+    }
+
+    fn is_secret_unknown(&self, device: &Device) -> bool {
+        self.with(|v| {
+            Ok(v.device(&device.name)
+                .is_some_and(|d| d.state == crate::vault::SecretState::SecretUnknown))
+        })
+        .unwrap_or(false)
     }
 
     fn mark_secret_unknown(&self, device: &Device) -> Result<(), SecretStoreError> {
