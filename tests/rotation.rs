@@ -15,6 +15,9 @@ use roomkey::sim::FaultPlan;
 use roomkey::vault::SecretState;
 use support::{playbook, Lab, TEST_POLICY};
 
+/// One device at a time, so a failpoint abort leaves exactly one device mid-rotation.
+const SERIAL_POLICY: &str = "concurrency: 1, connect_timeout: 5s, auth_timeout: 5s, command_timeout: 10s, retries: 2, retry_backoff: 100ms, host_key_policy: accept-new";
+
 const SEED: &str = "  - populate_secret: { initial: true }\n";
 
 /// The shipped rotation playbook with the lab's policy (timeouts, accept-new host keys).
@@ -104,7 +107,7 @@ async fn rerun_ok(lab: &Lab, pb: &Path) -> (String, String) {
 async fn crash_after_pending_saved_before_send_resumes() {
     let lab = seeded_lab(3, 61).await;
     let before = lab.read_vault();
-    let pb = rotate_playbook(&lab, TEST_POLICY);
+    let pb = rotate_playbook(&lab, SERIAL_POLICY);
     crash_at(&lab, &pb, "rotate-after-pending-saved").await;
 
     // The device that crashed the run has its new secret pending in the vault, and never
@@ -115,7 +118,7 @@ async fn crash_after_pending_saved_before_send_resumes() {
         .iter()
         .filter(|n| pending_of(&mid, n).is_some())
         .collect();
-    assert!(!crashed.is_empty(), "a pending secret was saved");
+    assert_eq!(crashed.len(), 1, "a pending secret was saved");
     for name in &crashed {
         assert_eq!(
             lab.device_secret(name).await.unwrap(),
@@ -199,7 +202,7 @@ async fn kill_while_the_device_has_not_replied_resumes() {
 async fn crash_after_the_device_replied_before_the_vault_write_resumes() {
     let lab = seeded_lab(3, 63).await;
     let before = lab.read_vault();
-    let pb = rotate_playbook(&lab, TEST_POLICY);
+    let pb = rotate_playbook(&lab, SERIAL_POLICY);
     crash_at(&lab, &pb, "rotate-after-reply").await;
 
     // The crashed device took the new secret; the vault still calls the old one current.
@@ -209,7 +212,7 @@ async fn crash_after_the_device_replied_before_the_vault_write_resumes() {
         .iter()
         .filter(|n| pending_of(&mid, n).is_some())
         .collect();
-    assert!(!landed.is_empty());
+    assert_eq!(landed.len(), 1);
     for name in &landed {
         assert_eq!(current_of(&mid, name), current_of(&before, name));
         assert_eq!(
@@ -241,7 +244,7 @@ async fn crash_after_the_device_replied_before_the_vault_write_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_the_vault_write_does_not_rotate_twice() {
     let lab = seeded_lab(2, 64).await;
-    let pb = rotate_playbook(&lab, TEST_POLICY);
+    let pb = rotate_playbook(&lab, SERIAL_POLICY);
     crash_at(&lab, &pb, "rotate-after-promote").await;
     let mid = lab.read_vault();
     let (stdout, stderr) = rerun_ok(&lab, &pb).await;
