@@ -15,9 +15,9 @@ use zeroize::Zeroizing;
 /// Which vault, and where its passphrase comes from.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VaultArgs {
-    /// The vault file.
-    #[arg(long, env = "ROOMKEY_VAULT", default_value = ".roomkey/vault")]
-    pub vault: PathBuf,
+    /// The vault file [default: `.roomkey/vault`, or with `-i` the inventory's `vault:`].
+    #[arg(long, env = "ROOMKEY_VAULT")]
+    pub vault: Option<PathBuf>,
     /// Read the vault passphrase from this file (otherwise from ROOMKEY_VAULT_PASSPHRASE,
     /// otherwise a no-echo prompt on the terminal).
     #[arg(long, value_name = "FILE")]
@@ -32,15 +32,23 @@ pub enum Command {
         #[command(flatten)]
         vault: VaultArgs,
     },
-    /// Generate a random high-entropy ClientSecret for each named device that has none.
+    /// Generate a random high-entropy ClientSecret for each named device (or each device
+    /// of an inventory, optionally limited) that has none.
     Generate {
         #[command(flatten)]
         vault: VaultArgs,
         /// A device (repeatable); device names may also be given as arguments.
-        #[arg(long = "device", value_name = "DEVICE")]
+        #[arg(long = "device", value_name = "DEVICE", conflicts_with = "inventory")]
         devices: Vec<String>,
-        #[arg(value_name = "DEVICE")]
+        #[arg(value_name = "DEVICE", conflicts_with = "inventory")]
         names: Vec<String>,
+        /// Take the devices from this inventory (and its `vault:` unless --vault is given).
+        #[arg(short, long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
+        /// With --inventory: select devices — names, globs (`room-1*`), groups,
+        /// comma-separated; `!pattern` excludes.
+        #[arg(short, long, value_name = "PATTERNS", requires = "inventory")]
+        limit: Option<String>,
     },
     /// Set a device's ClientSecret, read from stdin or a no-echo prompt (the old one is
     /// kept as previous).
@@ -110,6 +118,15 @@ pub enum CredentialCommand {
     },
 }
 
+impl VaultArgs {
+    /// The vault path: `--vault`/`ROOMKEY_VAULT`, else `.roomkey/vault`.
+    pub fn path(&self) -> PathBuf {
+        self.vault
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".roomkey/vault"))
+    }
+}
+
 pub fn run(cmd: Command) -> anyhow::Result<i32> {
     match cmd {
         Command::Init { vault } => init(&vault),
@@ -117,10 +134,15 @@ pub fn run(cmd: Command) -> anyhow::Result<i32> {
             vault,
             mut devices,
             names,
-        } => {
-            devices.extend(names);
-            generate(&vault, &devices)
-        }
+            inventory,
+            limit,
+        } => match inventory {
+            Some(inventory) => generate_for_inventory(vault, &inventory, limit.as_deref()),
+            None => {
+                devices.extend(names);
+                generate(&vault, &devices)
+            }
+        },
         Command::Set {
             vault,
             device,
@@ -150,18 +172,19 @@ pub fn run(cmd: Command) -> anyhow::Result<i32> {
 
 fn open(args: &VaultArgs) -> anyhow::Result<Vault> {
     let pass = vault::read_passphrase(args.passphrase_file.as_deref())?;
-    Ok(Vault::open(&args.vault, &pass)?)
+    Ok(Vault::open(&args.path(), &pass)?)
 }
 
 fn open_read_only(args: &VaultArgs) -> anyhow::Result<Vault> {
     let pass = vault::read_passphrase(args.passphrase_file.as_deref())?;
-    Ok(Vault::open_read_only(&args.vault, &pass)?)
+    Ok(Vault::open_read_only(&args.path(), &pass)?)
 }
 
 fn init(args: &VaultArgs) -> anyhow::Result<i32> {
     let pass = vault::read_new_passphrase(args.passphrase_file.as_deref())?;
-    Vault::create(&args.vault, &pass)?;
-    eprintln!("created an empty vault at {}", args.vault.display());
+    let path = args.path();
+    Vault::create(&path, &pass)?;
+    eprintln!("created an empty vault at {}", path.display());
     Ok(0)
 }
 
@@ -187,6 +210,40 @@ fn generate(args: &VaultArgs, devices: &[String]) -> anyhow::Result<i32> {
         v.save()?;
     }
     Ok(0)
+}
+
+/// `generate -i INVENTORY [--limit ...]`: a secret for every selected device whose
+/// ClientSecret comes from the vault and which has none yet.
+fn generate_for_inventory(
+    mut args: VaultArgs,
+    inventory: &Path,
+    limit: Option<&str>,
+) -> anyhow::Result<i32> {
+    use roomkey::inventory::{self, ClientSecretSource};
+    let inv = inventory::load(inventory)?;
+    let selected = inventory::select(&inv, limit, &BTreeMap::new()).map_err(anyhow::Error::msg)?;
+    if selected.is_empty() {
+        eprintln!("no device selected; nothing to do");
+        return Ok(0);
+    }
+    if args.vault.is_none() {
+        args.vault = Some(inv.vault.clone());
+    }
+    let mut names = Vec::new();
+    for d in selected {
+        match &d.client_secret {
+            ClientSecretSource::Vault => names.push(d.name.clone()),
+            ClientSecretSource::Env(var) => eprintln!(
+                "{}: its ClientSecret comes from environment variable {var}; skipped",
+                d.name
+            ),
+        }
+    }
+    if names.is_empty() {
+        eprintln!("no selected device takes its ClientSecret from the vault; nothing to do");
+        return Ok(0);
+    }
+    generate(&args, &names)
 }
 
 /// Reads one secret from stdin when it is not a terminal, else from a no-echo prompt
@@ -487,7 +544,7 @@ fn import(args: &VaultArgs, file: &Path, seeded: bool, replace: bool) -> anyhow:
     v.save()?;
     eprintln!(
         "imported {n} device secret(s) into {}",
-        args.vault.display()
+        args.path().display()
     );
     eprintln!(
         "warning: {} holds plaintext secrets; delete it securely now",
