@@ -131,7 +131,11 @@ async fn crash_after_pending_saved_before_send_resumes() {
     rerun_ok(&lab, &pb).await;
     let after = assert_consistent(&lab).await;
     for name in &lab.names {
-        assert_ne!(current_of(&after, name), current_of(&before, name), "{name}");
+        assert_ne!(
+            current_of(&after, name),
+            current_of(&before, name),
+            "{name}"
+        );
         assert_eq!(previous_count(&after, name), 1, "{name}: the seeded secret");
     }
     // The resumed device got the secret that was pending, not a second new one.
@@ -398,8 +402,13 @@ async fn a_device_holding_neither_secret_is_secret_unknown_and_both_are_kept() {
     {
         let mut v =
             roomkey::vault::Vault::open(&lab.vault, &Secret::new(support::PASSPHRASE)).unwrap();
-        v.set_current("room-01", Secret::new(held.clone()), true, Some("recovered"))
-            .unwrap();
+        v.set_current(
+            "room-01",
+            Secret::new(held.clone()),
+            true,
+            Some("recovered"),
+        )
+        .unwrap();
         v.save().unwrap();
     }
     let (code, stdout, stderr) = lab.apply(&pb, &["--limit", "room-01", "--fresh"]).await;
@@ -423,7 +432,12 @@ fn forbidden(vault: &roomkey::vault::Vault, lab: &Lab) -> Vec<String> {
     out.extend(lab.secrets.iter().cloned());
     for name in vault.device_names() {
         let d = vault.device(name).unwrap();
-        for r in d.current.iter().chain(d.pending.iter()).chain(d.previous.iter()) {
+        for r in d
+            .current
+            .iter()
+            .chain(d.pending.iter())
+            .chain(d.previous.iter())
+        {
             out.push(r.secret.expose().to_string());
         }
     }
@@ -490,4 +504,24 @@ async fn fifty_devices_rotate_twice_and_no_secret_leaks() {
     for s in forbidden(&vault, &lab) {
         assert!(!written.contains(&s), "a secret leaked");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unseeded_device_is_not_rotated_and_nothing_is_saved() {
+    let lab = Lab::start(1, 68, |_| FaultPlan::default()).await;
+    let pb = rotate_playbook(&lab, TEST_POLICY);
+    let (code, stdout, stderr) = lab.apply(&pb, &["--check"]).await;
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
+    assert_eq!(code, 2, "{stdout}\n{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("not recorded as seeded"),
+        "{stdout}{stderr}"
+    );
+    let v = lab.read_vault();
+    assert!(pending_of(&v, "room-01").is_none());
+    assert_eq!(current_of(&v, "room-01"), lab.secrets[0]);
+    let snap = lab.snapshot("room-01").await;
+    assert_eq!(snap.count("ClientSecret Populate"), 0);
+    assert!(snap.secret.is_none());
 }

@@ -34,8 +34,13 @@ fn generate_for_the_selected_devices_of_an_inventory() {
     let vault_path = dir.path().join("secrets/vault");
     std::fs::create_dir_all(vault_path.parent().unwrap()).unwrap();
     let mut v = Vault::create(&vault_path, &Secret::new(PASS)).unwrap();
-    v.set_current("room-01", Secret::new("room one's existing secret"), true, None)
-        .unwrap();
+    v.set_current(
+        "room-01",
+        Secret::new("room one's existing secret"),
+        true,
+        None,
+    )
+    .unwrap();
     v.save().unwrap();
     drop(v);
 
@@ -55,7 +60,10 @@ fn generate_for_the_selected_devices_of_an_inventory() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("room-01: already has a secret"), "{stderr}");
     assert!(stderr.contains("room-02: generated"), "{stderr}");
-    assert!(stderr.contains("lab-01: its ClientSecret comes from environment variable LAB_SECRET"), "{stderr}");
+    assert!(
+        stderr.contains("lab-01: its ClientSecret comes from environment variable LAB_SECRET"),
+        "{stderr}"
+    );
     let v = Vault::open_read_only(&vault_path, &Secret::new(PASS)).unwrap();
     assert_eq!(
         v.current_secret("room-01").unwrap().expose(),

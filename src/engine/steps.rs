@@ -264,9 +264,11 @@ async fn prove_held(
                  rotation is complete",
             ))
         }
-        (PopulateAnswer::DecryptFailed(_), PopulateAnswer::DecryptFailed(_)) => {
-            secret_unknown(ctx, "neither the current nor the pending ClientSecret", &second)
-        }
+        (PopulateAnswer::DecryptFailed(_), PopulateAnswer::DecryptFailed(_)) => secret_unknown(
+            ctx,
+            "neither the current nor the pending ClientSecret",
+            &second,
+        ),
         _ => Err(StepError::Refused(format!(
             "could not prove which ClientSecret the device holds (current: {}; pending: {}); \
              both are kept in the vault",
@@ -293,9 +295,8 @@ async fn populate_secret(
     let device = &ctx.prepared.device;
     let current = ctx.secrets.current(device).map_err(local)?;
     let pending = ctx.secrets.pending(device).map_err(local)?;
-    let recorded = ctx.secrets.is_seeded(device)
-        || pending.is_some()
-        || ctx.secrets.is_secret_unknown(device);
+    let recorded =
+        ctx.secrets.is_seeded(device) || pending.is_some() || ctx.secrets.is_secret_unknown(device);
     if recorded {
         if ctx.check_mode {
             return Ok(unchanged(
@@ -377,11 +378,30 @@ async fn rotate_secret(
 ) -> Result<StepDone, StepError> {
     let device = &ctx.prepared.device;
     let current = ctx.secrets.current(device).map_err(local)?;
-    if ctx.check_mode {
-        return Ok(changed("would rotate the ClientSecret"));
+    if let crate::inventory::ClientSecretSource::Env(var) = &device.client_secret {
+        return Err(StepError::Refused(format!(
+            "the ClientSecret comes from environment variable {var}; rotating it needs the \
+             vault (remove `client_secret: {{ env: ... }}` from the inventory)"
+        )));
     }
     let pending = ctx.secrets.pending(device).map_err(local)?;
-    if pending.is_none() && (ctx.resuming || ctx.secrets.is_secret_unknown(device)) {
+    let unknown = ctx.secrets.is_secret_unknown(device);
+    if pending.is_none() && !unknown && !ctx.secrets.is_seeded(device) {
+        // A JWE needs a secret the device holds: seed (or prove) it first.
+        return Err(StepError::Refused(
+            "the device is not recorded as seeded; seed it first (`populate_secret: { \
+             initial: true }`) — rotation sends the new secret keyed from the current one"
+                .into(),
+        ));
+    }
+    if ctx.check_mode {
+        return Ok(changed(if pending.is_some() {
+            "would resolve the unfinished rotation, then the device holds the new ClientSecret"
+        } else {
+            "would rotate the ClientSecret"
+        }));
+    }
+    if pending.is_none() && (ctx.resuming || unknown) {
         // Resuming with nothing pending: the earlier attempt got as far as promoting (it
         // crashed before the journal said done) — prove it rather than rotate twice. A
         // `secret-unknown` device must prove the current secret before a new rotation.
@@ -397,11 +417,7 @@ async fn rotate_secret(
                 }
             }
             PopulateAnswer::DecryptFailed(_) => {
-                return secret_unknown(
-                    ctx,
-                    "no JWE keyed from the ClientSecret on record",
-                    &answer,
-                )
+                return secret_unknown(ctx, "no JWE keyed from the ClientSecret on record", &answer)
             }
             PopulateAnswer::Refused(m) => {
                 return Err(StepError::Refused(format!(
@@ -438,9 +454,11 @@ async fn rotate_secret(
                 "an earlier attempt had landed: the device proved the new ClientSecret",
             ))
         }
-        (PopulateAnswer::DecryptFailed(_), PopulateAnswer::DecryptFailed(_)) => {
-            secret_unknown(ctx, "neither the current nor the pending ClientSecret", &first)
-        }
+        (PopulateAnswer::DecryptFailed(_), PopulateAnswer::DecryptFailed(_)) => secret_unknown(
+            ctx,
+            "neither the current nor the pending ClientSecret",
+            &first,
+        ),
         _ => Err(StepError::Refused(format!(
             "the rotation was not confirmed (under the current secret: {}; proof of the new \
              one: {}); the new secret stays pending in the vault and the next run resolves it",
@@ -480,7 +498,11 @@ mod secret_tests {
         );
         assert!(matches!(decrypt, PopulateAnswer::DecryptFailed(_)));
         // The message names the command by its redacted line only.
-        assert!(!decrypt.message().contains("a.b.c.d.e"), "{}", decrypt.message());
+        assert!(
+            !decrypt.message().contains("a.b.c.d.e"),
+            "{}",
+            decrypt.message()
+        );
         for other in [
             reply(ReplyStatus::Error {
                 reason: Some("Secret is not valid base64url".into()),
@@ -495,7 +517,9 @@ mod secret_tests {
             ));
         }
         assert!(is_decrypt_failure("Decryption failed"));
-        assert!(!is_decrypt_failure("The client secret changed; payload rejected"));
+        assert!(!is_decrypt_failure(
+            "The client secret changed; payload rejected"
+        ));
     }
 }
 
