@@ -377,13 +377,13 @@ async fn rotate_secret(
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<StepDone, StepError> {
     let device = &ctx.prepared.device;
-    let current = ctx.secrets.current(device).map_err(local)?;
     if let crate::inventory::ClientSecretSource::Env(var) = &device.client_secret {
         return Err(StepError::Refused(format!(
             "the ClientSecret comes from environment variable {var}; rotating it needs the \
              vault (remove `client_secret: {{ env: ... }}` from the inventory)"
         )));
     }
+    let current = ctx.secrets.current(device).map_err(local)?;
     let pending = ctx.secrets.pending(device).map_err(local)?;
     let unknown = ctx.secrets.is_secret_unknown(device);
     if pending.is_none() && !unknown && !ctx.secrets.is_seeded(device) {
