@@ -525,3 +525,44 @@ async fn an_unseeded_device_is_not_rotated_and_nothing_is_saved() {
     assert_eq!(snap.count("ClientSecret Populate"), 0);
     assert!(snap.secret.is_none());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_needs_confirmation_then_leaves_the_device_without_a_secret() {
+    let lab = seeded_lab(2, 69).await;
+    let inv = lab.inventory.to_str().unwrap().to_string();
+    let reset = |yes: bool| {
+        let mut args = vec!["secret", "reset", "-i", inv.as_str(), "--device", "room-01"];
+        if yes {
+            args.push("--yes");
+        }
+        lab.roomkey(&args).output()
+    };
+    // Without a terminal and without --yes: refused, nothing sent.
+    let out = reset(false).await.unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    let held = lab.device_secret("room-01").await.unwrap();
+    assert_eq!(
+        lab.snapshot("room-01").await.count("ClientSecret Populate"),
+        1
+    );
+
+    let out = reset(true).await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("ClientSecret reset"), "{stderr}");
+    assert!(!stderr.contains(&held));
+    assert!(lab.device_secret("room-01").await.is_none(), "reset");
+    assert!(lab.device_secret("room-02").await.is_some());
+    let v = lab.read_vault();
+    let d = v.device("room-01").unwrap();
+    assert!(!d.seeded);
+    assert_eq!(current_of(&v, "room-01"), held, "the secret is kept");
+
+    // Seeding again brings the device back to the vault's current secret.
+    let pb = playbook(lab.path(), "seed", TEST_POLICY, SEED);
+    let (code, stdout, stderr) = lab.apply(&pb, &["--fresh"]).await;
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert_eq!(lab.device_secret("room-01").await.unwrap(), held);
+    assert!(lab.read_vault().device("room-01").unwrap().seeded);
+}

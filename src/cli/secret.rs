@@ -99,6 +99,29 @@ pub enum Command {
     /// Manage named credentials (device SSH passwords referenced from the inventory).
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Reset a device's ClientSecret (a populate JWE with an empty payload): the device is
+    /// left with no secret, until the next `populate_secret: { initial: true }` seeds it
+    /// again in plaintext. Asks for the device name as confirmation unless --yes.
+    Reset(ResetArgs),
+}
+
+/// Arguments of `roomkey secret reset`.
+#[derive(Debug, clap::Args)]
+pub struct ResetArgs {
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// The inventory holding the device (address, login; its `vault:` unless --vault).
+    #[arg(short, long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// The device to reset.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: String,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Record the host key of a device not yet in known_hosts (otherwise refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
 }
 
 /// `roomkey secret credential` subcommands.
@@ -167,6 +190,7 @@ pub fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Credential(CredentialCommand::Remove { vault, name }) => {
             credential_remove(&vault, &name)
         }
+        Command::Reset(args) => reset(args),
     }
 }
 
@@ -663,5 +687,158 @@ mod tests {
         assert_eq!(file_kind(Path::new("a.CSV")).unwrap(), FileKind::Csv);
         assert_eq!(file_kind(Path::new("a.yml")).unwrap(), FileKind::Yaml);
         assert!(file_kind(Path::new("a.txt")).is_err());
+    }
+}
+
+/// Asks for the device name on the terminal; `--yes` skips it, and without a terminal
+/// `--yes` is required.
+fn confirm_reset(args: &ResetArgs) -> anyhow::Result<()> {
+    if args.yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "resetting {} leaves it without a ClientSecret; confirm with --yes",
+            args.device
+        );
+    }
+    eprint!(
+        "Resetting leaves {} without a ClientSecret (its JWEs stop working until it is seeded \
+         again, in plaintext). Type the device name to confirm: ",
+        args.device
+    );
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if line.trim() != args.device {
+        bail!("not confirmed; nothing was sent");
+    }
+    Ok(())
+}
+
+/// `roomkey secret reset`: empties the device's ClientSecret with a populate JWE keyed from
+/// the current one. Crash-safe bookkeeping: after connecting and before sending, the vault
+/// stops recording the device as seeded (the secret itself stays current), so whatever
+/// happens next, `populate_secret: { initial: true }` settles it — the plaintext seeding
+/// lands on a reset device, or is refused by one that still holds the secret and a no-op
+/// JWE proves it. A refusal (nothing changed on the device) restores the seeded mark.
+fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
+    use roomkey::engine::secrets::{SecretStore, VaultSecrets};
+    use roomkey::inventory::{self, ClientSecretSource};
+    use roomkey::ssh::{ConnectOptions, HostKeyPolicy, TshSession};
+    use roomkey::tsh::TshCommand;
+
+    let inv = inventory::load(&args.inventory)?;
+    let Some(device) = inv.devices.iter().find(|d| d.name == args.device) else {
+        bail!(
+            "device {} is not in {}",
+            args.device,
+            args.inventory.display()
+        );
+    };
+    if let ClientSecretSource::Env(var) = &device.client_secret {
+        bail!(
+            "{}: its ClientSecret comes from environment variable {var}; reset works on \
+             secrets kept in the vault",
+            device.name
+        );
+    }
+    if args.vault.vault.is_none() {
+        args.vault.vault = Some(inv.vault.clone());
+    }
+    let v = open(&args.vault)?;
+    match v.device(&device.name) {
+        None => bail!("{}: the vault has no ClientSecret for it", device.name),
+        Some(d) if d.pending.is_some() || d.state != vault::SecretState::Ok => bail!(
+            "{}: secret state is {}; resolve it first (rerun the rotation, or record the \
+             secret it holds with `roomkey secret set --seeded`)",
+            device.name,
+            d.state
+        ),
+        Some(d) if !d.seeded => bail!(
+            "{}: not recorded as seeded; there is nothing to reset",
+            device.name
+        ),
+        Some(_) => {}
+    }
+    confirm_reset(&args)?;
+    let store = VaultSecrets::new(v);
+    let current = store.current(device)?;
+    let pb = roomkey::playbook::parse(
+        Path::new("secret-reset"),
+        "name: secret-reset\nsteps:\n  - rotate_secret: {}\n",
+    )?;
+    let prepared = roomkey::engine::prepare::prepare(
+        &inv.path,
+        &[device],
+        &pb,
+        Some(&store),
+        OffsetDateTime::now_utc(),
+    )
+    .map_err(|p| anyhow::anyhow!(inventory::render_problems(&p)))?;
+    let Some(prepared) = prepared.devices.into_iter().next() else {
+        bail!("{}: preflight produced no device", device.name);
+    };
+    let mut opts = ConnectOptions::new(device.host.clone(), device.username.clone(), prepared.auth);
+    opts.port = device.port;
+    opts.known_hosts = inv.known_hosts.clone();
+    if args.accept_new_host_keys {
+        opts.host_key_policy = HostKeyPolicy::AcceptNew;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let name = device.name.clone();
+    let outcome = runtime.block_on(async {
+        let kdf = roomkey::kdf::KdfPool::new(1);
+        let jwe = kdf
+            .seal(
+                roomkey::jwe::Action::Populate,
+                device.enc,
+                &current,
+                Zeroizing::new(Vec::new()),
+            )
+            .await?;
+        let cmd = TshCommand::xcommand("Security ClientSecret Populate")?
+            .param_secret("Secret", &Secret::new(jwe))?;
+        let mut session = TshSession::connect(&opts).await?;
+        // Durable before the command leaves: the vault no longer claims a seeded device.
+        if let Err(e) = store.update(|v| v.set_current(&name, current.clone(), false, None)) {
+            session.close().await;
+            return Err(anyhow::Error::from(e));
+        }
+        let reply = session.run(&cmd).await;
+        session.close().await;
+        Ok::<_, anyhow::Error>((cmd, reply))
+    });
+    let (cmd, reply) = outcome?;
+    match reply {
+        Ok(reply) if reply.is_ok() => {
+            eprintln!(
+                "{name}: ClientSecret reset; the device holds none now. The vault keeps the \
+                 old secret as current, not seeded: seed it again with `populate_secret: \
+                 {{ initial: true }}` (plaintext), after `roomkey secret set` if you want a \
+                 new one."
+            );
+            Ok(0)
+        }
+        Ok(reply) => {
+            // A refusal changed nothing on the device: it is as seeded as it was.
+            store.update(|v| v.mark_seeded(&name))?;
+            eprintln!(
+                "{name}: the device refused `{}`: {}",
+                cmd.redacted_line(),
+                reply.reason().unwrap_or("no reason given")
+            );
+            Ok(2)
+        }
+        Err(e) => {
+            eprintln!(
+                "{name}: the reset's outcome is unknown ({e}); the vault now records the device \
+                 as not seeded — run a playbook with `populate_secret: {{ initial: true }}` to \
+                 settle it"
+            );
+            Ok(3)
+        }
     }
 }

@@ -193,6 +193,25 @@ impl VaultSecrets {
     }
 }
 
+impl VaultSecrets {
+    /// Reads the vault (for bookkeeping the trait does not cover).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&crate::vault::Vault) -> T,
+    ) -> Result<T, SecretStoreError> {
+        self.with(|v| Ok(f(v)))
+    }
+
+    /// Changes the vault and saves it durably before returning (for bookkeeping the trait
+    /// does not cover, e.g. `roomkey secret reset`).
+    pub fn update(
+        &self,
+        f: impl FnOnce(&mut crate::vault::Vault) -> Result<(), crate::vault::VaultError>,
+    ) -> Result<(), SecretStoreError> {
+        self.change(f)
+    }
+}
+
 fn vault_err(e: crate::vault::VaultError) -> SecretStoreError {
     SecretStoreError::Vault(e.to_string())
 }
