@@ -624,72 +624,6 @@ fn credential_remove(args: &VaultArgs, name: &str) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn csv_round_trip_with_awkward_values() {
-        let a = Secret::new("plain");
-        let b = Secret::new("with,comma and \"quote\"");
-        let c = Secret::new(" padded ");
-        let text = to_csv(&[("r1", &a), ("r2", &b), ("r3", &c)]);
-        let rows = parse_csv(&text).unwrap();
-        let got: Vec<(&str, &str)> = rows.iter().map(|(d, s)| (d.as_str(), s.expose())).collect();
-        assert_eq!(
-            got,
-            [
-                ("r1", "plain"),
-                ("r2", "with,comma and \"quote\""),
-                ("r3", " padded ")
-            ]
-        );
-    }
-
-    #[test]
-    fn csv_skips_header_blank_and_comments_and_reports_lines_only() {
-        let rows = parse_csv("device,secret\r\n\n# note\nr1,s1\r\n").unwrap();
-        assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].1.expose(), "s1");
-        let err = parse_csv("r1,s1\nr2,topsecret,extra\n")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("line 2"));
-        assert!(!err.contains("topsecret"));
-        let err = parse_csv("r1,\"topsecret\n").unwrap_err().to_string();
-        assert!(!err.contains("topsecret"));
-    }
-
-    #[test]
-    fn yaml_round_trip_and_errors_without_values() {
-        let a = Secret::new("yes");
-        let b = Secret::new("12345");
-        let text = to_yaml(&[("r1", &a), ("r2", &b)]).unwrap();
-        let rows = parse_yaml(&text).unwrap();
-        assert_eq!(rows[0].1.expose(), "yes");
-        assert_eq!(rows[1].1.expose(), "12345");
-        let err = parse_yaml("r1: [topsecret]\n").unwrap_err().to_string();
-        assert!(!err.contains("topsecret"), "{err}");
-    }
-
-    #[test]
-    fn ages() {
-        let t = time::macros::datetime!(2026-01-01 00:00 UTC);
-        assert_eq!(age(t, t + time::Duration::seconds(5)), "5s");
-        assert_eq!(age(t, t + time::Duration::minutes(30)), "30m");
-        assert_eq!(age(t, t + time::Duration::hours(5)), "5h");
-        assert_eq!(age(t, t + time::Duration::days(40)), "40d");
-        assert_eq!(age(t, t - time::Duration::days(1)), "0s");
-    }
-
-    #[test]
-    fn file_kinds() {
-        assert_eq!(file_kind(Path::new("a.CSV")).unwrap(), FileKind::Csv);
-        assert_eq!(file_kind(Path::new("a.yml")).unwrap(), FileKind::Yaml);
-        assert!(file_kind(Path::new("a.txt")).is_err());
-    }
-}
-
 /// Asks for the device name on the terminal; `--yes` skips it, and without a terminal
 /// `--yes` is required.
 fn confirm_reset(args: &ResetArgs) -> anyhow::Result<()> {
@@ -840,5 +774,71 @@ fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
             );
             Ok(3)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_round_trip_with_awkward_values() {
+        let a = Secret::new("plain");
+        let b = Secret::new("with,comma and \"quote\"");
+        let c = Secret::new(" padded ");
+        let text = to_csv(&[("r1", &a), ("r2", &b), ("r3", &c)]);
+        let rows = parse_csv(&text).unwrap();
+        let got: Vec<(&str, &str)> = rows.iter().map(|(d, s)| (d.as_str(), s.expose())).collect();
+        assert_eq!(
+            got,
+            [
+                ("r1", "plain"),
+                ("r2", "with,comma and \"quote\""),
+                ("r3", " padded ")
+            ]
+        );
+    }
+
+    #[test]
+    fn csv_skips_header_blank_and_comments_and_reports_lines_only() {
+        let rows = parse_csv("device,secret\r\n\n# note\nr1,s1\r\n").unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].1.expose(), "s1");
+        let err = parse_csv("r1,s1\nr2,topsecret,extra\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 2"));
+        assert!(!err.contains("topsecret"));
+        let err = parse_csv("r1,\"topsecret\n").unwrap_err().to_string();
+        assert!(!err.contains("topsecret"));
+    }
+
+    #[test]
+    fn yaml_round_trip_and_errors_without_values() {
+        let a = Secret::new("yes");
+        let b = Secret::new("12345");
+        let text = to_yaml(&[("r1", &a), ("r2", &b)]).unwrap();
+        let rows = parse_yaml(&text).unwrap();
+        assert_eq!(rows[0].1.expose(), "yes");
+        assert_eq!(rows[1].1.expose(), "12345");
+        let err = parse_yaml("r1: [topsecret]\n").unwrap_err().to_string();
+        assert!(!err.contains("topsecret"), "{err}");
+    }
+
+    #[test]
+    fn ages() {
+        let t = time::macros::datetime!(2026-01-01 00:00 UTC);
+        assert_eq!(age(t, t + time::Duration::seconds(5)), "5s");
+        assert_eq!(age(t, t + time::Duration::minutes(30)), "30m");
+        assert_eq!(age(t, t + time::Duration::hours(5)), "5h");
+        assert_eq!(age(t, t + time::Duration::days(40)), "40d");
+        assert_eq!(age(t, t - time::Duration::days(1)), "0s");
+    }
+
+    #[test]
+    fn file_kinds() {
+        assert_eq!(file_kind(Path::new("a.CSV")).unwrap(), FileKind::Csv);
+        assert_eq!(file_kind(Path::new("a.yml")).unwrap(), FileKind::Yaml);
+        assert!(file_kind(Path::new("a.txt")).is_err());
     }
 }
