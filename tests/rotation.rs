@@ -566,3 +566,56 @@ async fn reset_needs_confirmation_then_leaves_the_device_without_a_secret() {
     assert_eq!(lab.device_secret("room-01").await.unwrap(), held);
     assert!(lab.read_vault().device("room-01").unwrap().seeded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interrupted_first_seeding_resumes_without_a_second_plaintext() {
+    // Crash after the device took the plaintext seeding, before the vault recorded it.
+    let lab = Lab::start(2, 70, |_| FaultPlan::default()).await;
+    let seed = playbook(lab.path(), "seed", SERIAL_POLICY, SEED);
+    crash_at(&lab, &seed, "populate-after-reply").await;
+    let seeded_on_device: Vec<String> = {
+        let mut out = Vec::new();
+        for name in &lab.names {
+            if lab.device_secret(name).await.is_some() {
+                out.push(name.clone());
+            }
+        }
+        out
+    };
+    assert_eq!(seeded_on_device.len(), 1);
+    let crashed = &seeded_on_device[0];
+    assert!(!lab.read_vault().device(crashed).unwrap().seeded);
+    rerun_ok(&lab, &seed).await;
+    assert_consistent(&lab).await;
+    // The resumed device was proven with a JWE; the plaintext went out only once.
+    let snap = lab.snapshot(crashed).await;
+    assert_eq!(
+        snap.count("ClientSecret Populate"),
+        2,
+        "plaintext, then proof"
+    );
+
+    // A seeding dropped before it reached the device: the rerun's proof is refused (no
+    // secret yet), so the plaintext seeding is sent again.
+    let lab = Lab::start(1, 71, |_| FaultPlan {
+        drop_before: vec![Trigger::pattern("ClientSecret Populate")],
+        ..Default::default()
+    })
+    .await;
+    let policy = "concurrency: 1, connect_timeout: 5s, auth_timeout: 5s, command_timeout: 10s, retries: 0, retry_backoff: 100ms, host_key_policy: accept-new";
+    let seed = playbook(lab.path(), "seed", policy, SEED);
+    let (code, stdout, stderr) = lab.apply(&seed, &[]).await;
+    assert_eq!(code, 3, "unreachable:\n{stdout}\n{stderr}");
+    assert!(lab.device_secret("room-01").await.is_none());
+    rerun_ok(&lab, &seed).await;
+    assert_consistent(&lab).await;
+    let outcomes: Vec<String> = lab
+        .snapshot("room-01")
+        .await
+        .commands
+        .iter()
+        .filter(|c| c.line.contains("ClientSecret Populate"))
+        .map(|c| c.outcome.clone())
+        .collect();
+    assert_eq!(outcomes, ["dropped-before", "error", "ok"]);
+}
