@@ -321,3 +321,78 @@ impl SecretStore for VaultSecrets {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::{SecretState, Vault};
+
+    fn devices() -> Vec<Device> {
+        crate::inventory::parse(
+            std::path::Path::new("inv.yaml"),
+            "defaults:\n  auth: { password_env: PW }\ndevices:\n  r1: { host: 127.0.0.1 }\n  \
+             r2: { host: 127.0.0.2, client_secret: { env: R2_SECRET } }\n",
+        )
+        .unwrap()
+        .devices
+    }
+
+    #[test]
+    fn vault_bookkeeping_is_saved_and_never_drops_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault");
+        let pass = Secret::new("unit test passphrase");
+        let mut v = Vault::create(&path, &pass).unwrap();
+        v.set_current("r1", Secret::new("first secret"), false, None)
+            .unwrap();
+        v.save().unwrap();
+        let devs = devices();
+        let (r1, r2) = (&devs[0], &devs[1]);
+        let store = VaultSecrets::new(v);
+
+        // Rotation needs the vault: an env-sourced device is refused, nothing recorded.
+        assert!(matches!(
+            store.begin_rotation(r2),
+            Err(SecretStoreError::RotationNeedsVault { .. })
+        ));
+
+        store.confirm_current(r1).unwrap();
+        assert!(store.is_seeded(r1));
+        // begin_rotation is durable and idempotent: the same pending secret until resolved.
+        let p = store.begin_rotation(r1).unwrap();
+        assert_eq!(store.begin_rotation(r1).unwrap(), p);
+        let on_disk = Vault::open_read_only(&path, &pass).unwrap();
+        assert_eq!(
+            on_disk
+                .device("r1")
+                .unwrap()
+                .pending
+                .as_ref()
+                .unwrap()
+                .secret,
+            p
+        );
+
+        // Neither secret worked, then the device proved the current one: the pending
+        // secret is kept as previous.
+        store.mark_secret_unknown(r1).unwrap();
+        assert!(store.is_secret_unknown(r1));
+        store.confirm_current(r1).unwrap();
+        assert!(!store.is_secret_unknown(r1));
+        let on_disk = Vault::open_read_only(&path, &pass).unwrap();
+        let d = on_disk.device("r1").unwrap();
+        assert_eq!(d.state, SecretState::Ok);
+        assert!(d.pending.is_none());
+        assert_eq!(d.previous[0].secret, p);
+        assert_eq!(d.current.as_ref().unwrap().secret.expose(), "first secret");
+
+        // A promoted rotation: the old current becomes previous.
+        let p2 = store.begin_rotation(r1).unwrap();
+        store.promote_pending(r1).unwrap();
+        assert_eq!(store.current(r1).unwrap(), p2);
+        let on_disk = Vault::open_read_only(&path, &pass).unwrap();
+        let d = on_disk.device("r1").unwrap();
+        assert_eq!(d.previous.len(), 2);
+        assert_eq!(d.previous[0].secret.expose(), "first secret");
+    }
+}
