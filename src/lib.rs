@@ -7,6 +7,7 @@
 
 pub mod cert;
 pub mod engine;
+pub mod failpoint;
 pub mod inventory;
 pub mod journal;
 pub mod jwe;

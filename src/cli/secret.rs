@@ -15,9 +15,9 @@ use zeroize::Zeroizing;
 /// Which vault, and where its passphrase comes from.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VaultArgs {
-    /// The vault file.
-    #[arg(long, env = "ROOMKEY_VAULT", default_value = ".roomkey/vault")]
-    pub vault: PathBuf,
+    /// The vault file [default: `.roomkey/vault`, or with `-i` the inventory's `vault:`].
+    #[arg(long, env = "ROOMKEY_VAULT")]
+    pub vault: Option<PathBuf>,
     /// Read the vault passphrase from this file (otherwise from ROOMKEY_VAULT_PASSPHRASE,
     /// otherwise a no-echo prompt on the terminal).
     #[arg(long, value_name = "FILE")]
@@ -32,15 +32,23 @@ pub enum Command {
         #[command(flatten)]
         vault: VaultArgs,
     },
-    /// Generate a random high-entropy ClientSecret for each named device that has none.
+    /// Generate a random high-entropy ClientSecret for each named device (or each device
+    /// of an inventory, optionally limited) that has none.
     Generate {
         #[command(flatten)]
         vault: VaultArgs,
         /// A device (repeatable); device names may also be given as arguments.
-        #[arg(long = "device", value_name = "DEVICE")]
+        #[arg(long = "device", value_name = "DEVICE", conflicts_with = "inventory")]
         devices: Vec<String>,
-        #[arg(value_name = "DEVICE")]
+        #[arg(value_name = "DEVICE", conflicts_with = "inventory")]
         names: Vec<String>,
+        /// Take the devices from this inventory (and its `vault:` unless --vault is given).
+        #[arg(short, long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
+        /// With --inventory: select devices — names, globs (`room-1*`), groups,
+        /// comma-separated; `!pattern` excludes.
+        #[arg(short, long, value_name = "PATTERNS", requires = "inventory")]
+        limit: Option<String>,
     },
     /// Set a device's ClientSecret, read from stdin or a no-echo prompt (the old one is
     /// kept as previous).
@@ -91,6 +99,29 @@ pub enum Command {
     /// Manage named credentials (device SSH passwords referenced from the inventory).
     #[command(subcommand)]
     Credential(CredentialCommand),
+    /// Reset a device's ClientSecret (a populate JWE with an empty payload): the device is
+    /// left with no secret, until the next `populate_secret: { initial: true }` seeds it
+    /// again in plaintext. Asks for the device name as confirmation unless --yes.
+    Reset(ResetArgs),
+}
+
+/// Arguments of `roomkey secret reset`.
+#[derive(Debug, clap::Args)]
+pub struct ResetArgs {
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// The inventory holding the device (address, login; its `vault:` unless --vault).
+    #[arg(short, long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// The device to reset.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: String,
+    /// Do not ask for confirmation (required when stdin is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// Record the host key of a device not yet in known_hosts (otherwise refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
 }
 
 /// `roomkey secret credential` subcommands.
@@ -110,6 +141,15 @@ pub enum CredentialCommand {
     },
 }
 
+impl VaultArgs {
+    /// The vault path: `--vault`/`ROOMKEY_VAULT`, else `.roomkey/vault`.
+    pub fn path(&self) -> PathBuf {
+        self.vault
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(".roomkey/vault"))
+    }
+}
+
 pub fn run(cmd: Command) -> anyhow::Result<i32> {
     match cmd {
         Command::Init { vault } => init(&vault),
@@ -117,10 +157,15 @@ pub fn run(cmd: Command) -> anyhow::Result<i32> {
             vault,
             mut devices,
             names,
-        } => {
-            devices.extend(names);
-            generate(&vault, &devices)
-        }
+            inventory,
+            limit,
+        } => match inventory {
+            Some(inventory) => generate_for_inventory(vault, &inventory, limit.as_deref()),
+            None => {
+                devices.extend(names);
+                generate(&vault, &devices)
+            }
+        },
         Command::Set {
             vault,
             device,
@@ -145,23 +190,25 @@ pub fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Credential(CredentialCommand::Remove { vault, name }) => {
             credential_remove(&vault, &name)
         }
+        Command::Reset(args) => reset(args),
     }
 }
 
 fn open(args: &VaultArgs) -> anyhow::Result<Vault> {
     let pass = vault::read_passphrase(args.passphrase_file.as_deref())?;
-    Ok(Vault::open(&args.vault, &pass)?)
+    Ok(Vault::open(&args.path(), &pass)?)
 }
 
 fn open_read_only(args: &VaultArgs) -> anyhow::Result<Vault> {
     let pass = vault::read_passphrase(args.passphrase_file.as_deref())?;
-    Ok(Vault::open_read_only(&args.vault, &pass)?)
+    Ok(Vault::open_read_only(&args.path(), &pass)?)
 }
 
 fn init(args: &VaultArgs) -> anyhow::Result<i32> {
     let pass = vault::read_new_passphrase(args.passphrase_file.as_deref())?;
-    Vault::create(&args.vault, &pass)?;
-    eprintln!("created an empty vault at {}", args.vault.display());
+    let path = args.path();
+    Vault::create(&path, &pass)?;
+    eprintln!("created an empty vault at {}", path.display());
     Ok(0)
 }
 
@@ -187,6 +234,40 @@ fn generate(args: &VaultArgs, devices: &[String]) -> anyhow::Result<i32> {
         v.save()?;
     }
     Ok(0)
+}
+
+/// `generate -i INVENTORY [--limit ...]`: a secret for every selected device whose
+/// ClientSecret comes from the vault and which has none yet.
+fn generate_for_inventory(
+    mut args: VaultArgs,
+    inventory: &Path,
+    limit: Option<&str>,
+) -> anyhow::Result<i32> {
+    use roomkey::inventory::{self, ClientSecretSource};
+    let inv = inventory::load(inventory)?;
+    let selected = inventory::select(&inv, limit, &BTreeMap::new()).map_err(anyhow::Error::msg)?;
+    if selected.is_empty() {
+        eprintln!("no device selected; nothing to do");
+        return Ok(0);
+    }
+    if args.vault.is_none() {
+        args.vault = Some(inv.vault.clone());
+    }
+    let mut names = Vec::new();
+    for d in selected {
+        match &d.client_secret {
+            ClientSecretSource::Vault => names.push(d.name.clone()),
+            ClientSecretSource::Env(var) => eprintln!(
+                "{}: its ClientSecret comes from environment variable {var}; skipped",
+                d.name
+            ),
+        }
+    }
+    if names.is_empty() {
+        eprintln!("no selected device takes its ClientSecret from the vault; nothing to do");
+        return Ok(0);
+    }
+    generate(&args, &names)
 }
 
 /// Reads one secret from stdin when it is not a terminal, else from a no-echo prompt
@@ -487,7 +568,7 @@ fn import(args: &VaultArgs, file: &Path, seeded: bool, replace: bool) -> anyhow:
     v.save()?;
     eprintln!(
         "imported {n} device secret(s) into {}",
-        args.vault.display()
+        args.path().display()
     );
     eprintln!(
         "warning: {} holds plaintext secrets; delete it securely now",
@@ -541,6 +622,159 @@ fn credential_remove(args: &VaultArgs, name: &str) -> anyhow::Result<i32> {
     v.save()?;
     eprintln!("credential {name} removed");
     Ok(0)
+}
+
+/// Asks for the device name on the terminal; `--yes` skips it, and without a terminal
+/// `--yes` is required.
+fn confirm_reset(args: &ResetArgs) -> anyhow::Result<()> {
+    if args.yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(
+            "resetting {} leaves it without a ClientSecret; confirm with --yes",
+            args.device
+        );
+    }
+    eprint!(
+        "Resetting leaves {} without a ClientSecret (its JWEs stop working until it is seeded \
+         again, in plaintext). Type the device name to confirm: ",
+        args.device
+    );
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if line.trim() != args.device {
+        bail!("not confirmed; nothing was sent");
+    }
+    Ok(())
+}
+
+/// `roomkey secret reset`: empties the device's ClientSecret with a populate JWE keyed from
+/// the current one. Crash-safe bookkeeping: after connecting and before sending, the vault
+/// stops recording the device as seeded (the secret itself stays current), so whatever
+/// happens next, `populate_secret: { initial: true }` settles it — the plaintext seeding
+/// lands on a reset device, or is refused by one that still holds the secret and a no-op
+/// JWE proves it. A refusal (nothing changed on the device) restores the seeded mark.
+fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
+    use roomkey::engine::secrets::{SecretStore, VaultSecrets};
+    use roomkey::inventory::{self, ClientSecretSource};
+    use roomkey::ssh::{ConnectOptions, HostKeyPolicy, TshSession};
+    use roomkey::tsh::TshCommand;
+
+    let inv = inventory::load(&args.inventory)?;
+    let Some(device) = inv.devices.iter().find(|d| d.name == args.device) else {
+        bail!(
+            "device {} is not in {}",
+            args.device,
+            args.inventory.display()
+        );
+    };
+    if let ClientSecretSource::Env(var) = &device.client_secret {
+        bail!(
+            "{}: its ClientSecret comes from environment variable {var}; reset works on \
+             secrets kept in the vault",
+            device.name
+        );
+    }
+    if args.vault.vault.is_none() {
+        args.vault.vault = Some(inv.vault.clone());
+    }
+    let v = open(&args.vault)?;
+    match v.device(&device.name) {
+        None => bail!("{}: the vault has no ClientSecret for it", device.name),
+        Some(d) if d.pending.is_some() || d.state != vault::SecretState::Ok => bail!(
+            "{}: secret state is {}; resolve it first (rerun the rotation, or record the \
+             secret it holds with `roomkey secret set --seeded`)",
+            device.name,
+            d.state
+        ),
+        Some(d) if !d.seeded => bail!(
+            "{}: not recorded as seeded; there is nothing to reset",
+            device.name
+        ),
+        Some(_) => {}
+    }
+    confirm_reset(&args)?;
+    let store = VaultSecrets::new(v);
+    let current = store.current(device)?;
+    let pb = roomkey::playbook::parse(
+        Path::new("secret-reset"),
+        "name: secret-reset\nsteps:\n  - rotate_secret: {}\n",
+    )?;
+    let prepared = roomkey::engine::prepare::prepare(
+        &inv.path,
+        &[device],
+        &pb,
+        Some(&store),
+        OffsetDateTime::now_utc(),
+    )
+    .map_err(|p| anyhow::anyhow!(inventory::render_problems(&p)))?;
+    let Some(prepared) = prepared.devices.into_iter().next() else {
+        bail!("{}: preflight produced no device", device.name);
+    };
+    let mut opts = ConnectOptions::new(device.host.clone(), device.username.clone(), prepared.auth);
+    opts.port = device.port;
+    opts.known_hosts = inv.known_hosts.clone();
+    if args.accept_new_host_keys {
+        opts.host_key_policy = HostKeyPolicy::AcceptNew;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let name = device.name.clone();
+    let outcome = runtime.block_on(async {
+        let kdf = roomkey::kdf::KdfPool::new(1);
+        let jwe = kdf
+            .seal(
+                roomkey::jwe::Action::Populate,
+                device.enc,
+                &current,
+                Zeroizing::new(Vec::new()),
+            )
+            .await?;
+        let cmd = TshCommand::xcommand("Security ClientSecret Populate")?
+            .param_secret("Secret", &Secret::new(jwe))?;
+        let mut session = TshSession::connect(&opts).await?;
+        // Durable before the command leaves: the vault no longer claims a seeded device.
+        if let Err(e) = store.update(|v| v.set_current(&name, current.clone(), false, None)) {
+            session.close().await;
+            return Err(anyhow::Error::from(e));
+        }
+        let reply = session.run(&cmd).await;
+        session.close().await;
+        Ok::<_, anyhow::Error>((cmd, reply))
+    });
+    let (cmd, reply) = outcome?;
+    match reply {
+        Ok(reply) if reply.is_ok() => {
+            eprintln!(
+                "{name}: ClientSecret reset; the device holds none now. The vault keeps the \
+                 old secret as current, not seeded: seed it again with `populate_secret: \
+                 {{ initial: true }}` (plaintext), after `roomkey secret set` if you want a \
+                 new one."
+            );
+            Ok(0)
+        }
+        Ok(reply) => {
+            // A refusal changed nothing on the device: it is as seeded as it was.
+            store.update(|v| v.mark_seeded(&name))?;
+            eprintln!(
+                "{name}: the device refused `{}`: {}",
+                cmd.redacted_line(),
+                reply.reason().unwrap_or("no reason given")
+            );
+            Ok(2)
+        }
+        Err(e) => {
+            eprintln!(
+                "{name}: the reset's outcome is unknown ({e}); the vault now records the device \
+                 as not seeded — run a playbook with `populate_secret: {{ initial: true }}` to \
+                 settle it"
+            );
+            Ok(3)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub enum SecretStoreError {
     NoVault { device: String, what: &'static str },
     #[error("device {device}: vault credential '{name}' does not exist; add it with `roomkey secret credential set {name}`")]
     NoCredential { device: String, name: String },
+    #[error("device {device}: its ClientSecret comes from environment variable {var}; rotating it needs the vault (`client_secret: vault` in the inventory)")]
+    RotationNeedsVault { device: String, var: String },
     #[error("vault: {0}")]
     Vault(String),
 }
@@ -44,6 +46,12 @@ pub trait SecretStore: Send + Sync {
     fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError>;
     /// The device was proven to still hold `current`: drop the pending secret.
     fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError>;
+    /// The device proved (a JWE under it was accepted) that it holds `current`: whatever
+    /// the recorded state, it becomes `ok` and seeded; a pending secret, if any, is kept as
+    /// previous (abandoned). Saves only if something changed.
+    fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError>;
+    /// Whether the vault flags the device `secret-unknown` (neither secret was accepted).
+    fn is_secret_unknown(&self, device: &Device) -> bool;
     /// Neither secret works: keep both and flag the device.
     fn mark_secret_unknown(&self, device: &Device) -> Result<(), SecretStoreError>;
     /// A named credential (SSH password) from the vault.
@@ -123,6 +131,14 @@ impl SecretStore for EnvSecrets {
         self.begin_rotation(device).map(|_| ())
     }
 
+    fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.mark_seeded(device)
+    }
+
+    fn is_secret_unknown(&self, _device: &Device) -> bool {
+        false
+    }
+
     fn mark_secret_unknown(&self, _device: &Device) -> Result<(), SecretStoreError> {
         Ok(())
     }
@@ -177,6 +193,25 @@ impl VaultSecrets {
     }
 }
 
+impl VaultSecrets {
+    /// Reads the vault (for bookkeeping the trait does not cover).
+    pub fn read<T>(
+        &self,
+        f: impl FnOnce(&crate::vault::Vault) -> T,
+    ) -> Result<T, SecretStoreError> {
+        self.with(|v| Ok(f(v)))
+    }
+
+    /// Changes the vault and saves it durably before returning (for bookkeeping the trait
+    /// does not cover, e.g. `roomkey secret reset`).
+    pub fn update(
+        &self,
+        f: impl FnOnce(&mut crate::vault::Vault) -> Result<(), crate::vault::VaultError>,
+    ) -> Result<(), SecretStoreError> {
+        self.change(f)
+    }
+}
+
 fn vault_err(e: crate::vault::VaultError) -> SecretStoreError {
     SecretStoreError::Vault(e.to_string())
 }
@@ -219,6 +254,12 @@ impl SecretStore for VaultSecrets {
     }
 
     fn begin_rotation(&self, device: &Device) -> Result<Secret, SecretStoreError> {
+        if let ClientSecretSource::Env(var) = &device.client_secret {
+            return Err(SecretStoreError::RotationNeedsVault {
+                device: device.name.clone(),
+                var: var.clone(),
+            });
+        }
         if let Some(p) = self.pending(device)? {
             return Ok(p);
         }
@@ -240,6 +281,31 @@ impl SecretStore for VaultSecrets {
         self.change(|v| v.abandon_pending(&device.name))
     }
 
+    fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError> {
+        if matches!(device.client_secret, ClientSecretSource::Env(_)) {
+            return Ok(());
+        }
+        self.with(|v| {
+            let settled = v.device(&device.name).is_some_and(|d| {
+                d.seeded && d.pending.is_none() && d.state == crate::vault::SecretState::Ok
+            });
+            if settled {
+                return Ok(());
+            }
+            v.confirm_current(&device.name)
+                .and_then(|_| v.save())
+                .map_err(vault_err)
+        })
+    }
+
+    fn is_secret_unknown(&self, device: &Device) -> bool {
+        self.with(|v| {
+            Ok(v.device(&device.name)
+                .is_some_and(|d| d.state == crate::vault::SecretState::SecretUnknown))
+        })
+        .unwrap_or(false)
+    }
+
     fn mark_secret_unknown(&self, device: &Device) -> Result<(), SecretStoreError> {
         self.change(|v| v.mark_secret_unknown(&device.name))
     }
@@ -253,5 +319,80 @@ impl SecretStore for VaultSecrets {
                     name: name.to_string(),
                 })
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vault::{SecretState, Vault};
+
+    fn devices() -> Vec<Device> {
+        crate::inventory::parse(
+            std::path::Path::new("inv.yaml"),
+            "defaults:\n  auth: { password_env: PW }\ndevices:\n  r1: { host: 127.0.0.1 }\n  \
+             r2: { host: 127.0.0.2, client_secret: { env: R2_SECRET } }\n",
+        )
+        .unwrap()
+        .devices
+    }
+
+    #[test]
+    fn vault_bookkeeping_is_saved_and_never_drops_a_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault");
+        let pass = Secret::new("unit test passphrase");
+        let mut v = Vault::create(&path, &pass).unwrap();
+        v.set_current("r1", Secret::new("first secret"), false, None)
+            .unwrap();
+        v.save().unwrap();
+        let devs = devices();
+        let (r1, r2) = (&devs[0], &devs[1]);
+        let store = VaultSecrets::new(v);
+
+        // Rotation needs the vault: an env-sourced device is refused, nothing recorded.
+        assert!(matches!(
+            store.begin_rotation(r2),
+            Err(SecretStoreError::RotationNeedsVault { .. })
+        ));
+
+        store.confirm_current(r1).unwrap();
+        assert!(store.is_seeded(r1));
+        // begin_rotation is durable and idempotent: the same pending secret until resolved.
+        let p = store.begin_rotation(r1).unwrap();
+        assert_eq!(store.begin_rotation(r1).unwrap(), p);
+        let on_disk = Vault::open_read_only(&path, &pass).unwrap();
+        assert_eq!(
+            on_disk
+                .device("r1")
+                .unwrap()
+                .pending
+                .as_ref()
+                .unwrap()
+                .secret,
+            p
+        );
+
+        // Neither secret worked, then the device proved the current one: the pending
+        // secret is kept as previous.
+        store.mark_secret_unknown(r1).unwrap();
+        assert!(store.is_secret_unknown(r1));
+        store.confirm_current(r1).unwrap();
+        assert!(!store.is_secret_unknown(r1));
+        let on_disk = Vault::open_read_only(&path, &pass).unwrap();
+        let d = on_disk.device("r1").unwrap();
+        assert_eq!(d.state, SecretState::Ok);
+        assert!(d.pending.is_none());
+        assert_eq!(d.previous[0].secret, p);
+        assert_eq!(d.current.as_ref().unwrap().secret.expose(), "first secret");
+
+        // A promoted rotation: the old current becomes previous.
+        let p2 = store.begin_rotation(r1).unwrap();
+        store.promote_pending(r1).unwrap();
+        assert_eq!(store.current(r1).unwrap(), p2);
+        let on_disk = Vault::open_read_only(&path, &pass).unwrap();
+        let d = on_disk.device("r1").unwrap();
+        assert_eq!(d.previous.len(), 2);
+        assert_eq!(d.previous[0].secret.expose(), "first secret");
     }
 }

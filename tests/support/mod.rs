@@ -236,3 +236,54 @@ impl Lab {
         (playbook, prepared.devices, store)
     }
 }
+
+// ---- Added for the rotation tests (existing helpers above are unchanged) ----------------
+
+impl Lab {
+    /// The `roomkey apply` command for the lab (not started), for tests that add
+    /// environment variables or kill the process.
+    pub fn apply_command(&self, playbook: &Path, extra: &[&str]) -> tokio::process::Command {
+        let inv = self.inventory.to_str().unwrap().to_string();
+        let pb = playbook.to_str().unwrap().to_string();
+        let mut args = vec!["apply", "-i", &inv, &pb, "--output", "plain"];
+        args.extend_from_slice(extra);
+        let mut cmd = self.roomkey(&args);
+        cmd.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    }
+
+    /// Runs `roomkey apply` with extra environment variables (`RUST_LOG`,
+    /// `ROOMKEY_FAILPOINT`, …); returns (exit code or -1 if killed by a signal, stdout,
+    /// stderr).
+    pub async fn apply_env(
+        &self,
+        playbook: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> (i32, String, String) {
+        let mut cmd = self.apply_command(playbook, extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The lab's vault, opened read-only (no lock: a running apply may hold it).
+    pub fn read_vault(&self) -> roomkey::vault::Vault {
+        roomkey::vault::Vault::open_read_only(&self.vault, &Secret::new(PASSPHRASE)).unwrap()
+    }
+
+    /// The secret the simulated device holds, as text.
+    pub async fn device_secret(&self, name: &str) -> Option<String> {
+        self.snapshot(name)
+            .await
+            .secret
+            .map(|s| s.expose().to_string())
+    }
+}
