@@ -110,10 +110,10 @@ fn step_commands(
     let mut notes = Vec::new();
     let commands = match step {
         Step::PopulateSecret(p) => match seed {
-            SeedState::Seeded => {
-                notes.push("the vault records the device as seeded: nothing is sent".into());
-                vec![]
-            }
+            SeedState::Seeded => vec![populate(
+                "always: a no-op populate JWE keyed from the current secret proves the device \
+                 holds it (if a rotation is pending, also one under the pending secret)",
+            )],
             _ => {
                 if p.initial {
                     notes.push(
@@ -123,12 +123,14 @@ fn step_commands(
                             .into(),
                     );
                     vec![
-                        populate("always (plaintext first seeding)"),
-                        populate("if refused: a populate JWE under the same secret proves the device already holds it"),
+                        populate("if the vault records the device as never seeded: plaintext first seeding"),
+                        populate("otherwise, or if refused: a no-op populate JWE under the same secret proves the device holds it"),
                     ]
                 } else {
-                    notes.push("fails unless the device is recorded as seeded".into());
-                    vec![]
+                    notes.push("fails unless the vault records the device as seeded".into());
+                    vec![populate(
+                        "if seeded: a no-op populate JWE proves the device holds the current secret",
+                    )]
                 }
             }
         },

@@ -414,7 +414,14 @@ async fn ctrl_c_stops_new_work_records_everything_and_the_rerun_resumes() {
     let pb = playbook(lab.path(), "flow", policy, FULL_FLOW);
     let inv = lab.inventory.to_str().unwrap().to_string();
     let mut child = lab
-        .roomkey(&["apply", "-i", &inv, pb.to_str().unwrap(), "--output", "json"])
+        .roomkey(&[
+            "apply",
+            "-i",
+            &inv,
+            pb.to_str().unwrap(),
+            "--output",
+            "json",
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
