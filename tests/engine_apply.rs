@@ -161,6 +161,18 @@ async fn bad_input_is_refused_before_anything_is_sent() {
         p
     };
     // An RSA key, a mismatched key and an expired certificate for room-01..03.
+    let rsa = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+        ])
+        .args(["-subj", "/CN=room-01.lab.example.com"])
+        .arg("-keyout")
+        .arg(lab.path().join("certs/room-01.key"))
+        .arg("-out")
+        .arg(lab.path().join("certs/room-01.pem"))
+        .output()
+        .unwrap();
+    assert!(rsa.status.success(), "openssl: {rsa:?}");
     let ca = roomkey::cert::TestCa::create("other CA").unwrap();
     let now = time::OffsetDateTime::now_utc();
     let (expired, expired_key) = ca
@@ -174,7 +186,7 @@ async fn bad_input_is_refused_before_anything_is_sent() {
     std::fs::write(lab.path().join("certs/room-03.pem"), expired).unwrap();
     std::fs::write(lab.path().join("certs/room-03.key"), expired_key.expose()).unwrap();
     std::fs::copy(
-        lab.path().join("certs/room-01.key"),
+        lab.path().join("certs/room-03.key"),
         lab.path().join("certs/room-02.key"),
     )
     .unwrap();
@@ -213,6 +225,11 @@ async fn bad_input_is_refused_before_anything_is_sent() {
                 ),
             ),
             vec!["same address"],
+        ),
+        (
+            "duplicate-name.yaml",
+            format!("{good}  room-01: {{ host: 127.0.0.99 }}\n"),
+            vec!["duplicate entry 'room-01'"],
         ),
         (
             "shared-cert.yaml",
@@ -256,8 +273,11 @@ async fn bad_input_is_refused_before_anything_is_sent() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("devices.room-01.certificate"), "{stderr}");
+    assert!(stderr.contains("RSA"), "{stderr}");
     assert!(stderr.contains("devices.room-02.certificate"), "{stderr}");
     assert!(stderr.contains("devices.room-03.certificate"), "{stderr}");
+    assert!(stderr.contains("expired"), "{stderr}");
     for name in &lab.names {
         let snap = lab.snapshot(name).await;
         assert_eq!(snap.logins, 0, "{name} was contacted");
