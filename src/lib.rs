@@ -8,6 +8,7 @@
 pub mod cert;
 pub mod engine;
 pub mod failpoint;
+pub mod fsutil;
 pub mod inventory;
 pub mod journal;
 pub mod jwe;

@@ -302,35 +302,7 @@ pub fn write_report(path: &Path, summary: &RunSummary) -> std::io::Result<()> {
         summary,
     };
     let json = serde_json::to_vec_pretty(&doc).map_err(std::io::Error::other)?;
-    write_atomic(path, &json, 0o644)
-}
-
-/// Writes a file atomically: temp file in the same directory, fsync, rename, fsync dir.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(())
+    crate::fsutil::write_atomic(path, &json, 0o644)
 }
 
 /// A tracing writer for stderr that pauses the progress bars while a line is written.

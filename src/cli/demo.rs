@@ -79,7 +79,7 @@ pub fn run(args: Args, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
             anyhow::bail!("lab inventory: device {} has no certificate path", d.name);
         };
         std::fs::write(cert_path, cert_pem)?;
-        roomkey::report::write_atomic(key_path, key_pem.as_bytes(), 0o600)?;
+        roomkey::fsutil::write_atomic(key_path, key_pem.as_bytes(), 0o600)?;
     }
 
     // A vault with a fresh ClientSecret per room, never seeded yet.

@@ -4,7 +4,6 @@
 //! Both files are 0600 and written atomically (temp file in the same dir, fsync, rename,
 //! fsync of the directory), so a crash never leaves a torn file behind.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use russh::keys::ssh_key::private::Ed25519Keypair;
@@ -45,39 +44,10 @@ const HOST_KEY_FILE: &str = "host_key";
 
 /// Writes `data` to `path` atomically with mode 0600.
 pub fn write_atomic_private(path: &Path, data: &[u8]) -> Result<(), StoreError> {
-    let werr = |source| StoreError::Write {
+    crate::fsutil::write_atomic(path, data, 0o600).map_err(|source| StoreError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp.{}", std::process::id()));
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        opts.mode(0o600);
-    }
-    let mut f = opts.open(&tmp).map_err(werr)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        f.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(werr)?;
-    }
-    f.write_all(data).map_err(werr)?;
-    f.sync_all().map_err(werr)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(werr)?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        // Directory fsync makes the rename durable; not all platforms allow it.
-        let _ = d.sync_all();
-    }
-    Ok(())
+    })
 }
 
 /// A new random ed25519 host key.

@@ -7,8 +7,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use rand::RngCore;
-
 /// The directory a file lives in (`.` for a bare file name).
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
@@ -28,36 +26,7 @@ pub fn create_parent_dirs(path: &Path) -> io::Result<()> {
 /// Replaces (or creates) `path` with `bytes`, mode 0600, atomically and durably: when this
 /// returns Ok the new content is on disk; on any error the old file is untouched.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{:016x}",
-        name.to_string_lossy(),
-        std::process::id(),
-        rand::rngs::OsRng.next_u64()
-    ));
-    let result = write_then_rename(&tmp, path, bytes);
-    if result.is_err() {
-        // Best effort: the temp file may not exist, and the original error matters more.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result?;
-    // The rename is durable only once the directory entry is.
-    File::open(dir)?.sync_all()
-}
-
-fn write_then_rename(tmp: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(tmp, path)
+    crate::fsutil::write_atomic(path, bytes, 0o600)
 }
 
 /// Writes a new file (0600) that must not exist yet, durably. Not atomic against a
