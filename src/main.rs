@@ -42,6 +42,9 @@ enum Command {
     /// Manage the encrypted ClientSecret vault.
     #[command(subcommand)]
     Secret(cli::secret::Command),
+    /// Measure a fleet run against a simulator in its own process: wall time, controller
+    /// CPU and memory, set against the scrypt floor.
+    Bench(cli::bench::Args),
 }
 
 fn init_logging(format: LogFormat, multi: &indicatif::MultiProgress) {
@@ -70,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Cert(cmd) => cli::cert::run(cmd),
         Command::Sim(args) => cli::sim::run(args),
         Command::Secret(cmd) => cli::secret::run(cmd),
+        Command::Bench(args) => cli::bench::run(args),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),

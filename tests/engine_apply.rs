@@ -63,6 +63,34 @@ async fn full_flow_on_twenty_rooms_then_rerun_changes_nothing() {
     assert!(!written.contains(support::PASSWORD));
 }
 
+/// The devices `roomkey plan --limit LIMIT` selects, in plan order.
+async fn planned_devices(lab: &Lab, pb: &std::path::Path, limit: &str) -> Vec<String> {
+    let out = lab
+        .roomkey(&[
+            "plan",
+            "--json",
+            "--limit",
+            limit,
+            "-i",
+            lab.inventory.to_str().unwrap(),
+            pb.to_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let plans = doc
+        .as_array()
+        .or_else(|| doc["devices"].as_array())
+        .unwrap();
+    plans
+        .iter()
+        .map(|p| p["device"].as_str().unwrap().to_string())
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_faulty_room_gets_its_own_status_while_the_rest_complete() {
     // room-01 drops every Add, room-02 hangs on Show, room-03 refuses logins,
@@ -118,6 +146,13 @@ async fn each_faulty_room_gets_its_own_status_while_the_rest_complete() {
         assert_provisioned(&lab.snapshot(name).await, name);
     }
     assert!(stdout.contains("Certificate activation failed"), "{stdout}");
+
+    // `--limit @failed` selects every room whose run failed, including those that never
+    // reached a step (unreachable, refused login), and none that completed.
+    assert_eq!(
+        planned_devices(&lab, &pb, "@failed").await,
+        ["room-01", "room-02", "room-03", "room-05"]
+    );
 
     // Now room-04's recorded host key no longer matches what it presents (as after a
     // device swap or a man in the middle): it fails loudly, even with accept-new.

@@ -27,8 +27,9 @@ pub struct Target {
     /// Playbook YAML file (see playbooks/).
     #[arg(value_name = "PLAYBOOK")]
     pub playbook: PathBuf,
-    /// Select devices: names, globs (`room-1*`), groups, `@failed` or `@unfinished` (from the
-    /// journal), comma-separated; `!pattern` excludes.
+    /// Select devices: names, globs (`room-1*`), groups, `@failed` (the last run failed
+    /// it: a step, a refused login, a changed host key, unreachable) or `@unfinished` (from
+    /// the journal), comma-separated; `!pattern` excludes.
     #[arg(short, long, value_name = "PATTERNS")]
     pub limit: Option<String>,
     /// State directory (journal, lock). Default: `.roomkey/` beside the inventory.
@@ -134,7 +135,13 @@ pub fn named_sets(loaded: &Loaded) -> BTreeMap<String, BTreeSet<String>> {
     let mut unfinished = BTreeSet::new();
     for d in &loaded.inventory.devices {
         let steps = read_steps(&loaded.state_dir, &key, &d.name).unwrap_or_default();
-        if steps.values().any(|s| s.status == StepStatus::Failed) {
+        // How the device's last run ended; journals from before that record existed fall
+        // back to "some step failed".
+        let last_run_failed = match steps.get(engine::DEVICE_RECORD) {
+            Some(device) => device.status == StepStatus::Failed,
+            None => steps.values().any(|s| s.status == StepStatus::Failed),
+        };
+        if last_run_failed {
             failed.insert(d.name.clone());
         }
         let done = (0..loaded.playbook.steps.len()).all(|i| {

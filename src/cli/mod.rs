@@ -3,6 +3,7 @@
 //! `main.rs`, never in the library.
 
 pub mod apply;
+pub mod bench;
 pub mod cert;
 pub mod demo;
 pub mod jwe;

@@ -631,7 +631,31 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
         }
     }
     outcome.duration_ms = started.elapsed().as_millis() as u64;
+    dr.record_outcome(&outcome);
     outcome
+}
+
+/// The journal's step id for device-level facts (how the device's last run ended).
+pub const DEVICE_RECORD: &str = "device";
+
+impl DeviceRun<'_> {
+    /// Records how this device's run ended, so `--limit @failed` finds devices that never
+    /// reached a step (unreachable, refused login, changed host key) as well as those whose
+    /// step failed. An interrupted device keeps the record of its previous run.
+    fn record_outcome(&mut self, outcome: &DeviceOutcome) {
+        if self.config.check_mode || outcome.status.is_unfinished() {
+            return;
+        }
+        let status = if outcome.status.is_success() {
+            StepStatus::Done
+        } else {
+            StepStatus::Failed
+        };
+        let error = (!outcome.status.is_success()).then(|| outcome.status.as_str().to_string());
+        if let Err(e) = self.record(DEVICE_RECORD, status, false, BTreeMap::new(), error) {
+            tracing::warn!(device = %outcome.device, "recording the device outcome: {e}");
+        }
+    }
 }
 
 /// Exponential backoff with deterministic per-device jitter (up to +50%), so a fleet that

@@ -1,0 +1,437 @@
+//! `roomkey bench`: measures a whole fleet run the way an administrator would run it, and
+//! sets it against the one cost nobody can avoid — scrypt.
+//!
+//! It starts `roomkey sim` as its own process (N devices on consecutive loopback addresses,
+//! a fixed reply latency), issues every device a certificate from a throw-away test CA,
+//! seeds a vault, then runs the real `roomkey apply` of the external-identity flow as a
+//! second child process. Because the controller is a child of its own, the kernel's
+//! accounting of it (CPU time and peak RSS from `wait4`/`getrusage(RUSAGE_CHILDREN)`) covers
+//! exactly the controller: start-up, vault unlock, preflight, SSH, journal, reporting.
+//!
+//! The floor: each device costs the controller one scrypt derivation per JWE it builds
+//! (`add`, `activate`) and the simulated device one per JWE it opens; the run can be no
+//! faster than all of those derivations spread over the machine's cores. Linux only (it
+//! reads `/proc` for the simulator's CPU and memory).
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use roomkey::cert::TestCa;
+use roomkey::secret::Secret;
+
+/// JWEs the external-identity flow builds per device (`add` and `activate`); the first
+/// `populate` is plaintext and the other steps only read.
+const JWES_PER_DEVICE: u64 = 2;
+
+/// Arguments of `roomkey bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Simulated devices in the fleet.
+    #[arg(long, default_value_t = 200)]
+    pub devices: usize,
+    /// Simulated reply latency per command, in milliseconds.
+    #[arg(long, default_value_t = 50)]
+    pub latency_ms: u64,
+    /// Concurrent device sessions of the controller (playbook `policy.concurrency`).
+    #[arg(long, default_value_t = 48)]
+    pub concurrency: usize,
+    /// First loopback address of the simulated fleet (devices take consecutive addresses).
+    #[arg(long, default_value = "127.77.0.1")]
+    pub base: Ipv4Addr,
+    /// scrypt derivations timed alone to establish the per-derivation cost.
+    #[arg(long, default_value_t = 5)]
+    pub scrypt_samples: usize,
+    /// Keep the bench's files (inventory, certificates, vault, journal, logs) in DIR.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// CPU time and peak resident memory of a process.
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    cpu: Duration,
+    peak_rss_kib: u64,
+}
+
+pub fn run(args: Args) -> anyhow::Result<i32> {
+    if args.devices == 0 {
+        bail!("--devices must be at least 1");
+    }
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("roomkey-bench-")
+                .tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let exe = std::env::current_exe().context("locating the roomkey binary")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let password = roomkey::vault::generate_secret();
+    let passphrase = roomkey::vault::generate_secret();
+
+    eprintln!(
+        "bench: measuring scrypt alone ({} samples)",
+        args.scrypt_samples
+    );
+    let scrypt = scrypt_cost(args.scrypt_samples.max(1))?;
+
+    eprintln!(
+        "bench: issuing {} certificates, seeding a vault",
+        args.devices
+    );
+    let names: Vec<String> = (0..args.devices)
+        .map(|i| format!("room-{:03}", i + 1))
+        .collect();
+    write_certificates(&dir, &names)?;
+    write_vault(&dir, &names, &passphrase)?;
+
+    eprintln!("bench: starting the simulator ({} devices)", args.devices);
+    let mut sim = Simulator::start(&exe, &dir, &args, &password)?;
+    let addrs = sim.wait_ready(&names)?;
+    write_inventory(&dir, &names, &addrs)?;
+    write_playbook(&dir, args.concurrency)?;
+
+    eprintln!("bench: running roomkey apply");
+    let sim_before = sim.usage()?;
+    let started = Instant::now();
+    let mut apply = Command::new(&exe)
+        .current_dir(&dir)
+        .args(["apply", "-i", "inventory.yaml", "external-identity.yaml"])
+        .args(["--output", "plain", "--report", "report.json"])
+        .env("ROOMKEY_SIM_PASSWORD", password.expose())
+        .env("ROOMKEY_VAULT_PASSPHRASE", passphrase.expose())
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log_file(&dir, "apply.out")?)
+        .stderr(log_file(&dir, "apply.err")?)
+        .spawn()
+        .context("starting roomkey apply")?;
+    let (code, controller) = wait_with_usage(&mut apply)?;
+    let wall = started.elapsed();
+    let sim_after = sim.usage()?;
+    sim.stop();
+    if code != 0 {
+        bail!(
+            "roomkey apply exited {code}; see {} and {}",
+            dir.join("apply.out").display(),
+            dir.join("apply.err").display()
+        );
+    }
+
+    let n = args.devices as u64;
+    // The controller's derivations: JWEs it builds, plus one to unlock the vault.
+    let controller_kdf = JWES_PER_DEVICE * n + 1;
+    // The devices open every JWE the controller builds.
+    let sim_kdf = JWES_PER_DEVICE * n;
+    let floor = scrypt.mul_f64((controller_kdf + sim_kdf) as f64 / cores as f64);
+    let wall_ratio = wall.as_secs_f64() / floor.as_secs_f64();
+    let cpu_per_device = controller.cpu.div_f64(n as f64);
+    let scrypt_per_device = scrypt.mul_f64(JWES_PER_DEVICE as f64);
+    let cpu_ratio = cpu_per_device.as_secs_f64() / scrypt_per_device.as_secs_f64();
+    let kdf_parallel = cores as u64;
+    let mem_limit_mib = 64 + 32 * kdf_parallel;
+    let peak_mib = controller.peak_rss_kib as f64 / 1024.0;
+    let sim_cpu = sim_after.cpu.saturating_sub(sim_before.cpu);
+
+    let verdict = |ok: bool| if ok { "ok" } else { "EXCEEDED" };
+    let wall_ok = wall_ratio <= 1.3;
+    let cpu_ok = cpu_ratio <= 1.2;
+    let mem_ok = peak_mib <= mem_limit_mib as f64;
+    println!("roomkey bench: external-identity flow, apply and simulator in separate processes");
+    println!("  devices                      {n}");
+    println!("  reply latency                {} ms", args.latency_ms);
+    println!(
+        "  concurrency                  {} sessions, {kdf_parallel} scrypt at a time, {cores} cores",
+        args.concurrency
+    );
+    println!("  wall time                    {:.2} s", wall.as_secs_f64());
+    println!(
+        "  scrypt per derivation        {:.1} ms CPU (median of {})",
+        ms(scrypt),
+        args.scrypt_samples.max(1)
+    );
+    println!("  derivations                  controller {controller_kdf}, simulator {sim_kdf}");
+    println!(
+        "  scrypt floor                 {:.2} s  (all derivations / {cores} cores)",
+        floor.as_secs_f64()
+    );
+    println!(
+        "  wall / floor                 {wall_ratio:.3}  (limit 1.3: {})",
+        verdict(wall_ok)
+    );
+    println!(
+        "  controller CPU               {:.2} s total, {:.1} ms per device",
+        controller.cpu.as_secs_f64(),
+        ms(cpu_per_device)
+    );
+    println!(
+        "  controller CPU / its scrypt  {cpu_ratio:.3}  ({:.1} ms of scrypt per device; limit 1.2: {})",
+        ms(scrypt_per_device),
+        verdict(cpu_ok)
+    );
+    println!(
+        "  controller peak RSS          {peak_mib:.1} MiB  (limit 64 + 32 x {kdf_parallel} = {mem_limit_mib} MiB: {})",
+        verdict(mem_ok)
+    );
+    println!(
+        "  simulator CPU                {:.2} s, peak RSS {:.1} MiB",
+        sim_cpu.as_secs_f64(),
+        sim_after.peak_rss_kib as f64 / 1024.0
+    );
+    Ok(if wall_ok && cpu_ok && mem_ok { 0 } else { 2 })
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The median CPU time of one scrypt derivation (the device JWE's parameters). Thread CPU
+/// time, not wall time, so a busy machine does not inflate the floor.
+fn scrypt_cost(samples: usize) -> anyhow::Result<Duration> {
+    let mut times = Vec::with_capacity(samples);
+    for i in 0..samples {
+        let salt = [u8::try_from(i % 256).unwrap_or(0); 16];
+        let before = thread_cpu()?;
+        roomkey::jwe::derive_key(b"bench secret", &salt, roomkey::jwe::Enc::A256Gcm)?;
+        times.push(thread_cpu()?.saturating_sub(before));
+    }
+    times.sort();
+    times
+        .get(times.len() / 2)
+        .copied()
+        .context("no scrypt sample")
+}
+
+/// CPU time consumed so far by the calling thread.
+fn thread_cpu() -> anyhow::Result<Duration> {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        bail!(
+            "reading the thread CPU clock: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(Duration::from_secs(u64::try_from(ts.tv_sec).unwrap_or(0))
+        + Duration::from_nanos(u64::try_from(ts.tv_nsec).unwrap_or(0)))
+}
+
+fn log_file(dir: &Path, name: &str) -> anyhow::Result<std::fs::File> {
+    let path = dir.join(name);
+    std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))
+}
+
+fn write_certificates(dir: &Path, names: &[String]) -> anyhow::Result<()> {
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs)?;
+    let ca = TestCa::create("roomkey bench test CA (not for production)")?;
+    let now = time::OffsetDateTime::now_utc();
+    for name in names {
+        let cn = format!("{name}.bench.example.com");
+        let (cert_pem, key_pem) = ca.issue(
+            &cn,
+            std::slice::from_ref(&cn),
+            now - time::Duration::hours(1),
+            now + time::Duration::days(365),
+        )?;
+        std::fs::write(certs.join(format!("{name}.pem")), cert_pem)?;
+        roomkey::fsutil::write_atomic(
+            &certs.join(format!("{name}.key")),
+            key_pem.as_bytes(),
+            0o600,
+        )?;
+    }
+    Ok(())
+}
+
+fn write_vault(dir: &Path, names: &[String], passphrase: &Secret) -> anyhow::Result<()> {
+    let path = dir.join("vault");
+    let mut vault = roomkey::vault::Vault::create(&path, passphrase)
+        .with_context(|| format!("creating {}", path.display()))?;
+    for name in names {
+        vault.set_current(
+            name,
+            roomkey::vault::generate_secret(),
+            false,
+            Some("bench"),
+        )?;
+    }
+    vault.save()?;
+    Ok(())
+}
+
+fn write_inventory(dir: &Path, names: &[String], addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    let mut text = String::from(
+        "# Written by `roomkey bench`.\nvault: vault\ndefaults:\n  username: admin\n  \
+         auth: { password_env: ROOMKEY_SIM_PASSWORD }\n  certificate: certs/{name}.pem\n  \
+         key: certs/{name}.key\n  identity: \"{name}.bench.example.com\"\ndevices:\n",
+    );
+    for (name, addr) in names.iter().zip(addrs) {
+        text.push_str(&format!(
+            "  {name}: {{ host: {}, port: {} }}\n",
+            addr.ip(),
+            addr.port()
+        ));
+    }
+    std::fs::write(dir.join("inventory.yaml"), text)?;
+    Ok(())
+}
+
+fn write_playbook(dir: &Path, concurrency: usize) -> anyhow::Result<()> {
+    let text = format!(
+        "name: external-identity\npolicy:\n  concurrency: {concurrency}\n  \
+         connect_timeout: 30s\n  auth_timeout: 30s\n  command_timeout: 60s\n  \
+         retries: 2\n  retry_backoff: 1s\n  host_key_policy: accept-new\nsteps:\n  \
+         - populate_secret: {{ initial: true }}\n  - add_certificate: {{}}\n  \
+         - show_certificates: {{}}\n  - activate_certificate: {{ purpose: WebexIdentity }}\n  \
+         - set_configuration: {{ path: Conference EndToEndEncryption Mode, value: \"On\" }}\n  \
+         - verify_external_identity: {{}}\n"
+    );
+    std::fs::write(dir.join("external-identity.yaml"), text)?;
+    Ok(())
+}
+
+/// `roomkey sim` in its own process; killed when dropped.
+struct Simulator {
+    child: Child,
+}
+
+impl Simulator {
+    fn start(exe: &Path, dir: &Path, args: &Args, password: &Secret) -> anyhow::Result<Self> {
+        let faults = dir.join("sim-faults.yaml");
+        std::fs::write(&faults, format!("latency_ms: {}\n", args.latency_ms))?;
+        let child = Command::new(exe)
+            .args(["sim", "--count", &args.devices.to_string()])
+            .args(["--base", &args.base.to_string(), "--port", "0"])
+            .arg("--faults")
+            .arg(&faults)
+            .env("ROOMKEY_SIM_PASSWORD", password.expose())
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file(dir, "sim.err")?)
+            .spawn()
+            .context("starting roomkey sim")?;
+        Ok(Simulator { child })
+    }
+
+    /// Reads the simulator's "name<TAB>address<TAB>host key" lines until it says it serves.
+    fn wait_ready(&mut self, names: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
+        let stdout = self
+            .child
+            .stdout
+            .take()
+            .context("the simulator's output is not piped")?;
+        let mut by_name = std::collections::HashMap::new();
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading the simulator's output")?;
+            if line.starts_with("serving ") {
+                break;
+            }
+            let mut fields = line.split('\t');
+            if let (Some(name), Some(addr)) = (fields.next(), fields.next()) {
+                if let Ok(addr) = addr.parse::<SocketAddr>() {
+                    by_name.insert(name.to_string(), addr);
+                }
+            }
+        }
+        names
+            .iter()
+            .map(|n| {
+                by_name.get(n).copied().with_context(|| {
+                    format!("the simulator did not report {n} (see sim.err in the bench dir)")
+                })
+            })
+            .collect()
+    }
+
+    fn usage(&self) -> anyhow::Result<Usage> {
+        proc_usage(self.child.id())
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// CPU (user + system) and peak RSS of a running process, from `/proc/PID/{stat,status}`.
+fn proc_usage(pid: u32) -> anyhow::Result<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("unexpected /proc stat format")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> u64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
+    // SAFETY: sysconf has no preconditions; it only reads a system constant.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    let total = ticks(11) + ticks(12); // utime, stime (fields 14, 15; 3 is the first here)
+    let cpu = Duration::from_secs_f64(total as f64 / hz as f64);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let peak_rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok(Usage { cpu, peak_rss_kib })
+}
+
+/// Waits for `child` and returns its exit code with the kernel's account of its CPU time
+/// and peak RSS (`wait4`), which covers the whole process, not a sample.
+fn wait_with_usage(child: &mut Child) -> anyhow::Result<(i32, Usage)> {
+    let pid = libc::pid_t::try_from(child.id()).context("child pid out of range")?;
+    let mut status: libc::c_int = 0;
+    // SAFETY: an all-zero rusage is a valid value of this plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own unreaped child; both out-pointers are valid for the call.
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    if rc != pid {
+        bail!(
+            "waiting for roomkey apply: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
+            + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
+    };
+    let _ = std::io::stdout().flush();
+    Ok((
+        code,
+        Usage {
+            cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+            peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
+        },
+    ))
+}
