@@ -46,6 +46,11 @@ fn python_available() -> bool {
 
 fn python_verify(path: &Path) -> bool {
     if !python_available() {
+        // CI installs it (.ci/run): there, a missing independent check is a failure.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must provide python3 with the `cryptography` package (see .ci/run)"
+        );
         eprintln!("SKIP: python3 with the `cryptography` package is not available; the Python side of the interop check did not run");
         return false;
     }
@@ -236,5 +241,64 @@ fn regenerate_rust_fixture() {
         &fixture_dir().join("rust_made.json"),
         rust_cases(),
         "cargo test --test jwe_interop -- --ignored regenerate_rust_fixture",
+    );
+}
+
+/// `roomkey jwe inspect` reads the seed's worked example without a secret: header members,
+/// salt, IV and sizes — and refuses a JWE a device would refuse, saying why.
+#[test]
+fn inspect_shows_the_seed_vector_without_a_secret() {
+    const SEED_JWE: &str = "eyJhbGciOiJkaXIiLCJjaXNjby1hY3Rpb24iOiJhZGQiLCJjaXNjby1rZGYiOnsic2FsdCI6IjVlWlRDQVA0TV9ZIiwidmVyc2lvbiI6IjEifSwiZW5jIjoiQTEyOEdDTSJ9..NLNd3V9Te68tkpWD.f5lLVuWNfKfmzYCo1YJfODhQ.PE-wDFWGXFFBeo928cfZ1Q";
+    let run = |input: &str| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_roomkey"))
+            .args(["jwe", "inspect"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run(&format!("{SEED_JWE}\n"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("enc:          A128GCM (16-byte key)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cisco-action: add"), "{stdout}");
+    assert!(
+        stdout.contains("salt 5eZTCAP4M_Y (hex e5e6530803f833f6, 8 bytes)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("iv:           12 bytes (hex 34b35ddd5f537baf2d929583)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ciphertext:   18 bytes (= plaintext length)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("tag:          16 bytes"), "{stdout}");
+    assert!(
+        !stdout.contains("note:"),
+        "the seed header is canonical: {stdout}"
+    );
+
+    // The garbled string printed in seed 000 (a `9` moved after the `..`) is refused.
+    let garbled = SEED_JWE.replacen("J9..NLN", "J..9NLN", 1);
+    assert_ne!(garbled, SEED_JWE);
+    let out = run(&garbled);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("a device would refuse this JWE"),
+        "{stderr}"
     );
 }

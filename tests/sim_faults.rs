@@ -128,6 +128,50 @@ async fn state_and_host_key_persist_across_restarts() {
         "\r\nOK\r\n",
     )
     .await;
+    // A service certificate (plain PEM body) active for HTTPS, and a trusted CA.
+    let ca = roomkey::cert::TestCa::create("persist test CA").unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let (cert_pem, key_pem) = ca
+        .issue(
+            "room-001.example.com",
+            &[],
+            now - time::Duration::hours(1),
+            now + time::Duration::days(30),
+        )
+        .unwrap();
+    let fingerprint = roomkey::cert::parse_cert_pem(&cert_pem)
+        .unwrap()
+        .fingerprint_sha1;
+    let body = format!("{}{}", cert_pem, key_pem.expose());
+    let r = c
+        .cmd(
+            &format!(
+                "xCommand Security Certificates Services Add\n{}\n.",
+                body.trim_end()
+            ),
+            "** end\r\n",
+        )
+        .await;
+    assert!(r.contains("(status=OK)"), "{r}");
+    let r = c
+        .cmd(
+            &format!(
+                "xCommand Security Certificates Services Activate Purpose: HTTPS Fingerprint: \"{fingerprint}\""
+            ),
+            "** end\r\n",
+        )
+        .await;
+    assert!(r.contains("(status=OK)"), "{r}");
+    let r = c
+        .cmd(
+            &format!(
+                "xCommand Security Certificates CA Add\n{}\n.",
+                ca.cert_pem.trim_end()
+            ),
+            "** end\r\n",
+        )
+        .await;
+    assert!(r.contains("(status=OK)"), "{r}");
     drop(c);
     fleet.shutdown().await;
 
@@ -143,8 +187,11 @@ async fn state_and_host_key_persist_across_restarts() {
     let fleet = one_device(FaultPlan::default(), Some(dir.path().to_path_buf())).await;
     assert_eq!(fleet.devices()[0].host_key, key1);
     let snap = fleet.snapshot("room-001").await.unwrap();
-    assert_eq!(snap.secret.unwrap().expose(), "ossifrage");
+    assert_eq!(snap.secret.as_ref().unwrap().expose(), "ossifrage");
     assert_eq!(snap.preferred_domain, "example.com");
+    assert_eq!(snap.activations(&fingerprint), ["HTTPS"]);
+    assert_eq!(snap.cas.len(), 1);
+    assert!(snap.cas[0].subject.contains("persist test CA"));
     let mut c = login(&fleet).await;
     assert_eq!(c.server_key, key1);
     c.cmd("echo off", "OK\r\n").await;
