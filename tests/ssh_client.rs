@@ -445,6 +445,99 @@ async fn key_file_auth() {
     assert!(err.is_auth(), "{err}");
 }
 
+/// `auth: { agent: true }` against a real `ssh-agent` (OpenSSH): the agent's key logs in,
+/// and the key never leaves the agent.
+#[tokio::test]
+async fn agent_auth_with_a_real_ssh_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    // Without -D, ssh-agent forks and its parent exits once the socket is listening.
+    let started = std::process::Command::new("ssh-agent")
+        .arg("-a")
+        .arg(&sock)
+        .arg("-s")
+        .output();
+    let out = match started {
+        Ok(out) if out.status.success() => out,
+        _ => {
+            // CI installs openssh-client (.ci/run): there, a skipped check is a failure.
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must provide ssh-agent"
+            );
+            eprintln!("SKIP: ssh-agent is not available");
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let pid: i32 = text
+        .split("SSH_AGENT_PID=")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap();
+    struct KillAgent(i32);
+    impl Drop for KillAgent {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .arg(self.0.to_string())
+                .status();
+        }
+    }
+    let _agent = KillAgent(pid);
+
+    let client_key = support::key(44);
+    let mut agent = russh::keys::agent::client::AgentClient::connect_uds(&sock)
+        .await
+        .unwrap();
+    agent.add_identity(&client_key, &[]).await.unwrap();
+    drop(agent);
+    // Only this test reads SSH_AUTH_SOCK, which `ClientAuth::Agent` takes from the
+    // environment as every SSH client does.
+    std::env::set_var("SSH_AUTH_SOCK", &sock);
+
+    let server = support::start(
+        16,
+        Script {
+            methods: vec![russh::MethodKind::PublicKey],
+            client_key: Some(client_key.public_key().clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    trust(&server, &dir);
+    let s = TshSession::connect(&opts(
+        &server,
+        &dir,
+        ClientAuth::Agent,
+        HostKeyPolicy::Strict,
+    ))
+    .await
+    .unwrap();
+    s.close().await;
+
+    // A device that knows another key refuses the agent's.
+    let other = support::start(
+        17,
+        Script {
+            methods: vec![russh::MethodKind::PublicKey],
+            client_key: Some(support::key(45).public_key().clone()),
+            ..Default::default()
+        },
+    )
+    .await;
+    trust(&other, &dir);
+    let err = TshSession::connect(&opts(
+        &other,
+        &dir,
+        ClientAuth::Agent,
+        HostKeyPolicy::Strict,
+    ))
+    .await
+    .unwrap_err();
+    assert!(err.is_auth(), "{err}");
+}
+
 #[tokio::test]
 async fn unknown_host_strict_then_accept_new_then_known() {
     let server = support::start(5, Script::default()).await;
