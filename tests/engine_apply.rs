@@ -290,7 +290,10 @@ async fn bad_input_is_refused_before_anything_is_sent() {
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{file}: {stderr}");
-        assert!(stderr.contains(file), "{file}: the message names the file:\n{stderr}");
+        assert!(
+            stderr.contains(file),
+            "{file}: the message names the file:\n{stderr}"
+        );
         for n in needles {
             assert!(stderr.contains(n), "{file}: expected {n:?} in:\n{stderr}");
         }
