@@ -841,3 +841,86 @@ async fn connect_timeout_and_refused() {
     let err = TshSession::connect(&o).await.unwrap_err();
     assert!(err.is_unreachable(), "{err}");
 }
+
+/// A device that drops off the network mid-session (packets vanish, no FIN, no RST) is
+/// caught by SSH keepalives long before the command timeout, as a dropped connection (which
+/// the engine retries), not as a hang.
+#[tokio::test]
+async fn keepalive_detects_a_device_that_drops_off_the_network() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let server = support::start(
+        18,
+        Script {
+            respond: Box::new(|_, _, _| Action::Silent),
+            ..Default::default()
+        },
+    )
+    .await;
+    // A loopback proxy in front of the device that can turn into a black hole.
+    let blackhole = Arc::new(AtomicBool::new(false));
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let upstream = server.addr;
+    let hole = Arc::clone(&blackhole);
+    tokio::spawn(async move {
+        let (client, _) = proxy.accept().await.unwrap();
+        let device = tokio::net::TcpStream::connect(upstream).await.unwrap();
+        let (cr, cw) = client.into_split();
+        let (dr, dw) = device.into_split();
+        let pump = |hole: Arc<AtomicBool>,
+                    mut from: tokio::net::tcp::OwnedReadHalf,
+                    mut to: tokio::net::tcp::OwnedWriteHalf| async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                match from.read(&mut buf).await {
+                    Ok(0) | Err(_) => return (from, to),
+                    Ok(n) if !hole.load(Ordering::SeqCst) => {
+                        if to.write_all(&buf[..n]).await.is_err() {
+                            return (from, to);
+                        }
+                    }
+                    Ok(_) => {} // swallowed: the network is gone, the sockets stay open
+                }
+            }
+        };
+        let up = tokio::spawn(pump(Arc::clone(&hole), cr, dw));
+        let down = tokio::spawn(pump(hole, dr, cw));
+        let _ = tokio::join!(up, down);
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let line = format!(
+        "[127.0.0.1]:{} {}\n",
+        proxy_addr.port(),
+        server.host_key.to_openssh().unwrap()
+    );
+    std::fs::write(dir.path().join("known_hosts"), line).unwrap();
+    let mut o = ConnectOptions::new("127.0.0.1", "admin", password());
+    o.port = proxy_addr.port();
+    o.known_hosts = dir.path().join("known_hosts");
+    o.host_key_policy = HostKeyPolicy::Strict;
+    o.connect_timeout = Duration::from_secs(10);
+    o.auth_timeout = Duration::from_secs(10);
+    // Far longer than the test may take: only keepalives can end the command.
+    o.command_timeout = Duration::from_secs(3600);
+    o.keepalive_interval = Duration::from_millis(200);
+    let mut s = TshSession::connect(&o).await.unwrap();
+
+    blackhole.store(true, Ordering::SeqCst);
+    let cmd = TshCommand::xstatus("Audio Volume").unwrap();
+    let err = s.run(&cmd).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SshError::Disconnected {
+                phase: Phase::Command,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.is_retryable(), "{err}");
+}
