@@ -244,3 +244,77 @@ async fn auth_methods_and_wrong_credentials() {
     assert!(info.host_key_fingerprint.starts_with("SHA256:"));
     fleet.shutdown().await;
 }
+
+/// `xFeedback`: a session that registered a path gets `*s`/`*c` feedback for every change
+/// under it — made by itself (after the command's own reply) or by another session — and
+/// nothing once it deregistered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn feedback_reaches_registered_sessions() {
+    let fleet = one_device(FaultPlan::default(), None).await;
+    let mut watcher = login(&fleet).await;
+    watcher.cmd("echo off", "OK\r\n").await;
+    assert_eq!(
+        watcher
+            .cmd("xFeedback register /Configuration/Conference", "OK\r\n")
+            .await,
+        "OK\r\n"
+    );
+    assert_eq!(
+        watcher
+            .cmd(
+                "xFeedback register /Status/Conference/EndToEndEncryption",
+                "OK\r\n"
+            )
+            .await,
+        "OK\r\n"
+    );
+    assert_eq!(
+        watcher.cmd("xFeedback list", "OK\r\n").await,
+        "/Configuration/Conference\r\n/Status/Conference/EndToEndEncryption\r\nOK\r\n"
+    );
+    assert_eq!(
+        watcher.cmd("xFeedback register /Bogus/Path", "\r\n").await,
+        "ERROR\r\n"
+    );
+
+    // Its own change: the reply, then the feedback — the status it changed too.
+    assert_eq!(
+        watcher
+            .cmd(
+                "xConfiguration Conference EndToEndEncryption Mode: Off",
+                "*c xConfiguration Conference EndToEndEncryption Mode: Off\r\n** end\r\n"
+            )
+            .await,
+        "** end\r\n\r\nOK\r\n\
+         *s Conference EndToEndEncryption Availability: Unavailable\r\n** end\r\n\
+         *c xConfiguration Conference EndToEndEncryption Mode: Off\r\n** end\r\n"
+    );
+
+    // Another session's change reaches the watcher, unasked.
+    let mut other = login(&fleet).await;
+    other.cmd("echo off", "OK\r\n").await;
+    other
+        .cmd(
+            "xConfiguration Conference EndToEndEncryption Identity PreferredDomain: \"example.com\"",
+            "\r\nOK\r\n",
+        )
+        .await;
+    assert_eq!(
+        watcher.read_until("** end\r\n").await,
+        "*c xConfiguration Conference EndToEndEncryption Identity PreferredDomain: \"example.com\"\r\n** end\r\n"
+    );
+
+    // Deregistered: a change brings nothing, the next reply is just the reply.
+    assert_eq!(
+        watcher.cmd("xFeedback deregisterall", "OK\r\n").await,
+        "OK\r\n"
+    );
+    other
+        .cmd(
+            "xConfiguration Conference EndToEndEncryption Mode: On",
+            "\r\nOK\r\n",
+        )
+        .await;
+    assert_eq!(watcher.cmd("xFeedback list", "OK\r\n").await, "OK\r\n");
+    fleet.shutdown().await;
+}

@@ -1046,7 +1046,8 @@ impl Device {
         v
     }
 
-    fn config_tree(&self) -> Vec<Leaf> {
+    /// Every configuration leaf the device has (what `xConfiguration` of the root prints).
+    pub fn config_tree(&self) -> Vec<Leaf> {
         vec![
             leaf(
                 &[

@@ -19,14 +19,16 @@ use russh::server::{Auth, Msg, Session};
 use russh::{Channel, ChannelId, ChannelMsg, Disconnect, MethodKind, MethodSet};
 use time::OffsetDateTime;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use super::faults::{self, FaultState};
 use super::model::{self, Decrypted, Device, JweAction, Kind, Request, Response};
 use super::store::{self, Store};
-use super::tsh_server::{self as tsh, Input, OutputMode, Parsed, Splitter};
+use super::tsh_server::{
+    self as tsh, FeedbackCmd, FeedbackPath, Input, OutputMode, Parsed, Splitter,
+};
 use super::{SimDeviceSpec, SimError};
 use crate::kdf::KdfPool;
 use crate::secret::Secret;
@@ -153,6 +155,28 @@ struct DeviceRuntime {
     latency: Duration,
     refuse_auth: bool,
     login_notice: Vec<String>,
+    /// Status and configuration leaves changed by a command, for sessions that registered
+    /// `xFeedback` (any session's change reaches every registered session, as on a device).
+    feedback: broadcast::Sender<Arc<Changes>>,
+}
+
+/// What one changing command changed.
+#[derive(Debug, Default)]
+struct Changes {
+    status: Vec<model::Leaf>,
+    config: Vec<model::Leaf>,
+}
+
+/// Leaves of `after` that are new or hold another value than in `before`.
+fn changed_leaves(before: &[model::Leaf], after: Vec<model::Leaf>) -> Vec<model::Leaf> {
+    let old: std::collections::HashMap<&[String], &model::Value> = before
+        .iter()
+        .map(|l| (l.path.as_slice(), &l.value))
+        .collect();
+    after
+        .into_iter()
+        .filter(|l| old.get(l.path.as_slice()) != Some(&&l.value))
+        .collect()
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -227,7 +251,20 @@ impl DeviceRuntime {
             ),
         };
         let mut m = self.model.lock().await;
-        let outcome = m.handle(req, decrypted, OffsetDateTime::now_utc());
+        let now = OffsetDateTime::now_utc();
+        // The trees are only compared when some session listens for feedback.
+        let before =
+            (self.feedback.receiver_count() > 0).then(|| (m.status_tree(now), m.config_tree()));
+        let outcome = m.handle(req, decrypted, now);
+        if let (true, Some((status, config))) = (outcome.changed, before) {
+            let changes = Changes {
+                status: changed_leaves(&status, m.status_tree(now)),
+                config: changed_leaves(&config, m.config_tree()),
+            };
+            if !changes.status.is_empty() || !changes.config.is_empty() {
+                let _ = self.feedback.send(Arc::new(changes));
+            }
+        }
         if outcome.changed {
             if let Some(store) = self.store.clone() {
                 let state = m.to_persisted();
@@ -280,6 +317,53 @@ enum Flow {
 struct SessionState {
     echo: bool,
     mode: OutputMode,
+    /// `xFeedback register` expressions of this session.
+    feedback: Vec<FeedbackPath>,
+}
+
+impl SessionState {
+    /// The feedback messages this session gets for `changes` (empty if none registered
+    /// covers them).
+    fn feedback_text(&self, changes: &Changes) -> String {
+        let mut out = String::new();
+        for (kind, leaves) in [
+            (Kind::Status, &changes.status),
+            (Kind::Configuration, &changes.config),
+        ] {
+            let covered: Vec<model::Leaf> = leaves
+                .iter()
+                .filter(|l| self.feedback.iter().any(|f| f.covers(kind, &l.path)))
+                .cloned()
+                .collect();
+            if !covered.is_empty() {
+                out.push_str(&tsh::render_feedback(kind, &covered, self.mode));
+            }
+        }
+        out
+    }
+
+    /// Runs an `xFeedback` subcommand; returns the reply.
+    fn feedback_command(&mut self, cmd: FeedbackCmd) -> String {
+        match cmd {
+            FeedbackCmd::Register(p) => {
+                if !self.feedback.contains(&p) {
+                    self.feedback.push(p);
+                }
+            }
+            FeedbackCmd::Deregister(p) => self.feedback.retain(|f| f != &p),
+            FeedbackCmd::DeregisterAll => self.feedback.clear(),
+            FeedbackCmd::List => {
+                let mut s = String::new();
+                for f in &self.feedback {
+                    s.push_str(&f.text());
+                    s.push_str(tsh::EOL);
+                }
+                s.push_str(&tsh::ok_line());
+                return s;
+            }
+        }
+        tsh::ok_line()
+    }
 }
 
 async fn process_frame(
@@ -306,7 +390,7 @@ async fn process_frame(
         Parsed::Echo(on) => format!("echo {}", if *on { "on" } else { "off" }),
         Parsed::OutputMode(m) => format!("xpreferences outputmode {m:?}").to_ascii_lowercase(),
         Parsed::BadPreference => "xpreferences ?".into(),
-        Parsed::Feedback => "xFeedback".into(),
+        Parsed::Feedback(_) => "xFeedback".into(),
         Parsed::Bye => "bye".into(),
         Parsed::Syntax { kind, .. } => format!("{kind:?} <syntax error>"),
         Parsed::NotRecognized | Parsed::Empty => "<not recognized>".into(),
@@ -375,7 +459,8 @@ async fn process_frame(
         Parsed::BadPreference | Parsed::NotRecognized => {
             finish(Flow::Reply(tsh::not_recognized()), "not-recognized")
         }
-        Parsed::Feedback => finish(Flow::Reply(tsh::ok_line()), "ok"),
+        Parsed::Feedback(Ok(cmd)) => finish(Flow::Reply(st.feedback_command(cmd)), "ok"),
+        Parsed::Feedback(Err(_)) => finish(Flow::Reply(format!("ERROR{}", tsh::EOL)), "error"),
         Parsed::Bye => finish(Flow::Close, "ok"),
         Parsed::Syntax { kind, reason, .. } => finish(
             Flow::Reply(tsh::render(
@@ -414,6 +499,16 @@ async fn send(channel: &Channel<Msg>, text: &str) -> bool {
     channel.data(text.as_bytes()).await.is_ok()
 }
 
+/// The next feedback message, or never when the session has not registered any.
+async fn next_change(
+    rx: &mut Option<broadcast::Receiver<Arc<Changes>>>,
+) -> Result<Arc<Changes>, broadcast::error::RecvError> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Runs one TSH session on an accepted session channel.
 async fn run_tsh(
     rt: Arc<DeviceRuntime>,
@@ -442,9 +537,32 @@ async fn run_tsh(
     let mut st = SessionState {
         echo: true,
         mode: OutputMode::Terminal,
+        feedback: Vec::new(),
     };
+    // Subscribed only while the session has feedback registered, so devices nobody
+    // listens to never compute what changed.
+    let mut changes: Option<broadcast::Receiver<Arc<Changes>>> = None;
     let mut hung = false;
-    while let Some(msg) = channel.wait().await {
+    loop {
+        match (&changes, st.feedback.is_empty()) {
+            (None, false) => changes = Some(rt.feedback.subscribe()),
+            (Some(_), true) => changes = None,
+            _ => {}
+        }
+        let msg = tokio::select! {
+            msg = channel.wait() => msg,
+            change = next_change(&mut changes) => {
+                // Lagged: feedback is best effort, as on a device.
+                if let Ok(change) = change {
+                    let text = st.feedback_text(&change);
+                    if !hung && !send(&channel, &text).await {
+                        return;
+                    }
+                }
+                continue;
+            }
+        };
+        let Some(msg) = msg else { break };
         let data = match msg {
             ChannelMsg::Data { data } => data,
             ChannelMsg::Eof | ChannelMsg::Close => break,
@@ -813,6 +931,7 @@ impl Fleet {
                 down_until: StdMutex::new(None),
                 boot_delay: opts.boot_delay,
                 logins: AtomicU64::new(0),
+                feedback: broadcast::channel(64).0,
             });
             let info = DeviceInfo {
                 name: spec.name.clone(),

@@ -213,8 +213,8 @@ pub enum Parsed {
     OutputMode(OutputMode),
     /// `xpreferences` with an unsupported argument.
     BadPreference,
-    /// `xFeedback register|deregister ...`: accepted, no events are ever sent.
-    Feedback,
+    /// `xFeedback register|deregister|deregisterall|list`; an unusable path is `Err`.
+    Feedback(Result<FeedbackCmd, String>),
     Bye,
     X {
         req: Request,
@@ -380,7 +380,7 @@ pub fn parse_line(line: &str) -> Parsed {
                 _ => Parsed::BadPreference,
             };
         }
-        "xfeedback" => return Parsed::Feedback,
+        "xfeedback" => return Parsed::Feedback(parse_feedback(rest)),
         "bye" | "exit" | "quit" => return Parsed::Bye,
         _ => return Parsed::NotRecognized,
     };
@@ -399,6 +399,126 @@ pub fn parse_line(line: &str) -> Parsed {
             reason,
             result_id,
         },
+    }
+}
+
+/// The root of an `xFeedback` path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedbackRoot {
+    Status,
+    Configuration,
+    /// Accepted like on a device; the simulator raises no events of its own.
+    Event,
+}
+
+/// A registered feedback expression, e.g. `/Status/Conference/EndToEndEncryption`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeedbackPath {
+    pub root: FeedbackRoot,
+    pub words: Vec<String>,
+}
+
+impl FeedbackPath {
+    /// Whether a changed leaf of this kind lies at or below the path (case-insensitive,
+    /// as device paths are).
+    pub fn covers(&self, kind: Kind, leaf_path: &[String]) -> bool {
+        let root_matches = matches!(
+            (self.root, kind),
+            (FeedbackRoot::Status, Kind::Status)
+                | (FeedbackRoot::Configuration, Kind::Configuration)
+        );
+        root_matches
+            && self.words.len() <= leaf_path.len()
+            && self
+                .words
+                .iter()
+                .zip(leaf_path)
+                .all(|(w, p)| w.eq_ignore_ascii_case(p))
+    }
+
+    /// The path as the device prints it back in `xFeedback list`.
+    pub fn text(&self) -> String {
+        let root = match self.root {
+            FeedbackRoot::Status => "Status",
+            FeedbackRoot::Configuration => "Configuration",
+            FeedbackRoot::Event => "Event",
+        };
+        std::iter::once(root)
+            .chain(self.words.iter().map(String::as_str))
+            .fold(String::new(), |acc, w| format!("{acc}/{w}"))
+    }
+}
+
+/// An `xFeedback` subcommand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FeedbackCmd {
+    Register(FeedbackPath),
+    Deregister(FeedbackPath),
+    DeregisterAll,
+    List,
+}
+
+fn parse_feedback_path(text: &str) -> Result<FeedbackPath, String> {
+    let mut words = text
+        .split('/')
+        .filter(|w| !w.is_empty())
+        .map(str::to_string);
+    let root = match words.next().map(|w| w.to_ascii_lowercase()).as_deref() {
+        Some("status") => FeedbackRoot::Status,
+        Some("configuration") => FeedbackRoot::Configuration,
+        Some("event") => FeedbackRoot::Event,
+        _ => return Err(format!("invalid feedback path {text:?}")),
+    };
+    let words: Vec<String> = words.collect();
+    if words.iter().any(|w| {
+        !w.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '[' || c == ']')
+    }) {
+        return Err(format!("invalid feedback path {text:?}"));
+    }
+    Ok(FeedbackPath { root, words })
+}
+
+fn parse_feedback(rest: &str) -> Result<FeedbackCmd, String> {
+    let mut words = rest.split_whitespace();
+    let sub = words.next().unwrap_or("").to_ascii_lowercase();
+    let arg = words.next();
+    if words.next().is_some() {
+        return Err("too many arguments".into());
+    }
+    match (sub.as_str(), arg) {
+        ("register", Some(p)) => parse_feedback_path(p).map(FeedbackCmd::Register),
+        ("deregister", Some(p)) => parse_feedback_path(p).map(FeedbackCmd::Deregister),
+        ("deregisterall", None) => Ok(FeedbackCmd::DeregisterAll),
+        ("list", None) => Ok(FeedbackCmd::List),
+        _ => Err(format!("unknown xFeedback usage {rest:?}")),
+    }
+}
+
+/// A feedback message for changed leaves: in terminal mode `*s`/`*c` lines and `** end`
+/// (no `OK`: nobody asked); in JSON mode one document.
+pub fn render_feedback(kind: Kind, leaves: &[Leaf], mode: OutputMode) -> String {
+    match mode {
+        OutputMode::Terminal => {
+            let mut s = String::new();
+            for l in leaves {
+                let prefix = match kind {
+                    Kind::Configuration => "*c xConfiguration",
+                    _ => "*s",
+                };
+                s.push_str(&format!(
+                    "{prefix} {}: {}{EOL}",
+                    l.path.join(" "),
+                    value_text(&l.value)
+                ));
+            }
+            s.push_str(&format!("** end{EOL}"));
+            s
+        }
+        OutputMode::Json => {
+            let doc = serde_json::json!({ node_name(kind): serde_json::Value::Object(json_tree(leaves)) });
+            format!("{doc}{EOL}")
+        }
     }
 }
 
@@ -804,6 +924,55 @@ mod tests {
         assert_eq!(
             render_terminal(&s, None),
             "*s A: \"say \\\"hi\\\" \\\\ bye\"\r\n** end\r\n\r\nOK\r\n"
+        );
+    }
+
+    #[test]
+    fn feedback_commands_and_paths() {
+        let Parsed::Feedback(Ok(FeedbackCmd::Register(p))) =
+            parse_line("xFeedback register /Status/Conference/EndToEndEncryption")
+        else {
+            panic!("register not parsed");
+        };
+        assert_eq!(p.text(), "/Status/Conference/EndToEndEncryption");
+        let leaf_path: Vec<String> = [
+            "conference",
+            "EndToEndEncryption",
+            "ExternalIdentity",
+            "Valid",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert!(p.covers(Kind::Status, &leaf_path));
+        assert!(!p.covers(Kind::Configuration, &leaf_path));
+        assert!(!p.covers(Kind::Status, &leaf_path[..1]));
+        assert!(matches!(
+            parse_line("xfeedback deregisterall"),
+            Parsed::Feedback(Ok(FeedbackCmd::DeregisterAll))
+        ));
+        assert!(matches!(
+            parse_line("xFeedback list"),
+            Parsed::Feedback(Ok(FeedbackCmd::List))
+        ));
+        assert!(matches!(
+            parse_line("xFeedback register /Nowhere/X"),
+            Parsed::Feedback(Err(_))
+        ));
+        assert!(matches!(
+            parse_line("xFeedback register /Status/A\"B"),
+            Parsed::Feedback(Err(_))
+        ));
+        let leaves = vec![Leaf {
+            path: vec!["Audio".into(), "Volume".into()],
+            value: Value::Literal("60".into()),
+        }];
+        assert_eq!(
+            render_feedback(Kind::Status, &leaves, OutputMode::Terminal),
+            "*s Audio Volume: 60\r\n** end\r\n"
+        );
+        assert_eq!(
+            render_feedback(Kind::Status, &leaves, OutputMode::Json),
+            "{\"Status\":{\"Audio\":{\"Volume\":{\"Value\":\"60\"}}}}\r\n"
         );
     }
 
