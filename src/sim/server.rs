@@ -42,6 +42,8 @@ pub struct FleetOptions {
     pub boot_delay: Duration,
     /// russh's constant-time rejection delay for failed logins.
     pub auth_rejection_time: Duration,
+    /// The SCEP servers every device can reach (by URL).
+    pub scep_servers: Vec<super::scep::ScepServer>,
 }
 
 impl Default for FleetOptions {
@@ -51,6 +53,7 @@ impl Default for FleetOptions {
             kdf: KdfPool::per_core(),
             boot_delay: Duration::from_secs(5),
             auth_rejection_time: Duration::from_millis(200),
+            scep_servers: Vec::new(),
         }
     }
 }
@@ -749,7 +752,7 @@ impl Fleet {
             if !names.insert(spec.name.clone()) {
                 return Err(SimError::DuplicateName(spec.name));
             }
-            let (store, device, host_key) = match opts.state_dir.clone() {
+            let (store, mut device, host_key) = match opts.state_dir.clone() {
                 Some(dir) => {
                     let name = spec.name.clone();
                     // File I/O (and key parsing) off the executor.
@@ -762,6 +765,7 @@ impl Fleet {
                 }
                 None => (None, Device::new(&spec.name), store::random_host_key()),
             };
+            device.scep_servers = opts.scep_servers.clone();
             let presented: PrivateKey = if spec.faults.wrong_host_key {
                 store::random_host_key()
             } else {

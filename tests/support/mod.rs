@@ -78,6 +78,7 @@ impl Lab {
                 kdf: KdfPool::new(1),
                 boot_delay: Duration::from_millis(300),
                 auth_rejection_time: Duration::from_millis(10),
+                ..FleetOptions::default()
             },
         )
         .await
