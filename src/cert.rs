@@ -705,6 +705,11 @@ fn read_text(path: &Path) -> Result<Zeroizing<String>, CertError> {
     }
 }
 
+/// Reads a file that may hold a private key into a [`Secret`].
+pub fn read_secret_file(path: &Path) -> Result<Secret, CertError> {
+    Ok(Secret::from_file_text(read_text(path)?))
+}
+
 /// Loads a device identity: `key_path` `None` means `cert_path` holds certificate and key.
 /// Errors name the file they are about.
 pub fn load_identity(

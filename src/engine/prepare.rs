@@ -23,6 +23,9 @@ pub struct PreparedDevice {
     pub identity: Option<Arc<DeviceIdentity>>,
     /// The CN the device must report after activation.
     pub expected_identity: Option<String>,
+    /// Inputs of the certificate steps (CA bundles, service certificates, SCEP values),
+    /// by step index.
+    pub assets: crate::engine::assets::StepAssets,
 }
 
 /// Preflight result: devices, plus warnings that do not stop the run.
@@ -46,6 +49,28 @@ pub fn prepare(
     let mut prepared = Vec::new();
     let mut by_fingerprint: BTreeMap<String, String> = BTreeMap::new();
     for device in devices {
+        // Named vault credentials the steps read (challenge and key passwords): checked
+        // like login credentials, never shown.
+        if let Some(store) = secrets {
+            for (i, step) in playbook.steps.iter().enumerate() {
+                for name in step.vault_credentials() {
+                    if let Err(e) = store.credential(device, name) {
+                        problems.push(Problem {
+                            file: playbook.path.clone(),
+                            entry: format!(
+                                "steps[{}] ({}) for device {}",
+                                i + 1,
+                                step.kind(),
+                                device.name
+                            ),
+                            message: e.to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        let (assets, asset_problems) = crate::engine::assets::resolve(playbook, device);
+        problems.extend(asset_problems);
         let mut problem = |field: &str, message: String| {
             problems.push(Problem {
                 file: inventory_path.to_path_buf(),
@@ -139,6 +164,7 @@ pub fn prepare(
                 auth,
                 identity,
                 expected_identity,
+                assets,
             });
         }
     }
