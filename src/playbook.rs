@@ -127,7 +127,8 @@ pub struct ScepEnroll {
     pub url: String,
     /// SHA-1 fingerprint of the issuing CA.
     pub ca_fingerprint: String,
-    /// Name of the vault credential holding the challenge password.
+    /// Name of the vault credential holding the challenge password (templated: a
+    /// one-time challenge per room can be `scep-{name}`).
     #[serde(default)]
     pub challenge_password: Option<String>,
     pub common_name: String,

@@ -35,6 +35,23 @@ fn bundle<'a>(ctx: &StepContext<'a>) -> Result<Option<&'a [CaCert]>, StepError> 
     }
 }
 
+/// A named vault credential (the name may be templated per device, e.g. a one-time
+/// SCEP challenge per room: `scep-{name}`).
+fn vault_credential(
+    ctx: &StepContext<'_>,
+    template: Option<&str>,
+) -> Result<Option<Secret>, StepError> {
+    let Some(template) = template else {
+        return Ok(None);
+    };
+    let device = &ctx.prepared.device;
+    let name = crate::inventory::expand_for(template, device).map_err(StepError::Local)?;
+    ctx.secrets
+        .credential(device, &name)
+        .map(Some)
+        .map_err(local)
+}
+
 // ---- Trusted CAs ---------------------------------------------------------------------------
 
 /// The fingerprints `CA Show` lists, in order, duplicates kept (pure).
@@ -186,14 +203,7 @@ pub async fn add_service(
             note: Some(format!("certificate {fp} already on the device")),
         });
     }
-    let password = match key_password {
-        Some(name) => Some(
-            ctx.secrets
-                .credential(&ctx.prepared.device, name)
-                .map_err(local)?,
-        ),
-        None => None,
-    };
+    let password = vault_credential(ctx, key_password)?;
     let cmd = service_add_cmd(&service.payload, password.as_ref()).map_err(local)?;
     if ctx.check_mode {
         return Ok(would(&cmd));
@@ -300,14 +310,7 @@ pub async fn scep_enroll(
             )),
         });
     }
-    let challenge = match &step.challenge_password {
-        Some(name) => Some(
-            ctx.secrets
-                .credential(&ctx.prepared.device, name)
-                .map_err(local)?,
-        ),
-        None => None,
-    };
+    let challenge = vault_credential(ctx, step.challenge_password.as_deref())?;
     let cmd = scep_cmd(values, challenge.as_ref()).map_err(local)?;
     if ctx.check_mode {
         return Ok(would(&cmd));
@@ -504,7 +507,9 @@ pub async fn restart(
             (BOOT_SENT_AT_MS.to_string(), sent_at.to_string()),
         ]),
     )?;
-    match send(ctx, &cmd).await {
+    let sent = send(ctx, &cmd).await;
+    crate::failpoint::hit("restart-after-boot");
+    match sent {
         Ok(reply) => require_ok(&cmd, &reply)?,
         // A device may drop the session as it goes down, before or after its reply.
         Err(StepError::Ssh(e)) => tracing::debug!(error = %e, "session ended by the boot"),

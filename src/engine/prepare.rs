@@ -53,8 +53,13 @@ pub fn prepare(
         // like login credentials, never shown.
         if let Some(store) = secrets {
             for (i, step) in playbook.steps.iter().enumerate() {
-                for name in step.vault_credentials() {
-                    if let Err(e) = store.credential(device, name) {
+                for template in step.vault_credentials() {
+                    let checked = crate::inventory::expand_for(template, device)
+                        .map_err(|e| e.to_string())
+                        .and_then(|name| {
+                            store.credential(device, &name).map_err(|e| e.to_string())
+                        });
+                    if let Err(e) = checked {
                         problems.push(Problem {
                             file: playbook.path.clone(),
                             entry: format!(
@@ -63,7 +68,7 @@ pub fn prepare(
                                 step.kind(),
                                 device.name
                             ),
-                            message: e.to_string(),
+                            message: e,
                         });
                     }
                 }

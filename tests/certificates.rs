@@ -1,0 +1,351 @@
+//! A room's other certificates end to end (seed 001), with a real `roomkey apply` against
+//! simulated rooms over real SSH: trusted CA bundles applied twice, SCEP enrolment with
+//! 802.1X activation and a restart on ten rooms, limits refused before connecting, a wrong
+//! challenge failing only its room, a restart interrupted after the boot, and the challenge
+//! password kept out of everything roomkey writes.
+
+mod support;
+
+use roomkey::sim::FaultPlan;
+use support::{playbook, scep_server, Lab, SCEP_CHALLENGE, SCEP_URL, TEST_POLICY};
+
+fn ca_fingerprint(lab: &Lab) -> String {
+    let pem = std::fs::read_to_string(lab.path().join("scep-ca.pem")).unwrap();
+    roomkey::cert::parse_cert_pem(&pem)
+        .unwrap()
+        .fingerprint_sha1
+}
+
+fn report(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+fn scep_steps(fp: &str, challenge: &str, common_name: &str) -> String {
+    format!(
+        "  - add_ca_certificate: {{ file: scep-ca.pem }}
+  - scep_enroll:
+      url: \"{SCEP_URL}\"
+      ca_fingerprint: {fp}
+      challenge_password: \"{challenge}\"
+      common_name: \"{common_name}\"
+      organization_name: Lab
+      san_dns: [\"{{name}}.lab.example.com\"]
+      san_email: [\"av@lab.example.com\"]
+  - activate_certificate: {{ purpose: 802.1X, certificate: enrolled }}
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_bundle_applied_twice_leaves_each_ca_once() {
+    let lab = Lab::start(2, 80, |_| FaultPlan::default()).await;
+    let a = roomkey::cert::TestCa::create("Corp Root CA").unwrap();
+    let b = roomkey::cert::TestCa::create("Corp Issuing CA").unwrap();
+    // The bundle lists one CA twice: it is still sent (and trusted) once.
+    let bundle = format!("{}{}{}", a.cert_pem, b.cert_pem, a.cert_pem);
+    std::fs::write(lab.path().join("bundle.pem"), bundle).unwrap();
+    let pb = playbook(
+        lab.path(),
+        "trust",
+        TEST_POLICY,
+        "  - add_ca_certificate: { file: bundle.pem }\n",
+    );
+    for extra in [&[][..], &["--fresh"][..]] {
+        let (code, stdout, stderr) = lab.apply(&pb, extra).await;
+        assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    }
+    let fa = roomkey::cert::parse_cert_pem(&a.cert_pem)
+        .unwrap()
+        .fingerprint_sha1;
+    let fb = roomkey::cert::parse_cert_pem(&b.cert_pem)
+        .unwrap()
+        .fingerprint_sha1;
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        let fps: Vec<&str> = snap.cas.iter().map(|c| c.fingerprint.as_str()).collect();
+        assert_eq!(fps, vec![fa.as_str(), fb.as_str()], "{name}");
+        assert_eq!(snap.count("CA Add"), 1, "{name}: one CA Add in two runs");
+        assert_eq!(snap.count("CA Show"), 2, "{name}: read before each change");
+    }
+
+    // Removing one by fingerprint leaves the other.
+    let rm = playbook(
+        lab.path(),
+        "untrust",
+        TEST_POLICY,
+        &format!("  - remove_ca_certificate: {{ fingerprint: {fa} }}\n"),
+    );
+    let (code, stdout, stderr) = lab.apply(&rm, &[]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        let fps: Vec<&str> = snap.cas.iter().map(|c| c.fingerprint.as_str()).collect();
+        assert_eq!(fps, vec![fb.as_str()], "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scep_enrolment_on_ten_rooms_then_8021x_and_a_restart() {
+    let lab = Lab::start_with(
+        10,
+        81,
+        |_| FaultPlan::default(),
+        |dir, opts| opts.scep_servers = vec![scep_server(dir)],
+    )
+    .await;
+    lab.set_credentials(&[("scep-challenge", SCEP_CHALLENGE)]);
+    let fp = ca_fingerprint(&lab);
+    let steps = format!(
+        "{}  - scep_renewal_profile: {{ action: set, ca_fingerprint: {fp}, url: \"{SCEP_URL}\" }}
+  - restart: {{ timeout: 30s }}
+  - scep_renewal_profile: {{ action: list }}
+",
+        scep_steps(&fp, "scep-challenge", "{name}.lab.example.com")
+    );
+    let pb = playbook(lab.path(), "scep", TEST_POLICY, &steps);
+    let report_path = lab.path().join("report.json");
+    let (code, stdout, stderr) = lab
+        .apply_env(
+            &pb,
+            &["--report", report_path.to_str().unwrap()],
+            &[("RUST_LOG", "debug")],
+        )
+        .await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        let cn = support::identity(name);
+        let enrolled: Vec<_> = snap
+            .certificates
+            .iter()
+            .filter(|c| c.common_name == cn)
+            .collect();
+        assert_eq!(enrolled.len(), 1, "{name}: one enrolled certificate");
+        let cert = enrolled[0];
+        assert!(cert.issuer.ends_with("/CN=lab SCEP CA"), "{}", cert.issuer);
+        assert_eq!(cert.used_for, vec!["802.1X".to_string()], "{name}");
+        assert_eq!((cert.not_after - cert.not_before).whole_days(), 365);
+        assert_eq!(snap.boot_count, 1, "{name}: restarted once");
+        // The list after the restart ran on a new login: the device came back.
+        assert_eq!(snap.logins, 2, "{name}: logged in again after the boot");
+        let last = snap.commands.last().unwrap();
+        assert!(last.line.contains("Profiles List"), "{name}: {last:?}");
+    }
+    let doc = report(&report_path);
+    assert!(doc["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["status"] == "changed"));
+
+    // A rerun: the journal has every step done, nothing is sent, nothing reboots.
+    let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // Without the restart, a fresh rerun reads the devices and enrols nothing again.
+    let no_restart = playbook(
+        lab.path(),
+        "scep-again",
+        TEST_POLICY,
+        &scep_steps(&fp, "scep-challenge", "{name}.lab.example.com"),
+    );
+    let (code, stdout, stderr) = lab.apply(&no_restart, &["--fresh"]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("ok=10"), "{stdout}");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(snap.count("SCEP Request"), 1, "{name}: enrolled once");
+        assert_eq!(snap.boot_count, 1, "{name}: not restarted again");
+        assert_eq!(snap.cas.len(), 1, "{name}: CA trusted once");
+    }
+
+    // The challenge password is nowhere roomkey wrote or printed (logs at debug included).
+    let written = format!(
+        "{stdout}{stderr}{}{}",
+        lab.state_files_text(),
+        std::fs::read_to_string(&report_path).unwrap()
+    );
+    assert!(!written.contains(SCEP_CHALLENGE), "the challenge leaked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_129_character_common_name_is_refused_before_connecting() {
+    let lab = Lab::start_with(
+        2,
+        82,
+        |_| FaultPlan::default(),
+        |dir, opts| opts.scep_servers = vec![scep_server(dir)],
+    )
+    .await;
+    lab.set_credentials(&[("scep-challenge", SCEP_CHALLENGE)]);
+    let fp = ca_fingerprint(&lab);
+    // A literal value: refused when the playbook is read.
+    let long = "c".repeat(129);
+    let literal = playbook(
+        lab.path(),
+        "long",
+        TEST_POLICY,
+        &scep_steps(&fp, "scep-challenge", &long),
+    );
+    let (code, stdout, stderr) = lab.apply(&literal, &[]).await;
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("long.yaml"), "{stderr}");
+    assert!(stderr.contains("steps[2] (scep_enroll)"), "{stderr}");
+    assert!(stderr.contains("CommonName is 129 characters"), "{stderr}");
+    // A templated value that becomes too long for one device: refused in preflight,
+    // naming the device, and no device is contacted.
+    let templated = playbook(
+        lab.path(),
+        "templated",
+        TEST_POLICY,
+        &scep_steps(
+            &fp,
+            "scep-challenge",
+            &format!("{{name}}{}", "c".repeat(122)),
+        ),
+    );
+    let (code, stdout, stderr) = lab.apply(&templated, &[]).await;
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("steps[2] (scep_enroll) for device room-01"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CommonName is 129 characters"), "{stderr}");
+    // Also the plan refuses it.
+    let out = lab
+        .roomkey(&[
+            "plan",
+            "-i",
+            lab.inventory.to_str().unwrap(),
+            literal.to_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(snap.logins, 0, "{name} was contacted");
+        assert!(snap.commands.is_empty(), "{name} received commands");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_challenge_fails_only_its_room_and_never_leaks() {
+    let lab = Lab::start_with(
+        3,
+        83,
+        |_| FaultPlan::default(),
+        |dir, opts| opts.scep_servers = vec![scep_server(dir)],
+    )
+    .await;
+    // One-time challenges per room; room-02's is wrong.
+    let wrong = "not-the-challenge-77d2";
+    lab.set_credentials(&[
+        ("scep-room-01", SCEP_CHALLENGE),
+        ("scep-room-02", wrong),
+        ("scep-room-03", SCEP_CHALLENGE),
+    ]);
+    let fp = ca_fingerprint(&lab);
+    let pb = playbook(
+        lab.path(),
+        "scep-wrong",
+        TEST_POLICY,
+        &scep_steps(&fp, "scep-{name}", "{name}.lab.example.com"),
+    );
+
+    let plan = lab
+        .roomkey(&[
+            "plan",
+            "-i",
+            lab.inventory.to_str().unwrap(),
+            pb.to_str().unwrap(),
+        ])
+        .output()
+        .await
+        .unwrap();
+    let plan_text = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert_eq!(plan.status.code(), Some(0), "{plan_text}");
+    assert!(
+        plan_text.contains(&format!(
+            "xCommand Security Certificates Services Enrollment SCEP Request URL: \"{SCEP_URL}\" Fingerprint: \"{fp}\" ChallengePassword: \"[redacted]\" CommonName: \"room-01.lab.example.com\""
+        )),
+        "{plan_text}"
+    );
+    assert!(
+        plan_text.contains("xCommand Security Certificates CA Add"),
+        "{plan_text}"
+    );
+
+    let report_path = lab.path().join("report.json");
+    let (code, stdout, stderr) = lab
+        .apply_env(
+            &pb,
+            &["--report", report_path.to_str().unwrap()],
+            &[("RUST_LOG", "debug")],
+        )
+        .await;
+    assert_ne!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let doc = report(&report_path);
+    for o in doc["outcomes"].as_array().unwrap() {
+        if o["device"] == "room-02" {
+            assert_eq!(o["status"], "failed", "{o}");
+            let reason = o["reason"].as_str().unwrap();
+            assert!(reason.contains("wrong challenge password"), "{reason}");
+            assert!(
+                reason.contains("ChallengePassword: \"[redacted]\""),
+                "{reason}"
+            );
+        } else {
+            assert_eq!(o["status"], "changed", "{o}");
+        }
+    }
+    let failed = lab.snapshot("room-02").await;
+    assert!(failed.certificates.is_empty());
+    for name in ["room-01", "room-03"] {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(snap.certificates.len(), 1, "{name}");
+        assert_eq!(snap.certificates[0].used_for, vec!["802.1X".to_string()]);
+    }
+    let written = format!(
+        "{plan_text}{stdout}{stderr}{}{}",
+        lab.state_files_text(),
+        std::fs::read_to_string(&report_path).unwrap()
+    );
+    for secret in [SCEP_CHALLENGE, wrong] {
+        assert!(!written.contains(secret), "a challenge password leaked");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_after_the_boot_does_not_restart_again() {
+    let lab = Lab::start(2, 84, |_| FaultPlan::default()).await;
+    let policy = TEST_POLICY.replace("retries: 2", "retries: 6");
+    let pb = playbook(
+        lab.path(),
+        "restart",
+        &policy,
+        "  - restart: { timeout: 30s }\n",
+    );
+    let (code, _stdout, stderr) = lab
+        .apply_env(&pb, &[], &[("ROOMKEY_FAILPOINT", "restart-after-boot")])
+        .await;
+    assert_eq!(code, -1, "aborted by the failpoint: {stderr}");
+    assert!(stderr.contains("failpoint restart-after-boot"), "{stderr}");
+    // concurrency 8: both rooms may have been booted before the abort, or only one.
+    let mut booted = Vec::new();
+    for name in &lab.names {
+        booted.push(lab.snapshot(name).await.boot_count);
+    }
+    assert!(booted.iter().any(|b| *b == 1), "{booted:?}");
+    let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for (i, name) in lab.names.iter().enumerate() {
+        let snap = lab.snapshot(name).await;
+        // A room booted before the abort is not booted again; one that was not, is now.
+        assert_eq!(
+            snap.boot_count, 1,
+            "{name} (before the rerun: {})",
+            booted[i]
+        );
+    }
+}
