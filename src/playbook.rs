@@ -781,6 +781,8 @@ mod tests {
             "external-identity.yaml",
             "renew-certificate.yaml",
             "rotate-secret.yaml",
+            "trust-ca.yaml",
+            "scep-8021x.yaml",
         ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("playbooks")
@@ -839,6 +841,91 @@ steps:
         );
         assert!(all.contains("steps[1] (set_configuration)"), "{all}");
         assert!(all.contains("steps[2] (xcommand)"), "{all}");
+    }
+
+    #[test]
+    fn certificate_steps_parse() {
+        let p = parse_ok(
+            r#"
+name: t
+steps:
+  - add_ca_certificate: { file: "certs/{site}/ca.pem" }
+  - remove_ca_certificate: { fingerprint: 0123456789abcdef0123456789abcdef01234567 }
+  - add_service_certificate: { certificate: "certs/{name}-https.pem", key: "certs/{name}-https.key", private_key_password: https-key }
+  - activate_certificate: { purpose: HTTPS, certificate: service }
+  - scep_enroll:
+      url: http://scep
+      ca_fingerprint: 0123456789abcdef0123456789abcdef01234567
+      challenge_password: "scep-{name}"
+      common_name: "{name}.example.com"
+      san_email: [a@example.com, b@example.com]
+  - activate_certificate: { purpose: 802.1X, certificate: enrolled }
+  - scep_renewal_profile: { action: list }
+  - restart: { timeout: 90s }
+"#,
+        );
+        assert_eq!(p.steps.len(), 8);
+        assert_eq!(p.step_id(4), "05-scep_enroll");
+        assert!(!p.needs_certificate() && !p.needs_client_secret());
+        assert!(p.needs_vault_credentials());
+        assert!(p.steps[6].is_read_only());
+        assert_eq!(
+            p.steps[7],
+            Step::Restart(Restart {
+                timeout: Duration::from_secs(90)
+            })
+        );
+        assert_eq!(p.steps[2].vault_credentials(), vec!["https-key"]);
+        match &p.steps[4] {
+            Step::ScepEnroll(s) => {
+                let names: Vec<&str> = s.params().iter().map(|(n, _)| *n).collect();
+                assert_eq!(
+                    names,
+                    ["URL", "Fingerprint", "CommonName", "SanEmail", "SanEmail"]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn certificate_step_limits_are_refused_at_load() {
+        let long = "x".repeat(129);
+        let all = problems(&format!(
+            r#"
+name: t
+steps:
+  - scep_enroll:
+      url: http://scep
+      ca_fingerprint: nope
+      common_name: "{long}"
+      san_dns: [a, b]
+      san_ip: ["1", "2", "3", "4", "5", "6"]
+      organization_name: "a\"b"
+  - add_ca_certificate: {{}}
+  - remove_ca_certificate: {{ file: a.pem, fingerprint: 0123456789abcdef0123456789abcdef01234567 }}
+  - scep_renewal_profile: {{ action: set, ca_fingerprint: 0123456789abcdef0123456789abcdef01234567 }}
+  - restart: {{ timeout: 0s }}
+"#
+        ));
+        for want in [
+            "steps[1] (scep_enroll): `ca_fingerprint` is a SHA-1 fingerprint",
+            "CommonName is 129 characters long; the device accepts at most 128",
+            "SanDns takes at most 1 value(s), got 2",
+            "SanIp takes at most 5 value(s), got 6",
+            "\"OrganizationName\" contains a double quote",
+            "steps[2] (add_ca_certificate): `file:`",
+            "steps[3] (remove_ca_certificate): give either",
+            "steps[4] (scep_renewal_profile): `url` is required",
+            "steps[5] (restart): `timeout` must be longer than 0",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        // A templated value is checked per device, once filled in (preflight).
+        parse_ok(&format!(
+            "name: t\nsteps:\n  - scep_enroll: {{ url: u, ca_fingerprint: \"{{fp}}\", common_name: \"{{name}}{}\" }}\n",
+            "x".repeat(200)
+        ));
     }
 
     #[test]

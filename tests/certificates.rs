@@ -349,3 +349,145 @@ async fn a_run_killed_after_the_boot_does_not_restart_again() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_certificates_from_pem_files_activate_replace_and_delete() {
+    let lab = Lab::start(2, 85, |_| FaultPlan::default()).await;
+    // Two HTTPS certificates per room (not the identity ones), key in a separate file.
+    let ca = roomkey::cert::TestCa::create("Corp HTTPS CA").unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let mut fingerprints = std::collections::BTreeMap::new();
+    for name in &lab.names {
+        for which in ["old", "new"] {
+            let cn = format!("{name}-{which}.https.example.com");
+            let (cert, key) = ca
+                .issue(
+                    &cn,
+                    &[],
+                    now - time::Duration::hours(1),
+                    now + time::Duration::days(90),
+                )
+                .unwrap();
+            let certs = lab.path().join("certs");
+            std::fs::write(certs.join(format!("{name}-{which}-https.pem")), &cert).unwrap();
+            std::fs::write(
+                certs.join(format!("{name}-{which}-https.key")),
+                key.expose(),
+            )
+            .unwrap();
+            let fp = roomkey::cert::parse_cert_pem(&cert)
+                .unwrap()
+                .fingerprint_sha1;
+            fingerprints.insert(format!("{name}-{which}"), fp);
+        }
+    }
+    let add = |which: &str| {
+        format!(
+            "  - add_service_certificate: {{ certificate: \"certs/{{name}}-{which}-https.pem\", key: \"certs/{{name}}-{which}-https.key\" }}
+  - activate_certificate: {{ purpose: HTTPS, certificate: service }}
+"
+        )
+    };
+    let first = playbook(lab.path(), "https-old", TEST_POLICY, &add("old"));
+    let (code, stdout, stderr) = lab.apply(&first, &[]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // The new one replaces the old one for HTTPS (one active per purpose), reported so.
+    let second = playbook(lab.path(), "https-new", TEST_POLICY, &add("new"));
+    let report_path = lab.path().join("report.json");
+    let (code, stdout, stderr) = lab
+        .apply(&second, &["--report", report_path.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let doc = report(&report_path);
+    for o in doc["outcomes"].as_array().unwrap() {
+        let device = o["device"].as_str().unwrap();
+        let old = &fingerprints[&format!("{device}-old")];
+        let note = o["steps"][1]["note"].as_str().unwrap_or_default();
+        assert!(note.contains(&format!("replacing {old}")), "{o}");
+    }
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(snap.count("Services Add"), 2, "{name}");
+        assert_eq!(
+            snap.activations(&fingerprints[&format!("{name}-new")]),
+            vec!["HTTPS".to_string()]
+        );
+        assert!(snap
+            .activations(&fingerprints[&format!("{name}-old")])
+            .is_empty());
+    }
+    // Deactivate and delete the new one by fingerprint; a rerun changes nothing.
+    for name in &lab.names {
+        let fp = &fingerprints[&format!("{name}-new")];
+        let pb = playbook(
+            lab.path(),
+            &format!("https-remove-{name}"),
+            TEST_POLICY,
+            &format!(
+                "  - deactivate_certificate: {{ purpose: HTTPS, certificate: {{ fingerprint: {fp} }} }}
+  - delete_certificate: {{ purpose: HTTPS, certificate: {{ fingerprint: {fp} }} }}
+"
+            ),
+        );
+        for extra in [
+            &["--limit", name.as_str()][..],
+            &["--limit", name.as_str(), "--fresh"][..],
+        ] {
+            let (code, stdout, stderr) = lab.apply(&pb, extra).await;
+            assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        }
+        let snap = lab.snapshot(name).await;
+        assert!(!snap.certificates.iter().any(|c| &c.fingerprint == fp));
+        assert_eq!(snap.count("Services Delete"), 1, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_the_shipped_certificate_playbooks_redacted() {
+    let lab = Lab::start(2, 86, |_| FaultPlan::default()).await;
+    lab.set_credentials(&[("scep-challenge", SCEP_CHALLENGE)]);
+    let ca = roomkey::cert::TestCa::create("Corp Root CA").unwrap();
+    std::fs::write(lab.path().join("certs/ca-bundle.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(lab.path().join("certs/scep-ca.pem"), &ca.cert_pem).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
+    for name in ["trust-ca.yaml", "scep-8021x.yaml"] {
+        std::fs::copy(shipped.join(name), lab.path().join(name)).unwrap();
+    }
+    let plan = |name: &str| {
+        let pb = lab.path().join(name);
+        let inv = lab.inventory.clone();
+        let mut cmd = lab.roomkey(&["plan", "-i", inv.to_str().unwrap(), pb.to_str().unwrap()]);
+        async move {
+            let out = cmd.output().await.unwrap();
+            assert_eq!(out.status.code(), Some(0), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    let trust = plan("trust-ca.yaml").await;
+    assert!(
+        trust.contains("xCommand Security Certificates CA Show"),
+        "{trust}"
+    );
+    assert!(
+        trust.contains("xCommand Security Certificates CA Add\n"),
+        "{trust}"
+    );
+    assert!(trust.contains("-----BEGIN CERTIFICATE-----"), "{trust}");
+    let scep = plan("scep-8021x.yaml").await;
+    for want in [
+        "ChallengePassword: \"[redacted]\" CommonName: \"room-01.example.com\" CountryName: \"US\"",
+        "SanDns: \"room-01.example.com\"",
+        "xCommand Security Certificates Services Activate Purpose: 802.1X Fingerprint: \"<certificate enrolled by scep_enroll>\"",
+        "xCommand Security Certificates Services Enrollment SCEP Renewal Request Fingerprint:",
+        "xStatus SystemUnit Uptime",
+        "xCommand SystemUnit Boot",
+        "xCommand Security Certificates Services Enrollment Profiles List",
+        "vault credential 'scep-challenge'",
+    ] {
+        assert!(scep.contains(want), "missing {want:?} in:\n{scep}");
+    }
+    assert!(!scep.contains(SCEP_CHALLENGE));
+    for name in &lab.names {
+        assert_eq!(lab.snapshot(name).await.logins, 0);
+    }
+}

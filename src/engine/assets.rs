@@ -161,6 +161,13 @@ fn scep(s: &ScepEnroll, device: &Device) -> Result<StepAsset, Vec<String>> {
     }
     // The list lengths were checked when the playbook was loaded; values only now.
     problems.extend(ScepEnroll::check_values(&values));
+    if let Some((_, fp)) = values.iter().find(|(n, _)| *n == "Fingerprint") {
+        if fp.len() != 40 || !fp.chars().all(|c| c.is_ascii_hexdigit()) {
+            problems.push(format!(
+                "ca_fingerprint '{fp}' is not a SHA-1 fingerprint (40 hex digits)"
+            ));
+        }
+    }
     if problems.is_empty() {
         Ok(StepAsset::Scep(values))
     } else {
