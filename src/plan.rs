@@ -190,7 +190,10 @@ fn cert_step_commands(
                     cert_steps::scep_cmd(values, challenge.as_ref()),
                     &format!("if no certificate for CN={cn} issued by that CA is listed"),
                 ),
-                show(),
+                cmd(
+                    TshCommand::xcommand("Security Certificates Services Show"),
+                    "after the request: finds the enrolled certificate's fingerprint",
+                ),
             ]
         }
         (Step::ScepRenewalProfile(p), _) => match cert_steps::profile_cmds(p) {
@@ -211,7 +214,8 @@ fn cert_step_commands(
         },
         (Step::Restart(r), _) => {
             notes.push(format!(
-                "then waits up to {}s for the device to accept SSH with a lower uptime, logs in                  again and runs the next step on the new session",
+                "then waits up to {}s for the device to accept SSH with a lower uptime, logs in \
+                 again and runs the next step on the new session",
                 r.timeout.as_secs()
             ));
             vec![
