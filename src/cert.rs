@@ -899,6 +899,16 @@ impl TestCa {
         self.issue_with_key_kind(cn, sans, not_before, not_after, TestKeyKind::P256)
     }
 
+    /// The CA's key and its certificate in the form rcgen signs with.
+    fn signer(&self) -> Result<(KeyPair, rcgen::Certificate), CertError> {
+        let ca_key = KeyPair::from_pem(self.key.expose()).map_err(gen_err)?;
+        let issuer = CertificateParams::from_ca_cert_pem(&self.cert_pem)
+            .map_err(gen_err)?
+            .self_signed(&ca_key)
+            .map_err(gen_err)?;
+        Ok((ca_key, issuer))
+    }
+
     /// Issues a P-256 certificate for an enrolment request (what a SCEP server does with a
     /// device's request): subject CN plus optional C and O, and typed SANs. Returns
     /// (cert PEM, key PEM); the key stands for the one the device generated itself.
@@ -911,11 +921,7 @@ impl TestCa {
         if not_after <= not_before {
             return Err(CertError::Validity);
         }
-        let ca_key = KeyPair::from_pem(self.key.expose()).map_err(gen_err)?;
-        let issuer = CertificateParams::from_ca_cert_pem(&self.cert_pem)
-            .map_err(gen_err)?
-            .self_signed(&ca_key)
-            .map_err(gen_err)?;
+        let (ca_key, issuer) = self.signer()?;
         let key = KeyPair::generate().map_err(gen_err)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -971,11 +977,7 @@ impl TestCa {
         if not_after <= not_before {
             return Err(CertError::Validity);
         }
-        let ca_key = KeyPair::from_pem(self.key.expose()).map_err(gen_err)?;
-        let issuer = CertificateParams::from_ca_cert_pem(&self.cert_pem)
-            .map_err(gen_err)?
-            .self_signed(&ca_key)
-            .map_err(gen_err)?;
+        let (ca_key, issuer) = self.signer()?;
         let key = match kind {
             TestKeyKind::P256 => KeyPair::generate(),
             TestKeyKind::P384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),

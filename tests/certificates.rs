@@ -211,17 +211,8 @@ async fn a_129_character_common_name_is_refused_before_connecting() {
     );
     assert!(stderr.contains("CommonName is 129 characters"), "{stderr}");
     // Also the plan refuses it.
-    let out = lab
-        .roomkey(&[
-            "plan",
-            "-i",
-            lab.inventory.to_str().unwrap(),
-            literal.to_str().unwrap(),
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert_ne!(out.status.code(), Some(0));
+    let (code, _) = lab.plan(&literal).await;
+    assert_ne!(code, 0);
     for name in &lab.names {
         let snap = lab.snapshot(name).await;
         assert_eq!(snap.logins, 0, "{name} was contacted");
@@ -253,18 +244,8 @@ async fn a_wrong_challenge_fails_only_its_room_and_never_leaks() {
         &scep_steps(&fp, "scep-{name}", "{name}.lab.example.com"),
     );
 
-    let plan = lab
-        .roomkey(&[
-            "plan",
-            "-i",
-            lab.inventory.to_str().unwrap(),
-            pb.to_str().unwrap(),
-        ])
-        .output()
-        .await
-        .unwrap();
-    let plan_text = String::from_utf8_lossy(&plan.stdout).into_owned();
-    assert_eq!(plan.status.code(), Some(0), "{plan_text}");
+    let (code, plan_text) = lab.plan(&pb).await;
+    assert_eq!(code, 0, "{plan_text}");
     assert!(
         plan_text.contains(&format!(
             "xCommand Security Certificates Services Enrollment SCEP Request URL: \"{SCEP_URL}\" Fingerprint: \"{fp}\" ChallengePassword: \"[redacted]\" CommonName: \"room-01.lab.example.com\""
@@ -336,7 +317,7 @@ async fn a_run_killed_after_the_boot_does_not_restart_again() {
     for name in &lab.names {
         booted.push(lab.snapshot(name).await.boot_count);
     }
-    assert!(booted.iter().any(|b| *b == 1), "{booted:?}");
+    assert!(booted.contains(&1), "{booted:?}");
     let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     for (i, name) in lab.names.iter().enumerate() {
@@ -453,17 +434,8 @@ async fn plan_shows_the_shipped_certificate_playbooks_redacted() {
     for name in ["trust-ca.yaml", "scep-8021x.yaml"] {
         std::fs::copy(shipped.join(name), lab.path().join(name)).unwrap();
     }
-    let plan = |name: &str| {
-        let pb = lab.path().join(name);
-        let inv = lab.inventory.clone();
-        let mut cmd = lab.roomkey(&["plan", "-i", inv.to_str().unwrap(), pb.to_str().unwrap()]);
-        async move {
-            let out = cmd.output().await.unwrap();
-            assert_eq!(out.status.code(), Some(0), "{out:?}");
-            String::from_utf8_lossy(&out.stdout).into_owned()
-        }
-    };
-    let trust = plan("trust-ca.yaml").await;
+    let (code, trust) = lab.plan(&lab.path().join("trust-ca.yaml")).await;
+    assert_eq!(code, 0, "{trust}");
     assert!(
         trust.contains("xCommand Security Certificates CA Show"),
         "{trust}"
@@ -473,7 +445,8 @@ async fn plan_shows_the_shipped_certificate_playbooks_redacted() {
         "{trust}"
     );
     assert!(trust.contains("-----BEGIN CERTIFICATE-----"), "{trust}");
-    let scep = plan("scep-8021x.yaml").await;
+    let (code, scep) = lab.plan(&lab.path().join("scep-8021x.yaml")).await;
+    assert_eq!(code, 0, "{scep}");
     for want in [
         "ChallengePassword: \"[redacted]\" CommonName: \"room-01.example.com\" CountryName: \"US\"",
         "SanDns: \"room-01.example.com\"",

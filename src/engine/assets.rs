@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::engine::secrets::SecretStore;
 use crate::inventory::{expand_for, Device, Problem};
 use crate::playbook::{CaCertificates, Playbook, ScepEnroll, ServiceCertificate, Step};
 use crate::secret::Secret;
@@ -175,9 +176,14 @@ fn scep(s: &ScepEnroll, device: &Device) -> Result<StepAsset, Vec<String>> {
     }
 }
 
-/// Resolves every step's inputs for one device. Problems name the playbook, the step
+/// Resolves every step's inputs for one device and, given a store (not for `plan`), checks
+/// that the vault credentials the steps name exist. Problems name the playbook, the step
 /// and the device.
-pub fn resolve(playbook: &Playbook, device: &Device) -> (StepAssets, Vec<Problem>) {
+pub fn resolve(
+    playbook: &Playbook,
+    device: &Device,
+    secrets: Option<&dyn SecretStore>,
+) -> (StepAssets, Vec<Problem>) {
     let base = playbook.base_dir();
     let mut assets = StepAssets::new();
     let mut problems = Vec::new();
@@ -194,6 +200,21 @@ pub fn resolve(playbook: &Playbook, device: &Device) -> (StepAssets, Vec<Problem
                 message,
             })
         };
+        // Named vault credentials (SCEP challenge, key password) are checked like login
+        // credentials; their names may be templated per device.
+        if let Some(store) = secrets {
+            for template in step.vault_credentials() {
+                let checked = fill(template, device).and_then(|name| {
+                    store
+                        .credential(device, &name)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                });
+                if let Err(e) = checked {
+                    problem(e);
+                }
+            }
+        }
         let result = match step {
             Step::AddCaCertificate(c) | Step::RemoveCaCertificate(c) => {
                 ca_bundle(&base, c, device).map_err(|e| vec![e])

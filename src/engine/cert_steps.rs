@@ -54,18 +54,35 @@ fn vault_credential(
 
 // ---- Trusted CAs ---------------------------------------------------------------------------
 
-/// The fingerprints `CA Show` lists, in order, duplicates kept (pure).
-pub fn parse_ca_show(reply: &Reply) -> Vec<(String, String)> {
+/// (fingerprint, `other` field) of every `<prefix> <n>` item of a reply, in order.
+fn fingerprint_items(reply: &Reply, prefix: &str, other: &str) -> Vec<(String, String)> {
     reply
-        .items("Details")
+        .items(prefix)
         .iter()
         .filter_map(|item| {
             Some((
                 normalise_fingerprint(item.get("Fingerprint")?),
-                item.get("SubjectName").unwrap_or_default().to_string(),
+                item.get(other).unwrap_or_default().to_string(),
             ))
         })
         .collect()
+}
+
+/// (fingerprint, subject) of every CA `CA Show` lists, in order, duplicates kept (pure).
+pub fn parse_ca_show(reply: &Reply) -> Vec<(String, String)> {
+    fingerprint_items(reply, "Details", "SubjectName")
+}
+
+/// Journals the step in flight, sends a changing command and requires the device's OK.
+async fn change(
+    ctx: &mut StepContext<'_>,
+    cmd: &TshCommand,
+    what: &str,
+    write_ahead: &mut WriteAhead<'_>,
+) -> Result<(), StepError> {
+    write_ahead(what, BTreeMap::new())?;
+    let reply = send(ctx, cmd).await?;
+    require_ok(cmd, &reply)
 }
 
 async fn ca_show(ctx: &mut StepContext<'_>) -> Result<Vec<(String, String)>, StepError> {
@@ -109,9 +126,7 @@ pub async fn add_ca(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    write_ahead("add CA", BTreeMap::new())?;
-    let reply = send(ctx, &cmd).await?;
-    require_ok(&cmd, &reply)?;
+    change(ctx, &cmd, "add CA", write_ahead).await?;
     let added: Vec<&str> = missing.iter().map(|c| c.fingerprint.as_str()).collect();
     Ok(StepDone {
         changed: true,
@@ -154,12 +169,13 @@ pub async fn remove_ca(
         if ctx.check_mode {
             return Ok(would(&cmd));
         }
-        if !journalled {
-            write_ahead("remove CA", BTreeMap::new())?;
+        if journalled {
+            let reply = send(ctx, &cmd).await?;
+            require_ok(&cmd, &reply)?;
+        } else {
+            change(ctx, &cmd, "remove CA", write_ahead).await?;
             journalled = true;
         }
-        let reply = send(ctx, &cmd).await?;
-        require_ok(&cmd, &reply)?;
     }
     let names: Vec<&str> = present.iter().map(|s| s.as_str()).collect();
     Ok(changed(format!(
@@ -208,9 +224,7 @@ pub async fn add_service(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    write_ahead("add service certificate", BTreeMap::new())?;
-    let reply = send(ctx, &cmd).await?;
-    require_ok(&cmd, &reply)?;
+    change(ctx, &cmd, "add service certificate", write_ahead).await?;
     Ok(StepDone {
         changed: true,
         outputs,
@@ -315,9 +329,7 @@ pub async fn scep_enroll(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    write_ahead("scep enroll", BTreeMap::new())?;
-    let reply = send(ctx, &cmd).await?;
-    require_ok(&cmd, &reply)?;
+    change(ctx, &cmd, "scep enroll", write_ahead).await?;
     let after = show(ctx).await?;
     let fresh: Vec<ShownCertificate> = after
         .into_iter()
@@ -343,16 +355,7 @@ pub async fn scep_enroll(
 
 /// The renewal profiles `Enrollment Profiles List` shows: (CA fingerprint, URL) (pure).
 pub fn parse_profiles(reply: &Reply) -> Vec<(String, String)> {
-    reply
-        .items("Profile")
-        .iter()
-        .filter_map(|item| {
-            Some((
-                normalise_fingerprint(item.get("Fingerprint")?),
-                item.get("URL").unwrap_or_default().to_string(),
-            ))
-        })
-        .collect()
+    fingerprint_items(reply, "Profile", "URL")
 }
 
 /// The commands of `scep_renewal_profile` (the list, then the change if any).
@@ -426,9 +429,7 @@ pub async fn renewal_profile(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    write_ahead("renewal profile", BTreeMap::new())?;
-    let reply = send(ctx, &cmd).await?;
-    require_ok(&cmd, &reply)?;
+    change(ctx, &cmd, "renewal profile", write_ahead).await?;
     Ok(changed(format!(
         "renewal profile for {fp} {}",
         if p.action == ProfileAction::Set {

@@ -49,32 +49,7 @@ pub fn prepare(
     let mut prepared = Vec::new();
     let mut by_fingerprint: BTreeMap<String, String> = BTreeMap::new();
     for device in devices {
-        // Named vault credentials the steps read (challenge and key passwords): checked
-        // like login credentials, never shown.
-        if let Some(store) = secrets {
-            for (i, step) in playbook.steps.iter().enumerate() {
-                for template in step.vault_credentials() {
-                    let checked = crate::inventory::expand_for(template, device)
-                        .map_err(|e| e.to_string())
-                        .and_then(|name| {
-                            store.credential(device, &name).map_err(|e| e.to_string())
-                        });
-                    if let Err(e) = checked {
-                        problems.push(Problem {
-                            file: playbook.path.clone(),
-                            entry: format!(
-                                "steps[{}] ({}) for device {}",
-                                i + 1,
-                                step.kind(),
-                                device.name
-                            ),
-                            message: e,
-                        });
-                    }
-                }
-            }
-        }
-        let (assets, asset_problems) = crate::engine::assets::resolve(playbook, device);
+        let (assets, asset_problems) = crate::engine::assets::resolve(playbook, device, secrets);
         problems.extend(asset_problems);
         let mut problem = |field: &str, message: String| {
             problems.push(Problem {

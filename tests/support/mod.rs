@@ -317,6 +317,24 @@ pub fn scep_server(dir: &Path) -> roomkey::sim::scep::ScepServer {
 }
 
 impl Lab {
+    /// Runs `roomkey plan` on the lab's inventory; returns (exit code, stdout).
+    pub async fn plan(&self, playbook: &Path) -> (i32, String) {
+        let out = self
+            .roomkey(&[
+                "plan",
+                "-i",
+                self.inventory.to_str().unwrap(),
+                playbook.to_str().unwrap(),
+            ])
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
     /// Stores named credentials in the lab's vault.
     pub fn set_credentials(&self, creds: &[(&str, &str)]) {
         let mut v = roomkey::vault::Vault::open(&self.vault, &Secret::new(PASSPHRASE)).unwrap();
