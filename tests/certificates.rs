@@ -20,6 +20,36 @@ fn report(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
+/// `roomkey apply` with a JSON report and debug logs (everything a secret could leak into);
+/// returns (exit code, stdout, stderr, report path).
+async fn apply_logged(
+    lab: &Lab,
+    pb: &std::path::Path,
+) -> (i32, String, String, std::path::PathBuf) {
+    let report_path = lab.path().join("report.json");
+    let (code, stdout, stderr) = lab
+        .apply_env(
+            pb,
+            &["--report", report_path.to_str().unwrap()],
+            &[("RUST_LOG", "debug")],
+        )
+        .await;
+    (code, stdout, stderr, report_path)
+}
+
+/// None of `secrets` is in `printed`, the lab's state files (journal, known_hosts) or
+/// the report.
+fn assert_nowhere(lab: &Lab, printed: &str, report_path: &std::path::Path, secrets: &[&str]) {
+    let written = format!(
+        "{printed}{}{}",
+        lab.state_files_text(),
+        std::fs::read_to_string(report_path).unwrap()
+    );
+    for secret in secrets {
+        assert!(!written.contains(secret), "a challenge password leaked");
+    }
+}
+
 fn scep_steps(fp: &str, challenge: &str, common_name: &str) -> String {
     format!(
         "  - add_ca_certificate: {{ file: scep-ca.pem }}
@@ -103,15 +133,15 @@ async fn scep_enrolment_on_ten_rooms_then_8021x_and_a_restart() {
         scep_steps(&fp, "scep-challenge", "{name}.lab.example.com")
     );
     let pb = playbook(lab.path(), "scep", TEST_POLICY, &steps);
-    let report_path = lab.path().join("report.json");
-    let (code, stdout, stderr) = lab
-        .apply_env(
-            &pb,
-            &["--report", report_path.to_str().unwrap()],
-            &[("RUST_LOG", "debug")],
-        )
-        .await;
+    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb).await;
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // The run with debug logs, kept for the leak check at the end.
+    let first_output = format!("{stdout}{stderr}");
+    assert!(
+        first_output.contains("ChallengePassword: \\\"[redacted]\\\"")
+            || first_output.contains("ChallengePassword: \"[redacted]\""),
+        "the debug log shows the SCEP request, redacted:\n{first_output}"
+    );
     for name in &lab.names {
         let snap = lab.snapshot(name).await;
         let cn = support::identity(name);
@@ -159,12 +189,12 @@ async fn scep_enrolment_on_ten_rooms_then_8021x_and_a_restart() {
     }
 
     // The challenge password is nowhere roomkey wrote or printed (logs at debug included).
-    let written = format!(
-        "{stdout}{stderr}{}{}",
-        lab.state_files_text(),
-        std::fs::read_to_string(&report_path).unwrap()
+    assert_nowhere(
+        &lab,
+        &format!("{stdout}{stderr}{first_output}"),
+        &report_path,
+        &[SCEP_CHALLENGE],
     );
-    assert!(!written.contains(SCEP_CHALLENGE), "the challenge leaked");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,14 +287,7 @@ async fn a_wrong_challenge_fails_only_its_room_and_never_leaks() {
         "{plan_text}"
     );
 
-    let report_path = lab.path().join("report.json");
-    let (code, stdout, stderr) = lab
-        .apply_env(
-            &pb,
-            &["--report", report_path.to_str().unwrap()],
-            &[("RUST_LOG", "debug")],
-        )
-        .await;
+    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb).await;
     assert_ne!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let doc = report(&report_path);
     for o in doc["outcomes"].as_array().unwrap() {
@@ -287,14 +310,12 @@ async fn a_wrong_challenge_fails_only_its_room_and_never_leaks() {
         assert_eq!(snap.certificates.len(), 1, "{name}");
         assert_eq!(snap.certificates[0].used_for, vec!["802.1X".to_string()]);
     }
-    let written = format!(
-        "{plan_text}{stdout}{stderr}{}{}",
-        lab.state_files_text(),
-        std::fs::read_to_string(&report_path).unwrap()
+    assert_nowhere(
+        &lab,
+        &format!("{plan_text}{stdout}{stderr}"),
+        &report_path,
+        &[SCEP_CHALLENGE, wrong],
     );
-    for secret in [SCEP_CHALLENGE, wrong] {
-        assert!(!written.contains(secret), "a challenge password leaked");
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
