@@ -156,6 +156,11 @@ async fn scep_enrolment_on_ten_rooms_then_8021x_and_a_restart() {
         assert_eq!(cert.used_for, vec!["802.1X".to_string()], "{name}");
         assert_eq!((cert.not_after - cert.not_before).whole_days(), 365);
         assert_eq!(snap.boot_count, 1, "{name}: restarted once");
+        assert_eq!(
+            snap.renewal_profiles,
+            vec![(fp.clone(), SCEP_URL.to_string())],
+            "{name}: renewal profile set"
+        );
         // The list after the restart ran on a new login: the device came back.
         assert_eq!(snap.logins, 2, "{name}: logged in again after the boot");
         let last = snap.commands.last().unwrap();
@@ -287,6 +292,23 @@ async fn a_wrong_challenge_fails_only_its_room_and_never_leaks() {
         "{plan_text}"
     );
 
+    // --check reads and reports what would change; nothing changes.
+    let (code, check_out, check_err) = lab.apply(&pb, &["--check"]).await;
+    assert_eq!(code, 0, "stdout:\n{check_out}\nstderr:\n{check_err}");
+    assert!(check_out.contains("changed=3"), "{check_out}");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(
+            snap.count("CA Add") + snap.count("SCEP Request"),
+            0,
+            "{name}"
+        );
+        assert!(
+            snap.cas.is_empty() && snap.certificates.is_empty(),
+            "{name}"
+        );
+    }
+
     let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb).await;
     assert_ne!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let doc = report(&report_path);
@@ -312,7 +334,7 @@ async fn a_wrong_challenge_fails_only_its_room_and_never_leaks() {
     }
     assert_nowhere(
         &lab,
-        &format!("{plan_text}{stdout}{stderr}"),
+        &format!("{plan_text}{check_out}{check_err}{stdout}{stderr}"),
         &report_path,
         &[SCEP_CHALLENGE, wrong],
     );

@@ -681,6 +681,21 @@ async fn show_certificates(ctx: &mut StepContext<'_>) -> Result<StepDone, StepEr
     })
 }
 
+/// `apply --check` records no outputs, so a certificate an earlier step of the same check
+/// would add (`enrolled`, `service`) has no fingerprint yet: report what would happen.
+fn not_added_in_check_mode(ctx: &StepContext<'_>, which: &CertificateRef) -> Option<StepDone> {
+    let key = match which {
+        CertificateRef::Enrolled | CertificateRef::Service => which.output_key()?,
+        _ => return None,
+    };
+    (ctx.check_mode && !ctx.outputs.contains_key(key)).then(|| {
+        changed(format!(
+            "would act on the certificate an earlier step adds (`{key}` is known only once it \
+             is on the device)"
+        ))
+    })
+}
+
 /// Resolves which fingerprint a step targets; `None` = there is no previous certificate.
 fn target_fingerprint(
     ctx: &StepContext<'_>,
@@ -709,6 +724,9 @@ async fn set_activation(
     activate: bool,
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<StepDone, StepError> {
+    if let Some(done) = not_added_in_check_mode(ctx, which) {
+        return Ok(done);
+    }
     let Some(fp) = target_fingerprint(ctx, which)? else {
         return Ok(unchanged("no previous certificate to act on"));
     };
@@ -799,6 +817,9 @@ async fn delete_certificate(
     which: &CertificateRef,
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<StepDone, StepError> {
+    if let Some(done) = not_added_in_check_mode(ctx, which) {
+        return Ok(done);
+    }
     let Some(fp) = target_fingerprint(ctx, which)? else {
         return Ok(unchanged("no previous certificate to delete"));
     };

@@ -104,6 +104,8 @@ pub struct DeviceSnapshot {
     pub e2ee_mode_on: bool,
     pub preferred_domain: String,
     pub boot_count: u64,
+    /// SCEP auto-renewal profiles as (CA fingerprint, URL).
+    pub renewal_profiles: Vec<(String, String)>,
     pub commands: Vec<LoggedCommand>,
     pub logins: u64,
 }
@@ -265,6 +267,11 @@ impl DeviceRuntime {
             e2ee_mode_on: m.e2ee_mode_on,
             preferred_domain: m.preferred_domain.clone(),
             boot_count: m.boot_count,
+            renewal_profiles: m
+                .renewal_profiles
+                .iter()
+                .map(|p| (p.fingerprint.clone(), p.url.clone()))
+                .collect(),
             commands: lock(&self.log).clone(),
             logins: self.logins.load(Ordering::Relaxed),
         }
