@@ -337,7 +337,20 @@ impl Lab {
 
     /// Stores named credentials in the lab's vault.
     pub fn set_credentials(&self, creds: &[(&str, &str)]) {
-        let mut v = roomkey::vault::Vault::open(&self.vault, &Secret::new(PASSPHRASE)).unwrap();
+        // The vault lock is an flock: a `roomkey` child that another test forks in this
+        // process holds a copy of the lock's descriptor until it execs, so the lock taken
+        // and released by `start` can look busy for an instant. Retry that, nothing else.
+        let mut attempts = 0;
+        let mut v = loop {
+            match roomkey::vault::Vault::open(&self.vault, &Secret::new(PASSPHRASE)) {
+                Ok(v) => break v,
+                Err(roomkey::vault::VaultError::Locked { .. }) if attempts < 200 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("opening the lab vault: {e}"),
+            }
+        };
         for (name, value) in creds {
             v.set_credential(name, Secret::new(*value)).unwrap();
         }
