@@ -188,7 +188,10 @@ fn cert_step_commands(
                 show(),
                 cmd(
                     cert_steps::scep_cmd(values, challenge.as_ref()),
-                    &format!("if no certificate for CN={cn} issued by that CA is listed"),
+                    &format!(
+                        "if no certificate for CN={cn} issued by that CA is listed (the issuer is \
+                         known only if CA Show lists the CA; otherwise it enrols)"
+                    ),
                 ),
                 cmd(
                     TshCommand::xcommand("Security Certificates Services Show"),

@@ -507,3 +507,46 @@ async fn plan_shows_the_shipped_certificate_playbooks_redacted() {
         assert_eq!(lab.snapshot(name).await.logins, 0);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_interrupted_after_the_reply_is_not_repeated_without_a_trusted_ca() {
+    let lab = Lab::start_with(
+        2,
+        87,
+        |_| FaultPlan::default(),
+        |dir, opts| opts.scep_servers = vec![scep_server(dir)],
+    )
+    .await;
+    lab.set_credentials(&[("scep-challenge", SCEP_CHALLENGE)]);
+    let fp = ca_fingerprint(&lab);
+    // The SCEP CA is not trusted (no add_ca_certificate), and each room already holds a
+    // certificate with the very CN the enrolment asks for (its identity certificate): only
+    // the journal can tell which certificate the interrupted enrolment produced.
+    let steps = scep_steps(&fp, "scep-challenge", "{name}.lab.example.com").replace(
+        "  - add_ca_certificate: { file: scep-ca.pem }\n",
+        "  - add_service_certificate: { certificate: \"certs/{name}.pem\", key: \"certs/{name}.key\" }\n",
+    );
+    let pb = playbook(lab.path(), "scep-untrusted", TEST_POLICY, &steps);
+    let (code, _stdout, stderr) = lab
+        .apply_env(&pb, &[], &[("ROOMKEY_FAILPOINT", "scep-after-reply")])
+        .await;
+    assert_eq!(code, -1, "aborted by the failpoint: {stderr}");
+    assert!(stderr.contains("failpoint scep-after-reply"), "{stderr}");
+    let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(snap.count("SCEP Request"), 1, "{name}: enrolled once");
+        assert_eq!(snap.certificates.len(), 2, "{name}");
+        let active: Vec<_> = snap
+            .certificates
+            .iter()
+            .filter(|c| c.used_for.iter().any(|u| u == "802.1X"))
+            .collect();
+        assert_eq!(active.len(), 1, "{name}");
+        assert!(
+            active[0].issuer.ends_with("/CN=lab SCEP CA"),
+            "{name}: the enrolled certificate is the active one, not the identity one"
+        );
+    }
+}

@@ -294,6 +294,9 @@ fn value<'a>(values: &'a [(&'static str, String)], name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
+/// The write-ahead output of `scep_enroll`: the certificates listed before its request.
+const LISTED_BEFORE: &str = "listed_before";
+
 /// Enrols a certificate over SCEP unless the device already has one for this CN from this
 /// CA; records its fingerprint (`enrolled_fingerprint`) for the activation step.
 pub async fn scep_enroll(
@@ -314,7 +317,28 @@ pub async fn scep_enroll(
         .find(|(fp, _)| *fp == ca_fp)
         .map(|(_, s)| s.clone());
     let shown = show(ctx).await?;
-    if let Some(c) = find_enrolled(&shown, &cn, ca_subject.as_deref()) {
+    // Which certificate is already the enrolled one: with the CA trusted, one for this CN
+    // issued by it. Without it the issuer cannot be told (the identity certificate may
+    // carry the same CN), so only an earlier attempt's own enrolment counts: a certificate
+    // for the CN that was not listed when that attempt journalled itself.
+    let earlier = match ca_subject.as_deref() {
+        Some(subject) => find_enrolled(&shown, &cn, Some(subject)),
+        None => ctx
+            .step_outputs
+            .get(LISTED_BEFORE)
+            .filter(|_| ctx.resuming)
+            .and_then(|before| {
+                let before: Vec<&str> = before.split(',').collect();
+                let new: Vec<ShownCertificate> = shown
+                    .iter()
+                    .filter(|c| !before.contains(&c.fingerprint.as_str()))
+                    .cloned()
+                    .collect();
+                find_enrolled(&new, &cn, None)
+                    .and_then(|c| shown.iter().find(|s| s.fingerprint == c.fingerprint))
+            }),
+    };
+    if let Some(c) = earlier {
         return Ok(StepDone {
             changed: false,
             outputs: BTreeMap::from([(ENROLLED_FINGERPRINT.to_string(), c.fingerprint.clone())]),
@@ -329,7 +353,14 @@ pub async fn scep_enroll(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    change(ctx, &cmd, "scep enroll", write_ahead).await?;
+    let listed: Vec<&str> = shown.iter().map(|c| c.fingerprint.as_str()).collect();
+    write_ahead(
+        "scep enroll",
+        BTreeMap::from([(LISTED_BEFORE.to_string(), listed.join(","))]),
+    )?;
+    let reply = send(ctx, &cmd).await?;
+    crate::failpoint::hit("scep-after-reply");
+    require_ok(&cmd, &reply)?;
     let after = show(ctx).await?;
     let fresh: Vec<ShownCertificate> = after
         .into_iter()
