@@ -112,6 +112,22 @@ async fn a_ca_bundle_applied_twice_leaves_each_ca_once() {
         let fps: Vec<&str> = snap.cas.iter().map(|c| c.fingerprint.as_str()).collect();
         assert_eq!(fps, vec![fb.as_str()], "{name}");
     }
+    // Removing by the bundle removes what is left of it; twice is harmless.
+    let rm_all = playbook(
+        lab.path(),
+        "untrust-all",
+        TEST_POLICY,
+        "  - remove_ca_certificate: { file: bundle.pem }\n",
+    );
+    for extra in [&[][..], &["--fresh"][..]] {
+        let (code, stdout, stderr) = lab.apply(&rm_all, extra).await;
+        assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    }
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert!(snap.cas.is_empty(), "{name}");
+        assert_eq!(snap.count("CA Delete"), 2, "{name}: one delete per CA");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
