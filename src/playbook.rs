@@ -246,6 +246,19 @@ fn restart_timeout() -> Duration {
     Duration::from_secs(600)
 }
 
+impl Default for Restart {
+    fn default() -> Self {
+        Restart {
+            timeout: restart_timeout(),
+        }
+    }
+}
+
+/// `- restart:` (null) means the defaults, like `- restart: {}`.
+fn restart_or_default<'de, D: Deserializer<'de>>(d: D) -> Result<Restart, D::Error> {
+    Ok(Option::<Restart>::deserialize(d)?.unwrap_or_default())
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PopulateSecret {
@@ -324,7 +337,7 @@ pub enum Step {
     AddServiceCertificate(ServiceCertificate),
     ScepEnroll(ScepEnroll),
     ScepRenewalProfile(ScepRenewalProfile),
-    Restart(Restart),
+    Restart(#[serde(deserialize_with = "restart_or_default")] Restart),
 }
 
 /// `- add_certificate:` (null) and `- add_certificate: {}` mean the same.
@@ -862,9 +875,11 @@ steps:
   - activate_certificate: { purpose: 802.1X, certificate: enrolled }
   - scep_renewal_profile: { action: list }
   - restart: { timeout: 90s }
+  - restart:
 "#,
         );
-        assert_eq!(p.steps.len(), 8);
+        assert_eq!(p.steps.len(), 9);
+        assert_eq!(p.steps[8], Step::Restart(Restart::default()));
         assert_eq!(p.step_id(4), "05-scep_enroll");
         assert!(!p.needs_certificate() && !p.needs_client_secret());
         assert!(p.needs_vault_credentials());

@@ -104,7 +104,11 @@ pub async fn add_ca(
     ctx: &mut StepContext<'_>,
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<StepDone, StepError> {
-    let certs = bundle(ctx)?.unwrap_or_default();
+    let Some(certs) = bundle(ctx)? else {
+        return Err(StepError::Local(
+            "the step's CA bundle was not loaded in preflight (internal error)".into(),
+        ));
+    };
     let listed = ca_show(ctx).await?;
     let missing: Vec<&CaCert> = certs
         .iter()
