@@ -209,6 +209,16 @@ mod tests {
     }
 
     #[test]
+    fn the_client_checks_the_same_limits_the_device_enforces() {
+        // Two sides of one spec (seed 001): roomkey refuses in preflight exactly what the
+        // simulated device would refuse.
+        assert_eq!(MAX_VALUE_LEN, crate::playbook::SCEP_MAX_LEN);
+        for (name, limit) in SAN_LIMITS {
+            assert_eq!(crate::playbook::san_limit(name), limit, "{name}");
+        }
+    }
+
+    #[test]
     fn enrol_checks_fingerprint_and_challenge() {
         let ca = Arc::new(TestCa::create("scep unit CA").unwrap());
         let server = ScepServer::new("http://scep", ca, Secret::new("open sesame")).unwrap();
