@@ -16,6 +16,21 @@ fn ca_fingerprint(lab: &Lab) -> String {
         .fingerprint_sha1
 }
 
+/// `n` rooms that reach the lab's SCEP server, with its challenge stored in the vault as
+/// `scep-challenge`; returns the lab and the SCEP CA's fingerprint.
+async fn scep_lab(n: usize, subnet: u8) -> (Lab, String) {
+    let lab = Lab::start_with(
+        n,
+        subnet,
+        |_| FaultPlan::default(),
+        |dir, opts| opts.scep_servers = vec![scep_server(dir)],
+    )
+    .await;
+    lab.set_credentials(&[("scep-challenge", SCEP_CHALLENGE)]);
+    let fp = ca_fingerprint(&lab);
+    (lab, fp)
+}
+
 fn report(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -132,15 +147,7 @@ async fn a_ca_bundle_applied_twice_leaves_each_ca_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scep_enrolment_on_ten_rooms_then_8021x_and_a_restart() {
-    let lab = Lab::start_with(
-        10,
-        81,
-        |_| FaultPlan::default(),
-        |dir, opts| opts.scep_servers = vec![scep_server(dir)],
-    )
-    .await;
-    lab.set_credentials(&[("scep-challenge", SCEP_CHALLENGE)]);
-    let fp = ca_fingerprint(&lab);
+    let (lab, fp) = scep_lab(10, 81).await;
     let steps = format!(
         "{}  - scep_renewal_profile: {{ action: set, ca_fingerprint: {fp}, url: \"{SCEP_URL}\" }}
   - restart: {{ timeout: 30s }}
@@ -220,15 +227,7 @@ async fn scep_enrolment_on_ten_rooms_then_8021x_and_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_129_character_common_name_is_refused_before_connecting() {
-    let lab = Lab::start_with(
-        2,
-        82,
-        |_| FaultPlan::default(),
-        |dir, opts| opts.scep_servers = vec![scep_server(dir)],
-    )
-    .await;
-    lab.set_credentials(&[("scep-challenge", SCEP_CHALLENGE)]);
-    let fp = ca_fingerprint(&lab);
+    let (lab, fp) = scep_lab(2, 82).await;
     // A literal value: refused when the playbook is read.
     let long = "c".repeat(129);
     let literal = playbook(
@@ -273,13 +272,7 @@ async fn a_129_character_common_name_is_refused_before_connecting() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_challenge_fails_only_its_room_and_never_leaks() {
-    let lab = Lab::start_with(
-        3,
-        83,
-        |_| FaultPlan::default(),
-        |dir, opts| opts.scep_servers = vec![scep_server(dir)],
-    )
-    .await;
+    let (lab, fp) = scep_lab(3, 83).await;
     // One-time challenges per room; room-02's is wrong.
     let wrong = "not-the-challenge-77d2";
     lab.set_credentials(&[
@@ -287,7 +280,6 @@ async fn a_wrong_challenge_fails_only_its_room_and_never_leaks() {
         ("scep-room-02", wrong),
         ("scep-room-03", SCEP_CHALLENGE),
     ]);
-    let fp = ca_fingerprint(&lab);
     let pb = playbook(
         lab.path(),
         "scep-wrong",
@@ -526,15 +518,7 @@ async fn plan_shows_the_shipped_certificate_playbooks_redacted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_enrolment_interrupted_after_the_reply_is_not_repeated_without_a_trusted_ca() {
-    let lab = Lab::start_with(
-        2,
-        87,
-        |_| FaultPlan::default(),
-        |dir, opts| opts.scep_servers = vec![scep_server(dir)],
-    )
-    .await;
-    lab.set_credentials(&[("scep-challenge", SCEP_CHALLENGE)]);
-    let fp = ca_fingerprint(&lab);
+    let (lab, fp) = scep_lab(2, 87).await;
     // The SCEP CA is not trusted (no add_ca_certificate), and each room already holds a
     // certificate with the very CN the enrolment asks for (its identity certificate): only
     // the journal can tell which certificate the interrupted enrolment produced.
