@@ -705,6 +705,11 @@ fn read_text(path: &Path) -> Result<Zeroizing<String>, CertError> {
     }
 }
 
+/// Reads a file that may hold a private key into a [`Secret`].
+pub fn read_secret_file(path: &Path) -> Result<Secret, CertError> {
+    Ok(Secret::from_file_text(read_text(path)?))
+}
+
 /// Loads a device identity: `key_path` `None` means `cert_path` holds certificate and key.
 /// Errors name the file they are about.
 pub fn load_identity(
@@ -787,6 +792,18 @@ pub fn generate_key_and_csr(cn: &str, sans: &[String]) -> Result<(Secret, String
         .pem()
         .map_err(gen_err)?;
     Ok((key_pem_secret(&key), csr))
+}
+
+/// What an enrolment asks a CA for (see [`TestCa::issue_request`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IssueRequest {
+    pub common_name: String,
+    pub country: Option<String>,
+    pub organization: Option<String>,
+    pub san_dns: Vec<String>,
+    pub san_email: Vec<String>,
+    pub san_ip: Vec<String>,
+    pub san_uri: Vec<String>,
 }
 
 /// Key kinds a [`TestCa`] can issue for (to exercise the device's refusal in tests).
@@ -882,6 +899,72 @@ impl TestCa {
         self.issue_with_key_kind(cn, sans, not_before, not_after, TestKeyKind::P256)
     }
 
+    /// The CA's key and its certificate in the form rcgen signs with.
+    fn signer(&self) -> Result<(KeyPair, rcgen::Certificate), CertError> {
+        let ca_key = KeyPair::from_pem(self.key.expose()).map_err(gen_err)?;
+        let issuer = CertificateParams::from_ca_cert_pem(&self.cert_pem)
+            .map_err(gen_err)?
+            .self_signed(&ca_key)
+            .map_err(gen_err)?;
+        Ok((ca_key, issuer))
+    }
+
+    /// Issues a P-256 certificate for an enrolment request (what a SCEP server does with a
+    /// device's request): subject CN plus optional C and O, and typed SANs. Returns
+    /// (cert PEM, key PEM); the key stands for the one the device generated itself.
+    pub fn issue_request(
+        &self,
+        req: &IssueRequest,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<(String, Secret), CertError> {
+        if not_after <= not_before {
+            return Err(CertError::Validity);
+        }
+        let (ca_key, issuer) = self.signer()?;
+        let key = KeyPair::generate().map_err(gen_err)?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        if let Some(c) = req.country.as_deref().filter(|c| !c.is_empty()) {
+            dn.push(DnType::CountryName, c);
+        }
+        if let Some(o) = req.organization.as_deref().filter(|o| !o.is_empty()) {
+            dn.push(DnType::OrganizationName, o);
+        }
+        dn.push(DnType::CommonName, req.common_name.as_str());
+        params.distinguished_name = dn;
+        let ia5 = |s: &str| rcgen::Ia5String::try_from(s.to_string()).map_err(gen_err);
+        for d in &req.san_dns {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::DnsName(ia5(d)?));
+        }
+        for e in &req.san_email {
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::Rfc822Name(ia5(e)?));
+        }
+        for ip in &req.san_ip {
+            let addr: std::net::IpAddr = ip
+                .parse()
+                .map_err(|_| CertError::Generate(format!("'{ip}' is not an IP address")))?;
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress(addr));
+        }
+        for u in &req.san_uri {
+            params.subject_alt_names.push(rcgen::SanType::URI(ia5(u)?));
+        }
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.serial_number = Some(random_serial());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &issuer, &ca_key).map_err(gen_err)?;
+        Ok((cert.pem(), key_pem_secret(&key)))
+    }
+
     /// [`issue`](Self::issue) with a chosen key kind (P-384 exists to test refusals).
     pub fn issue_with_key_kind(
         &self,
@@ -894,11 +977,7 @@ impl TestCa {
         if not_after <= not_before {
             return Err(CertError::Validity);
         }
-        let ca_key = KeyPair::from_pem(self.key.expose()).map_err(gen_err)?;
-        let issuer = CertificateParams::from_ca_cert_pem(&self.cert_pem)
-            .map_err(gen_err)?
-            .self_signed(&ca_key)
-            .map_err(gen_err)?;
+        let (ca_key, issuer) = self.signer()?;
         let key = match kind {
             TestKeyKind::P256 => KeyPair::generate(),
             TestKeyKind::P384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),

@@ -667,6 +667,19 @@ struct TemplateContext<'a> {
     vars: &'a BTreeMap<String, String>,
 }
 
+/// Fills a template from a playbook (a CA bundle path, a SCEP CommonName) for one
+/// device, with the same placeholders as the inventory's own templates.
+pub fn expand_for(template: &str, device: &Device) -> Result<String, String> {
+    expand(
+        template,
+        &TemplateContext {
+            name: &device.name,
+            host: &device.host,
+            vars: &device.vars,
+        },
+    )
+}
+
 /// Fills `{name}`, `{host}` and `{var}` placeholders; an unknown placeholder is an error.
 fn expand(template: &str, ctx: &TemplateContext<'_>) -> Result<String, String> {
     let mut out = String::new();

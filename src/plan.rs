@@ -94,12 +94,152 @@ fn fp_text(which: &CertificateRef, own: Option<&str>) -> String {
         CertificateRef::New => own.unwrap_or("<certificate fingerprint>").to_string(),
         CertificateRef::Previous => "<previously active certificate>".into(),
         CertificateRef::Fingerprint(fp) => fp.clone(),
+        CertificateRef::Enrolled => "<certificate enrolled by scep_enroll>".into(),
+        CertificateRef::Service => "<certificate added by add_service_certificate>".into(),
+    }
+}
+
+fn ca_show() -> PlannedCommand {
+    cmd(
+        TshCommand::xcommand("Security Certificates CA Show"),
+        "always",
+    )
+}
+
+/// The commands of the seed-001 certificate steps, from the device's resolved inputs.
+fn cert_step_commands(
+    step: &Step,
+    device: &PreparedDevice,
+    index: usize,
+    notes: &mut Vec<String>,
+) -> Vec<PlannedCommand> {
+    use crate::engine::assets::StepAsset;
+    use crate::engine::cert_steps;
+    let asset = device.assets.get(&index);
+    match (step, asset) {
+        (Step::AddCaCertificate(_), Some(StepAsset::CaBundle { path, certs })) => {
+            let fps: Vec<&str> = certs.iter().map(|c| c.fingerprint.as_str()).collect();
+            notes.push(format!(
+                "{}: {} CA certificate(s): {}",
+                path.display(),
+                certs.len(),
+                fps.join(", ")
+            ));
+            let all: Vec<&crate::engine::assets::CaCert> = certs.iter().collect();
+            vec![
+                ca_show(),
+                cmd(
+                    cert_steps::ca_add_cmd(&all),
+                    "with only the certificates CA Show does not list (none listed: all of them)",
+                ),
+            ]
+        }
+        (Step::RemoveCaCertificate(c), asset) => {
+            let targets: Vec<String> = match (&c.fingerprint, asset) {
+                (Some(fp), _) => vec![fp.to_ascii_lowercase()],
+                (None, Some(StepAsset::CaBundle { certs, .. })) => {
+                    certs.iter().map(|c| c.fingerprint.clone()).collect()
+                }
+                _ => Vec::new(),
+            };
+            std::iter::once(ca_show())
+                .chain(targets.iter().map(|fp| {
+                    cmd(
+                        TshCommand::xcommand("Security Certificates CA Delete")
+                            .and_then(|c| c.param("Fingerprint", fp)),
+                        &format!("if {fp} is listed"),
+                    )
+                }))
+                .collect()
+        }
+        (Step::AddServiceCertificate(s), Some(StepAsset::Service(svc))) => {
+            let password = s.private_key_password.as_ref().map(|name| {
+                notes.push(format!(
+                    "PrivateKeyPassword comes from vault credential '{name}'"
+                ));
+                secret_placeholder()
+            });
+            vec![
+                show(),
+                cmd(
+                    cert_steps::service_add_cmd(&secret_placeholder(), password.as_ref()),
+                    &format!(
+                        "if {} is not listed (body: {} and its key)",
+                        svc.fingerprint,
+                        svc.certificate_path.display()
+                    ),
+                ),
+            ]
+        }
+        (Step::ScepEnroll(s), Some(StepAsset::Scep(values))) => {
+            if let Some(name) = &s.challenge_password {
+                notes.push(format!(
+                    "ChallengePassword comes from vault credential '{name}'"
+                ));
+            }
+            let cn = values
+                .iter()
+                .find(|(n, _)| *n == "CommonName")
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default();
+            let challenge = s.challenge_password.as_ref().map(|_| secret_placeholder());
+            vec![
+                ca_show(),
+                show(),
+                cmd(
+                    cert_steps::scep_cmd(values, challenge.as_ref()),
+                    &format!(
+                        "if no certificate for CN={cn} issued by that CA is listed (the issuer is \
+                         known only if CA Show lists the CA; otherwise it enrols)"
+                    ),
+                ),
+                cmd(
+                    TshCommand::xcommand("Security Certificates Services Show"),
+                    "after the request: finds the enrolled certificate's fingerprint",
+                ),
+            ]
+        }
+        (Step::ScepRenewalProfile(p), _) => match cert_steps::profile_cmds(p) {
+            Ok(cmds) => cmds
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| PlannedCommand {
+                    text: c.redacted_text(),
+                    when: if i == 0 {
+                        "always".into()
+                    } else {
+                        "if the profile is not already as wanted".into()
+                    },
+                    read_only: c.is_read_only(),
+                })
+                .collect(),
+            Err(e) => vec![cmd(Err(e), "never")],
+        },
+        (Step::Restart(r), _) => {
+            notes.push(format!(
+                "then waits up to {}s for the device to accept SSH with a lower uptime, logs in \
+                 again and runs the next step on the new session",
+                r.timeout.as_secs()
+            ));
+            vec![
+                cmd(TshCommand::xstatus("SystemUnit Uptime"), "always"),
+                cmd(
+                    TshCommand::xcommand("SystemUnit Boot"),
+                    "unless an earlier attempt's boot already restarted it (lower uptime)",
+                ),
+            ]
+        }
+        _ => {
+            notes.push("the step's inputs were not resolved for this device".into());
+            Vec::new()
+        }
     }
 }
 
 /// The commands a step may send, in order.
 fn step_commands(
     step: &Step,
+    index: usize,
     device: &PreparedDevice,
     seed: SeedState,
 ) -> (Vec<PlannedCommand>, Vec<String>) {
@@ -194,6 +334,12 @@ fn step_commands(
             }
             vec![cmd(built, "always")]
         }
+        Step::AddCaCertificate(_)
+        | Step::RemoveCaCertificate(_)
+        | Step::AddServiceCertificate(_)
+        | Step::ScepEnroll(_)
+        | Step::ScepRenewalProfile(_)
+        | Step::Restart(_) => cert_step_commands(step, device, index, &mut notes),
     };
     (commands, notes)
 }
@@ -247,7 +393,7 @@ pub fn device_plan(
             } else {
                 journal.get(&id).copied().unwrap_or_default()
             };
-            let (commands, mut notes) = step_commands(step, device, seed);
+            let (commands, mut notes) = step_commands(step, i, device, seed);
             let action = match status {
                 StepStatus::Done | StepStatus::Skipped => {
                     return PlannedStep {

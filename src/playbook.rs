@@ -67,6 +67,196 @@ pub enum CertificateRef {
     Previous,
     /// An explicit SHA-1 fingerprint.
     Fingerprint(String),
+    /// The certificate an earlier `scep_enroll` step enrolled (or found) in this run.
+    Enrolled,
+    /// The certificate an earlier `add_service_certificate` step added (or found).
+    Service,
+}
+
+impl CertificateRef {
+    /// The journal output (of an earlier step) that names this certificate, if any.
+    pub fn output_key(&self) -> Option<&'static str> {
+        match self {
+            CertificateRef::Previous => Some("previous_fingerprint"),
+            CertificateRef::Enrolled => Some(ENROLLED_FINGERPRINT),
+            CertificateRef::Service => Some(SERVICE_FINGERPRINT),
+            CertificateRef::New | CertificateRef::Fingerprint(_) => None,
+        }
+    }
+}
+
+/// Output of `scep_enroll`: the enrolled certificate's fingerprint.
+pub const ENROLLED_FINGERPRINT: &str = "enrolled_fingerprint";
+/// Output of `add_service_certificate`: the added certificate's fingerprint.
+pub const SERVICE_FINGERPRINT: &str = "service_fingerprint";
+
+/// `add_ca_certificate` / `remove_ca_certificate`: trusted CAs from a PEM bundle, or one CA
+/// by fingerprint (remove only).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaCertificates {
+    /// A PEM bundle, relative to the playbook; `{name}`, `{host}` and vars are filled in.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// One CA by SHA-1 fingerprint (`remove_ca_certificate` only).
+    #[serde(default)]
+    pub fingerprint: Option<String>,
+}
+
+/// `add_service_certificate`: a certificate and key from PEM files (not the device's
+/// identity certificate), e.g. for 802.1X or HTTPS.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceCertificate {
+    /// Certificate PEM (may also hold the key), relative to the playbook; templated.
+    pub certificate: String,
+    /// Private key PEM; defaults to the certificate file.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Name of the vault credential holding the key's passphrase (sent as
+    /// `PrivateKeyPassword`); never the passphrase itself.
+    #[serde(default)]
+    pub private_key_password: Option<String>,
+}
+
+/// `scep_enroll`: `Security Certificates Services Enrollment SCEP Request`. Text values may
+/// use `{name}`, `{host}` and inventory vars; each is at most 128 characters once filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScepEnroll {
+    pub url: String,
+    /// SHA-1 fingerprint of the issuing CA.
+    pub ca_fingerprint: String,
+    /// Name of the vault credential holding the challenge password (templated: a
+    /// one-time challenge per room can be `scep-{name}`).
+    #[serde(default)]
+    pub challenge_password: Option<String>,
+    pub common_name: String,
+    #[serde(default)]
+    pub country_name: Option<String>,
+    #[serde(default)]
+    pub organization_name: Option<String>,
+    #[serde(default)]
+    pub san_dns: Vec<String>,
+    #[serde(default)]
+    pub san_email: Vec<String>,
+    #[serde(default)]
+    pub san_ip: Vec<String>,
+    #[serde(default)]
+    pub san_uri: Vec<String>,
+}
+
+/// Longest value of a SCEP request parameter (seed 001: `<S: 0, 128>`).
+pub const SCEP_MAX_LEN: usize = 128;
+
+impl ScepEnroll {
+    /// The request's parameters as (name, value template) in send order, without the
+    /// challenge password (a secret, sent separately).
+    pub fn params(&self) -> Vec<(&'static str, &str)> {
+        let mut v = vec![
+            ("URL", self.url.as_str()),
+            ("Fingerprint", self.ca_fingerprint.as_str()),
+            ("CommonName", self.common_name.as_str()),
+        ];
+        if let Some(c) = &self.country_name {
+            v.push(("CountryName", c.as_str()));
+        }
+        if let Some(o) = &self.organization_name {
+            v.push(("OrganizationName", o.as_str()));
+        }
+        for (name, list) in self.san_lists() {
+            v.extend(list.iter().map(|x| (name, x.as_str())));
+        }
+        v
+    }
+
+    /// The SAN lists with their parameter names and the most values each takes.
+    pub fn san_lists(&self) -> [(&'static str, &Vec<String>); 4] {
+        [
+            ("SanDns", &self.san_dns),
+            ("SanEmail", &self.san_email),
+            ("SanIp", &self.san_ip),
+            ("SanUri", &self.san_uri),
+        ]
+    }
+
+    /// Checks filled-in values: length, and that the encoder can send them. Every problem
+    /// is returned (messages name the parameter, and show the value: none is a secret).
+    pub fn check_values(params: &[(&str, String)]) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, value) in params {
+            let n = value.chars().count();
+            if n > SCEP_MAX_LEN {
+                out.push(format!(
+                    "{name} is {n} characters long; the device accepts at most {SCEP_MAX_LEN}: '{value}'"
+                ));
+            }
+            if let Err(e) = crate::tsh::TshCommand::xcommand("x").and_then(|c| c.param(name, value))
+            {
+                out.push(e.to_string());
+            }
+        }
+        out
+    }
+}
+
+/// The most values each SAN list of a SCEP request takes (seed 001: `SanDns[1]`, …).
+pub fn san_limit(name: &str) -> usize {
+    match name {
+        "SanDns" => 1,
+        _ => 5,
+    }
+}
+
+/// What `scep_renewal_profile` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProfileAction {
+    /// `Enrollment SCEP Renewal Request` (Fingerprint + URL).
+    Set,
+    /// `Enrollment Profiles Delete` (Fingerprint).
+    Delete,
+    /// `Enrollment Profiles List` (read-only).
+    List,
+}
+
+/// `scep_renewal_profile`: the device's SCEP auto-renewal profile for a CA.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScepRenewalProfile {
+    pub action: ProfileAction,
+    /// SHA-1 fingerprint of the issuing CA (set, delete).
+    #[serde(default)]
+    pub ca_fingerprint: Option<String>,
+    /// The SCEP server (set).
+    #[serde(default)]
+    pub url: Option<String>,
+}
+
+/// `restart`: `xCommand SystemUnit Boot`, then wait for the device to accept SSH again.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restart {
+    /// How long to wait for the device to come back (default 10m).
+    #[serde(default = "restart_timeout", deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+fn restart_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+impl Default for Restart {
+    fn default() -> Self {
+        Restart {
+            timeout: restart_timeout(),
+        }
+    }
+}
+
+/// `- restart:` (null) means the defaults, like `- restart: {}`.
+fn restart_or_default<'de, D: Deserializer<'de>>(d: D) -> Result<Restart, D::Error> {
+    Ok(Option::<Restart>::deserialize(d)?.unwrap_or_default())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -142,6 +332,12 @@ pub enum Step {
     SetConfiguration(SetConfiguration),
     VerifyExternalIdentity(#[serde(deserialize_with = "empty_or_map")] Empty),
     Xcommand(RawXCommand),
+    AddCaCertificate(CaCertificates),
+    RemoveCaCertificate(CaCertificates),
+    AddServiceCertificate(ServiceCertificate),
+    ScepEnroll(ScepEnroll),
+    ScepRenewalProfile(ScepRenewalProfile),
+    Restart(#[serde(deserialize_with = "restart_or_default")] Restart),
 }
 
 /// `- add_certificate:` (null) and `- add_certificate: {}` mean the same.
@@ -163,6 +359,12 @@ impl Step {
             Step::SetConfiguration(_) => "set_configuration",
             Step::VerifyExternalIdentity(_) => "verify_external_identity",
             Step::Xcommand(_) => "xcommand",
+            Step::AddCaCertificate(_) => "add_ca_certificate",
+            Step::RemoveCaCertificate(_) => "remove_ca_certificate",
+            Step::AddServiceCertificate(_) => "add_service_certificate",
+            Step::ScepEnroll(_) => "scep_enroll",
+            Step::ScepRenewalProfile(_) => "scep_renewal_profile",
+            Step::Restart(_) => "restart",
         }
     }
 
@@ -193,7 +395,19 @@ impl Step {
         match self {
             Step::ShowCertificates(_) | Step::VerifyExternalIdentity(_) => true,
             Step::Xcommand(x) => x.read_only,
+            Step::ScepRenewalProfile(p) => p.action == ProfileAction::List,
             _ => false,
+        }
+    }
+
+    /// Names of the vault credentials the step reads (challenge and key passwords).
+    pub fn vault_credentials(&self) -> Vec<&str> {
+        match self {
+            Step::ScepEnroll(s) => s.challenge_password.iter().map(String::as_str).collect(),
+            Step::AddServiceCertificate(c) => {
+                c.private_key_password.iter().map(String::as_str).collect()
+            }
+            _ => Vec::new(),
         }
     }
 }
@@ -333,6 +547,100 @@ impl Playbook {
     pub fn needs_client_secret(&self) -> bool {
         self.steps.iter().any(Step::needs_client_secret)
     }
+
+    /// Whether any step reads a named credential from the vault.
+    pub fn needs_vault_credentials(&self) -> bool {
+        self.steps.iter().any(|s| !s.vault_credentials().is_empty())
+    }
+
+    /// The directory relative step files (CA bundles, service certificates) are found in.
+    pub fn base_dir(&self) -> PathBuf {
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."))
+    }
+}
+
+fn is_fingerprint(fp: &str) -> bool {
+    fp.len() == 40 && fp.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Problems of a new-style step that can be seen without a device (templated values are
+/// checked again per device in preflight, once filled in).
+fn check_step(step: &Step) -> Vec<String> {
+    let mut out = Vec::new();
+    let fp_msg = |what: &str| format!("{what} is a SHA-1 fingerprint: 40 hex digits");
+    match step {
+        Step::AddCaCertificate(c) => {
+            if c.file.is_none() {
+                out.push("`file:` (a PEM bundle of CA certificates) is required".into());
+            }
+            if c.fingerprint.is_some() {
+                out.push(
+                    "`fingerprint:` is only for remove_ca_certificate; add_ca_certificate takes `file:`"
+                        .into(),
+                );
+            }
+        }
+        Step::RemoveCaCertificate(c) => match (&c.file, &c.fingerprint) {
+            (None, None) | (Some(_), Some(_)) => {
+                out.push("give either `file:` (a PEM bundle) or `fingerprint:`".into())
+            }
+            (None, Some(fp)) if !is_fingerprint(fp) => out.push(fp_msg("`fingerprint`")),
+            _ => {}
+        },
+        Step::ScepEnroll(s) => {
+            for (name, value) in [
+                ("url", &s.url),
+                ("ca_fingerprint", &s.ca_fingerprint),
+                ("common_name", &s.common_name),
+            ] {
+                if value.trim().is_empty() {
+                    out.push(format!("`{name}` is required"));
+                }
+            }
+            if !s.ca_fingerprint.contains('{') && !is_fingerprint(&s.ca_fingerprint) {
+                out.push(fp_msg("`ca_fingerprint`"));
+            }
+            for (name, list) in s.san_lists() {
+                let limit = san_limit(name);
+                if list.len() > limit {
+                    out.push(format!(
+                        "{name} takes at most {limit} value(s), got {}",
+                        list.len()
+                    ));
+                }
+            }
+            // Values without placeholders are final: check them now.
+            let literal: Vec<(&str, String)> = s
+                .params()
+                .into_iter()
+                .filter(|(_, v)| !v.contains('{'))
+                .map(|(n, v)| (n, v.to_string()))
+                .collect();
+            out.extend(ScepEnroll::check_values(&literal));
+        }
+        Step::ScepRenewalProfile(p) => {
+            let needs_url = p.action == ProfileAction::Set;
+            let needs_fp = p.action != ProfileAction::List;
+            match &p.ca_fingerprint {
+                None if needs_fp => out.push("`ca_fingerprint` is required".into()),
+                Some(fp) if !is_fingerprint(fp) => out.push(fp_msg("`ca_fingerprint`")),
+                _ => {}
+            }
+            match &p.url {
+                None if needs_url => out.push("`url` is required to set a profile".into()),
+                Some(u) => out.extend(ScepEnroll::check_values(&[("URL", u.clone())])),
+                None => {}
+            }
+        }
+        Step::Restart(r) if r.timeout.is_zero() => {
+            out.push("`timeout` must be longer than 0".into())
+        }
+        _ => {}
+    }
+    out
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -434,13 +742,17 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
             | Step::ActivateCertificate(Activate {
                 certificate: CertificateRef::Fingerprint(fp),
                 ..
-            }) if fp.len() != 40 || !fp.chars().all(|c| c.is_ascii_hexdigit()) => {
+            }) if !is_fingerprint(fp) => {
                 problem(
                     entry,
                     "a certificate fingerprint is 40 hex digits (SHA-1)".into(),
                 );
             }
-            _ => {}
+            other => {
+                for message in check_step(other) {
+                    problem(entry.clone(), message);
+                }
+            }
         }
     }
     if !problems.is_empty() {
@@ -482,6 +794,8 @@ mod tests {
             "external-identity.yaml",
             "renew-certificate.yaml",
             "rotate-secret.yaml",
+            "trust-ca.yaml",
+            "scep-8021x.yaml",
         ] {
             let path = Path::new(env!("CARGO_MANIFEST_DIR"))
                 .join("playbooks")
@@ -540,6 +854,93 @@ steps:
         );
         assert!(all.contains("steps[1] (set_configuration)"), "{all}");
         assert!(all.contains("steps[2] (xcommand)"), "{all}");
+    }
+
+    #[test]
+    fn certificate_steps_parse() {
+        let p = parse_ok(
+            r#"
+name: t
+steps:
+  - add_ca_certificate: { file: "certs/{site}/ca.pem" }
+  - remove_ca_certificate: { fingerprint: 0123456789abcdef0123456789abcdef01234567 }
+  - add_service_certificate: { certificate: "certs/{name}-https.pem", key: "certs/{name}-https.key", private_key_password: https-key }
+  - activate_certificate: { purpose: HTTPS, certificate: service }
+  - scep_enroll:
+      url: http://scep
+      ca_fingerprint: 0123456789abcdef0123456789abcdef01234567
+      challenge_password: "scep-{name}"
+      common_name: "{name}.example.com"
+      san_email: [a@example.com, b@example.com]
+  - activate_certificate: { purpose: 802.1X, certificate: enrolled }
+  - scep_renewal_profile: { action: list }
+  - restart: { timeout: 90s }
+  - restart:
+"#,
+        );
+        assert_eq!(p.steps.len(), 9);
+        assert_eq!(p.steps[8], Step::Restart(Restart::default()));
+        assert_eq!(p.step_id(4), "05-scep_enroll");
+        assert!(!p.needs_certificate() && !p.needs_client_secret());
+        assert!(p.needs_vault_credentials());
+        assert!(p.steps[6].is_read_only());
+        assert_eq!(
+            p.steps[7],
+            Step::Restart(Restart {
+                timeout: Duration::from_secs(90)
+            })
+        );
+        assert_eq!(p.steps[2].vault_credentials(), vec!["https-key"]);
+        match &p.steps[4] {
+            Step::ScepEnroll(s) => {
+                let names: Vec<&str> = s.params().iter().map(|(n, _)| *n).collect();
+                assert_eq!(
+                    names,
+                    ["URL", "Fingerprint", "CommonName", "SanEmail", "SanEmail"]
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn certificate_step_limits_are_refused_at_load() {
+        let long = "x".repeat(129);
+        let all = problems(&format!(
+            r#"
+name: t
+steps:
+  - scep_enroll:
+      url: http://scep
+      ca_fingerprint: nope
+      common_name: "{long}"
+      san_dns: [a, b]
+      san_ip: ["1", "2", "3", "4", "5", "6"]
+      organization_name: "a\"b"
+  - add_ca_certificate: {{}}
+  - remove_ca_certificate: {{ file: a.pem, fingerprint: 0123456789abcdef0123456789abcdef01234567 }}
+  - scep_renewal_profile: {{ action: set, ca_fingerprint: 0123456789abcdef0123456789abcdef01234567 }}
+  - restart: {{ timeout: 0s }}
+"#
+        ));
+        for want in [
+            "steps[1] (scep_enroll): `ca_fingerprint` is a SHA-1 fingerprint",
+            "CommonName is 129 characters long; the device accepts at most 128",
+            "SanDns takes at most 1 value(s), got 2",
+            "SanIp takes at most 5 value(s), got 6",
+            "\"OrganizationName\" contains a double quote",
+            "steps[2] (add_ca_certificate): `file:`",
+            "steps[3] (remove_ca_certificate): give either",
+            "steps[4] (scep_renewal_profile): `url` is required",
+            "steps[5] (restart): `timeout` must be longer than 0",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        // A templated value is checked per device, once filled in (preflight).
+        parse_ok(&format!(
+            "name: t\nsteps:\n  - scep_enroll: {{ url: u, ca_fingerprint: \"{{fp}}\", common_name: \"{{name}}{}\" }}\n",
+            "x".repeat(200)
+        ));
     }
 
     #[test]

@@ -171,7 +171,7 @@ fn needs_vault(devices: &[&Device], playbook: &Playbook) -> bool {
         .steps
         .iter()
         .any(|s| matches!(s, playbook::Step::RotateSecret(_)));
-    secret_from_vault || login_from_vault || rotates
+    secret_from_vault || login_from_vault || rotates || playbook.needs_vault_credentials()
 }
 
 /// Opens the secret store the selected devices need (the vault only when needed).

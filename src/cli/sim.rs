@@ -10,6 +10,8 @@ use roomkey::sim::{self, FaultPlan, Fleet, FleetOptions};
 
 /// Environment variable holding the password of `--count` fleets.
 pub const PASSWORD_ENV: &str = "ROOMKEY_SIM_PASSWORD";
+/// Environment variable holding the challenge password of the `--scep-url` server.
+pub const SCEP_CHALLENGE_ENV: &str = "ROOMKEY_SIM_SCEP_CHALLENGE";
 
 /// Arguments of `roomkey sim`.
 #[derive(Debug, clap::Args)]
@@ -46,6 +48,35 @@ pub struct Args {
     /// Concurrent scrypt derivations (default: one per core).
     #[arg(long)]
     pub kdf_parallel: Option<usize>,
+    /// Serve a simulated SCEP server at this URL (what `scep_enroll` names); its CA is
+    /// `--scep-ca`, its challenge password comes from ROOMKEY_SIM_SCEP_CHALLENGE.
+    #[arg(long, value_name = "URL", requires = "scep_ca")]
+    pub scep_url: Option<String>,
+    /// Test-CA directory (`roomkey cert test-ca`) that signs the SCEP enrolments.
+    #[arg(long, value_name = "DIR", requires = "scep_url")]
+    pub scep_ca: Option<PathBuf>,
+}
+
+/// The `--scep-url` server, if any.
+fn scep_servers(args: &Args) -> anyhow::Result<Vec<sim::scep::ScepServer>> {
+    let (Some(url), Some(dir)) = (&args.scep_url, &args.scep_ca) else {
+        return Ok(Vec::new());
+    };
+    let challenge = std::env::var(SCEP_CHALLENGE_ENV)
+        .ok()
+        .filter(|c| !c.is_empty())
+        .ok_or_else(|| {
+            anyhow::anyhow!("set {SCEP_CHALLENGE_ENV} to the SCEP server's challenge password")
+        })?;
+    let ca = roomkey::cert::TestCa::load(dir)
+        .with_context(|| format!("loading the SCEP test CA from {}", dir.display()))?;
+    let server = sim::scep::ScepServer::new(url, std::sync::Arc::new(ca), Secret::new(challenge))
+        .context("reading the SCEP CA certificate")?;
+    println!(
+        "SCEP server {url}: CA fingerprint {}",
+        server.ca_fingerprint
+    );
+    Ok(vec![server])
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -101,6 +132,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         state_dir: args.state_dir.clone(),
         kdf,
         boot_delay: Duration::from_secs(args.boot_delay),
+        scep_servers: scep_servers(&args)?,
         ..FleetOptions::default()
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;

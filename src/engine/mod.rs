@@ -12,6 +12,8 @@
 //!   everything is recorded; the run ends resumable.
 //! - The engine never prints: it sends `Event`s to a `Reporter`.
 
+pub mod assets;
+pub mod cert_steps;
 pub mod events;
 pub mod prepare;
 pub mod rollout;
@@ -745,6 +747,7 @@ impl DeviceRun<'_> {
 
     async fn run_steps(&mut self, session: &mut TshSession) -> Attempt {
         let name = self.prepared.device.name.clone();
+        let connect = connect_options(self.config, self.prepared);
         for (index, step) in self.config.playbook.steps.iter().enumerate() {
             let id = self.config.playbook.step_id(index);
             let state = self.journal.step(&id);
@@ -782,10 +785,13 @@ impl DeviceRun<'_> {
                 outputs: &outputs,
                 check_mode: self.config.check_mode,
                 resuming,
+                step_outputs: &state.outputs,
+                connect: &connect,
+                index,
             };
             // Write-ahead: the journal says in-flight before any changing command is sent.
             let mut write_ahead_error = None;
-            let result = steps::execute(step, &mut ctx, &mut |_| {
+            let result = steps::execute(step, &mut ctx, &mut |_, outputs| {
                 if self.config.check_mode {
                     return Ok(());
                 }
@@ -795,7 +801,7 @@ impl DeviceRun<'_> {
                     status: StepStatus::InFlight,
                     at_ms: now_ms(),
                     changed: false,
-                    outputs: BTreeMap::new(),
+                    outputs,
                     error: None,
                 });
                 r.map_err(|e| {

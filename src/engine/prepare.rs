@@ -23,6 +23,9 @@ pub struct PreparedDevice {
     pub identity: Option<Arc<DeviceIdentity>>,
     /// The CN the device must report after activation.
     pub expected_identity: Option<String>,
+    /// Inputs of the certificate steps (CA bundles, service certificates, SCEP values),
+    /// by step index.
+    pub assets: crate::engine::assets::StepAssets,
 }
 
 /// Preflight result: devices, plus warnings that do not stop the run.
@@ -46,6 +49,8 @@ pub fn prepare(
     let mut prepared = Vec::new();
     let mut by_fingerprint: BTreeMap<String, String> = BTreeMap::new();
     for device in devices {
+        let (assets, asset_problems) = crate::engine::assets::resolve(playbook, device, secrets);
+        problems.extend(asset_problems);
         let mut problem = |field: &str, message: String| {
             problems.push(Problem {
                 file: inventory_path.to_path_buf(),
@@ -139,6 +144,7 @@ pub fn prepare(
                 auth,
                 identity,
                 expected_identity,
+                assets,
             });
         }
     }

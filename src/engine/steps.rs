@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::engine::cert_steps;
 use crate::engine::prepare::PreparedDevice;
 use crate::engine::secrets::SecretStore;
 use crate::jwe::{self, Action};
@@ -30,6 +31,13 @@ pub struct StepContext<'a> {
     pub check_mode: bool,
     /// The journal found this step in-flight: an earlier attempt may have reached the device.
     pub resuming: bool,
+    /// This step's own outputs as the journal holds them (those recorded with its
+    /// write-ahead record by an earlier attempt, e.g. the uptime before a restart).
+    pub step_outputs: &'a BTreeMap<String, String>,
+    /// How to log in again (the `restart` step replaces `session`).
+    pub connect: &'a crate::ssh::ConnectOptions,
+    /// The step's position in the playbook (its inputs in `prepared.assets`).
+    pub index: usize,
 }
 
 /// A step that completed.
@@ -53,9 +61,12 @@ pub enum StepError {
     Local(String),
 }
 
-pub type WriteAhead<'w> = dyn FnMut(&str) -> Result<(), String> + Send + 'w;
+/// Journals the step in flight (fsynced) before its first changing command. The outputs
+/// are kept with that record, for a resumed attempt to read back (`step_outputs`).
+pub type WriteAhead<'w> =
+    dyn FnMut(&str, BTreeMap<String, String>) -> Result<(), String> + Send + 'w;
 
-fn unchanged(note: impl Into<String>) -> StepDone {
+pub(crate) fn unchanged(note: impl Into<String>) -> StepDone {
     StepDone {
         changed: false,
         outputs: BTreeMap::new(),
@@ -63,7 +74,7 @@ fn unchanged(note: impl Into<String>) -> StepDone {
     }
 }
 
-fn would(cmd: &TshCommand) -> StepDone {
+pub(crate) fn would(cmd: &TshCommand) -> StepDone {
     StepDone {
         changed: true,
         outputs: BTreeMap::new(),
@@ -71,11 +82,11 @@ fn would(cmd: &TshCommand) -> StepDone {
     }
 }
 
-fn local<E: std::fmt::Display>(e: E) -> StepError {
+pub(crate) fn local<E: std::fmt::Display>(e: E) -> StepError {
     StepError::Local(e.to_string())
 }
 
-async fn send(ctx: &mut StepContext<'_>, cmd: &TshCommand) -> Result<Reply, StepError> {
+pub(crate) async fn send(ctx: &mut StepContext<'_>, cmd: &TshCommand) -> Result<Reply, StepError> {
     Ok(ctx.session.run(cmd).await?)
 }
 
@@ -94,7 +105,7 @@ fn refusal(cmd: &TshCommand, reply: &Reply) -> String {
     }
 }
 
-fn require_ok(cmd: &TshCommand, reply: &Reply) -> Result<(), StepError> {
+pub(crate) fn require_ok(cmd: &TshCommand, reply: &Reply) -> Result<(), StepError> {
     if reply.is_ok() {
         Ok(())
     } else {
@@ -123,6 +134,16 @@ pub async fn execute(
         Step::SetConfiguration(s) => set_configuration(ctx, &s.path, &s.value, write_ahead).await,
         Step::VerifyExternalIdentity(_) => verify_external_identity(ctx).await,
         Step::Xcommand(x) => raw_xcommand(ctx, x, write_ahead).await,
+        Step::AddCaCertificate(_) => cert_steps::add_ca(ctx, write_ahead).await,
+        Step::RemoveCaCertificate(c) => {
+            cert_steps::remove_ca(ctx, c.fingerprint.as_deref(), write_ahead).await
+        }
+        Step::AddServiceCertificate(s) => {
+            cert_steps::add_service(ctx, s.private_key_password.as_deref(), write_ahead).await
+        }
+        Step::ScepEnroll(s) => cert_steps::scep_enroll(ctx, s, write_ahead).await,
+        Step::ScepRenewalProfile(p) => cert_steps::renewal_profile(ctx, p, write_ahead).await,
+        Step::Restart(r) => cert_steps::restart(ctx, r.timeout, write_ahead).await,
     }
 }
 
@@ -196,7 +217,7 @@ async fn populate_jwe(
     Ok(classify_populate(&cmd, &reply))
 }
 
-fn changed(note: impl Into<String>) -> StepDone {
+pub(crate) fn changed(note: impl Into<String>) -> StepDone {
     StepDone {
         changed: true,
         outputs: BTreeMap::new(),
@@ -332,7 +353,7 @@ async fn populate_secret(
             PopulateAnswer::Refused(_) => {}
         }
     }
-    write_ahead("populate plaintext")?;
+    write_ahead("populate plaintext", BTreeMap::new())?;
     let cmd = populate_cmd(Secret::new(jwe::initial_populate_value(&current)))?;
     let reply = send(ctx, &cmd).await?;
     if reply.is_ok() {
@@ -432,7 +453,7 @@ async fn rotate_secret(
         None => ctx.secrets.begin_rotation(device).map_err(local)?,
     };
     crate::failpoint::hit("rotate-after-pending-saved");
-    write_ahead("rotate")?;
+    write_ahead("rotate", BTreeMap::new())?;
     let first = populate_jwe(ctx, &current, &new).await?;
     if first == PopulateAnswer::Accepted {
         crate::failpoint::hit("rotate-after-reply");
@@ -530,6 +551,7 @@ mod secret_tests {
 pub struct ShownCertificate {
     pub fingerprint: String,
     pub subject: String,
+    pub issuer: String,
     pub used_for: Vec<String>,
 }
 
@@ -559,13 +581,14 @@ pub fn parse_show(reply: &Reply) -> Vec<ShownCertificate> {
             Some(ShownCertificate {
                 fingerprint,
                 subject: item.get("SubjectName").unwrap_or_default().to_string(),
+                issuer: item.get("IssuerName").unwrap_or_default().to_string(),
                 used_for,
             })
         })
         .collect()
 }
 
-async fn show(ctx: &mut StepContext<'_>) -> Result<Vec<ShownCertificate>, StepError> {
+pub(crate) async fn show(ctx: &mut StepContext<'_>) -> Result<Vec<ShownCertificate>, StepError> {
     let cmd = TshCommand::xcommand("Security Certificates Services Show").map_err(local)?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
@@ -612,7 +635,7 @@ async fn add_certificate(
         .await
         .map_err(local)?;
     let cmd = header.body_secret(&Secret::new(jwe)).map_err(local)?;
-    write_ahead("add certificate")?;
+    write_ahead("add certificate", BTreeMap::new())?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     outputs.insert("added".into(), "true".into());
@@ -658,6 +681,21 @@ async fn show_certificates(ctx: &mut StepContext<'_>) -> Result<StepDone, StepEr
     })
 }
 
+/// `apply --check` records no outputs, so a certificate an earlier step of the same check
+/// would add (`enrolled`, `service`) has no fingerprint yet: report what would happen.
+fn not_added_in_check_mode(ctx: &StepContext<'_>, which: &CertificateRef) -> Option<StepDone> {
+    let key = match which {
+        CertificateRef::Enrolled | CertificateRef::Service => which.output_key()?,
+        _ => return None,
+    };
+    (ctx.check_mode && !ctx.outputs.contains_key(key)).then(|| {
+        changed(format!(
+            "would act on the certificate an earlier step adds (`{key}` is known only once it \
+             is on the device)"
+        ))
+    })
+}
+
 /// Resolves which fingerprint a step targets; `None` = there is no previous certificate.
 fn target_fingerprint(
     ctx: &StepContext<'_>,
@@ -665,8 +703,17 @@ fn target_fingerprint(
 ) -> Result<Option<String>, StepError> {
     Ok(match which {
         CertificateRef::New => Some(own_identity(ctx)?.fingerprint().to_string()),
-        CertificateRef::Previous => ctx.outputs.get("previous_fingerprint").cloned(),
         CertificateRef::Fingerprint(fp) => Some(normalise_fingerprint(fp)),
+        CertificateRef::Previous => ctx.outputs.get("previous_fingerprint").cloned(),
+        CertificateRef::Enrolled | CertificateRef::Service => {
+            let key = which.output_key().unwrap_or_default();
+            Some(ctx.outputs.get(key).cloned().ok_or_else(|| {
+                StepError::Refused(format!(
+                    "no earlier step recorded `{key}`: put scep_enroll (for `enrolled`) or \
+                     add_service_certificate (for `service`) before this step"
+                ))
+            })?)
+        }
     })
 }
 
@@ -677,6 +724,9 @@ async fn set_activation(
     activate: bool,
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<StepDone, StepError> {
+    if let Some(done) = not_added_in_check_mode(ctx, which) {
+        return Ok(done);
+    }
     let Some(fp) = target_fingerprint(ctx, which)? else {
         return Ok(unchanged("no previous certificate to act on"));
     };
@@ -731,17 +781,34 @@ async fn set_activation(
     } else {
         cmd = cmd.param("Fingerprint", &fp).map_err(local)?;
     }
-    write_ahead(verb)?;
+    // One certificate is active per purpose: activating ours replaces whichever was.
+    let replaced = shown
+        .iter()
+        .find(|c| {
+            activate
+                && c.fingerprint != fp
+                && c.used_for
+                    .iter()
+                    .any(|u| u.eq_ignore_ascii_case(purpose.as_str()))
+        })
+        .map(|c| c.fingerprint.clone());
+    write_ahead(verb, BTreeMap::new())?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
+    let mut outputs = BTreeMap::new();
+    let mut note = format!(
+        "{} {fp} for {}",
+        if activate { "activated" } else { "deactivated" },
+        purpose.as_str()
+    );
+    if let Some(old) = replaced {
+        note.push_str(&format!(" (replacing {old})"));
+        outputs.insert("replaced_fingerprint".to_string(), old);
+    }
     Ok(StepDone {
         changed: true,
-        outputs: BTreeMap::new(),
-        note: Some(format!(
-            "{} {fp} for {}",
-            if activate { "activated" } else { "deactivated" },
-            purpose.as_str()
-        )),
+        outputs,
+        note: Some(note),
     })
 }
 
@@ -750,6 +817,9 @@ async fn delete_certificate(
     which: &CertificateRef,
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<StepDone, StepError> {
+    if let Some(done) = not_added_in_check_mode(ctx, which) {
+        return Ok(done);
+    }
     let Some(fp) = target_fingerprint(ctx, which)? else {
         return Ok(unchanged("no previous certificate to delete"));
     };
@@ -763,7 +833,7 @@ async fn delete_certificate(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    write_ahead("delete")?;
+    write_ahead("delete", BTreeMap::new())?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     Ok(StepDone {
@@ -794,7 +864,7 @@ async fn set_configuration(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    write_ahead("configure")?;
+    write_ahead("configure", BTreeMap::new())?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     Ok(StepDone {
@@ -884,7 +954,7 @@ async fn raw_xcommand(
         return Ok(would(&cmd));
     }
     if !x.read_only {
-        write_ahead("xcommand")?;
+        write_ahead("xcommand", BTreeMap::new())?;
     }
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;

@@ -421,6 +421,9 @@ pub struct PersistedState {
     pub e2ee_mode_on: bool,
     pub preferred_domain: String,
     pub boot_count: u64,
+    /// SCEP auto-renewal profiles (absent in files written before they existed).
+    #[serde(default)]
+    pub renewal_profiles: Vec<RenewalProfile>,
 }
 
 impl Drop for PersistedState {
@@ -444,6 +447,19 @@ pub struct PersistedCert {
     pub used_for: Vec<String>,
 }
 
+/// A SCEP auto-renewal profile (`Enrollment SCEP Renewal Request`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewalProfile {
+    /// Lower-case hex SHA-1 of the issuing CA.
+    pub fingerprint: String,
+    pub url: String,
+}
+
+/// How long a simulated device claims to have been up when first asked: real rooms run for
+/// weeks, and a restart must be visible as a drop in uptime.
+pub const INITIAL_UPTIME_SECS: i64 = 86_400;
+
 /// A simulated device.
 #[derive(Clone)]
 pub struct Device {
@@ -455,6 +471,11 @@ pub struct Device {
     pub e2ee_mode_on: bool,
     pub preferred_domain: String,
     pub boot_count: u64,
+    /// The SCEP servers this device can reach (set by the fleet, not persisted).
+    pub scep_servers: Vec<super::scep::ScepServer>,
+    pub renewal_profiles: Vec<RenewalProfile>,
+    /// When the device last booted; set on first use to `now - INITIAL_UPTIME_SECS`.
+    pub booted_at: Option<OffsetDateTime>,
 }
 
 fn err(name: &str, status: ResultStatus, reason: &str) -> Outcome {
@@ -492,7 +513,18 @@ impl Device {
             e2ee_mode_on: true,
             preferred_domain: String::new(),
             boot_count: 0,
+            scep_servers: Vec::new(),
+            renewal_profiles: Vec::new(),
+            booted_at: None,
         }
+    }
+
+    /// Seconds since the device booted (`xStatus SystemUnit Uptime`).
+    pub fn uptime(&mut self, now: OffsetDateTime) -> i64 {
+        let booted = *self
+            .booted_at
+            .get_or_insert(now - time::Duration::seconds(INITIAL_UPTIME_SECS));
+        (now - booted).whole_seconds().max(0)
     }
 
     /// The current ClientSecret (the simulator exposes it to tests only).
@@ -558,8 +590,10 @@ impl Device {
         decrypted: Option<Result<Decrypted, ()>>,
         now: OffsetDateTime,
     ) -> Outcome {
+        // Uptime starts counting at the first request a device ever sees.
+        self.uptime(now);
         match req.kind {
-            Kind::Command => self.command(req, decrypted),
+            Kind::Command => self.command(req, decrypted, now),
             Kind::Status => self.status(req, now),
             Kind::Configuration => self.configuration(req),
         }
@@ -597,7 +631,12 @@ impl Device {
         }
     }
 
-    fn command(&mut self, req: &Request, decrypted: Option<Result<Decrypted, ()>>) -> Outcome {
+    fn command(
+        &mut self,
+        req: &Request,
+        decrypted: Option<Result<Decrypted, ()>>,
+        now: OffsetDateTime,
+    ) -> Outcome {
         let name = Self::result_name(req);
         let name = name.as_str();
         if req.path_is(&["Security", "ClientSecret", "Populate"]) {
@@ -659,8 +698,75 @@ impl Device {
             }
             return Outcome::changed(ok(name, vec![]));
         }
+        if req.path_is(&[
+            "Security",
+            "Certificates",
+            "Services",
+            "Enrollment",
+            "SCEP",
+            "Request",
+        ]) {
+            return self.scep_request(name, req, now);
+        }
+        if req.path_is(&[
+            "Security",
+            "Certificates",
+            "Services",
+            "Enrollment",
+            "SCEP",
+            "Renewal",
+            "Request",
+        ]) {
+            return self.renewal_request(name, req);
+        }
+        if req.path_is(&[
+            "Security",
+            "Certificates",
+            "Services",
+            "Enrollment",
+            "Profiles",
+            "List",
+        ]) {
+            let mut fields = Vec::new();
+            for (i, p) in self.renewal_profiles.iter().enumerate() {
+                let n = (i + 1).to_string();
+                fields.push(Leaf {
+                    path: vec!["Profile".into(), n.clone(), "Fingerprint".into()],
+                    value: Value::Str(p.fingerprint.clone()),
+                });
+                fields.push(Leaf {
+                    path: vec!["Profile".into(), n, "URL".into()],
+                    value: Value::Str(p.url.clone()),
+                });
+            }
+            return Outcome::reply(ok(name, fields));
+        }
+        if req.path_is(&[
+            "Security",
+            "Certificates",
+            "Services",
+            "Enrollment",
+            "Profiles",
+            "Delete",
+        ]) {
+            let Some(fp) = req.param("Fingerprint") else {
+                return err(name, ResultStatus::ParameterError, "Missing Fingerprint");
+            };
+            let before = self.renewal_profiles.len();
+            self.renewal_profiles
+                .retain(|p| !p.fingerprint.eq_ignore_ascii_case(fp));
+            if self.renewal_profiles.len() == before {
+                return err(
+                    name,
+                    ResultStatus::Error,
+                    "No profile with that fingerprint",
+                );
+            }
+            return Outcome::changed(ok(name, vec![]));
+        }
         if req.path_is(&["SystemUnit", "Boot"]) {
             self.boot_count += 1;
+            self.booted_at = Some(now);
             return Outcome {
                 response: ok(name, vec![]),
                 changed: true,
@@ -672,6 +778,57 @@ impl Device {
             status: ResultStatus::Error,
             fields: vec![leaf(&["Reason"], Value::Str("Unknown command".to_string()))],
         })
+    }
+
+    /// `Enrollment SCEP Request`: the device makes a fresh P-256 key, sends the request to
+    /// the SCEP server at `URL` and installs the certificate it gets back.
+    fn scep_request(&mut self, name: &str, req: &Request, now: OffsetDateTime) -> Outcome {
+        use super::scep::{parse_request, EnrolError};
+        let (url, fingerprint, challenge, issue) = match parse_request(&req.params) {
+            Ok(v) => v,
+            Err(EnrolError::Parameter(m)) => return err(name, ResultStatus::ParameterError, &m),
+            Err(EnrolError::Refused(m)) => return err(name, ResultStatus::Error, &m),
+        };
+        let Some(server) = self.scep_servers.iter().find(|s| s.url == url) else {
+            return err(name, ResultStatus::Error, "Could not reach the SCEP server");
+        };
+        let (cert, key) = match server.enrol(&fingerprint, challenge.as_deref(), &issue, now) {
+            Ok(v) => v,
+            Err(e) => return err(name, ResultStatus::Error, &e.to_string()),
+        };
+        let mut text = Zeroizing::new(cert);
+        text.push_str(key.expose());
+        let (meta, key_pem) = match parse_cert_and_key(&text) {
+            Ok(v) => v,
+            Err(e) => return err(name, ResultStatus::Error, &e.to_string()),
+        };
+        self.certificates.push(ServiceCert {
+            meta,
+            key_pem,
+            used_for: BTreeSet::new(),
+        });
+        Outcome::changed(ok(name, vec![]))
+    }
+
+    fn renewal_request(&mut self, name: &str, req: &Request) -> Outcome {
+        let (Some(fp), Some(url)) = (req.param("Fingerprint"), req.param("URL")) else {
+            return err(
+                name,
+                ResultStatus::ParameterError,
+                "Fingerprint and URL are required",
+            );
+        };
+        if fp.len() > super::scep::MAX_VALUE_LEN || url.len() > super::scep::MAX_VALUE_LEN {
+            return err(name, ResultStatus::ParameterError, "Value too long");
+        }
+        let fingerprint = fp.to_ascii_lowercase();
+        self.renewal_profiles
+            .retain(|p| p.fingerprint != fingerprint);
+        self.renewal_profiles.push(RenewalProfile {
+            fingerprint,
+            url: url.to_string(),
+        });
+        Outcome::changed(ok(name, vec![]))
     }
 
     fn populate(
@@ -881,7 +1038,15 @@ impl Device {
 
     /// The whole status tree (canonical names), in print order.
     pub fn status_tree(&self, now: OffsetDateTime) -> Vec<Leaf> {
+        let uptime = self
+            .booted_at
+            .map(|b| (now - b).whole_seconds().max(0))
+            .unwrap_or(INITIAL_UPTIME_SECS);
         let mut v = vec![
+            leaf(
+                &["SystemUnit", "Uptime"],
+                Value::Literal(uptime.to_string()),
+            ),
             leaf(
                 &["SystemUnit", "ProductId"],
                 Value::Str("Cisco Room Kit".into()),
@@ -1155,6 +1320,7 @@ impl Device {
             e2ee_mode_on: self.e2ee_mode_on,
             preferred_domain: self.preferred_domain.clone(),
             boot_count: self.boot_count,
+            renewal_profiles: self.renewal_profiles.clone(),
         }
     }
 
@@ -1185,6 +1351,7 @@ impl Device {
         d.e2ee_mode_on = state.e2ee_mode_on;
         d.preferred_domain = state.preferred_domain.clone();
         d.boot_count = state.boot_count;
+        d.renewal_profiles = state.renewal_profiles.clone();
         Ok(d)
     }
 }
@@ -1260,6 +1427,12 @@ fn canonical_word(w: &str) -> String {
         "Deactivate",
         "Delete",
         "CA",
+        "Enrollment",
+        "SCEP",
+        "Renewal",
+        "Request",
+        "Profiles",
+        "List",
         "SystemUnit",
         "Boot",
     ];
@@ -1549,5 +1722,116 @@ mod tests {
             d.handle(&st, None, now()).response,
             Response::NodeError { .. }
         ));
+    }
+
+    fn reason(o: &Outcome) -> String {
+        match &o.response {
+            Response::Result { fields, .. } => fields
+                .iter()
+                .find(|l| l.path == ["Reason"])
+                .map(|l| format!("{:?}", l.value))
+                .unwrap_or_default(),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn scep_enrolment_profiles_and_uptime() {
+        use std::sync::Arc;
+        let ca = Arc::new(crate::cert::TestCa::create("sim SCEP CA").unwrap());
+        let server = super::super::scep::ScepServer::new(
+            "http://scep.example.com/certsrv/mscep/mscep.dll",
+            ca,
+            Secret::new("challenge-1"),
+        )
+        .unwrap();
+        let fp = server.ca_fingerprint.clone();
+        let mut d = Device::new("r");
+        d.scep_servers = vec![server];
+        let enrol = |challenge: &str, ca_fp: &str| {
+            cmd(
+                "Security Certificates Services Enrollment SCEP Request",
+                &[
+                    ("URL", "http://scep.example.com/certsrv/mscep/mscep.dll"),
+                    ("Fingerprint", ca_fp),
+                    ("ChallengePassword", challenge),
+                    ("CommonName", "r.example.com"),
+                    ("OrganizationName", "Example"),
+                    ("SanDns", "r.example.com"),
+                ],
+                None,
+            )
+        };
+        let o = d.handle(&enrol("wrong", &fp), None, now());
+        assert_eq!(status_of(&o), ResultStatus::Error);
+        assert!(reason(&o).contains("challenge"), "{o:?}");
+        let o = d.handle(&enrol("challenge-1", &"0".repeat(40)), None, now());
+        assert!(reason(&o).contains("fingerprint"), "{o:?}");
+        assert!(d.certificates.is_empty());
+        let o = d.handle(&enrol("challenge-1", &fp), None, now());
+        assert_eq!(status_of(&o), ResultStatus::Ok, "{o:?}");
+        assert_eq!(d.certificates.len(), 1);
+        let meta = &d.certificates[0].meta;
+        assert_eq!(meta.common_name, "r.example.com");
+        assert_eq!(meta.subject, "/O=Example/CN=r.example.com");
+        assert!(meta.issuer.ends_with("/CN=sim SCEP CA"), "{}", meta.issuer);
+        assert_eq!((meta.not_after - meta.not_before).whole_days(), 365);
+        // A 129-character value is a parameter error.
+        let long = "x".repeat(129);
+        let o = d.handle(
+            &cmd(
+                "Security Certificates Services Enrollment SCEP Request",
+                &[("URL", "u"), ("Fingerprint", &fp), ("CommonName", &long)],
+                None,
+            ),
+            None,
+            now(),
+        );
+        assert_eq!(status_of(&o), ResultStatus::ParameterError);
+
+        // Renewal profiles: set (twice = one), list, delete.
+        let set = cmd(
+            "Security Certificates Services Enrollment SCEP Renewal Request",
+            &[("Fingerprint", &fp), ("URL", "http://scep")],
+            None,
+        );
+        d.handle(&set, None, now());
+        d.handle(&set, None, now());
+        assert_eq!(d.renewal_profiles.len(), 1);
+        let list = d.handle(
+            &cmd(
+                "Security Certificates Services Enrollment Profiles List",
+                &[],
+                None,
+            ),
+            None,
+            now(),
+        );
+        assert!(format!("{:?}", list.response).contains(&fp));
+        let del = cmd(
+            "Security Certificates Services Enrollment Profiles Delete",
+            &[("Fingerprint", &fp)],
+            None,
+        );
+        assert_eq!(status_of(&d.handle(&del, None, now())), ResultStatus::Ok);
+        assert_eq!(status_of(&d.handle(&del, None, now())), ResultStatus::Error);
+
+        // Uptime: a day at first, near zero after a boot.
+        let up = Request {
+            kind: Kind::Status,
+            path: vec!["SystemUnit".into(), "Uptime".into()],
+            params: vec![],
+            body: None,
+        };
+        let t0 = now();
+        let o = d.handle(&up, None, t0);
+        assert!(format!("{:?}", o.response).contains("864"), "{o:?}");
+        let o = d.handle(&cmd("SystemUnit Boot", &[], None), None, t0);
+        assert!(o.reboot);
+        let o = d.handle(&up, None, t0 + time::Duration::seconds(3));
+        assert!(
+            format!("{:?}", o.response).contains("Literal(\"3\")"),
+            "{o:?}"
+        );
     }
 }

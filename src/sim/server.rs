@@ -44,6 +44,8 @@ pub struct FleetOptions {
     pub boot_delay: Duration,
     /// russh's constant-time rejection delay for failed logins.
     pub auth_rejection_time: Duration,
+    /// The SCEP servers every device can reach (by URL).
+    pub scep_servers: Vec<super::scep::ScepServer>,
 }
 
 impl Default for FleetOptions {
@@ -53,6 +55,7 @@ impl Default for FleetOptions {
             kdf: KdfPool::per_core(),
             boot_delay: Duration::from_secs(5),
             auth_rejection_time: Duration::from_millis(200),
+            scep_servers: Vec::new(),
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct DeviceSnapshot {
     pub e2ee_mode_on: bool,
     pub preferred_domain: String,
     pub boot_count: u64,
+    /// SCEP auto-renewal profiles as (CA fingerprint, URL).
+    pub renewal_profiles: Vec<(String, String)>,
     pub commands: Vec<LoggedCommand>,
     pub logins: u64,
 }
@@ -299,6 +304,11 @@ impl DeviceRuntime {
             e2ee_mode_on: m.e2ee_mode_on,
             preferred_domain: m.preferred_domain.clone(),
             boot_count: m.boot_count,
+            renewal_profiles: m
+                .renewal_profiles
+                .iter()
+                .map(|p| (p.fingerprint.clone(), p.url.clone()))
+                .collect(),
             commands: lock(&self.log).clone(),
             logins: self.logins.load(Ordering::Relaxed),
         }
@@ -867,7 +877,7 @@ impl Fleet {
             if !names.insert(spec.name.clone()) {
                 return Err(SimError::DuplicateName(spec.name));
             }
-            let (store, device, host_key) = match opts.state_dir.clone() {
+            let (store, mut device, host_key) = match opts.state_dir.clone() {
                 Some(dir) => {
                     let name = spec.name.clone();
                     // File I/O (and key parsing) off the executor.
@@ -880,6 +890,7 @@ impl Fleet {
                 }
                 None => (None, Device::new(&spec.name), store::random_host_key()),
             };
+            device.scep_servers = opts.scep_servers.clone();
             let presented: PrivateKey = if spec.faults.wrong_host_key {
                 store::random_host_key()
             } else {

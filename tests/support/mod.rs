@@ -56,6 +56,17 @@ pub const TEST_POLICY: &str = "concurrency: 8, connect_timeout: 5s, auth_timeout
 impl Lab {
     /// Starts `n` rooms on 127.`subnet`.0.x; `faults(i)` gives room i's fault plan.
     pub async fn start(n: usize, subnet: u8, faults: impl Fn(usize) -> FaultPlan) -> Lab {
+        Self::start_with(n, subnet, faults, |_, _| {}).await
+    }
+
+    /// [`start`](Self::start) with the fleet's options adjusted (SCEP servers, boot delay);
+    /// `options` also gets the lab directory.
+    pub async fn start_with(
+        n: usize,
+        subnet: u8,
+        faults: impl Fn(usize) -> FaultPlan,
+        options: impl FnOnce(&Path, &mut FleetOptions),
+    ) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let names: Vec<String> = (0..n).map(room_name).collect();
         let specs = names
@@ -71,17 +82,15 @@ impl Lab {
                 faults: faults(i),
             })
             .collect();
-        let fleet = Fleet::start(
-            specs,
-            FleetOptions {
-                state_dir: Some(dir.path().join("sim")),
-                kdf: KdfPool::new(1),
-                boot_delay: Duration::from_millis(300),
-                auth_rejection_time: Duration::from_millis(10),
-            },
-        )
-        .await
-        .unwrap();
+        let mut opts = FleetOptions {
+            state_dir: Some(dir.path().join("sim")),
+            kdf: KdfPool::new(1),
+            boot_delay: Duration::from_millis(300),
+            auth_rejection_time: Duration::from_millis(10),
+            ..FleetOptions::default()
+        };
+        options(dir.path(), &mut opts);
+        let fleet = Fleet::start(specs, opts).await.unwrap();
 
         // Certificates from a test CA.
         let ca = TestCa::create("lab CA").unwrap();
@@ -285,5 +294,66 @@ impl Lab {
             .await
             .secret
             .map(|s| s.expose().to_string())
+    }
+}
+
+// ---- Added for the certificate tests (CA bundles, SCEP) ---------------------------------
+
+/// The URL of the lab's simulated SCEP server.
+pub const SCEP_URL: &str = "http://scep.lab.example.com/certsrv/mscep/mscep.dll";
+/// The challenge password the lab's SCEP server expects.
+pub const SCEP_CHALLENGE: &str = "scep-challenge-5b1e9c";
+
+/// A SCEP server for [`Lab::start_with`]: its CA is written to `scep-ca.pem` in `dir`.
+pub fn scep_server(dir: &Path) -> roomkey::sim::scep::ScepServer {
+    let ca = TestCa::create("lab SCEP CA").unwrap();
+    std::fs::write(dir.join("scep-ca.pem"), &ca.cert_pem).unwrap();
+    roomkey::sim::scep::ScepServer::new(
+        SCEP_URL,
+        std::sync::Arc::new(ca),
+        Secret::new(SCEP_CHALLENGE),
+    )
+    .unwrap()
+}
+
+impl Lab {
+    /// Runs `roomkey plan` on the lab's inventory; returns (exit code, stdout).
+    pub async fn plan(&self, playbook: &Path) -> (i32, String) {
+        let out = self
+            .roomkey(&[
+                "plan",
+                "-i",
+                self.inventory.to_str().unwrap(),
+                playbook.to_str().unwrap(),
+            ])
+            .output()
+            .await
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    /// Stores named credentials in the lab's vault.
+    pub fn set_credentials(&self, creds: &[(&str, &str)]) {
+        // The vault lock is an flock: a `roomkey` child that another test forks in this
+        // process holds a copy of the lock's descriptor until it execs, so the lock taken
+        // and released by `start` can look busy for an instant. Retry that, nothing else.
+        let mut attempts = 0;
+        let mut v = loop {
+            match roomkey::vault::Vault::open(&self.vault, &Secret::new(PASSPHRASE)) {
+                Ok(v) => break v,
+                Err(roomkey::vault::VaultError::Locked { .. }) if attempts < 200 => {
+                    attempts += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(e) => panic!("opening the lab vault: {e}"),
+            }
+        };
+        for (name, value) in creds {
+            v.set_credential(name, Secret::new(*value)).unwrap();
+        }
+        v.save().unwrap();
     }
 }

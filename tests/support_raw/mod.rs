@@ -220,6 +220,7 @@ pub fn options(state_dir: Option<std::path::PathBuf>) -> roomkey::sim::FleetOpti
         kdf: roomkey::kdf::KdfPool::new(2),
         boot_delay: Duration::from_millis(300),
         auth_rejection_time: Duration::from_millis(10),
+        ..roomkey::sim::FleetOptions::default()
     }
 }
 

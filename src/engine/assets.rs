@@ -1,0 +1,252 @@
+//! Per-device inputs of the certificate steps, resolved in preflight: CA bundles and service
+//! certificates read from (templated) files, SCEP request values filled in with the
+//! device's name, host and vars and checked against the device's limits. Resolving here,
+//! before anything connects, is what lets a bad file or a 129-character CommonName stop the
+//! run with a message naming the playbook, the step and the device — and lets `plan` show
+//! the exact commands.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::engine::secrets::SecretStore;
+use crate::inventory::{expand_for, Device, Problem};
+use crate::playbook::{CaCertificates, Playbook, ScepEnroll, ServiceCertificate, Step};
+use crate::secret::Secret;
+
+/// One trusted CA certificate from a bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaCert {
+    /// Lower-case hex SHA-1 of the DER.
+    pub fingerprint: String,
+    pub subject: String,
+    /// Canonical PEM of this certificate alone.
+    pub pem: String,
+}
+
+/// A service certificate and its key, ready to send.
+#[derive(Debug, Clone)]
+pub struct ServiceAsset {
+    pub fingerprint: String,
+    pub subject: String,
+    /// Certificate PEM then key PEM (the `Services Add` body); holds the key.
+    pub payload: Secret,
+    pub certificate_path: PathBuf,
+}
+
+/// What one step needs for one device.
+#[derive(Debug, Clone)]
+pub enum StepAsset {
+    /// CA certificates, de-duplicated by fingerprint, bundle order kept.
+    CaBundle {
+        path: PathBuf,
+        certs: Vec<CaCert>,
+    },
+    Service(ServiceAsset),
+    /// SCEP request parameters (name, filled-in value) in send order, without the
+    /// challenge password.
+    Scep(Vec<(&'static str, String)>),
+}
+
+/// Step index → asset, for the steps that have one.
+pub type StepAssets = BTreeMap<usize, StepAsset>;
+
+fn fill(template: &str, device: &Device) -> Result<String, String> {
+    expand_for(template, device)
+}
+
+fn resolve_path(base: &Path, template: &str, device: &Device) -> Result<PathBuf, String> {
+    Ok(base.join(fill(template, device)?))
+}
+
+fn ca_bundle(
+    base: &Path,
+    c: &CaCertificates,
+    device: &Device,
+) -> Result<Option<StepAsset>, String> {
+    let Some(template) = &c.file else {
+        return Ok(None);
+    };
+    let path = resolve_path(base, template, device)?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read CA bundle {}: {e}", path.display()))?;
+    let infos = crate::cert::parse_cert_bundle(&text)
+        .map_err(|e| format!("CA bundle {}: {e}", path.display()))?;
+    if infos.is_empty() {
+        return Err(format!(
+            "CA bundle {} holds no CERTIFICATE block",
+            path.display()
+        ));
+    }
+    let mut certs: Vec<CaCert> = Vec::new();
+    for info in infos {
+        if !certs.iter().any(|c| c.fingerprint == info.fingerprint_sha1) {
+            certs.push(CaCert {
+                fingerprint: info.fingerprint_sha1,
+                subject: info.subject,
+                pem: info.pem,
+            });
+        }
+    }
+    Ok(Some(StepAsset::CaBundle { path, certs }))
+}
+
+fn service(base: &Path, s: &ServiceCertificate, device: &Device) -> Result<StepAsset, String> {
+    let cert_path = resolve_path(base, &s.certificate, device)?;
+    let cert_text = crate::cert::read_secret_file(&cert_path).map_err(|e| e.to_string())?;
+    let info = crate::cert::parse_cert_pem(cert_text.expose())
+        .map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    let key_text = match &s.key {
+        Some(k) => {
+            let key_path = resolve_path(base, k, device)?;
+            let text = crate::cert::read_secret_file(&key_path).map_err(|e| e.to_string())?;
+            if !text.expose().contains("PRIVATE KEY-----") {
+                return Err(format!("{} holds no private key", key_path.display()));
+            }
+            text
+        }
+        None => {
+            if !cert_text.expose().contains("PRIVATE KEY-----") {
+                return Err(format!(
+                    "{} holds no private key; add `key:` for a separate key file",
+                    cert_path.display()
+                ));
+            }
+            cert_text.clone()
+        }
+    };
+    // The body is the certificate alone, then the key block(s) (an encrypted key stays
+    // encrypted: the device opens it with PrivateKeyPassword).
+    let mut payload = zeroize::Zeroizing::new(info.pem.clone());
+    if !payload.ends_with('\n') {
+        payload.push('\n');
+    }
+    let key_only = key_blocks(key_text.expose());
+    payload.push_str(&key_only);
+    Ok(StepAsset::Service(ServiceAsset {
+        fingerprint: info.fingerprint_sha1,
+        subject: info.subject,
+        payload: Secret::new(payload.as_str()),
+        certificate_path: cert_path,
+    }))
+}
+
+/// The `-----BEGIN … PRIVATE KEY-----` blocks of a PEM text (the certificate dropped, so a
+/// combined file does not send it twice).
+fn key_blocks(text: &str) -> zeroize::Zeroizing<String> {
+    let mut out = zeroize::Zeroizing::new(String::new());
+    let mut inside = false;
+    for line in text.lines() {
+        let t = line.trim();
+        if t.starts_with("-----BEGIN") && t.contains("PRIVATE KEY") {
+            inside = true;
+        }
+        if inside {
+            out.push_str(t);
+            out.push('\n');
+        }
+        if t.starts_with("-----END") && t.contains("PRIVATE KEY") {
+            inside = false;
+        }
+    }
+    out
+}
+
+fn scep(s: &ScepEnroll, device: &Device) -> Result<StepAsset, Vec<String>> {
+    let mut values = Vec::new();
+    let mut problems = Vec::new();
+    for (name, template) in s.params() {
+        match fill(template, device) {
+            Ok(v) => values.push((name, v)),
+            Err(e) => problems.push(e),
+        }
+    }
+    // The list lengths were checked when the playbook was loaded; values only now.
+    problems.extend(ScepEnroll::check_values(&values));
+    if let Some((_, fp)) = values.iter().find(|(n, _)| *n == "Fingerprint") {
+        if fp.len() != 40 || !fp.chars().all(|c| c.is_ascii_hexdigit()) {
+            problems.push(format!(
+                "ca_fingerprint '{fp}' is not a SHA-1 fingerprint (40 hex digits)"
+            ));
+        }
+    }
+    if problems.is_empty() {
+        Ok(StepAsset::Scep(values))
+    } else {
+        Err(problems)
+    }
+}
+
+/// Resolves every step's inputs for one device and, given a store (not for `plan`), checks
+/// that the vault credentials the steps name exist. Problems name the playbook, the step
+/// and the device.
+pub fn resolve(
+    playbook: &Playbook,
+    device: &Device,
+    secrets: Option<&dyn SecretStore>,
+) -> (StepAssets, Vec<Problem>) {
+    let base = playbook.base_dir();
+    let mut assets = StepAssets::new();
+    let mut problems = Vec::new();
+    for (i, step) in playbook.steps.iter().enumerate() {
+        let mut problem = |message: String| {
+            problems.push(Problem {
+                file: playbook.path.clone(),
+                entry: format!(
+                    "steps[{}] ({}) for device {}",
+                    i + 1,
+                    step.kind(),
+                    device.name
+                ),
+                message,
+            })
+        };
+        // Named vault credentials (SCEP challenge, key password) are checked like login
+        // credentials; their names may be templated per device.
+        if let Some(store) = secrets {
+            for template in step.vault_credentials() {
+                let checked = fill(template, device).and_then(|name| {
+                    store
+                        .credential(device, &name)
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                });
+                if let Err(e) = checked {
+                    problem(e);
+                }
+            }
+        }
+        let result = match step {
+            Step::AddCaCertificate(c) | Step::RemoveCaCertificate(c) => {
+                ca_bundle(&base, c, device).map_err(|e| vec![e])
+            }
+            Step::AddServiceCertificate(s) => {
+                service(&base, s, device).map(Some).map_err(|e| vec![e])
+            }
+            Step::ScepEnroll(s) => scep(s, device).map(Some),
+            _ => Ok(None),
+        };
+        match result {
+            Ok(Some(asset)) => {
+                assets.insert(i, asset);
+            }
+            Ok(None) => {}
+            Err(messages) => messages.into_iter().for_each(&mut problem),
+        }
+    }
+    (assets, problems)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_blocks_drop_the_certificate() {
+        let text = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n\
+                    -----BEGIN ENCRYPTED PRIVATE KEY-----\nBBB\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        assert_eq!(
+            key_blocks(text).as_str(),
+            "-----BEGIN ENCRYPTED PRIVATE KEY-----\nBBB\n-----END ENCRYPTED PRIVATE KEY-----\n"
+        );
+    }
+}

@@ -1,0 +1,552 @@
+//! A room's other certificates end to end (seed 001), with a real `roomkey apply` against
+//! simulated rooms over real SSH: trusted CA bundles applied twice, SCEP enrolment with
+//! 802.1X activation and a restart on ten rooms, limits refused before connecting, a wrong
+//! challenge failing only its room, a restart interrupted after the boot, and the challenge
+//! password kept out of everything roomkey writes.
+
+mod support;
+
+use roomkey::sim::FaultPlan;
+use support::{playbook, scep_server, Lab, SCEP_CHALLENGE, SCEP_URL, TEST_POLICY};
+
+fn ca_fingerprint(lab: &Lab) -> String {
+    let pem = std::fs::read_to_string(lab.path().join("scep-ca.pem")).unwrap();
+    roomkey::cert::parse_cert_pem(&pem)
+        .unwrap()
+        .fingerprint_sha1
+}
+
+/// `n` rooms that reach the lab's SCEP server, with its challenge stored in the vault as
+/// `scep-challenge`; returns the lab and the SCEP CA's fingerprint.
+async fn scep_lab(n: usize, subnet: u8) -> (Lab, String) {
+    let lab = Lab::start_with(
+        n,
+        subnet,
+        |_| FaultPlan::default(),
+        |dir, opts| opts.scep_servers = vec![scep_server(dir)],
+    )
+    .await;
+    lab.set_credentials(&[("scep-challenge", SCEP_CHALLENGE)]);
+    let fp = ca_fingerprint(&lab);
+    (lab, fp)
+}
+
+fn report(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// `roomkey apply` with a JSON report and debug logs (everything a secret could leak into);
+/// returns (exit code, stdout, stderr, report path).
+async fn apply_logged(
+    lab: &Lab,
+    pb: &std::path::Path,
+) -> (i32, String, String, std::path::PathBuf) {
+    let report_path = lab.path().join("report.json");
+    let (code, stdout, stderr) = lab
+        .apply_env(
+            pb,
+            &["--report", report_path.to_str().unwrap()],
+            &[("RUST_LOG", "debug")],
+        )
+        .await;
+    (code, stdout, stderr, report_path)
+}
+
+/// None of `secrets` is in `printed`, the lab's state files (journal, known_hosts) or
+/// the report.
+fn assert_nowhere(lab: &Lab, printed: &str, report_path: &std::path::Path, secrets: &[&str]) {
+    let written = format!(
+        "{printed}{}{}",
+        lab.state_files_text(),
+        std::fs::read_to_string(report_path).unwrap()
+    );
+    for secret in secrets {
+        assert!(!written.contains(secret), "a challenge password leaked");
+    }
+}
+
+fn scep_steps(fp: &str, challenge: &str, common_name: &str) -> String {
+    format!(
+        "  - add_ca_certificate: {{ file: scep-ca.pem }}
+  - scep_enroll:
+      url: \"{SCEP_URL}\"
+      ca_fingerprint: {fp}
+      challenge_password: \"{challenge}\"
+      common_name: \"{common_name}\"
+      organization_name: Lab
+      san_dns: [\"{{name}}.lab.example.com\"]
+      san_email: [\"av@lab.example.com\"]
+  - activate_certificate: {{ purpose: 802.1X, certificate: enrolled }}
+"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ca_bundle_applied_twice_leaves_each_ca_once() {
+    let lab = Lab::start(2, 80, |_| FaultPlan::default()).await;
+    let a = roomkey::cert::TestCa::create("Corp Root CA").unwrap();
+    let b = roomkey::cert::TestCa::create("Corp Issuing CA").unwrap();
+    // The bundle lists one CA twice: it is still sent (and trusted) once.
+    let bundle = format!("{}{}{}", a.cert_pem, b.cert_pem, a.cert_pem);
+    std::fs::write(lab.path().join("bundle.pem"), bundle).unwrap();
+    let pb = playbook(
+        lab.path(),
+        "trust",
+        TEST_POLICY,
+        "  - add_ca_certificate: { file: bundle.pem }\n",
+    );
+    for extra in [&[][..], &["--fresh"][..]] {
+        let (code, stdout, stderr) = lab.apply(&pb, extra).await;
+        assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    }
+    let fa = roomkey::cert::parse_cert_pem(&a.cert_pem)
+        .unwrap()
+        .fingerprint_sha1;
+    let fb = roomkey::cert::parse_cert_pem(&b.cert_pem)
+        .unwrap()
+        .fingerprint_sha1;
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        let fps: Vec<&str> = snap.cas.iter().map(|c| c.fingerprint.as_str()).collect();
+        assert_eq!(fps, vec![fa.as_str(), fb.as_str()], "{name}");
+        assert_eq!(snap.count("CA Add"), 1, "{name}: one CA Add in two runs");
+        assert_eq!(snap.count("CA Show"), 2, "{name}: read before each change");
+    }
+
+    // Removing one by fingerprint leaves the other.
+    let rm = playbook(
+        lab.path(),
+        "untrust",
+        TEST_POLICY,
+        &format!("  - remove_ca_certificate: {{ fingerprint: {fa} }}\n"),
+    );
+    let (code, stdout, stderr) = lab.apply(&rm, &[]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        let fps: Vec<&str> = snap.cas.iter().map(|c| c.fingerprint.as_str()).collect();
+        assert_eq!(fps, vec![fb.as_str()], "{name}");
+    }
+    // Removing by the bundle removes what is left of it; twice is harmless.
+    let rm_all = playbook(
+        lab.path(),
+        "untrust-all",
+        TEST_POLICY,
+        "  - remove_ca_certificate: { file: bundle.pem }\n",
+    );
+    for extra in [&[][..], &["--fresh"][..]] {
+        let (code, stdout, stderr) = lab.apply(&rm_all, extra).await;
+        assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    }
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert!(snap.cas.is_empty(), "{name}");
+        assert_eq!(snap.count("CA Delete"), 2, "{name}: one delete per CA");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scep_enrolment_on_ten_rooms_then_8021x_and_a_restart() {
+    let (lab, fp) = scep_lab(10, 81).await;
+    let steps = format!(
+        "{}  - scep_renewal_profile: {{ action: set, ca_fingerprint: {fp}, url: \"{SCEP_URL}\" }}
+  - restart: {{ timeout: 30s }}
+  - scep_renewal_profile: {{ action: list }}
+",
+        scep_steps(&fp, "scep-challenge", "{name}.lab.example.com")
+    );
+    let pb = playbook(lab.path(), "scep", TEST_POLICY, &steps);
+    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // The run with debug logs, kept for the leak check at the end.
+    let first_output = format!("{stdout}{stderr}");
+    assert!(
+        first_output.contains("ChallengePassword: \\\"[redacted]\\\"")
+            || first_output.contains("ChallengePassword: \"[redacted]\""),
+        "the debug log shows the SCEP request, redacted:\n{first_output}"
+    );
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        let cn = support::identity(name);
+        let enrolled: Vec<_> = snap
+            .certificates
+            .iter()
+            .filter(|c| c.common_name == cn)
+            .collect();
+        assert_eq!(enrolled.len(), 1, "{name}: one enrolled certificate");
+        let cert = enrolled[0];
+        assert!(cert.issuer.ends_with("/CN=lab SCEP CA"), "{}", cert.issuer);
+        assert_eq!(cert.used_for, vec!["802.1X".to_string()], "{name}");
+        assert_eq!((cert.not_after - cert.not_before).whole_days(), 365);
+        assert_eq!(snap.boot_count, 1, "{name}: restarted once");
+        assert_eq!(
+            snap.renewal_profiles,
+            vec![(fp.clone(), SCEP_URL.to_string())],
+            "{name}: renewal profile set"
+        );
+        // The list after the restart ran on a new login: the device came back.
+        assert_eq!(snap.logins, 2, "{name}: logged in again after the boot");
+        let last = snap.commands.last().unwrap();
+        assert!(last.line.contains("Profiles List"), "{name}: {last:?}");
+    }
+    let doc = report(&report_path);
+    assert!(doc["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["status"] == "changed"));
+
+    // A rerun: the journal has every step done, nothing is sent, nothing reboots.
+    let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // Without the restart, a fresh rerun reads the devices and enrols nothing again.
+    let no_restart = playbook(
+        lab.path(),
+        "scep-again",
+        TEST_POLICY,
+        &scep_steps(&fp, "scep-challenge", "{name}.lab.example.com"),
+    );
+    let (code, stdout, stderr) = lab.apply(&no_restart, &["--fresh"]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("ok=10"), "{stdout}");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(snap.count("SCEP Request"), 1, "{name}: enrolled once");
+        assert_eq!(snap.boot_count, 1, "{name}: not restarted again");
+        assert_eq!(snap.cas.len(), 1, "{name}: CA trusted once");
+    }
+
+    // The challenge password is nowhere roomkey wrote or printed (logs at debug included).
+    assert_nowhere(
+        &lab,
+        &format!("{stdout}{stderr}{first_output}"),
+        &report_path,
+        &[SCEP_CHALLENGE],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_129_character_common_name_is_refused_before_connecting() {
+    let (lab, fp) = scep_lab(2, 82).await;
+    // A literal value: refused when the playbook is read.
+    let long = "c".repeat(129);
+    let literal = playbook(
+        lab.path(),
+        "long",
+        TEST_POLICY,
+        &scep_steps(&fp, "scep-challenge", &long),
+    );
+    let (code, stdout, stderr) = lab.apply(&literal, &[]).await;
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("long.yaml"), "{stderr}");
+    assert!(stderr.contains("steps[2] (scep_enroll)"), "{stderr}");
+    assert!(stderr.contains("CommonName is 129 characters"), "{stderr}");
+    // A templated value that becomes too long for one device: refused in preflight,
+    // naming the device, and no device is contacted.
+    let templated = playbook(
+        lab.path(),
+        "templated",
+        TEST_POLICY,
+        &scep_steps(
+            &fp,
+            "scep-challenge",
+            &format!("{{name}}{}", "c".repeat(122)),
+        ),
+    );
+    let (code, stdout, stderr) = lab.apply(&templated, &[]).await;
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("steps[2] (scep_enroll) for device room-01"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("CommonName is 129 characters"), "{stderr}");
+    // Also the plan refuses it.
+    let (code, _) = lab.plan(&literal).await;
+    assert_ne!(code, 0);
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(snap.logins, 0, "{name} was contacted");
+        assert!(snap.commands.is_empty(), "{name} received commands");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_challenge_fails_only_its_room_and_never_leaks() {
+    let (lab, fp) = scep_lab(3, 83).await;
+    // One-time challenges per room; room-02's is wrong.
+    let wrong = "not-the-challenge-77d2";
+    lab.set_credentials(&[
+        ("scep-room-01", SCEP_CHALLENGE),
+        ("scep-room-02", wrong),
+        ("scep-room-03", SCEP_CHALLENGE),
+    ]);
+    let pb = playbook(
+        lab.path(),
+        "scep-wrong",
+        TEST_POLICY,
+        &scep_steps(&fp, "scep-{name}", "{name}.lab.example.com"),
+    );
+
+    let (code, plan_text) = lab.plan(&pb).await;
+    assert_eq!(code, 0, "{plan_text}");
+    assert!(
+        plan_text.contains(&format!(
+            "xCommand Security Certificates Services Enrollment SCEP Request URL: \"{SCEP_URL}\" Fingerprint: \"{fp}\" ChallengePassword: \"[redacted]\" CommonName: \"room-01.lab.example.com\""
+        )),
+        "{plan_text}"
+    );
+    assert!(
+        plan_text.contains("xCommand Security Certificates CA Add"),
+        "{plan_text}"
+    );
+
+    // --check reads and reports what would change; nothing changes.
+    let (code, check_out, check_err) = lab.apply(&pb, &["--check"]).await;
+    assert_eq!(code, 0, "stdout:\n{check_out}\nstderr:\n{check_err}");
+    assert!(check_out.contains("changed=3"), "{check_out}");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(
+            snap.count("CA Add") + snap.count("SCEP Request"),
+            0,
+            "{name}"
+        );
+        assert!(
+            snap.cas.is_empty() && snap.certificates.is_empty(),
+            "{name}"
+        );
+    }
+
+    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb).await;
+    assert_ne!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let doc = report(&report_path);
+    for o in doc["outcomes"].as_array().unwrap() {
+        if o["device"] == "room-02" {
+            assert_eq!(o["status"], "failed", "{o}");
+            let reason = o["reason"].as_str().unwrap();
+            assert!(reason.contains("wrong challenge password"), "{reason}");
+            assert!(
+                reason.contains("ChallengePassword: \"[redacted]\""),
+                "{reason}"
+            );
+        } else {
+            assert_eq!(o["status"], "changed", "{o}");
+        }
+    }
+    let failed = lab.snapshot("room-02").await;
+    assert!(failed.certificates.is_empty());
+    for name in ["room-01", "room-03"] {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(snap.certificates.len(), 1, "{name}");
+        assert_eq!(snap.certificates[0].used_for, vec!["802.1X".to_string()]);
+    }
+    assert_nowhere(
+        &lab,
+        &format!("{plan_text}{check_out}{check_err}{stdout}{stderr}"),
+        &report_path,
+        &[SCEP_CHALLENGE, wrong],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_after_the_boot_does_not_restart_again() {
+    let lab = Lab::start(2, 84, |_| FaultPlan::default()).await;
+    let policy = TEST_POLICY.replace("retries: 2", "retries: 6");
+    let pb = playbook(
+        lab.path(),
+        "restart",
+        &policy,
+        "  - restart: { timeout: 30s }\n",
+    );
+    let (code, _stdout, stderr) = lab
+        .apply_env(&pb, &[], &[("ROOMKEY_FAILPOINT", "restart-after-boot")])
+        .await;
+    assert_eq!(code, -1, "aborted by the failpoint: {stderr}");
+    assert!(stderr.contains("failpoint restart-after-boot"), "{stderr}");
+    // concurrency 8: both rooms may have been booted before the abort, or only one.
+    let mut booted = Vec::new();
+    for name in &lab.names {
+        booted.push(lab.snapshot(name).await.boot_count);
+    }
+    assert!(booted.contains(&1), "{booted:?}");
+    let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for (i, name) in lab.names.iter().enumerate() {
+        let snap = lab.snapshot(name).await;
+        // A room booted before the abort is not booted again; one that was not, is now.
+        assert_eq!(
+            snap.boot_count, 1,
+            "{name} (before the rerun: {})",
+            booted[i]
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_certificates_from_pem_files_activate_replace_and_delete() {
+    let lab = Lab::start(2, 85, |_| FaultPlan::default()).await;
+    // Two HTTPS certificates per room (not the identity ones), key in a separate file.
+    let ca = roomkey::cert::TestCa::create("Corp HTTPS CA").unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let mut fingerprints = std::collections::BTreeMap::new();
+    for name in &lab.names {
+        for which in ["old", "new"] {
+            let cn = format!("{name}-{which}.https.example.com");
+            let (cert, key) = ca
+                .issue(
+                    &cn,
+                    &[],
+                    now - time::Duration::hours(1),
+                    now + time::Duration::days(90),
+                )
+                .unwrap();
+            let certs = lab.path().join("certs");
+            std::fs::write(certs.join(format!("{name}-{which}-https.pem")), &cert).unwrap();
+            std::fs::write(
+                certs.join(format!("{name}-{which}-https.key")),
+                key.expose(),
+            )
+            .unwrap();
+            let fp = roomkey::cert::parse_cert_pem(&cert)
+                .unwrap()
+                .fingerprint_sha1;
+            fingerprints.insert(format!("{name}-{which}"), fp);
+        }
+    }
+    let add = |which: &str| {
+        format!(
+            "  - add_service_certificate: {{ certificate: \"certs/{{name}}-{which}-https.pem\", key: \"certs/{{name}}-{which}-https.key\" }}
+  - activate_certificate: {{ purpose: HTTPS, certificate: service }}
+"
+        )
+    };
+    let first = playbook(lab.path(), "https-old", TEST_POLICY, &add("old"));
+    let (code, stdout, stderr) = lab.apply(&first, &[]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    // The new one replaces the old one for HTTPS (one active per purpose), reported so.
+    let second = playbook(lab.path(), "https-new", TEST_POLICY, &add("new"));
+    let report_path = lab.path().join("report.json");
+    let (code, stdout, stderr) = lab
+        .apply(&second, &["--report", report_path.to_str().unwrap()])
+        .await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let doc = report(&report_path);
+    for o in doc["outcomes"].as_array().unwrap() {
+        let device = o["device"].as_str().unwrap();
+        let old = &fingerprints[&format!("{device}-old")];
+        let note = o["steps"][1]["note"].as_str().unwrap_or_default();
+        assert!(note.contains(&format!("replacing {old}")), "{o}");
+    }
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(snap.count("Services Add"), 2, "{name}");
+        assert_eq!(
+            snap.activations(&fingerprints[&format!("{name}-new")]),
+            vec!["HTTPS".to_string()]
+        );
+        assert!(snap
+            .activations(&fingerprints[&format!("{name}-old")])
+            .is_empty());
+    }
+    // Deactivate and delete the new one by fingerprint; a rerun changes nothing.
+    for name in &lab.names {
+        let fp = &fingerprints[&format!("{name}-new")];
+        let pb = playbook(
+            lab.path(),
+            &format!("https-remove-{name}"),
+            TEST_POLICY,
+            &format!(
+                "  - deactivate_certificate: {{ purpose: HTTPS, certificate: {{ fingerprint: {fp} }} }}
+  - delete_certificate: {{ purpose: HTTPS, certificate: {{ fingerprint: {fp} }} }}
+"
+            ),
+        );
+        for extra in [
+            &["--limit", name.as_str()][..],
+            &["--limit", name.as_str(), "--fresh"][..],
+        ] {
+            let (code, stdout, stderr) = lab.apply(&pb, extra).await;
+            assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+        }
+        let snap = lab.snapshot(name).await;
+        assert!(!snap.certificates.iter().any(|c| &c.fingerprint == fp));
+        assert_eq!(snap.count("Services Delete"), 1, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_shows_the_shipped_certificate_playbooks_redacted() {
+    let lab = Lab::start(2, 86, |_| FaultPlan::default()).await;
+    lab.set_credentials(&[("scep-challenge", SCEP_CHALLENGE)]);
+    let ca = roomkey::cert::TestCa::create("Corp Root CA").unwrap();
+    std::fs::write(lab.path().join("certs/ca-bundle.pem"), &ca.cert_pem).unwrap();
+    std::fs::write(lab.path().join("certs/scep-ca.pem"), &ca.cert_pem).unwrap();
+    let shipped = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks");
+    for name in ["trust-ca.yaml", "scep-8021x.yaml"] {
+        std::fs::copy(shipped.join(name), lab.path().join(name)).unwrap();
+    }
+    let (code, trust) = lab.plan(&lab.path().join("trust-ca.yaml")).await;
+    assert_eq!(code, 0, "{trust}");
+    assert!(
+        trust.contains("xCommand Security Certificates CA Show"),
+        "{trust}"
+    );
+    assert!(
+        trust.contains("xCommand Security Certificates CA Add\n"),
+        "{trust}"
+    );
+    assert!(trust.contains("-----BEGIN CERTIFICATE-----"), "{trust}");
+    let (code, scep) = lab.plan(&lab.path().join("scep-8021x.yaml")).await;
+    assert_eq!(code, 0, "{scep}");
+    for want in [
+        "ChallengePassword: \"[redacted]\" CommonName: \"room-01.example.com\" CountryName: \"US\"",
+        "SanDns: \"room-01.example.com\"",
+        "xCommand Security Certificates Services Activate Purpose: 802.1X Fingerprint: \"<certificate enrolled by scep_enroll>\"",
+        "xCommand Security Certificates Services Enrollment SCEP Renewal Request Fingerprint:",
+        "xStatus SystemUnit Uptime",
+        "xCommand SystemUnit Boot",
+        "xCommand Security Certificates Services Enrollment Profiles List",
+        "vault credential 'scep-challenge'",
+    ] {
+        assert!(scep.contains(want), "missing {want:?} in:\n{scep}");
+    }
+    assert!(!scep.contains(SCEP_CHALLENGE));
+    for name in &lab.names {
+        assert_eq!(lab.snapshot(name).await.logins, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enrolment_interrupted_after_the_reply_is_not_repeated_without_a_trusted_ca() {
+    let (lab, fp) = scep_lab(2, 87).await;
+    // The SCEP CA is not trusted (no add_ca_certificate), and each room already holds a
+    // certificate with the very CN the enrolment asks for (its identity certificate): only
+    // the journal can tell which certificate the interrupted enrolment produced.
+    let steps = scep_steps(&fp, "scep-challenge", "{name}.lab.example.com").replace(
+        "  - add_ca_certificate: { file: scep-ca.pem }\n",
+        "  - add_service_certificate: { certificate: \"certs/{name}.pem\", key: \"certs/{name}.key\" }\n",
+    );
+    let pb = playbook(lab.path(), "scep-untrusted", TEST_POLICY, &steps);
+    let (code, _stdout, stderr) = lab
+        .apply_env(&pb, &[], &[("ROOMKEY_FAILPOINT", "scep-after-reply")])
+        .await;
+    assert_eq!(code, -1, "aborted by the failpoint: {stderr}");
+    assert!(stderr.contains("failpoint scep-after-reply"), "{stderr}");
+    let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(snap.count("SCEP Request"), 1, "{name}: enrolled once");
+        assert_eq!(snap.certificates.len(), 2, "{name}");
+        let active: Vec<_> = snap
+            .certificates
+            .iter()
+            .filter(|c| c.used_for.iter().any(|u| u == "802.1X"))
+            .collect();
+        assert_eq!(active.len(), 1, "{name}");
+        assert!(
+            active[0].issuer.ends_with("/CN=lab SCEP CA"),
+            "{name}: the enrolled certificate is the active one, not the identity one"
+        );
+    }
+}
