@@ -114,7 +114,7 @@ fn cert_step_commands(
     notes: &mut Vec<String>,
 ) -> Vec<PlannedCommand> {
     use crate::engine::assets::StepAsset;
-    use crate::engine::cert_steps;
+    use crate::engine::steps;
     let asset = device.assets.get(&index);
     match (step, asset) {
         (Step::AddCaCertificate(_), Some(StepAsset::CaBundle { path, certs })) => {
@@ -129,7 +129,7 @@ fn cert_step_commands(
             vec![
                 ca_show(),
                 cmd(
-                    cert_steps::ca_add_cmd(&all),
+                    steps::ca_add_cmd(&all),
                     "with only the certificates CA Show does not list (none listed: all of them)",
                 ),
             ]
@@ -162,7 +162,7 @@ fn cert_step_commands(
             vec![
                 show(),
                 cmd(
-                    cert_steps::service_add_cmd(&secret_placeholder(), password.as_ref()),
+                    steps::service_add_cmd(&secret_placeholder(), password.as_ref()),
                     &format!(
                         "if {} is not listed (body: {} and its key)",
                         svc.fingerprint,
@@ -187,7 +187,7 @@ fn cert_step_commands(
                 ca_show(),
                 show(),
                 cmd(
-                    cert_steps::scep_cmd(values, challenge.as_ref()),
+                    steps::scep_cmd(values, challenge.as_ref()),
                     &format!(
                         "if no certificate for CN={cn} issued by that CA is listed (the issuer is \
                          known only if CA Show lists the CA; otherwise it enrols)"
@@ -199,7 +199,7 @@ fn cert_step_commands(
                 ),
             ]
         }
-        (Step::ScepRenewalProfile(p), _) => match cert_steps::profile_cmds(p) {
+        (Step::ScepRenewalProfile(p), _) => match steps::profile_cmds(p) {
             Ok(cmds) => cmds
                 .into_iter()
                 .enumerate()

@@ -13,7 +13,6 @@
 //! - The engine never prints: it sends `Event`s to a `Reporter`.
 
 pub mod assets;
-pub mod cert_steps;
 pub mod events;
 pub mod prepare;
 pub mod rollout;

@@ -381,6 +381,42 @@ fn external_identity_both_forms() {
     );
 }
 
+/// The verifier's reading of both node forms, each on its own, and of a device that says
+/// its external identity is not valid.
+#[test]
+fn external_identity_verdicts_in_either_form() {
+    use crate::engine::steps::parse_external_identity;
+    let newer = parse_external_identity(&reply_of(&run(
+        include_bytes!("fixtures/status_external_identity_new.txt"),
+        ReplyShape::Status,
+    )));
+    assert!(newer.valid, "{newer:?}");
+    assert_eq!(
+        newer.identity.as_deref(),
+        Some("meeting-room-1.example.com")
+    );
+    assert_eq!(newer.evidence, "Verification=Valid, Status=Valid");
+
+    let seed = parse_external_identity(&reply_of(&run(
+        include_bytes!("fixtures/status_external_identity_seed.txt"),
+        ReplyShape::Status,
+    )));
+    assert!(seed.valid, "{seed:?}");
+    assert_eq!(seed.identity.as_deref(), Some("meeting-room-1.example.com"));
+
+    let invalid = b"*s Conference EndToEndEncryption ExternalIdentity Identity: \"\"\n\
+*s Conference EndToEndEncryption ExternalIdentity Status: \"Invalid\"\n\
+*s Conference EndToEndEncryption ExternalIdentity Verification: \"Unverified\"\n** end\n\nOK\n";
+    let invalid = parse_external_identity(&reply_of(&run(invalid, ReplyShape::Status)));
+    assert!(!invalid.valid);
+    assert_eq!(invalid.identity, None);
+    assert_eq!(invalid.evidence, "Verification=Unverified, Status=Invalid");
+
+    let empty = parse_external_identity(&reply_of(&run(b"** end\n\nOK\n", ReplyShape::Status)));
+    assert!(!empty.valid);
+    assert_eq!(empty.evidence, "no validity node");
+}
+
 #[test]
 fn a_session_of_several_replies_in_sequence() {
     // login, echo off, a Show, a status read: one reader, the client calling `expect`

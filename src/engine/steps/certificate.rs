@@ -1,0 +1,311 @@
+//! The identity certificate steps: `add_certificate` (the `add` JWE), `show_certificates`
+//! (the device's fingerprint against the local one), activation and deactivation for a
+//! purpose (the fingerprint as a JWE for `WebexIdentity`), and `delete_certificate`.
+
+use std::collections::BTreeMap;
+
+use super::{
+    changed, local, require_ok, send, unchanged, would, StepContext, StepDone, StepError,
+    WriteAhead,
+};
+use crate::jwe::Action;
+use crate::playbook::{CertificateRef, Purpose};
+use crate::secret::Secret;
+use crate::tsh::{Reply, TshCommand};
+
+/// One certificate as `Services Show` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShownCertificate {
+    pub fingerprint: String,
+    pub subject: String,
+    pub issuer: String,
+    pub used_for: Vec<String>,
+}
+
+/// Normalises a fingerprint as devices and tools print it (`AB:CD…`, `abcd…`).
+pub fn normalise_fingerprint(fp: &str) -> String {
+    fp.chars()
+        .filter(|c| c.is_ascii_hexdigit())
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Reads the certificate list out of a `Services Show` reply (pure; tested with fixtures).
+pub fn parse_show(reply: &Reply) -> Vec<ShownCertificate> {
+    reply
+        .items("Details")
+        .iter()
+        .filter_map(|item| {
+            let fingerprint = normalise_fingerprint(item.get("Fingerprint")?);
+            let used_for = item
+                .get("UsedFor")
+                .unwrap_or_default()
+                .split([',', ' '])
+                .map(str::trim)
+                .filter(|s| !s.is_empty() && !s.eq_ignore_ascii_case("none"))
+                .map(str::to_string)
+                .collect();
+            Some(ShownCertificate {
+                fingerprint,
+                subject: item.get("SubjectName").unwrap_or_default().to_string(),
+                issuer: item.get("IssuerName").unwrap_or_default().to_string(),
+                used_for,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn show(ctx: &mut StepContext<'_>) -> Result<Vec<ShownCertificate>, StepError> {
+    let cmd = TshCommand::xcommand("Security Certificates Services Show").map_err(local)?;
+    let reply = send(ctx, &cmd).await?;
+    require_ok(&cmd, &reply)?;
+    Ok(parse_show(&reply))
+}
+
+fn own_identity<'a>(ctx: &StepContext<'a>) -> Result<&'a crate::cert::DeviceIdentity, StepError> {
+    ctx.prepared.identity.as_deref().ok_or_else(|| {
+        StepError::Local("no certificate loaded for this device (check the inventory)".into())
+    })
+}
+
+pub(super) async fn add_certificate(
+    ctx: &mut StepContext<'_>,
+    write_ahead: &mut WriteAhead<'_>,
+) -> Result<StepDone, StepError> {
+    let identity = own_identity(ctx)?;
+    let fingerprint = identity.fingerprint().to_string();
+    let mut outputs = BTreeMap::from([("fingerprint".to_string(), fingerprint.clone())]);
+    let shown = show(ctx).await?;
+    if shown.iter().any(|c| c.fingerprint == fingerprint) {
+        return Ok(StepDone {
+            changed: false,
+            outputs,
+            note: Some("certificate already on the device".into()),
+        });
+    }
+    let header = TshCommand::xcommand("Security Certificates Services Add")
+        .and_then(|c| c.param_literal("IsEncrypted", "True"))
+        .map_err(local)?;
+    if ctx.check_mode {
+        return Ok(would(&header));
+    }
+    let secret = ctx.secrets.current(&ctx.prepared.device).map_err(local)?;
+    let payload = identity.add_payload();
+    let jwe = ctx
+        .kdf
+        .seal(
+            Action::Add,
+            ctx.prepared.device.enc,
+            &secret,
+            zeroize::Zeroizing::new(payload.as_bytes().to_vec()),
+        )
+        .await
+        .map_err(local)?;
+    let cmd = header.body_secret(&Secret::new(jwe)).map_err(local)?;
+    write_ahead("add certificate", BTreeMap::new())?;
+    let reply = send(ctx, &cmd).await?;
+    require_ok(&cmd, &reply)?;
+    outputs.insert("added".into(), "true".into());
+    Ok(StepDone {
+        changed: true,
+        outputs,
+        note: Some(format!("added certificate {fingerprint}")),
+    })
+}
+
+pub(super) async fn show_certificates(ctx: &mut StepContext<'_>) -> Result<StepDone, StepError> {
+    let identity = own_identity(ctx)?;
+    let local_fp = identity.fingerprint().to_string();
+    let cn = identity.cert.subject_cn.clone().unwrap_or_default();
+    let shown = show(ctx).await?;
+    let Some(ours) = shown.iter().find(|c| c.fingerprint == local_fp) else {
+        let same_cn = shown
+            .iter()
+            .find(|c| !cn.is_empty() && c.subject.contains(&format!("CN={cn}")));
+        return Err(StepError::Refused(match same_cn {
+            Some(c) => format!(
+                "the device shows a certificate for CN={cn} with fingerprint {} but the local \
+                 certificate's SHA-1 is {local_fp}: they are not the same certificate",
+                c.fingerprint
+            ),
+            None => format!("certificate {local_fp} (CN={cn}) is not on the device"),
+        }));
+    };
+    let mut outputs = BTreeMap::from([("fingerprint".to_string(), ours.fingerprint.clone())]);
+    // Remember which certificate held the identity before ours, for renewals.
+    if let Some(prev) = shown.iter().find(|c| {
+        c.fingerprint != local_fp
+            && c.used_for
+                .iter()
+                .any(|u| u.eq_ignore_ascii_case(Purpose::WebexIdentity.as_str()))
+    }) {
+        outputs.insert("previous_fingerprint".into(), prev.fingerprint.clone());
+    }
+    Ok(StepDone {
+        changed: false,
+        outputs,
+        note: Some(format!("device fingerprint matches {local_fp}")),
+    })
+}
+
+/// `apply --check` records no outputs, so a certificate an earlier step of the same check
+/// would add (`enrolled`, `service`) has no fingerprint yet: report what would happen.
+fn not_added_in_check_mode(ctx: &StepContext<'_>, which: &CertificateRef) -> Option<StepDone> {
+    let key = match which {
+        CertificateRef::Enrolled | CertificateRef::Service => which.output_key()?,
+        _ => return None,
+    };
+    (ctx.check_mode && !ctx.outputs.contains_key(key)).then(|| {
+        changed(format!(
+            "would act on the certificate an earlier step adds (`{key}` is known only once it \
+             is on the device)"
+        ))
+    })
+}
+
+/// Resolves which fingerprint a step targets; `None` = there is no previous certificate.
+fn target_fingerprint(
+    ctx: &StepContext<'_>,
+    which: &CertificateRef,
+) -> Result<Option<String>, StepError> {
+    Ok(match which {
+        CertificateRef::New => Some(own_identity(ctx)?.fingerprint().to_string()),
+        CertificateRef::Fingerprint(fp) => Some(normalise_fingerprint(fp)),
+        CertificateRef::Previous => ctx.outputs.get("previous_fingerprint").cloned(),
+        CertificateRef::Enrolled | CertificateRef::Service => {
+            let key = which.output_key().unwrap_or_default();
+            Some(ctx.outputs.get(key).cloned().ok_or_else(|| {
+                StepError::Refused(format!(
+                    "no earlier step recorded `{key}`: put scep_enroll (for `enrolled`) or \
+                     add_service_certificate (for `service`) before this step"
+                ))
+            })?)
+        }
+    })
+}
+
+pub(super) async fn set_activation(
+    ctx: &mut StepContext<'_>,
+    purpose: Purpose,
+    which: &CertificateRef,
+    activate: bool,
+    write_ahead: &mut WriteAhead<'_>,
+) -> Result<StepDone, StepError> {
+    if let Some(done) = not_added_in_check_mode(ctx, which) {
+        return Ok(done);
+    }
+    let Some(fp) = target_fingerprint(ctx, which)? else {
+        return Ok(unchanged("no previous certificate to act on"));
+    };
+    let shown = show(ctx).await?;
+    let Some(cert) = shown.iter().find(|c| c.fingerprint == fp) else {
+        if !activate {
+            return Ok(unchanged(format!("certificate {fp} is not on the device")));
+        }
+        return Err(StepError::Refused(format!(
+            "certificate {fp} is not on the device; add it first"
+        )));
+    };
+    let active = cert
+        .used_for
+        .iter()
+        .any(|u| u.eq_ignore_ascii_case(purpose.as_str()));
+    if active == activate {
+        return Ok(unchanged(format!(
+            "certificate {fp} is already {} for {}",
+            if activate { "active" } else { "inactive" },
+            purpose.as_str()
+        )));
+    }
+    let verb = if activate { "Activate" } else { "Deactivate" };
+    let mut cmd = TshCommand::xcommand(&format!("Security Certificates Services {verb}"))
+        .and_then(|c| c.param_literal("Purpose", purpose.as_str()))
+        .map_err(local)?;
+    if ctx.check_mode {
+        return Ok(would(&cmd));
+    }
+    // WebexIdentity takes the fingerprint as a JWE; the other purposes take it plain.
+    if purpose == Purpose::WebexIdentity {
+        let secret = ctx.secrets.current(&ctx.prepared.device).map_err(local)?;
+        let action = if activate {
+            Action::Activate
+        } else {
+            Action::Deactivate
+        };
+        let jwe = ctx
+            .kdf
+            .seal(
+                action,
+                ctx.prepared.device.enc,
+                &secret,
+                zeroize::Zeroizing::new(fp.as_bytes().to_vec()),
+            )
+            .await
+            .map_err(local)?;
+        cmd = cmd
+            .param_secret("Fingerprint", &Secret::new(jwe))
+            .map_err(local)?;
+    } else {
+        cmd = cmd.param("Fingerprint", &fp).map_err(local)?;
+    }
+    // One certificate is active per purpose: activating ours replaces whichever was.
+    let replaced = shown
+        .iter()
+        .find(|c| {
+            activate
+                && c.fingerprint != fp
+                && c.used_for
+                    .iter()
+                    .any(|u| u.eq_ignore_ascii_case(purpose.as_str()))
+        })
+        .map(|c| c.fingerprint.clone());
+    write_ahead(verb, BTreeMap::new())?;
+    let reply = send(ctx, &cmd).await?;
+    require_ok(&cmd, &reply)?;
+    let mut outputs = BTreeMap::new();
+    let mut note = format!(
+        "{} {fp} for {}",
+        if activate { "activated" } else { "deactivated" },
+        purpose.as_str()
+    );
+    if let Some(old) = replaced {
+        note.push_str(&format!(" (replacing {old})"));
+        outputs.insert("replaced_fingerprint".to_string(), old);
+    }
+    Ok(StepDone {
+        changed: true,
+        outputs,
+        note: Some(note),
+    })
+}
+
+pub(super) async fn delete_certificate(
+    ctx: &mut StepContext<'_>,
+    which: &CertificateRef,
+    write_ahead: &mut WriteAhead<'_>,
+) -> Result<StepDone, StepError> {
+    if let Some(done) = not_added_in_check_mode(ctx, which) {
+        return Ok(done);
+    }
+    let Some(fp) = target_fingerprint(ctx, which)? else {
+        return Ok(unchanged("no previous certificate to delete"));
+    };
+    let shown = show(ctx).await?;
+    if !shown.iter().any(|c| c.fingerprint == fp) {
+        return Ok(unchanged(format!("certificate {fp} is not on the device")));
+    }
+    let cmd = TshCommand::xcommand("Security Certificates Services Delete")
+        .and_then(|c| c.param("Fingerprint", &fp))
+        .map_err(local)?;
+    if ctx.check_mode {
+        return Ok(would(&cmd));
+    }
+    write_ahead("delete", BTreeMap::new())?;
+    let reply = send(ctx, &cmd).await?;
+    require_ok(&cmd, &reply)?;
+    Ok(StepDone {
+        changed: true,
+        outputs: BTreeMap::new(),
+        note: Some(format!("deleted certificate {fp}")),
+    })
+}

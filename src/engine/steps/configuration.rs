@@ -1,0 +1,37 @@
+//! `set_configuration`: one `xConfiguration` value, read first and set only if different.
+
+use std::collections::BTreeMap;
+
+use super::{
+    local, require_ok, send, unchanged, would, StepContext, StepDone, StepError, WriteAhead,
+};
+use crate::tsh::TshCommand;
+
+pub(super) async fn set_configuration(
+    ctx: &mut StepContext<'_>,
+    path: &str,
+    value: &str,
+    write_ahead: &mut WriteAhead<'_>,
+) -> Result<StepDone, StepError> {
+    let read = TshCommand::xconfiguration(path).map_err(local)?;
+    let reply = send(ctx, &read).await?;
+    if reply.is_ok() {
+        if let Some(current) = reply.get(path) {
+            if current.eq_ignore_ascii_case(value) {
+                return Ok(unchanged(format!("{path} is already {value}")));
+            }
+        }
+    }
+    let cmd = TshCommand::xconfiguration_set(path, value).map_err(local)?;
+    if ctx.check_mode {
+        return Ok(would(&cmd));
+    }
+    write_ahead("configure", BTreeMap::new())?;
+    let reply = send(ctx, &cmd).await?;
+    require_ok(&cmd, &reply)?;
+    Ok(StepDone {
+        changed: true,
+        outputs: BTreeMap::new(),
+        note: Some(format!("set {path} to {value}")),
+    })
+}

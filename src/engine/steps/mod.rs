@@ -1,0 +1,247 @@
+//! The built-in steps: what each one reads, decides and sends. Every step is idempotent by
+//! construction — it reads the device first (`Services Show`, `xConfiguration`, …) and sends
+//! a changing command only if the device is not already in the wanted state — so a step
+//! found in-flight after a crash is simply run again: the read decides whether the command
+//! had landed. Before its first changing command a step calls `write_ahead`, which makes the
+//! journal say "in-flight" durably.
+//!
+//! This module owns the contract (context, outcome, errors, the write-ahead hook) and the
+//! helpers every step uses; each step family lives in a module of its own.
+
+mod certificate;
+mod configuration;
+mod identity;
+mod restart;
+mod scep;
+mod secret;
+mod service;
+mod trust;
+mod xcommand;
+
+pub use certificate::{normalise_fingerprint, parse_show, ShownCertificate};
+pub use identity::{parse_external_identity, ExternalIdentityStatus};
+pub use restart::restarted_since;
+pub use scep::{find_enrolled, parse_profiles, profile_cmds, scep_cmd, subject_cn};
+pub use secret::{classify_populate, is_decrypt_failure, PopulateAnswer};
+pub use service::service_add_cmd;
+pub use trust::{ca_add_cmd, parse_ca_show};
+
+use std::collections::BTreeMap;
+
+use crate::engine::assets::{CaCert, StepAsset};
+use crate::engine::prepare::PreparedDevice;
+use crate::engine::secrets::SecretStore;
+use crate::kdf::KdfPool;
+use crate::playbook::Step;
+use crate::secret::Secret;
+use crate::ssh::{SshError, TshSession};
+use crate::tsh::{Reply, ReplyStatus, TshCommand};
+
+/// Reasons starting with this mark a device whose ClientSecret is unknown.
+pub const SECRET_UNKNOWN_PREFIX: &str = "secret-unknown:";
+
+pub struct StepContext<'a> {
+    pub session: &'a mut TshSession,
+    pub prepared: &'a PreparedDevice,
+    pub kdf: &'a KdfPool,
+    pub secrets: &'a dyn SecretStore,
+    /// Outputs of earlier steps (fingerprints).
+    pub outputs: &'a BTreeMap<String, String>,
+    /// `apply --check`: read, but never send a changing command.
+    pub check_mode: bool,
+    /// The journal found this step in-flight: an earlier attempt may have reached the device.
+    pub resuming: bool,
+    /// This step's own outputs as the journal holds them (those recorded with its
+    /// write-ahead record by an earlier attempt, e.g. the uptime before a restart).
+    pub step_outputs: &'a BTreeMap<String, String>,
+    /// How to log in again (the `restart` step replaces `session`).
+    pub connect: &'a crate::ssh::ConnectOptions,
+    /// The step's position in the playbook (its inputs in `prepared.assets`).
+    pub index: usize,
+}
+
+/// A step that completed.
+#[derive(Debug, Default)]
+pub struct StepDone {
+    pub changed: bool,
+    pub outputs: BTreeMap<String, String>,
+    pub note: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The device refused, or a check failed: final for this device in this run.
+    #[error("{0}")]
+    Refused(String),
+    /// The session failed: the step's outcome is unknown; the engine retries or gives up.
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    /// A local problem (journal, vault, encoding).
+    #[error("{0}")]
+    Local(String),
+}
+
+/// Journals the step in flight (fsynced) before its first changing command. The outputs
+/// are kept with that record, for a resumed attempt to read back (`step_outputs`).
+pub type WriteAhead<'w> =
+    dyn FnMut(&str, BTreeMap<String, String>) -> Result<(), String> + Send + 'w;
+
+pub(crate) fn unchanged(note: impl Into<String>) -> StepDone {
+    StepDone {
+        changed: false,
+        outputs: BTreeMap::new(),
+        note: Some(note.into()),
+    }
+}
+
+pub(crate) fn changed(note: impl Into<String>) -> StepDone {
+    StepDone {
+        changed: true,
+        outputs: BTreeMap::new(),
+        note: Some(note.into()),
+    }
+}
+
+pub(crate) fn would(cmd: &TshCommand) -> StepDone {
+    StepDone {
+        changed: true,
+        outputs: BTreeMap::new(),
+        note: Some(format!("would send: {}", cmd.redacted_line())),
+    }
+}
+
+pub(crate) fn local<E: std::fmt::Display>(e: E) -> StepError {
+    StepError::Local(e.to_string())
+}
+
+pub(crate) async fn send(ctx: &mut StepContext<'_>, cmd: &TshCommand) -> Result<Reply, StepError> {
+    Ok(ctx.session.run(cmd).await?)
+}
+
+/// The device's refusal as a message; it names the command by its redacted line only.
+fn refusal(cmd: &TshCommand, reply: &Reply) -> String {
+    match &reply.status {
+        ReplyStatus::NotRecognized => format!(
+            "device does not recognise `{}` (is its RoomOS too old?)",
+            cmd.redacted_line()
+        ),
+        _ => format!(
+            "device refused `{}`: {}",
+            cmd.redacted_line(),
+            reply.reason().unwrap_or("no reason given")
+        ),
+    }
+}
+
+pub(crate) fn require_ok(cmd: &TshCommand, reply: &Reply) -> Result<(), StepError> {
+    if reply.is_ok() {
+        Ok(())
+    } else {
+        Err(StepError::Refused(refusal(cmd, reply)))
+    }
+}
+
+/// Runs one step.
+pub async fn execute(
+    step: &Step,
+    ctx: &mut StepContext<'_>,
+    write_ahead: &mut WriteAhead<'_>,
+) -> Result<StepDone, StepError> {
+    match step {
+        Step::PopulateSecret(p) => secret::populate_secret(ctx, p.initial, write_ahead).await,
+        Step::RotateSecret(_) => secret::rotate_secret(ctx, write_ahead).await,
+        Step::AddCertificate(_) => certificate::add_certificate(ctx, write_ahead).await,
+        Step::ShowCertificates(_) => certificate::show_certificates(ctx).await,
+        Step::ActivateCertificate(a) => {
+            certificate::set_activation(ctx, a.purpose, &a.certificate, true, write_ahead).await
+        }
+        Step::DeactivateCertificate(t) => {
+            certificate::set_activation(ctx, t.purpose, &t.certificate, false, write_ahead).await
+        }
+        Step::DeleteCertificate(t) => {
+            certificate::delete_certificate(ctx, &t.certificate, write_ahead).await
+        }
+        Step::SetConfiguration(s) => {
+            configuration::set_configuration(ctx, &s.path, &s.value, write_ahead).await
+        }
+        Step::VerifyExternalIdentity(_) => identity::verify_external_identity(ctx).await,
+        Step::Xcommand(x) => xcommand::raw_xcommand(ctx, x, write_ahead).await,
+        Step::AddCaCertificate(_) => trust::add_ca(ctx, write_ahead).await,
+        Step::RemoveCaCertificate(c) => {
+            trust::remove_ca(ctx, c.fingerprint.as_deref(), write_ahead).await
+        }
+        Step::AddServiceCertificate(s) => {
+            service::add_service(ctx, s.private_key_password.as_deref(), write_ahead).await
+        }
+        Step::ScepEnroll(s) => scep::scep_enroll(ctx, s, write_ahead).await,
+        Step::ScepRenewalProfile(p) => scep::renewal_profile(ctx, p, write_ahead).await,
+        Step::Restart(r) => restart::restart(ctx, r.timeout, write_ahead).await,
+    }
+}
+
+// ---- Helpers of the certificate steps ---------------------------------------------------
+
+fn asset<'a>(ctx: &StepContext<'a>) -> Result<&'a StepAsset, StepError> {
+    ctx.prepared.assets.get(&ctx.index).ok_or_else(|| {
+        StepError::Local("the step's files were not loaded in preflight (internal error)".into())
+    })
+}
+
+fn bundle<'a>(ctx: &StepContext<'a>) -> Result<Option<&'a [CaCert]>, StepError> {
+    match ctx.prepared.assets.get(&ctx.index) {
+        Some(StepAsset::CaBundle { certs, .. }) => Ok(Some(certs)),
+        None => Ok(None),
+        Some(_) => Err(StepError::Local(
+            "unexpected step input (internal error)".into(),
+        )),
+    }
+}
+
+/// A named vault credential (the name may be templated per device, e.g. a one-time
+/// SCEP challenge per room: `scep-{name}`).
+fn vault_credential(
+    ctx: &StepContext<'_>,
+    template: Option<&str>,
+) -> Result<Option<Secret>, StepError> {
+    let Some(template) = template else {
+        return Ok(None);
+    };
+    let device = &ctx.prepared.device;
+    let name = crate::inventory::expand_for(template, device).map_err(StepError::Local)?;
+    ctx.secrets
+        .credential(device, &name)
+        .map(Some)
+        .map_err(local)
+}
+
+/// (fingerprint, `other` field) of every `<prefix> <n>` item of a reply, in order.
+fn fingerprint_items(reply: &Reply, prefix: &str, other: &str) -> Vec<(String, String)> {
+    reply
+        .items(prefix)
+        .iter()
+        .filter_map(|item| {
+            Some((
+                normalise_fingerprint(item.get("Fingerprint")?),
+                item.get(other).unwrap_or_default().to_string(),
+            ))
+        })
+        .collect()
+}
+
+/// Journals the step in flight, sends a changing command and requires the device's OK.
+async fn change(
+    ctx: &mut StepContext<'_>,
+    cmd: &TshCommand,
+    what: &str,
+    write_ahead: &mut WriteAhead<'_>,
+) -> Result<(), StepError> {
+    write_ahead(what, BTreeMap::new())?;
+    let reply = send(ctx, cmd).await?;
+    require_ok(cmd, &reply)
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> Self {
+        StepError::Local(message)
+    }
+}

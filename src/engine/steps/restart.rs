@@ -1,0 +1,150 @@
+//! `restart`: `SystemUnit Boot`, wait for the device to accept SSH again, log in again and
+//! go on; judged by the uptime recorded before the boot, so a rerun does not reboot again.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::{
+    changed, local, require_ok, send, would, StepContext, StepDone, StepError, WriteAhead,
+};
+use crate::ssh::{SshError, TshSession};
+use crate::tsh::TshCommand;
+
+/// Seconds of rounding a restart check tolerates (uptimes are whole seconds).
+const UPTIME_SLACK_SECS: u64 = 3;
+const UPTIME_BEFORE: &str = "uptime_before";
+const BOOT_SENT_AT_MS: &str = "boot_sent_at_ms";
+
+/// Whether a device restarted since it reported `before` seconds of uptime,
+/// `elapsed` seconds ago: without a restart its uptime would be `before + elapsed` (pure).
+pub fn restarted_since(before: u64, elapsed: u64, now: u64) -> bool {
+    now + UPTIME_SLACK_SECS < before.saturating_add(elapsed)
+}
+
+fn uptime_cmd() -> Result<TshCommand, StepError> {
+    TshCommand::xstatus("SystemUnit Uptime").map_err(local)
+}
+
+pub(super) async fn uptime_on(session: &mut TshSession) -> Result<u64, StepError> {
+    let cmd = uptime_cmd()?;
+    let reply = session.run(&cmd).await?;
+    require_ok(&cmd, &reply)?;
+    reply
+        .get("SystemUnit Uptime")
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| StepError::Refused("the device reports no SystemUnit Uptime".into()))
+}
+
+fn elapsed_secs(since_ms: u64) -> u64 {
+    crate::journal::now_ms().saturating_sub(since_ms) / 1000
+}
+
+/// `xCommand SystemUnit Boot`, then waits (up to `timeout`) for the device to accept SSH
+/// again with a lower uptime, and carries on with the new session. The uptime before the
+/// boot is journalled with the write-ahead record, so a rerun after a crash sees that the
+/// device already restarted and does not boot it again.
+pub async fn restart(
+    ctx: &mut StepContext<'_>,
+    timeout: Duration,
+    write_ahead: &mut WriteAhead<'_>,
+) -> Result<StepDone, StepError> {
+    let uptime = uptime_on(ctx.session).await?;
+    let recorded = (
+        ctx.step_outputs
+            .get(UPTIME_BEFORE)
+            .and_then(|v| v.parse().ok()),
+        ctx.step_outputs
+            .get(BOOT_SENT_AT_MS)
+            .and_then(|v| v.parse().ok()),
+    );
+    if let (true, (Some(before), Some(at))) = (ctx.resuming, recorded) {
+        if restarted_since(before, elapsed_secs(at), uptime) {
+            return Ok(changed(format!(
+                "the device restarted after an earlier attempt (uptime {uptime}s, was {before}s)"
+            )));
+        }
+    }
+    let cmd = TshCommand::xcommand("SystemUnit Boot").map_err(local)?;
+    if ctx.check_mode {
+        return Ok(would(&cmd));
+    }
+    let sent_at = crate::journal::now_ms();
+    write_ahead(
+        "restart",
+        BTreeMap::from([
+            (UPTIME_BEFORE.to_string(), uptime.to_string()),
+            (BOOT_SENT_AT_MS.to_string(), sent_at.to_string()),
+        ]),
+    )?;
+    let sent = send(ctx, &cmd).await;
+    crate::failpoint::hit("restart-after-boot");
+    match sent {
+        Ok(reply) => require_ok(&cmd, &reply)?,
+        // A device may drop the session as it goes down, before or after its reply.
+        Err(StepError::Ssh(e)) => tracing::debug!(error = %e, "session ended by the boot"),
+        Err(e) => return Err(e),
+    }
+    let started = tokio::time::Instant::now();
+    let deadline = started + timeout;
+    // Poll often enough for a quick device, rarely enough not to hammer a booting one.
+    let poll = (timeout / 60).clamp(Duration::from_millis(100), Duration::from_secs(5));
+    let mut last_error = String::from("no answer yet");
+    loop {
+        tokio::time::sleep(poll).await;
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StepError::Refused(format!(
+                "the device did not come back within {}s after `xCommand SystemUnit Boot` \
+                 (last: {last_error})",
+                timeout.as_secs()
+            )));
+        }
+        let attempt = tokio::time::timeout_at(deadline, TshSession::connect(ctx.connect)).await;
+        let mut session = match attempt {
+            Err(_) => continue,
+            Ok(Err(
+                e @ (SshError::HostKeyChanged { .. }
+                | SshError::HostKeyRevoked { .. }
+                | SshError::HostKeyUnknown { .. }),
+            )) => return Err(StepError::Ssh(e)),
+            Ok(Err(e)) => {
+                last_error = e.to_string();
+                continue;
+            }
+            Ok(Ok(s)) => s,
+        };
+        // The device may still be on its way down: only a lower uptime proves the restart.
+        match uptime_on(&mut session).await {
+            Ok(now) if restarted_since(uptime, elapsed_secs(sent_at), now) => {
+                let old = std::mem::replace(ctx.session, session);
+                old.close().await;
+                return Ok(StepDone {
+                    changed: true,
+                    outputs: BTreeMap::from([("uptime_after".to_string(), now.to_string())]),
+                    note: Some(format!(
+                        "restarted; back after {:.1}s",
+                        started.elapsed().as_secs_f32()
+                    )),
+                });
+            }
+            Ok(now) => last_error = format!("still up for {now}s, not restarted yet"),
+            Err(e) => last_error = e.to_string(),
+        }
+        session.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_is_judged_by_uptime() {
+        // Up a day, booted 10 s ago, now up 4 s: restarted.
+        assert!(restarted_since(86_400, 10, 4));
+        // Not restarted: the uptime grew with the clock (give or take rounding).
+        assert!(!restarted_since(86_400, 10, 86_410));
+        assert!(!restarted_since(86_400, 10, 86_408));
+        // A rerun long after the restart still sees it.
+        assert!(restarted_since(600, 7_200, 7_000));
+    }
+}

@@ -1,0 +1,311 @@
+//! SCEP: `scep_enroll` (the device enrols with its CA; every value checked against the
+//! 0–128 character limits in preflight) and `scep_renewal_profile` (set, delete, list).
+
+use std::collections::BTreeMap;
+
+use super::certificate::{normalise_fingerprint, show, ShownCertificate};
+use super::trust::ca_show;
+use super::{
+    asset, change, changed, fingerprint_items, local, require_ok, send, unchanged,
+    vault_credential, would, StepContext, StepDone, StepError, WriteAhead,
+};
+use crate::engine::assets::StepAsset;
+use crate::playbook::{ProfileAction, ScepEnroll, ScepRenewalProfile, ENROLLED_FINGERPRINT};
+use crate::secret::Secret;
+use crate::tsh::{Reply, TshCommand};
+
+/// The CN of a subject in either form devices print (`/O=x/CN=y` or `CN=y, O=x`).
+pub fn subject_cn(subject: &str) -> Option<&str> {
+    subject.split(['/', ',']).map(str::trim).find_map(|part| {
+        let (k, v) = part.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("CN").then(|| v.trim())
+    })
+}
+
+/// Whether two distinguished names are the same, whatever separators the device used.
+fn same_dn(a: &str, b: &str) -> bool {
+    let parts = |s: &str| -> Vec<String> {
+        let mut v: Vec<String> = s
+            .split(['/', ','])
+            .map(|p| p.trim().replace(' ', "").to_ascii_lowercase())
+            .filter(|p| !p.is_empty())
+            .collect();
+        v.sort();
+        v
+    };
+    parts(a) == parts(b)
+}
+
+/// The enrolled certificate among those shown: CN as requested and, when the device
+/// trusts the CA (so its subject is known), issued by it.
+pub fn find_enrolled<'a>(
+    shown: &'a [ShownCertificate],
+    cn: &str,
+    ca_subject: Option<&str>,
+) -> Option<&'a ShownCertificate> {
+    shown.iter().find(|c| {
+        subject_cn(&c.subject).is_some_and(|s| s.eq_ignore_ascii_case(cn))
+            && ca_subject.is_none_or(|ca| same_dn(&c.issuer, ca))
+    })
+}
+
+/// The SCEP request command; the challenge password is a secret parameter.
+pub fn scep_cmd(
+    values: &[(&'static str, String)],
+    challenge: Option<&Secret>,
+) -> Result<TshCommand, crate::tsh::EncodeError> {
+    let mut cmd = TshCommand::xcommand("Security Certificates Services Enrollment SCEP Request")?;
+    for (name, value) in values {
+        cmd = cmd.param(name, value)?;
+        if *name == "Fingerprint" {
+            if let Some(c) = challenge {
+                cmd = cmd.param_secret("ChallengePassword", c)?;
+            }
+        }
+    }
+    Ok(cmd)
+}
+
+fn value<'a>(values: &'a [(&'static str, String)], name: &str) -> &'a str {
+    values
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default()
+}
+
+/// The write-ahead output of `scep_enroll`: the certificates listed before its request.
+const LISTED_BEFORE: &str = "listed_before";
+
+/// Enrols a certificate over SCEP unless the device already has one for this CN from this
+/// CA; records its fingerprint (`enrolled_fingerprint`) for the activation step.
+pub async fn scep_enroll(
+    ctx: &mut StepContext<'_>,
+    step: &ScepEnroll,
+    write_ahead: &mut WriteAhead<'_>,
+) -> Result<StepDone, StepError> {
+    let StepAsset::Scep(values) = asset(ctx)? else {
+        return Err(StepError::Local(
+            "unexpected step input (internal error)".into(),
+        ));
+    };
+    let cn = value(values, "CommonName").to_string();
+    let ca_fp = normalise_fingerprint(value(values, "Fingerprint"));
+    let cas = ca_show(ctx).await?;
+    let ca_subject = cas
+        .iter()
+        .find(|(fp, _)| *fp == ca_fp)
+        .map(|(_, s)| s.clone());
+    let shown = show(ctx).await?;
+    // Which certificate is already the enrolled one: with the CA trusted, one for this CN
+    // issued by it. Without it the issuer cannot be told (the identity certificate may
+    // carry the same CN), so only an earlier attempt's own enrolment counts: a certificate
+    // for the CN that was not listed when that attempt journalled itself.
+    let earlier = match ca_subject.as_deref() {
+        Some(subject) => find_enrolled(&shown, &cn, Some(subject)),
+        None => ctx
+            .step_outputs
+            .get(LISTED_BEFORE)
+            .filter(|_| ctx.resuming)
+            .and_then(|before| {
+                let before: Vec<&str> = before.split(',').collect();
+                let new: Vec<ShownCertificate> = shown
+                    .iter()
+                    .filter(|c| !before.contains(&c.fingerprint.as_str()))
+                    .cloned()
+                    .collect();
+                find_enrolled(&new, &cn, None)
+                    .and_then(|c| shown.iter().find(|s| s.fingerprint == c.fingerprint))
+            }),
+    };
+    if let Some(c) = earlier {
+        return Ok(StepDone {
+            changed: false,
+            outputs: BTreeMap::from([(ENROLLED_FINGERPRINT.to_string(), c.fingerprint.clone())]),
+            note: Some(format!(
+                "certificate {} for CN={cn} is already on the device",
+                c.fingerprint
+            )),
+        });
+    }
+    let challenge = vault_credential(ctx, step.challenge_password.as_deref())?;
+    let cmd = scep_cmd(values, challenge.as_ref()).map_err(local)?;
+    if ctx.check_mode {
+        return Ok(would(&cmd));
+    }
+    let listed: Vec<&str> = shown.iter().map(|c| c.fingerprint.as_str()).collect();
+    write_ahead(
+        "scep enroll",
+        BTreeMap::from([(LISTED_BEFORE.to_string(), listed.join(","))]),
+    )?;
+    let reply = send(ctx, &cmd).await?;
+    crate::failpoint::hit("scep-after-reply");
+    require_ok(&cmd, &reply)?;
+    let after = show(ctx).await?;
+    let fresh: Vec<ShownCertificate> = after
+        .into_iter()
+        .filter(|c| !shown.iter().any(|o| o.fingerprint == c.fingerprint))
+        .collect();
+    let Some(enrolled) = find_enrolled(&fresh, &cn, None) else {
+        return Err(StepError::Refused(format!(
+            "the device accepted the SCEP request but lists no new certificate for CN={cn}"
+        )));
+    };
+    Ok(StepDone {
+        changed: true,
+        outputs: BTreeMap::from([(
+            ENROLLED_FINGERPRINT.to_string(),
+            enrolled.fingerprint.clone(),
+        )]),
+        note: Some(format!(
+            "enrolled certificate {} for CN={cn}",
+            enrolled.fingerprint
+        )),
+    })
+}
+
+/// The renewal profiles `Enrollment Profiles List` shows: (CA fingerprint, URL) (pure).
+pub fn parse_profiles(reply: &Reply) -> Vec<(String, String)> {
+    fingerprint_items(reply, "Profile", "URL")
+}
+
+/// The commands of `scep_renewal_profile` (the list, then the change if any).
+pub fn profile_cmds(p: &ScepRenewalProfile) -> Result<Vec<TshCommand>, crate::tsh::EncodeError> {
+    let list = TshCommand::xcommand("Security Certificates Services Enrollment Profiles List")?;
+    let fp = p.ca_fingerprint.as_deref().unwrap_or_default();
+    let change = match p.action {
+        ProfileAction::List => None,
+        ProfileAction::Set => Some(
+            TshCommand::xcommand("Security Certificates Services Enrollment SCEP Renewal Request")?
+                .param("Fingerprint", fp)?
+                .param("URL", p.url.as_deref().unwrap_or_default())?,
+        ),
+        ProfileAction::Delete => Some(
+            TshCommand::xcommand("Security Certificates Services Enrollment Profiles Delete")?
+                .param("Fingerprint", fp)?,
+        ),
+    };
+    Ok(std::iter::once(list).chain(change).collect())
+}
+
+/// Sets, deletes or lists the SCEP auto-renewal profile of a CA.
+pub async fn renewal_profile(
+    ctx: &mut StepContext<'_>,
+    p: &ScepRenewalProfile,
+    write_ahead: &mut WriteAhead<'_>,
+) -> Result<StepDone, StepError> {
+    let cmds = profile_cmds(p).map_err(local)?;
+    let mut cmds = cmds.into_iter();
+    let Some(list) = cmds.next() else {
+        return Err(StepError::Local("no command (internal error)".into()));
+    };
+    let reply = send(ctx, &list).await?;
+    require_ok(&list, &reply)?;
+    let profiles = parse_profiles(&reply);
+    let fp = normalise_fingerprint(p.ca_fingerprint.as_deref().unwrap_or_default());
+    let existing = profiles.iter().find(|(f, _)| *f == fp);
+    let listing = profiles
+        .iter()
+        .map(|(f, u)| format!("{f} → {u}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let in_place = match p.action {
+        ProfileAction::List => {
+            return Ok(StepDone {
+                changed: false,
+                outputs: BTreeMap::from([("profiles".to_string(), listing.clone())]),
+                note: Some(if listing.is_empty() {
+                    "no renewal profile".into()
+                } else {
+                    format!("renewal profiles: {listing}")
+                }),
+            })
+        }
+        ProfileAction::Set => existing.is_some_and(|(_, u)| Some(u.as_str()) == p.url.as_deref()),
+        ProfileAction::Delete => existing.is_none(),
+    };
+    if in_place {
+        return Ok(unchanged(format!(
+            "the renewal profile for {fp} is already {}",
+            if p.action == ProfileAction::Set {
+                "set"
+            } else {
+                "absent"
+            }
+        )));
+    }
+    let Some(cmd) = cmds.next() else {
+        return Err(StepError::Local("no command (internal error)".into()));
+    };
+    if ctx.check_mode {
+        return Ok(would(&cmd));
+    }
+    change(ctx, &cmd, "renewal profile", write_ahead).await?;
+    Ok(changed(format!(
+        "renewal profile for {fp} {}",
+        if p.action == ProfileAction::Set {
+            "set"
+        } else {
+            "deleted"
+        }
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_and_enrolled_certificates() {
+        assert_eq!(
+            subject_cn("/O=Example/CN=room-1.example.com"),
+            Some("room-1.example.com")
+        );
+        assert_eq!(subject_cn("CN=room-1, O=Example"), Some("room-1"));
+        assert_eq!(subject_cn("/O=Example"), None);
+        assert!(same_dn("/O=Ex/CN=CA 1", "CN=CA 1, O=Ex"));
+        let shown = vec![
+            ShownCertificate {
+                fingerprint: "aa".into(),
+                subject: "/CN=room-1".into(),
+                issuer: "/CN=Other CA".into(),
+                used_for: vec![],
+            },
+            ShownCertificate {
+                fingerprint: "bb".into(),
+                subject: "/CN=room-1".into(),
+                issuer: "/O=Ex/CN=SCEP CA".into(),
+                used_for: vec![],
+            },
+        ];
+        assert_eq!(
+            find_enrolled(&shown, "ROOM-1", Some("/O=Ex/CN=SCEP CA"))
+                .map(|c| c.fingerprint.as_str()),
+            Some("bb")
+        );
+        assert_eq!(find_enrolled(&shown, "room-2", None), None);
+    }
+
+    #[test]
+    fn scep_command_redacts_the_challenge() {
+        let values = vec![
+            ("URL", "http://scep".to_string()),
+            ("Fingerprint", "ab".repeat(20)),
+            ("CommonName", "room-1".to_string()),
+            ("SanEmail", "a@x".to_string()),
+            ("SanEmail", "b@x".to_string()),
+        ];
+        let cmd = scep_cmd(&values, Some(&Secret::new("s3cret-challenge"))).unwrap();
+        let shown = cmd.redacted_line();
+        assert!(!shown.contains("s3cret-challenge"), "{shown}");
+        assert!(
+            shown.contains("ChallengePassword: \"[redacted]\""),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("SanEmail: \"a@x\" SanEmail: \"b@x\""),
+            "{shown}"
+        );
+        assert!(cmd.line().contains("s3cret-challenge"));
+    }
+}

@@ -1,0 +1,80 @@
+//! `add_service_certificate`: a service certificate and key from PEM files, with an optional
+//! `PrivateKeyPassword` from the vault.
+
+use std::collections::BTreeMap;
+
+use super::certificate::show;
+use super::{
+    asset, change, local, vault_credential, would, StepContext, StepDone, StepError, WriteAhead,
+};
+use crate::engine::assets::StepAsset;
+use crate::playbook::SERVICE_FINGERPRINT;
+use crate::secret::Secret;
+use crate::tsh::TshCommand;
+
+/// The `Services Add` command: plain PEM body (certificate + key), optional key password.
+pub fn service_add_cmd(
+    payload: &Secret,
+    key_password: Option<&Secret>,
+) -> Result<TshCommand, crate::tsh::EncodeError> {
+    let mut cmd = TshCommand::xcommand("Security Certificates Services Add")?;
+    if let Some(p) = key_password {
+        cmd = cmd.param_secret("PrivateKeyPassword", p)?;
+    }
+    cmd.body_secret(payload)
+}
+
+/// Adds a service certificate (not the identity one) unless the device lists it.
+pub async fn add_service(
+    ctx: &mut StepContext<'_>,
+    key_password: Option<&str>,
+    write_ahead: &mut WriteAhead<'_>,
+) -> Result<StepDone, StepError> {
+    let StepAsset::Service(service) = asset(ctx)? else {
+        return Err(StepError::Local(
+            "unexpected step input (internal error)".into(),
+        ));
+    };
+    let fp = service.fingerprint.clone();
+    let outputs = BTreeMap::from([(SERVICE_FINGERPRINT.to_string(), fp.clone())]);
+    let shown = show(ctx).await?;
+    if shown.iter().any(|c| c.fingerprint == fp) {
+        return Ok(StepDone {
+            changed: false,
+            outputs,
+            note: Some(format!("certificate {fp} already on the device")),
+        });
+    }
+    let password = vault_credential(ctx, key_password)?;
+    let cmd = service_add_cmd(&service.payload, password.as_ref()).map_err(local)?;
+    if ctx.check_mode {
+        return Ok(would(&cmd));
+    }
+    change(ctx, &cmd, "add service certificate", write_ahead).await?;
+    Ok(StepDone {
+        changed: true,
+        outputs,
+        note: Some(format!("added certificate {fp} ({})", service.subject)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_add_sends_the_key_password_as_a_secret() {
+        let payload = Secret::new("-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n");
+        let cmd = service_add_cmd(&payload, Some(&Secret::new("key-pass-9"))).unwrap();
+        assert_eq!(
+            cmd.redacted_text(),
+            "xCommand Security Certificates Services Add PrivateKeyPassword: \"[redacted]\"\n[redacted]\n."
+        );
+        assert!(cmd.line().contains("key-pass-9"));
+        let plain = service_add_cmd(&payload, None).unwrap();
+        assert_eq!(
+            plain.redacted_line(),
+            "xCommand Security Certificates Services Add"
+        );
+    }
+}

@@ -1,0 +1,43 @@
+//! `xcommand`: a raw command from the playbook (validated by the encoder like every other),
+//! with expected result fields, for what the step catalogue lacks.
+
+use std::collections::BTreeMap;
+
+use super::{local, require_ok, send, would, StepContext, StepDone, StepError, WriteAhead};
+use crate::tsh::TshCommand;
+
+pub(super) async fn raw_xcommand(
+    ctx: &mut StepContext<'_>,
+    x: &crate::playbook::RawXCommand,
+    write_ahead: &mut WriteAhead<'_>,
+) -> Result<StepDone, StepError> {
+    let mut cmd = TshCommand::xcommand(&x.command).map_err(local)?;
+    for (k, v) in &x.params {
+        cmd = cmd.param(k, v).map_err(local)?;
+    }
+    if ctx.check_mode && !x.read_only {
+        return Ok(would(&cmd));
+    }
+    if !x.read_only {
+        write_ahead("xcommand", BTreeMap::new())?;
+    }
+    let reply = send(ctx, &cmd).await?;
+    require_ok(&cmd, &reply)?;
+    for (field, want) in &x.expect {
+        match reply.get(field) {
+            Some(got) if got == want => {}
+            got => {
+                return Err(StepError::Refused(format!(
+                    "`{}`: expected {field} = {want:?}, got {}",
+                    cmd.redacted_line(),
+                    got.map(|g| format!("{g:?}")).unwrap_or("nothing".into())
+                )))
+            }
+        }
+    }
+    Ok(StepDone {
+        changed: !x.read_only,
+        outputs: BTreeMap::new(),
+        note: None,
+    })
+}
