@@ -65,27 +65,11 @@ async fn full_flow_on_twenty_rooms_then_rerun_changes_nothing() {
 
 /// The devices `roomkey plan --limit LIMIT` selects, in plan order.
 async fn planned_devices(lab: &Lab, pb: &std::path::Path, limit: &str) -> Vec<String> {
-    let out = lab
-        .roomkey(&[
-            "plan",
-            "--json",
-            "--limit",
-            limit,
-            "-i",
-            lab.inventory.to_str().unwrap(),
-            pb.to_str().unwrap(),
-        ])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let (code, stdout) = lab.plan_with(pb, &["--json", "--limit", limit]).await;
+    assert_eq!(code, 0, "{stdout}");
     let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let plans = doc
-        .as_array()
-        .or_else(|| doc["devices"].as_array())
-        .unwrap();
-    plans
+    doc.as_array()
+        .unwrap()
         .iter()
         .map(|p| p["device"].as_str().unwrap().to_string())
         .collect()

@@ -34,6 +34,24 @@ fn field<'a>(case: &'a serde_json::Value, name: &str) -> &'a str {
     case[name].as_str().unwrap()
 }
 
+/// Runs `roomkey ARGS` with `input` on its standard input.
+fn roomkey_with_stdin(args: &[&str], input: &str) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_roomkey"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 fn python_available() -> bool {
     Command::new("python3")
         .args(["-c", "import cryptography, hashlib; hashlib.scrypt"])
@@ -101,21 +119,15 @@ fn python_made_jwe_decrypts_with_the_cli() {
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("secret");
     std::fs::write(&secret_file, format!("{}\n", field(case, "secret"))).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roomkey"))
-        .args(["jwe", "decrypt", "--secret-file"])
-        .arg(&secret_file)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{}\n", field(case, "jwe")).as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = roomkey_with_stdin(
+        &[
+            "jwe",
+            "decrypt",
+            "--secret-file",
+            secret_file.to_str().unwrap(),
+        ],
+        &format!("{}\n", field(case, "jwe")),
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -249,22 +261,7 @@ fn regenerate_rust_fixture() {
 #[test]
 fn inspect_shows_the_seed_vector_without_a_secret() {
     const SEED_JWE: &str = "eyJhbGciOiJkaXIiLCJjaXNjby1hY3Rpb24iOiJhZGQiLCJjaXNjby1rZGYiOnsic2FsdCI6IjVlWlRDQVA0TV9ZIiwidmVyc2lvbiI6IjEifSwiZW5jIjoiQTEyOEdDTSJ9..NLNd3V9Te68tkpWD.f5lLVuWNfKfmzYCo1YJfODhQ.PE-wDFWGXFFBeo928cfZ1Q";
-    let run = |input: &str| {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_roomkey"))
-            .args(["jwe", "inspect"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let run = |input: &str| roomkey_with_stdin(&["jwe", "inspect"], input);
     let out = run(&format!("{SEED_JWE}\n"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");

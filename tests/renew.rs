@@ -8,7 +8,7 @@ use std::path::Path;
 
 use roomkey::cert::TestCa;
 use roomkey::sim::FaultPlan;
-use support::{identity, playbook, Lab, FULL_FLOW, TEST_POLICY};
+use support::{issue_certificates, playbook, Lab, FULL_FLOW, TEST_POLICY};
 
 fn identity_fingerprint(snap: &roomkey::sim::DeviceSnapshot) -> Vec<String> {
     snap.certificates
@@ -33,21 +33,7 @@ async fn renewal_replaces_the_identity_certificate_and_removes_the_old_one() {
 
     // The renewed certificates (new keys, from the CA's successor) replace the files.
     let ca = TestCa::create("lab CA 2027").unwrap();
-    let now = time::OffsetDateTime::now_utc();
-    for name in &lab.names {
-        let cn = identity(name);
-        let (cert, key) = ca
-            .issue(
-                &cn,
-                std::slice::from_ref(&cn),
-                now - time::Duration::hours(1),
-                now + time::Duration::days(365),
-            )
-            .unwrap();
-        let certs = lab.path().join("certs");
-        std::fs::write(certs.join(format!("{name}.pem")), cert).unwrap();
-        std::fs::write(certs.join(format!("{name}.key")), key.expose()).unwrap();
-    }
+    issue_certificates(&ca, &lab.path().join("certs"), &lab.names);
 
     let renew = Path::new(env!("CARGO_MANIFEST_DIR")).join("playbooks/renew-certificate.yaml");
     let (code, stdout, stderr) = lab.apply(&renew, &[]).await;
@@ -88,19 +74,8 @@ async fn renewal_replaces_the_identity_certificate_and_removes_the_old_one() {
     assert_eq!(commands_matching(&lab, "Services Add").await, adds_before);
 
     // The plan reads the same journal: every step of every room would be skipped.
-    let out = lab
-        .roomkey(&[
-            "plan",
-            "--json",
-            "-i",
-            lab.inventory.to_str().unwrap(),
-            renew.to_str().unwrap(),
-        ])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let (code, stdout) = lab.plan_with(&renew, &["--json"]).await;
+    assert_eq!(code, 0, "{stdout}");
     let plans: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     let plans = plans.as_array().unwrap();
     assert_eq!(plans.len(), lab.names.len());

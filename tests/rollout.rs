@@ -254,18 +254,8 @@ async fn plan_shows_batches_budget_and_window_decisions() {
         &lab,
         "serial: [1, \"50%\"]\nmax_fail_percentage: 10\nwindow: { start: \"00:00\", end: \"00:01\", timezone: UTC }",
     );
-    let out = lab
-        .roomkey(&[
-            "plan",
-            "-i",
-            lab.inventory.to_str().unwrap(),
-            pb.to_str().unwrap(),
-        ])
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let (code, stdout) = lab.plan(&pb).await;
+    assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("== batch 1 of 3 (1 device(s))"), "{stdout}");
     assert!(stdout.contains("== batch 2 of 3 (2 device(s))"), "{stdout}");
     assert!(

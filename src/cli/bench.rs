@@ -61,19 +61,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if args.devices == 0 {
         bail!("--devices must be at least 1");
     }
-    let tmp;
-    let dir = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::Builder::new()
-                .prefix("roomkey-bench-")
-                .tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let (dir, _tmp) = super::work_dir(args.dir.as_deref(), "roomkey-bench-")?;
     let exe = std::env::current_exe().context("locating the roomkey binary")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let password = roomkey::vault::generate_secret();
@@ -239,20 +227,12 @@ fn write_certificates(dir: &Path, names: &[String]) -> anyhow::Result<()> {
     let certs = dir.join("certs");
     std::fs::create_dir_all(&certs)?;
     let ca = TestCa::create("roomkey bench test CA (not for production)")?;
-    let now = time::OffsetDateTime::now_utc();
     for name in names {
-        let cn = format!("{name}.bench.example.com");
-        let (cert_pem, key_pem) = ca.issue(
-            &cn,
-            std::slice::from_ref(&cn),
-            now - time::Duration::hours(1),
-            now + time::Duration::days(365),
-        )?;
-        std::fs::write(certs.join(format!("{name}.pem")), cert_pem)?;
-        roomkey::fsutil::write_atomic(
+        super::issue_test_certificate(
+            &ca,
+            &format!("{name}.bench.example.com"),
+            &certs.join(format!("{name}.pem")),
             &certs.join(format!("{name}.key")),
-            key_pem.as_bytes(),
-            0o600,
         )?;
     }
     Ok(())

@@ -37,17 +37,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
-    let tmp;
-    let dir = match &args.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-            d.clone()
-        }
-        None => {
-            tmp = tempfile::Builder::new().prefix("roomkey-demo-").tempdir()?;
-            tmp.path().to_path_buf()
-        }
-    };
+    let (dir, _tmp) = super::work_dir(args.dir.as_deref(), "roomkey-demo-")?;
     // The simulated rooms' admin password: the caller's, or a fresh random one. Set before
     // any thread starts, so the environment is not raced.
     if std::env::var_os(PASSWORD_ENV).is_none() {
@@ -69,17 +59,10 @@ pub fn run(args: Args, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
     ca.save(&dir.join("ca"))?;
     for d in &inventory.devices {
         let cn = d.identity.clone().unwrap_or_else(|| d.name.clone());
-        let (cert_pem, key_pem) = ca.issue(
-            &cn,
-            std::slice::from_ref(&cn),
-            now - time::Duration::hours(1),
-            now + time::Duration::days(365),
-        )?;
         let (Some(cert_path), Some(key_path)) = (&d.certificate, &d.key) else {
             anyhow::bail!("lab inventory: device {} has no certificate path", d.name);
         };
-        std::fs::write(cert_path, cert_pem)?;
-        roomkey::fsutil::write_atomic(key_path, key_pem.as_bytes(), 0o600)?;
+        super::issue_test_certificate(&ca, &cn, cert_path, key_path)?;
     }
 
     // A vault with a fresh ClientSecret per room, never seeded yet.

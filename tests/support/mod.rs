@@ -53,6 +53,25 @@ pub const FULL_FLOW: &str = "  - populate_secret: { initial: true }
 
 pub const TEST_POLICY: &str = "concurrency: 8, connect_timeout: 5s, auth_timeout: 5s, command_timeout: 10s, retries: 2, retry_backoff: 100ms, host_key_policy: accept-new";
 
+/// Writes `certs/NAME.pem` and `certs/NAME.key` for each room, issued by `ca` for the room's
+/// identity (valid from an hour ago for 90 days).
+pub fn issue_certificates(ca: &TestCa, certs: &Path, names: &[String]) {
+    let now = time::OffsetDateTime::now_utc();
+    for name in names {
+        let cn = identity(name);
+        let (cert, key) = ca
+            .issue(
+                &cn,
+                std::slice::from_ref(&cn),
+                now - time::Duration::hours(1),
+                now + time::Duration::days(90),
+            )
+            .unwrap();
+        std::fs::write(certs.join(format!("{name}.pem")), cert).unwrap();
+        std::fs::write(certs.join(format!("{name}.key")), key.expose()).unwrap();
+    }
+}
+
 impl Lab {
     /// Starts `n` rooms on 127.`subnet`.0.x; `faults(i)` gives room i's fault plan.
     pub async fn start(n: usize, subnet: u8, faults: impl Fn(usize) -> FaultPlan) -> Lab {
@@ -93,23 +112,9 @@ impl Lab {
         let fleet = Fleet::start(specs, opts).await.unwrap();
 
         // Certificates from a test CA.
-        let ca = TestCa::create("lab CA").unwrap();
         let certs = dir.path().join("certs");
         std::fs::create_dir_all(&certs).unwrap();
-        let now = time::OffsetDateTime::now_utc();
-        for name in &names {
-            let cn = identity(name);
-            let (cert, key) = ca
-                .issue(
-                    &cn,
-                    std::slice::from_ref(&cn),
-                    now - time::Duration::hours(1),
-                    now + time::Duration::days(90),
-                )
-                .unwrap();
-            std::fs::write(certs.join(format!("{name}.pem")), cert).unwrap();
-            std::fs::write(certs.join(format!("{name}.key")), key.expose()).unwrap();
-        }
+        issue_certificates(&TestCa::create("lab CA").unwrap(), &certs, &names);
 
         // A vault with one unseeded secret per room.
         let vault = dir.path().join("vault");
@@ -319,16 +324,16 @@ pub fn scep_server(dir: &Path) -> roomkey::sim::scep::ScepServer {
 impl Lab {
     /// Runs `roomkey plan` on the lab's inventory; returns (exit code, stdout).
     pub async fn plan(&self, playbook: &Path) -> (i32, String) {
-        let out = self
-            .roomkey(&[
-                "plan",
-                "-i",
-                self.inventory.to_str().unwrap(),
-                playbook.to_str().unwrap(),
-            ])
-            .output()
-            .await
-            .unwrap();
+        self.plan_with(playbook, &[]).await
+    }
+
+    /// `roomkey plan` with extra arguments (`--json`, `--limit ...`): (exit code, stdout).
+    pub async fn plan_with(&self, playbook: &Path, extra: &[&str]) -> (i32, String) {
+        let inv = self.inventory.to_str().unwrap().to_string();
+        let pb = playbook.to_str().unwrap().to_string();
+        let mut args = vec!["plan", "-i", &inv, &pb];
+        args.extend_from_slice(extra);
+        let out = self.roomkey(&args).output().await.unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
