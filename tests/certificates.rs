@@ -1,13 +1,20 @@
 //! A room's other certificates end to end (seed 001), with a real `roomkey apply` against
 //! simulated rooms over real SSH: trusted CA bundles applied twice, SCEP enrolment with
 //! 802.1X activation and a restart on ten rooms, limits refused before connecting, a wrong
-//! challenge failing only its room, a restart interrupted after the boot, and the challenge
-//! password kept out of everything roomkey writes.
+//! challenge failing only its room, a restart interrupted after the boot, service
+//! certificates whose keys are password-protected (openssl-encrypted PKCS#8), and the
+//! challenge and key passwords kept out of everything roomkey writes.
 
 mod support;
 
+use std::sync::Arc;
+
+use roomkey::engine::events::DeviceStatus;
 use roomkey::sim::FaultPlan;
-use support::{playbook, scep_server, Lab, SCEP_CHALLENGE, SCEP_URL, TEST_POLICY};
+use support::{
+    openssl_encrypt_key, playbook, scep_server, Lab, PASSPHRASE, SCEP_CHALLENGE, SCEP_URL,
+    TEST_POLICY,
+};
 
 fn ca_fingerprint(lab: &Lab) -> String {
     let pem = std::fs::read_to_string(lab.path().join("scep-ca.pem")).unwrap();
@@ -61,7 +68,7 @@ fn assert_nowhere(lab: &Lab, printed: &str, report_path: &std::path::Path, secre
         std::fs::read_to_string(report_path).unwrap()
     );
     for secret in secrets {
-        assert!(!written.contains(secret), "a challenge password leaked");
+        assert!(!written.contains(secret), "a secret leaked");
     }
 }
 
@@ -549,4 +556,312 @@ async fn an_enrolment_interrupted_after_the_reply_is_not_repeated_without_a_trus
             "{name}: the enrolled certificate is the active one, not the identity one"
         );
     }
+}
+
+/// The key password of each room (one vault credential per room, `key-<room>`).
+fn key_password(name: &str) -> String {
+    format!("key-password-{name}-3e8a")
+}
+
+/// Per room: an 802.1X certificate from its own CA in `certs/<room>-dot1x.pem`, its key
+/// encrypted by openssl with the room's [`key_password`] in `certs/<room>-dot1x.key`, and
+/// that password in the vault as `key-<room>`. Returns room → certificate fingerprint.
+fn encrypted_service_certificates(lab: &Lab) -> std::collections::BTreeMap<String, String> {
+    let ca = roomkey::cert::TestCa::create("Corp 802.1X CA").unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let certs = lab.path().join("certs");
+    let mut fingerprints = std::collections::BTreeMap::new();
+    let mut creds = Vec::new();
+    for name in &lab.names {
+        let cn = format!("{name}.dot1x.example.com");
+        let (cert, key) = ca
+            .issue(
+                &cn,
+                &[],
+                now - time::Duration::hours(1),
+                now + time::Duration::days(90),
+            )
+            .unwrap();
+        std::fs::write(certs.join(format!("{name}-dot1x.pem")), &cert).unwrap();
+        let plain = lab.path().join(format!("{name}-plain.key"));
+        std::fs::write(&plain, key.expose()).unwrap();
+        openssl_encrypt_key(
+            &plain,
+            &certs.join(format!("{name}-dot1x.key")),
+            &key_password(name),
+        );
+        std::fs::remove_file(&plain).unwrap();
+        let fp = roomkey::cert::parse_cert_pem(&cert)
+            .unwrap()
+            .fingerprint_sha1;
+        fingerprints.insert(name.clone(), fp);
+        creds.push((format!("key-{name}"), key_password(name)));
+    }
+    let creds: Vec<(&str, &str)> = creds
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    lab.set_credentials(&creds);
+    fingerprints
+}
+
+const ENCRYPTED_KEY_STEPS: &str = "  - add_service_certificate: { certificate: \"certs/{name}-dot1x.pem\", key: \"certs/{name}-dot1x.key\", private_key_password: \"key-{name}\" }
+  - activate_certificate: { purpose: 802.1X, certificate: service }
+  - activate_certificate: { purpose: HTTPS, certificate: service }
+";
+
+/// Every file the simulator persisted (the rooms' state: keys, never key passwords).
+fn sim_state_text(lab: &Lab) -> String {
+    let mut out = String::new();
+    let mut stack = vec![lab.path().join("sim")];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(t) = std::fs::read(&p) {
+                out.push_str(&String::from_utf8_lossy(&t));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_key_with_a_password_is_opened_by_the_room_and_never_leaks() {
+    let lab = Lab::start(2, 88, |_| FaultPlan::default()).await;
+    let fingerprints = encrypted_service_certificates(&lab);
+    let passwords: Vec<String> = lab.names.iter().map(|n| key_password(n)).collect();
+    let pb = playbook(
+        lab.path(),
+        "dot1x-encrypted",
+        TEST_POLICY,
+        ENCRYPTED_KEY_STEPS,
+    );
+
+    // The plan shows the command with the password redacted and where it comes from.
+    let (code, plan_text) = lab.plan(&pb).await;
+    assert_eq!(code, 0, "{plan_text}");
+    assert!(
+        plan_text.contains(
+            "xCommand Security Certificates Services Add PrivateKeyPassword: \"[redacted]\""
+        ),
+        "{plan_text}"
+    );
+    assert!(
+        plan_text.contains("vault credential 'key-{name}'")
+            || plan_text.contains("vault credential 'key-room-01'"),
+        "{plan_text}"
+    );
+
+    // Trace logs: everything that could carry the password is switched on.
+    let report_path = lab.path().join("report.json");
+    let (code, stdout, stderr) = lab
+        .apply_env(
+            &pb,
+            &["--report", report_path.to_str().unwrap()],
+            &[("RUST_LOG", "trace")],
+        )
+        .await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let traced = format!("{stdout}{stderr}");
+    assert!(
+        traced.contains("PrivateKeyPassword: \\\"[redacted]\\\"")
+            || traced.contains("PrivateKeyPassword: \"[redacted]\""),
+        "the trace log shows the Services Add command, redacted:\n{traced}"
+    );
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        let fp = &fingerprints[name];
+        let cert = snap
+            .certificates
+            .iter()
+            .find(|c| &c.fingerprint == fp)
+            .unwrap_or_else(|| panic!("{name}: certificate {fp} not on the room"));
+        assert_eq!(cert.common_name, format!("{name}.dot1x.example.com"));
+        let mut used_for = cert.used_for.clone();
+        used_for.sort();
+        assert_eq!(used_for, vec!["802.1X".to_string(), "HTTPS".to_string()]);
+        assert_eq!(snap.count("Services Add"), 1, "{name}");
+        // The simulated room's own log redacts the password too.
+        let add = snap
+            .commands
+            .iter()
+            .find(|c| c.line.contains("Services Add"))
+            .unwrap();
+        assert!(
+            add.line.contains("PrivateKeyPassword: [redacted]"),
+            "{name}: {}",
+            add.line
+        );
+    }
+    let doc = report(&report_path);
+    assert!(doc["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|o| o["status"] == "changed"));
+
+    // A fresh rerun reads the rooms: the certificate is there, nothing is sent again.
+    let (code, stdout, stderr) = lab.apply(&pb, &["--fresh"]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in &lab.names {
+        assert_eq!(lab.snapshot(name).await.count("Services Add"), 1, "{name}");
+    }
+
+    let secrets: Vec<&str> = passwords.iter().map(String::as_str).collect();
+    assert_nowhere(
+        &lab,
+        &format!("{plan_text}{traced}{stdout}{stderr}"),
+        &report_path,
+        &secrets,
+    );
+    // The rooms keep the key, decrypted, and never the password.
+    let sim_state = sim_state_text(&lab);
+    assert!(sim_state.contains("-----BEGIN PRIVATE KEY-----"));
+    for secret in &secrets {
+        assert!(
+            !sim_state.contains(secret),
+            "the simulator stored a key password"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_password_is_caught_in_preflight_and_refused_by_the_room() {
+    let lab = Lab::start(2, 89, |_| FaultPlan::default()).await;
+    let fingerprints = encrypted_service_certificates(&lab);
+
+    // An encrypted key and no password named: refused before connecting.
+    let unnamed = playbook(
+        lab.path(),
+        "no-password",
+        TEST_POLICY,
+        &ENCRYPTED_KEY_STEPS.replace(", private_key_password: \"key-{name}\"", ""),
+    );
+    let (code, stdout, stderr) = lab.apply(&unnamed, &[]).await;
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in &lab.names {
+        assert!(stderr.contains("no-password.yaml"), "{stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "steps[1] (add_service_certificate) for device {name}"
+            )),
+            "{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("holds an encrypted private key"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("private_key_password"), "{stderr}");
+    // `plan` reads no vault but refuses the same.
+    let (code, _) = lab.plan(&unnamed).await;
+    assert_ne!(code, 0);
+
+    // room-02's vault password is wrong: preflight opens each key with its vault password,
+    // so the run stops before anything is sent, naming room-02 only.
+    let wrong = "not-the-key-password-51c7";
+    lab.set_credentials(&[("key-room-02", wrong)]);
+    let pb = playbook(
+        lab.path(),
+        "wrong-password",
+        TEST_POLICY,
+        ENCRYPTED_KEY_STEPS,
+    );
+    let report_path = lab.path().join("report.json");
+    let (code, stdout, stderr) = lab
+        .apply_env(
+            &pb,
+            &["--report", report_path.to_str().unwrap()],
+            &[("RUST_LOG", "trace")],
+        )
+        .await;
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("steps[1] (add_service_certificate) for device room-02"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("steps[1] (add_service_certificate) for device room-01"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the password in vault credential 'key-room-02': the password does not decrypt the private key"),
+        "{stderr}"
+    );
+    let preflight_output = format!("{stdout}{stderr}");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(snap.logins, 0, "{name} was contacted");
+    }
+
+    // The room's own refusal, for a password that changes after preflight (preflight
+    // passed with the right one): the engine runs in-process with a vault that now holds
+    // the wrong password for room-02. Only room-02 fails, with the room's reason.
+    lab.set_credentials(&[("key-room-02", &key_password("room-02"))]);
+    let (playbook_loaded, devices, store) = lab.prepare(&pb);
+    drop(store);
+    lab.set_credentials(&[("key-room-02", wrong)]);
+    let vault =
+        roomkey::vault::Vault::open(&lab.vault, &roomkey::secret::Secret::new(PASSPHRASE)).unwrap();
+    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let summary = roomkey::engine::run(
+        roomkey::engine::RunConfig {
+            playbook: playbook_loaded,
+            devices,
+            state_dir: lab.path().join(".roomkey"),
+            known_hosts: lab.path().join("known_hosts"),
+            host_key_policy: None,
+            check_mode: false,
+            fresh: false,
+            kdf: roomkey::kdf::KdfPool::per_core(),
+            secrets: Arc::new(roomkey::engine::secrets::VaultSecrets::new(vault)),
+            stop,
+            wait_for_window: false,
+            start_time: None,
+        },
+        Arc::new(roomkey::engine::events::Silent),
+    )
+    .await;
+    let mut seen = Vec::new();
+    for o in &summary.outcomes {
+        let snap = lab.snapshot(&o.device).await;
+        let fp = &fingerprints[&o.device];
+        if o.device == "room-02" {
+            assert_eq!(o.status, DeviceStatus::Failed, "{o:?}");
+            let reason = o.reason.as_deref().unwrap_or_default();
+            assert!(
+                reason.contains("the password does not decrypt the private key"),
+                "{reason}"
+            );
+            assert!(
+                reason.contains("PrivateKeyPassword: \"[redacted]\""),
+                "{reason}"
+            );
+            assert!(!reason.contains(wrong), "{reason}");
+            assert!(snap.certificates.iter().all(|c| &c.fingerprint != fp));
+            assert_eq!(snap.count("Services Add"), 1, "sent once, refused");
+        } else {
+            assert_eq!(o.status, DeviceStatus::Changed, "{o:?}");
+            assert!(snap.certificates.iter().any(|c| &c.fingerprint == fp));
+        }
+        seen.push(o.device.clone());
+    }
+    assert_eq!(seen.len(), 2);
+    assert!(!format!("{summary:?}").contains(wrong));
+    assert_nowhere(
+        &lab,
+        &preflight_output,
+        &report_path_or_empty(&report_path),
+        &[wrong],
+    );
+}
+
+/// The report path if `apply` wrote one (a run refused in preflight may not).
+fn report_path_or_empty(path: &std::path::Path) -> std::path::PathBuf {
+    if !path.exists() {
+        std::fs::write(path, "").unwrap();
+    }
+    path.to_path_buf()
 }

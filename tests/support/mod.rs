@@ -357,3 +357,27 @@ impl Lab {
         v.save().unwrap();
     }
 }
+
+// ---- Added for password-protected service keys --------------------------------------------
+
+/// Encrypts the plain PKCS#8 key at `plain` into `out` exactly as an administrator would,
+/// `openssl pkcs8 -topk8 -v2 aes-256-cbc` (PBES2: PBKDF2-HMAC-SHA256, AES-256-CBC). The
+/// password goes through the environment, not the command line, so it is not in `ps`.
+pub fn openssl_encrypt_key(plain: &Path, out: &Path, password: &str) {
+    let status = std::process::Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-passout"])
+        .arg("env:ROOMKEY_TEST_KEY_PASSWORD")
+        .arg("-in")
+        .arg(plain)
+        .arg("-out")
+        .arg(out)
+        .env("ROOMKEY_TEST_KEY_PASSWORD", password)
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl pkcs8 -topk8 failed");
+    let text = std::fs::read_to_string(out).unwrap();
+    assert!(
+        text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+        "{text}"
+    );
+}
