@@ -7,6 +7,12 @@
 //! does it on the bounded blocking KDF pool) and hands the outcome to [`Device::handle`]. The
 //! model then checks the action and applies the plaintext, so every rule of the device lives
 //! here and is unit-tested with fixtures.
+//!
+//! A password-protected service key (`Services Add PrivateKeyPassword:`) is opened in the
+//! model itself: its PBKDF2 costs about a millisecond at openssl's 2,048 iterations, and
+//! [`crate::cert::decrypt_pkcs8`] refuses parameters above a ceiling before doing any work,
+//! so a hostile file holds the executor for a bounded time (well under a second), not the
+//! minutes an unbounded derivation could.
 
 use std::collections::BTreeSet;
 
