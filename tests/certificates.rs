@@ -42,18 +42,54 @@ fn report(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-/// `roomkey apply` with a JSON report and debug logs (everything a secret could leak into);
-/// returns (exit code, stdout, stderr, report path).
+/// The log shows the command carrying `param`, its value redacted (quoted as sent, or
+/// escaped inside a structured log field).
+fn assert_logged_redacted(log: &str, param: &str) {
+    assert!(
+        log.contains(&format!("{param}: \\\"[redacted]\\\""))
+            || log.contains(&format!("{param}: \"[redacted]\"")),
+        "the log shows {param}, redacted:\n{log}"
+    );
+}
+
+/// Every device of the report at `path` changed.
+fn assert_all_changed(path: &std::path::Path) {
+    let doc = report(path);
+    assert!(
+        doc["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["status"] == "changed"),
+        "{doc}"
+    );
+}
+
+/// A certificate for `cn` from `ca`, valid from an hour ago for 90 days.
+fn issue_90_days(ca: &roomkey::cert::TestCa, cn: &str) -> (String, roomkey::secret::Secret) {
+    let now = time::OffsetDateTime::now_utc();
+    ca.issue(
+        cn,
+        &[],
+        now - time::Duration::hours(1),
+        now + time::Duration::days(90),
+    )
+    .unwrap()
+}
+
+/// `roomkey apply` with a JSON report and logs at `level` (everything a secret could leak
+/// into); returns (exit code, stdout, stderr, report path).
 async fn apply_logged(
     lab: &Lab,
     pb: &std::path::Path,
+    level: &str,
 ) -> (i32, String, String, std::path::PathBuf) {
     let report_path = lab.path().join("report.json");
     let (code, stdout, stderr) = lab
         .apply_env(
             pb,
             &["--report", report_path.to_str().unwrap()],
-            &[("RUST_LOG", "debug")],
+            &[("RUST_LOG", level)],
         )
         .await;
     (code, stdout, stderr, report_path)
@@ -163,15 +199,11 @@ async fn scep_enrolment_on_ten_rooms_then_8021x_and_a_restart() {
         scep_steps(&fp, "scep-challenge", "{name}.lab.example.com")
     );
     let pb = playbook(lab.path(), "scep", TEST_POLICY, &steps);
-    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb).await;
+    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb, "debug").await;
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     // The run with debug logs, kept for the leak check at the end.
     let first_output = format!("{stdout}{stderr}");
-    assert!(
-        first_output.contains("ChallengePassword: \\\"[redacted]\\\"")
-            || first_output.contains("ChallengePassword: \"[redacted]\""),
-        "the debug log shows the SCEP request, redacted:\n{first_output}"
-    );
+    assert_logged_redacted(&first_output, "ChallengePassword");
     for name in &lab.names {
         let snap = lab.snapshot(name).await;
         let cn = support::identity(name);
@@ -196,12 +228,7 @@ async fn scep_enrolment_on_ten_rooms_then_8021x_and_a_restart() {
         let last = snap.commands.last().unwrap();
         assert!(last.line.contains("Profiles List"), "{name}: {last:?}");
     }
-    let doc = report(&report_path);
-    assert!(doc["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|o| o["status"] == "changed"));
+    assert_all_changed(&report_path);
 
     // A rerun: the journal has every step done, nothing is sent, nothing reboots.
     let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
@@ -324,7 +351,7 @@ async fn a_wrong_challenge_fails_only_its_room_and_never_leaks() {
         );
     }
 
-    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb).await;
+    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb, "debug").await;
     assert_ne!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let doc = report(&report_path);
     for o in doc["outcomes"].as_array().unwrap() {
@@ -394,19 +421,10 @@ async fn service_certificates_from_pem_files_activate_replace_and_delete() {
     let lab = Lab::start(2, 85, |_| FaultPlan::default()).await;
     // Two HTTPS certificates per room (not the identity ones), key in a separate file.
     let ca = roomkey::cert::TestCa::create("Corp HTTPS CA").unwrap();
-    let now = time::OffsetDateTime::now_utc();
     let mut fingerprints = std::collections::BTreeMap::new();
     for name in &lab.names {
         for which in ["old", "new"] {
-            let cn = format!("{name}-{which}.https.example.com");
-            let (cert, key) = ca
-                .issue(
-                    &cn,
-                    &[],
-                    now - time::Duration::hours(1),
-                    now + time::Duration::days(90),
-                )
-                .unwrap();
+            let (cert, key) = issue_90_days(&ca, &format!("{name}-{which}.https.example.com"));
             let certs = lab.path().join("certs");
             std::fs::write(certs.join(format!("{name}-{which}-https.pem")), &cert).unwrap();
             std::fs::write(
@@ -568,20 +586,11 @@ fn key_password(name: &str) -> String {
 /// that password in the vault as `key-<room>`. Returns room → certificate fingerprint.
 fn encrypted_service_certificates(lab: &Lab) -> std::collections::BTreeMap<String, String> {
     let ca = roomkey::cert::TestCa::create("Corp 802.1X CA").unwrap();
-    let now = time::OffsetDateTime::now_utc();
     let certs = lab.path().join("certs");
     let mut fingerprints = std::collections::BTreeMap::new();
     let mut creds = Vec::new();
     for name in &lab.names {
-        let cn = format!("{name}.dot1x.example.com");
-        let (cert, key) = ca
-            .issue(
-                &cn,
-                &[],
-                now - time::Duration::hours(1),
-                now + time::Duration::days(90),
-            )
-            .unwrap();
+        let (cert, key) = issue_90_days(&ca, &format!("{name}.dot1x.example.com"));
         std::fs::write(certs.join(format!("{name}-dot1x.pem")), &cert).unwrap();
         let plain = lab.path().join(format!("{name}-plain.key"));
         std::fs::write(&plain, key.expose()).unwrap();
@@ -610,23 +619,6 @@ const ENCRYPTED_KEY_STEPS: &str = "  - add_service_certificate: { certificate: \
   - activate_certificate: { purpose: HTTPS, certificate: service }
 ";
 
-/// Every file the simulator persisted (the rooms' state: keys, never key passwords).
-fn sim_state_text(lab: &Lab) -> String {
-    let mut out = String::new();
-    let mut stack = vec![lab.path().join("sim")];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else if let Ok(t) = std::fs::read(&p) {
-                out.push_str(&String::from_utf8_lossy(&t));
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_key_with_a_password_is_opened_by_the_room_and_never_leaks() {
     let lab = Lab::start(2, 88, |_| FaultPlan::default()).await;
@@ -654,21 +646,10 @@ async fn a_service_key_with_a_password_is_opened_by_the_room_and_never_leaks() {
     );
 
     // Trace logs: everything that could carry the password is switched on.
-    let report_path = lab.path().join("report.json");
-    let (code, stdout, stderr) = lab
-        .apply_env(
-            &pb,
-            &["--report", report_path.to_str().unwrap()],
-            &[("RUST_LOG", "trace")],
-        )
-        .await;
+    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb, "trace").await;
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let traced = format!("{stdout}{stderr}");
-    assert!(
-        traced.contains("PrivateKeyPassword: \\\"[redacted]\\\"")
-            || traced.contains("PrivateKeyPassword: \"[redacted]\""),
-        "the trace log shows the Services Add command, redacted:\n{traced}"
-    );
+    assert_logged_redacted(&traced, "PrivateKeyPassword");
     for name in &lab.names {
         let snap = lab.snapshot(name).await;
         let fp = &fingerprints[name];
@@ -694,12 +675,7 @@ async fn a_service_key_with_a_password_is_opened_by_the_room_and_never_leaks() {
             add.line
         );
     }
-    let doc = report(&report_path);
-    assert!(doc["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|o| o["status"] == "changed"));
+    assert_all_changed(&report_path);
 
     // A fresh rerun reads the rooms: the certificate is there, nothing is sent again.
     let (code, stdout, stderr) = lab.apply(&pb, &["--fresh"]).await;
@@ -716,7 +692,7 @@ async fn a_service_key_with_a_password_is_opened_by_the_room_and_never_leaks() {
         &secrets,
     );
     // The rooms keep the key, decrypted, and never the password.
-    let sim_state = sim_state_text(&lab);
+    let sim_state = lab.sim_state_text();
     assert!(sim_state.contains("-----BEGIN PRIVATE KEY-----"));
     for secret in &secrets {
         assert!(
@@ -740,8 +716,8 @@ async fn a_wrong_key_password_is_caught_in_preflight_and_refused_by_the_room() {
     );
     let (code, stdout, stderr) = lab.apply(&unnamed, &[]).await;
     assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("no-password.yaml"), "{stderr}");
     for name in &lab.names {
-        assert!(stderr.contains("no-password.yaml"), "{stderr}");
         assert!(
             stderr.contains(&format!(
                 "steps[1] (add_service_certificate) for device {name}"
@@ -797,25 +773,9 @@ async fn a_wrong_key_password_is_caught_in_preflight_and_refused_by_the_room() {
     lab.set_credentials(&[("key-room-02", wrong)]);
     let vault =
         roomkey::vault::Vault::open(&lab.vault, &roomkey::secret::Secret::new(PASSPHRASE)).unwrap();
-    let (_tx, stop) = tokio::sync::watch::channel(false);
-    let summary = roomkey::engine::run(
-        roomkey::engine::RunConfig {
-            playbook: playbook_loaded,
-            devices,
-            state_dir: lab.path().join(".roomkey"),
-            known_hosts: lab.path().join("known_hosts"),
-            host_key_policy: None,
-            check_mode: false,
-            fresh: false,
-            kdf: roomkey::kdf::KdfPool::per_core(),
-            secrets: Arc::new(roomkey::engine::secrets::VaultSecrets::new(vault)),
-            stop,
-            wait_for_window: false,
-            start_time: None,
-        },
-        Arc::new(roomkey::engine::events::Silent),
-    )
-    .await;
+    let secrets = Arc::new(roomkey::engine::secrets::VaultSecrets::new(vault));
+    let (config, _stop) = lab.run_config(playbook_loaded, devices, secrets);
+    let summary = roomkey::engine::run(config, Arc::new(roomkey::engine::events::Silent)).await;
     let mut seen = Vec::new();
     for o in &summary.outcomes {
         let snap = lab.snapshot(&o.device).await;

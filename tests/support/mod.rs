@@ -198,23 +198,33 @@ impl Lab {
     /// Every file under the lab directory except the simulator's own state (which holds the
     /// simulated devices' secrets by design) and the vault (encrypted).
     pub fn state_files_text(&self) -> String {
-        let mut out = String::new();
-        let mut stack = vec![self.dir.path().join(".roomkey")];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if let Ok(t) = std::fs::read(&p) {
-                    out.push_str(&String::from_utf8_lossy(&t));
-                }
+        files_text(&self.dir.path().join(".roomkey"))
+    }
+
+    /// Every file the simulator persisted (the rooms' state, keys included).
+    pub fn sim_state_text(&self) -> String {
+        files_text(&self.dir.path().join("sim"))
+    }
+}
+
+/// The text of every file below `root` (missing directories are skipped).
+fn files_text(root: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(t) = std::fs::read(&p) {
+                out.push_str(&String::from_utf8_lossy(&t));
             }
         }
-        out
     }
+    out
 }
 
 impl Lab {
@@ -243,6 +253,34 @@ impl Lab {
         )
         .unwrap();
         (playbook, prepared.devices, store)
+    }
+}
+
+impl Lab {
+    /// The configuration of an in-process engine run over the lab (not in check mode, not
+    /// fresh, no window wait, started now), and the sender that stops it.
+    pub fn run_config(
+        &self,
+        playbook: roomkey::playbook::Playbook,
+        devices: Vec<roomkey::engine::PreparedDevice>,
+        secrets: std::sync::Arc<dyn roomkey::engine::SecretStore>,
+    ) -> (roomkey::engine::RunConfig, tokio::sync::watch::Sender<bool>) {
+        let (tx, stop) = tokio::sync::watch::channel(false);
+        let config = roomkey::engine::RunConfig {
+            playbook,
+            devices,
+            state_dir: self.dir.path().join(".roomkey"),
+            known_hosts: self.dir.path().join("known_hosts"),
+            host_key_policy: None,
+            check_mode: false,
+            fresh: false,
+            kdf: KdfPool::per_core(),
+            secrets,
+            stop,
+            wait_for_window: false,
+            start_time: None,
+        };
+        (config, tx)
     }
 }
 
