@@ -394,8 +394,9 @@ pub fn parse_cert_and_key(text: &str) -> Result<(CertMeta, Secret), CertError> {
 /// [`parse_cert_and_key`] for `Services Add` with its optional `PrivateKeyPassword`: an
 /// `ENCRYPTED PRIVATE KEY` (PKCS#8, PBES2) is opened with the password and kept decrypted
 /// (the device stores the key, not the password). A password given with a plain key is
-/// ignored, as RoomOS (and openssl's `-passin`) ignore it: refusing would break a playbook
-/// whose key file was replaced by an unencrypted one.
+/// ignored, as openssl's `-passin` is: there is nothing for it to open, and refusing would
+/// break a playbook whose key file was later replaced by an unencrypted one. Legacy PEM
+/// encryption (`Proc-Type: 4,ENCRYPTED`) is refused as unsupported, not as a wrong key.
 pub fn parse_cert_and_key_with_password(
     text: &str,
     password: Option<&str>,
@@ -411,6 +412,17 @@ pub fn parse_cert_and_key_with_password(
         .iter()
         .find(|p| p.tag().ends_with("PRIVATE KEY"))
         .ok_or(CertError::NoKey)?;
+    if key_block
+        .headers()
+        .get("Proc-Type")
+        .is_some_and(|v| v.contains("ENCRYPTED"))
+    {
+        return Err(CertError::KeyPassword(
+            crate::cert::KeyPasswordError::Unsupported(
+                "legacy PEM encryption (Proc-Type: 4,ENCRYPTED)".into(),
+            ),
+        ));
+    }
     let mut decrypted_pem = None;
     let key = match key_block.tag() {
         "PRIVATE KEY" => p256::SecretKey::from_pkcs8_der(key_block.contents())
@@ -1765,6 +1777,14 @@ mod tests {
             parse_cert_and_key_with_password(&mismatched, Some("key pass 1")).unwrap_err(),
             CertError::KeyMismatch
         );
+        // Legacy PEM encryption is named as such, whatever the password.
+        let legacy = format!(
+            "{cert}-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+             DEK-Info: AES-256-CBC,00112233445566778899AABBCCDDEEFF\n\nAAAA\n\
+             -----END EC PRIVATE KEY-----\n"
+        );
+        let e = parse_cert_and_key_with_password(&legacy, Some("key pass 1")).unwrap_err();
+        assert!(e.to_string().contains("legacy PEM encryption"), "{e}");
     }
 
     #[test]
