@@ -628,20 +628,49 @@ pub fn decrypt_pkcs8(der: &[u8], password: &[u8]) -> Result<Zeroizing<Vec<u8>>, 
     Ok(buffer)
 }
 
-/// A plain PKCS#8 PEM key re-encrypted as openssl's `pkcs8 -topk8 -v2 aes-256-cbc` does
-/// (PBES2, PBKDF2-HMAC-SHA256, AES-256-CBC), for unit tests.
+/// PBKDF2 iterations [`encrypt_key_pkcs8`] uses: openssl's `pkcs8 -topk8` default, so a
+/// key made here is what an administrator's openssl would make.
+pub const OPENSSL_PBKDF2_ITERATIONS: u32 = 2048;
+
+/// A plain PKCS#8 PEM key (`-----BEGIN PRIVATE KEY-----`) encrypted with `password` as
+/// `openssl pkcs8 -topk8 -v2 aes-256-cbc` does (PBES2: PBKDF2-HMAC-SHA256 at `iterations`,
+/// AES-256-CBC, random salt and IV). For test fixtures and the simulator's tests; the
+/// result is an `ENCRYPTED PRIVATE KEY` PEM.
+pub fn encrypt_key_pkcs8(
+    key_pem: &Secret,
+    password: &Secret,
+    iterations: u32,
+) -> Result<Secret, CertError> {
+    use pkcs8::der::Decode as _;
+    use rand::RngCore as _;
+    let bad = |e: &dyn fmt::Display| CertError::BadKey(format!("PKCS#8: {e}"));
+    let (label, doc) = pkcs8::SecretDocument::from_pem(key_pem.expose()).map_err(|e| bad(&e))?;
+    if label != "PRIVATE KEY" {
+        return Err(CertError::BadKey(format!(
+            "expected a PRIVATE KEY block, found {label}"
+        )));
+    }
+    let info = pkcs8::PrivateKeyInfo::from_der(doc.as_bytes()).map_err(|e| bad(&e))?;
+    let (mut salt, mut iv) = ([0u8; 16], [0u8; 16]);
+    rand::rngs::OsRng.fill_bytes(&mut salt);
+    rand::rngs::OsRng.fill_bytes(&mut iv);
+    let params = pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(iterations, &salt, &iv)
+        .map_err(|e| bad(&e))?;
+    let encrypted = info
+        .encrypt_with_params(params, password.expose())
+        .map_err(|e| bad(&e))?;
+    let pem = encrypted
+        .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
+        .map_err(|e| bad(&e))?;
+    Ok(Secret::new(pem.as_str()))
+}
+
+/// [`encrypt_key_pkcs8`] on plain text, for unit tests.
 #[cfg(test)]
 pub(crate) fn encrypt_pkcs8_pem(key_pem: &str, password: &str, iterations: u32) -> String {
-    use pkcs8::der::Decode as _;
-    let (_, doc) = pkcs8::SecretDocument::from_pem(key_pem).unwrap();
-    let info = pkcs8::PrivateKeyInfo::from_der(doc.as_bytes()).unwrap();
-    let params =
-        pkcs8::pkcs5::pbes2::Parameters::pbkdf2_sha256_aes256cbc(iterations, &[7; 16], &[9; 16])
-            .unwrap();
-    let encrypted = info.encrypt_with_params(params, password).unwrap();
-    encrypted
-        .to_pem("ENCRYPTED PRIVATE KEY", pkcs8::LineEnding::LF)
+    encrypt_key_pkcs8(&Secret::new(key_pem), &Secret::new(password), iterations)
         .unwrap()
+        .expose()
         .to_string()
 }
 
