@@ -1,13 +1,20 @@
 //! A room's other certificates end to end (seed 001), with a real `roomkey apply` against
 //! simulated rooms over real SSH: trusted CA bundles applied twice, SCEP enrolment with
 //! 802.1X activation and a restart on ten rooms, limits refused before connecting, a wrong
-//! challenge failing only its room, a restart interrupted after the boot, and the challenge
-//! password kept out of everything roomkey writes.
+//! challenge failing only its room, a restart interrupted after the boot, service
+//! certificates whose keys are password-protected (openssl-encrypted PKCS#8), and the
+//! challenge and key passwords kept out of everything roomkey writes.
 
 mod support;
 
+use std::sync::Arc;
+
+use roomkey::engine::events::DeviceStatus;
 use roomkey::sim::FaultPlan;
-use support::{playbook, scep_server, Lab, SCEP_CHALLENGE, SCEP_URL, TEST_POLICY};
+use support::{
+    openssl_encrypt_key, playbook, scep_server, Lab, PASSPHRASE, SCEP_CHALLENGE, SCEP_URL,
+    TEST_POLICY,
+};
 
 fn ca_fingerprint(lab: &Lab) -> String {
     let pem = std::fs::read_to_string(lab.path().join("scep-ca.pem")).unwrap();
@@ -35,18 +42,54 @@ fn report(path: &std::path::Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-/// `roomkey apply` with a JSON report and debug logs (everything a secret could leak into);
-/// returns (exit code, stdout, stderr, report path).
+/// The log shows the command carrying `param`, its value redacted (quoted as sent, or
+/// escaped inside a structured log field).
+fn assert_logged_redacted(log: &str, param: &str) {
+    assert!(
+        log.contains(&format!("{param}: \\\"[redacted]\\\""))
+            || log.contains(&format!("{param}: \"[redacted]\"")),
+        "the log shows {param}, redacted:\n{log}"
+    );
+}
+
+/// Every device of the report at `path` changed.
+fn assert_all_changed(path: &std::path::Path) {
+    let doc = report(path);
+    assert!(
+        doc["outcomes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["status"] == "changed"),
+        "{doc}"
+    );
+}
+
+/// A certificate for `cn` from `ca`, valid from an hour ago for 90 days.
+fn issue_90_days(ca: &roomkey::cert::TestCa, cn: &str) -> (String, roomkey::secret::Secret) {
+    let now = time::OffsetDateTime::now_utc();
+    ca.issue(
+        cn,
+        &[],
+        now - time::Duration::hours(1),
+        now + time::Duration::days(90),
+    )
+    .unwrap()
+}
+
+/// `roomkey apply` with a JSON report and logs at `level` (everything a secret could leak
+/// into); returns (exit code, stdout, stderr, report path).
 async fn apply_logged(
     lab: &Lab,
     pb: &std::path::Path,
+    level: &str,
 ) -> (i32, String, String, std::path::PathBuf) {
     let report_path = lab.path().join("report.json");
     let (code, stdout, stderr) = lab
         .apply_env(
             pb,
             &["--report", report_path.to_str().unwrap()],
-            &[("RUST_LOG", "debug")],
+            &[("RUST_LOG", level)],
         )
         .await;
     (code, stdout, stderr, report_path)
@@ -61,7 +104,7 @@ fn assert_nowhere(lab: &Lab, printed: &str, report_path: &std::path::Path, secre
         std::fs::read_to_string(report_path).unwrap()
     );
     for secret in secrets {
-        assert!(!written.contains(secret), "a challenge password leaked");
+        assert!(!written.contains(secret), "a secret leaked");
     }
 }
 
@@ -156,15 +199,11 @@ async fn scep_enrolment_on_ten_rooms_then_8021x_and_a_restart() {
         scep_steps(&fp, "scep-challenge", "{name}.lab.example.com")
     );
     let pb = playbook(lab.path(), "scep", TEST_POLICY, &steps);
-    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb).await;
+    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb, "debug").await;
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     // The run with debug logs, kept for the leak check at the end.
     let first_output = format!("{stdout}{stderr}");
-    assert!(
-        first_output.contains("ChallengePassword: \\\"[redacted]\\\"")
-            || first_output.contains("ChallengePassword: \"[redacted]\""),
-        "the debug log shows the SCEP request, redacted:\n{first_output}"
-    );
+    assert_logged_redacted(&first_output, "ChallengePassword");
     for name in &lab.names {
         let snap = lab.snapshot(name).await;
         let cn = support::identity(name);
@@ -189,12 +228,7 @@ async fn scep_enrolment_on_ten_rooms_then_8021x_and_a_restart() {
         let last = snap.commands.last().unwrap();
         assert!(last.line.contains("Profiles List"), "{name}: {last:?}");
     }
-    let doc = report(&report_path);
-    assert!(doc["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|o| o["status"] == "changed"));
+    assert_all_changed(&report_path);
 
     // A rerun: the journal has every step done, nothing is sent, nothing reboots.
     let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
@@ -317,7 +351,7 @@ async fn a_wrong_challenge_fails_only_its_room_and_never_leaks() {
         );
     }
 
-    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb).await;
+    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb, "debug").await;
     assert_ne!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     let doc = report(&report_path);
     for o in doc["outcomes"].as_array().unwrap() {
@@ -387,19 +421,10 @@ async fn service_certificates_from_pem_files_activate_replace_and_delete() {
     let lab = Lab::start(2, 85, |_| FaultPlan::default()).await;
     // Two HTTPS certificates per room (not the identity ones), key in a separate file.
     let ca = roomkey::cert::TestCa::create("Corp HTTPS CA").unwrap();
-    let now = time::OffsetDateTime::now_utc();
     let mut fingerprints = std::collections::BTreeMap::new();
     for name in &lab.names {
         for which in ["old", "new"] {
-            let cn = format!("{name}-{which}.https.example.com");
-            let (cert, key) = ca
-                .issue(
-                    &cn,
-                    &[],
-                    now - time::Duration::hours(1),
-                    now + time::Duration::days(90),
-                )
-                .unwrap();
+            let (cert, key) = issue_90_days(&ca, &format!("{name}-{which}.https.example.com"));
             let certs = lab.path().join("certs");
             std::fs::write(certs.join(format!("{name}-{which}-https.pem")), &cert).unwrap();
             std::fs::write(
@@ -549,4 +574,235 @@ async fn an_enrolment_interrupted_after_the_reply_is_not_repeated_without_a_trus
             "{name}: the enrolled certificate is the active one, not the identity one"
         );
     }
+}
+
+/// The key password of each room (one vault credential per room, `key-<room>`).
+fn key_password(name: &str) -> String {
+    format!("key-password-{name}-3e8a")
+}
+
+/// Per room: an 802.1X certificate from its own CA in `certs/<room>-dot1x.pem`, its key
+/// encrypted by openssl with the room's [`key_password`] in `certs/<room>-dot1x.key`, and
+/// that password in the vault as `key-<room>`. Returns room → certificate fingerprint.
+fn encrypted_service_certificates(lab: &Lab) -> std::collections::BTreeMap<String, String> {
+    let ca = roomkey::cert::TestCa::create("Corp 802.1X CA").unwrap();
+    let certs = lab.path().join("certs");
+    let mut fingerprints = std::collections::BTreeMap::new();
+    let mut creds = Vec::new();
+    for name in &lab.names {
+        let (cert, key) = issue_90_days(&ca, &format!("{name}.dot1x.example.com"));
+        std::fs::write(certs.join(format!("{name}-dot1x.pem")), &cert).unwrap();
+        let plain = lab.path().join(format!("{name}-plain.key"));
+        std::fs::write(&plain, key.expose()).unwrap();
+        openssl_encrypt_key(
+            &plain,
+            &certs.join(format!("{name}-dot1x.key")),
+            &key_password(name),
+        );
+        std::fs::remove_file(&plain).unwrap();
+        let fp = roomkey::cert::parse_cert_pem(&cert)
+            .unwrap()
+            .fingerprint_sha1;
+        fingerprints.insert(name.clone(), fp);
+        creds.push((format!("key-{name}"), key_password(name)));
+    }
+    let creds: Vec<(&str, &str)> = creds
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    lab.set_credentials(&creds);
+    fingerprints
+}
+
+const ENCRYPTED_KEY_STEPS: &str = "  - add_service_certificate: { certificate: \"certs/{name}-dot1x.pem\", key: \"certs/{name}-dot1x.key\", private_key_password: \"key-{name}\" }
+  - activate_certificate: { purpose: 802.1X, certificate: service }
+  - activate_certificate: { purpose: HTTPS, certificate: service }
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_key_with_a_password_is_opened_by_the_room_and_never_leaks() {
+    let lab = Lab::start(2, 88, |_| FaultPlan::default()).await;
+    let fingerprints = encrypted_service_certificates(&lab);
+    let passwords: Vec<String> = lab.names.iter().map(|n| key_password(n)).collect();
+    let pb = playbook(
+        lab.path(),
+        "dot1x-encrypted",
+        TEST_POLICY,
+        ENCRYPTED_KEY_STEPS,
+    );
+
+    // The plan shows the command with the password redacted and where it comes from.
+    let (code, plan_text) = lab.plan(&pb).await;
+    assert_eq!(code, 0, "{plan_text}");
+    assert!(
+        plan_text.contains(
+            "xCommand Security Certificates Services Add PrivateKeyPassword: \"[redacted]\""
+        ),
+        "{plan_text}"
+    );
+    assert!(
+        plan_text.contains("PrivateKeyPassword comes from vault credential 'key-{name}'"),
+        "{plan_text}"
+    );
+
+    // Trace logs: everything that could carry the password is switched on.
+    let (code, stdout, stderr, report_path) = apply_logged(&lab, &pb, "trace").await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let traced = format!("{stdout}{stderr}");
+    assert_logged_redacted(&traced, "PrivateKeyPassword");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        let fp = &fingerprints[name];
+        let cert = snap
+            .certificates
+            .iter()
+            .find(|c| &c.fingerprint == fp)
+            .unwrap_or_else(|| panic!("{name}: certificate {fp} not on the room"));
+        assert_eq!(cert.common_name, format!("{name}.dot1x.example.com"));
+        let mut used_for = cert.used_for.clone();
+        used_for.sort();
+        assert_eq!(used_for, vec!["802.1X".to_string(), "HTTPS".to_string()]);
+        assert_eq!(snap.count("Services Add"), 1, "{name}");
+        // The simulated room's own log redacts the password too.
+        let add = snap
+            .commands
+            .iter()
+            .find(|c| c.line.contains("Services Add"))
+            .unwrap();
+        assert!(
+            add.line.contains("PrivateKeyPassword: [redacted]"),
+            "{name}: {}",
+            add.line
+        );
+    }
+    assert_all_changed(&report_path);
+
+    // A fresh rerun reads the rooms: the certificate is there, nothing is sent again.
+    let (code, stdout, stderr) = lab.apply(&pb, &["--fresh"]).await;
+    assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for name in &lab.names {
+        assert_eq!(lab.snapshot(name).await.count("Services Add"), 1, "{name}");
+    }
+
+    let secrets: Vec<&str> = passwords.iter().map(String::as_str).collect();
+    assert_nowhere(
+        &lab,
+        &format!("{plan_text}{traced}{stdout}{stderr}"),
+        &report_path,
+        &secrets,
+    );
+    // The rooms keep the key, decrypted, and never the password.
+    let sim_state = lab.sim_state_text();
+    assert!(sim_state.contains("-----BEGIN PRIVATE KEY-----"));
+    for secret in &secrets {
+        assert!(
+            !sim_state.contains(secret),
+            "the simulator stored a key password"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_key_password_is_caught_in_preflight_and_refused_by_the_room() {
+    let lab = Lab::start(2, 89, |_| FaultPlan::default()).await;
+    let fingerprints = encrypted_service_certificates(&lab);
+
+    // An encrypted key and no password named: refused before connecting.
+    let unnamed = playbook(
+        lab.path(),
+        "no-password",
+        TEST_POLICY,
+        &ENCRYPTED_KEY_STEPS.replace(", private_key_password: \"key-{name}\"", ""),
+    );
+    let (code, stdout, stderr) = lab.apply(&unnamed, &[]).await;
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains("no-password.yaml"), "{stderr}");
+    for name in &lab.names {
+        assert!(
+            stderr.contains(&format!(
+                "steps[1] (add_service_certificate) for device {name}"
+            )),
+            "{stderr}"
+        );
+    }
+    assert!(
+        stderr.contains("holds an encrypted private key"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("private_key_password"), "{stderr}");
+    // `plan` reads no vault but refuses the same.
+    let (code, _) = lab.plan(&unnamed).await;
+    assert_ne!(code, 0);
+
+    // room-02's vault password is wrong: preflight opens each key with its vault password,
+    // so the run stops before anything is sent, naming room-02 only.
+    let wrong = "not-the-key-password-51c7";
+    lab.set_credentials(&[("key-room-02", wrong)]);
+    let pb = playbook(
+        lab.path(),
+        "wrong-password",
+        TEST_POLICY,
+        ENCRYPTED_KEY_STEPS,
+    );
+    let (code, stdout, stderr) = lab.apply_env(&pb, &[], &[("RUST_LOG", "trace")]).await;
+    assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("steps[1] (add_service_certificate) for device room-02"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("steps[1] (add_service_certificate) for device room-01"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the password in vault credential 'key-room-02': the password does not decrypt the private key"),
+        "{stderr}"
+    );
+    let preflight_output = format!("{stdout}{stderr}");
+    for name in &lab.names {
+        let snap = lab.snapshot(name).await;
+        assert_eq!(snap.logins, 0, "{name} was contacted");
+    }
+
+    // The room's own refusal, for a password that changes after preflight (preflight
+    // passed with the right one): the engine runs in-process with a vault that now holds
+    // the wrong password for room-02. Only room-02 fails, with the room's reason.
+    lab.set_credentials(&[("key-room-02", &key_password("room-02"))]);
+    let (playbook_loaded, devices, store) = lab.prepare(&pb);
+    drop(store);
+    lab.set_credentials(&[("key-room-02", wrong)]);
+    let vault =
+        roomkey::vault::Vault::open(&lab.vault, &roomkey::secret::Secret::new(PASSPHRASE)).unwrap();
+    let secrets = Arc::new(roomkey::engine::secrets::VaultSecrets::new(vault));
+    let (config, _stop) = lab.run_config(playbook_loaded, devices, secrets);
+    let summary = roomkey::engine::run(config, Arc::new(roomkey::engine::events::Silent)).await;
+    let mut seen = Vec::new();
+    for o in &summary.outcomes {
+        let snap = lab.snapshot(&o.device).await;
+        let fp = &fingerprints[&o.device];
+        if o.device == "room-02" {
+            assert_eq!(o.status, DeviceStatus::Failed, "{o:?}");
+            let reason = o.reason.as_deref().unwrap_or_default();
+            assert!(
+                reason.contains("the password does not decrypt the private key"),
+                "{reason}"
+            );
+            assert!(
+                reason.contains("PrivateKeyPassword: \"[redacted]\""),
+                "{reason}"
+            );
+            assert!(!reason.contains(wrong), "{reason}");
+            assert!(snap.certificates.iter().all(|c| &c.fingerprint != fp));
+            assert_eq!(snap.count("Services Add"), 1, "sent once, refused");
+        } else {
+            assert_eq!(o.status, DeviceStatus::Changed, "{o:?}");
+            assert!(snap.certificates.iter().any(|c| &c.fingerprint == fp));
+        }
+        seen.push(o.device.clone());
+    }
+    assert_eq!(seen.len(), 2);
+    assert!(!format!("{summary:?}").contains(wrong));
+    // Nowhere in what was printed or in the journal the in-process run wrote.
+    let written = format!("{preflight_output}{}", lab.state_files_text());
+    assert!(!written.contains(wrong), "a key password leaked");
 }

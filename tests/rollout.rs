@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use roomkey::engine::events::{DeviceStatus, Event, Recorder, Reporter};
 use roomkey::engine::RunConfig;
-use roomkey::kdf::KdfPool;
 use roomkey::sim::faults::ErrorRule;
 use roomkey::sim::FaultPlan;
 use support::{playbook, Lab, FULL_FLOW};
@@ -127,25 +126,11 @@ async fn a_closing_window_leaves_no_device_half_provisioned() {
         .replace("concurrency: 3", "concurrency: 1, device_estimate: 1s");
     std::fs::write(&pb, text).unwrap();
     let (playbook, devices, store) = lab.prepare(&pb);
-    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let (config, _stop) = lab.run_config(playbook, devices, store);
     let summary = roomkey::engine::run(
         RunConfig {
-            playbook,
-            devices,
-            state_dir: lab.path().join(".roomkey"),
-            known_hosts: lab.path().join("known_hosts"),
-            host_key_policy: None,
-            check_mode: false,
-            fresh: false,
-            kdf: KdfPool::per_core(),
-            secrets: store,
-            stop,
-            wait_for_window: false,
-            start_time: Some(
-                start
-                    .checked_sub(jiff::SignedDuration::from_secs(0))
-                    .unwrap(),
-            ),
+            start_time: Some(start),
+            ..config
         },
         Arc::new(roomkey::engine::events::Silent),
     )
@@ -206,23 +191,14 @@ async fn wait_for_window_sleeps_until_it_opens_then_continues() {
         inner: Recorder::default(),
         resumed: Default::default(),
     });
-    let (_tx, stop) = tokio::sync::watch::channel(false);
+    let (config, _stop) = lab.run_config(playbook, devices, store);
     tokio::time::pause();
     let wall = std::time::Instant::now();
     let summary = roomkey::engine::run(
         RunConfig {
-            playbook,
-            devices,
-            state_dir: lab.path().join(".roomkey"),
-            known_hosts: lab.path().join("known_hosts"),
-            host_key_policy: None,
-            check_mode: false,
-            fresh: false,
-            kdf: KdfPool::per_core(),
-            secrets: store,
-            stop,
             wait_for_window: true,
             start_time: Some(start),
+            ..config
         },
         reporter.clone(),
     )

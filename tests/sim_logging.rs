@@ -1,5 +1,7 @@
 //! The simulator never logs a secret, a JWE, a key or a password, even at TRACE: the whole
-//! seed flow (plus failures) runs with a capturing subscriber, then the output is searched.
+//! seed flow (plus failures, and a password-protected service key sent with a wrong then
+//! the right `PrivateKeyPassword`) runs with a capturing subscriber, then the output is
+//! searched.
 
 mod support_raw;
 
@@ -97,6 +99,33 @@ async fn nothing_secret_is_logged_at_trace() {
     ))
     .await;
     c.read_until("** end\r\n").await;
+    // A password-protected key: a wrong password, then the right one.
+    let (enc_cert, enc_plain) = ca
+        .issue(
+            "https.log.example.com",
+            &[],
+            now - Duration::days(1),
+            now + Duration::days(9),
+        )
+        .unwrap();
+    let enc_key = roomkey::cert::encrypt_key_pkcs8(
+        &enc_plain,
+        &Secret::new("key-pass-right-4d1f"),
+        roomkey::cert::OPENSSL_PBKDF2_ITERATIONS,
+    )
+    .unwrap();
+    for (password, status) in [
+        ("key-pass-wrong-9b3a", "(status=Error)"),
+        ("key-pass-right-4d1f", "(status=OK)"),
+    ] {
+        c.send(&format!(
+            "xCommand Security Certificates Services Add PrivateKeyPassword: \"{password}\"\n{enc_cert}{}.\n",
+            enc_key.expose()
+        ))
+        .await;
+        let r = c.read_until("** end\r\n").await;
+        assert!(r.contains(status), "{r}");
+    }
     let bad = jwe::seal(
         Action::Populate,
         Enc::A128Gcm,
@@ -124,7 +153,16 @@ async fn nothing_secret_is_logged_at_trace() {
         .lines()
         .filter(|l| !l.starts_with("-----"))
         .collect();
+    let enc_key_body: String = enc_key
+        .expose()
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(logs.contains("PrivateKeyPassword: [redacted]"), "{logs}");
     for needle in [
+        "key-pass-wrong-9b3a",
+        "key-pass-right-4d1f",
+        &enc_key_body[..30],
         "ossifrage-phrase",
         initial.as_str(),
         &add[..40],

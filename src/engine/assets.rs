@@ -90,19 +90,26 @@ fn ca_bundle(
     Ok(Some(StepAsset::CaBundle { path, certs }))
 }
 
-fn service(base: &Path, s: &ServiceCertificate, device: &Device) -> Result<StepAsset, String> {
+/// `key_password` is the vault credential the step names (name, password) when a vault is
+/// open: not for `plan`, and not when the credential is missing (reported on its own).
+fn service(
+    base: &Path,
+    s: &ServiceCertificate,
+    device: &Device,
+    key_password: Option<&(String, Secret)>,
+) -> Result<StepAsset, String> {
     let cert_path = resolve_path(base, &s.certificate, device)?;
     let cert_text = crate::cert::read_secret_file(&cert_path).map_err(|e| e.to_string())?;
     let info = crate::cert::parse_cert_pem(cert_text.expose())
         .map_err(|e| format!("{}: {e}", cert_path.display()))?;
-    let key_text = match &s.key {
+    let (key_path, key_text) = match &s.key {
         Some(k) => {
             let key_path = resolve_path(base, k, device)?;
             let text = crate::cert::read_secret_file(&key_path).map_err(|e| e.to_string())?;
             if !text.expose().contains("PRIVATE KEY-----") {
                 return Err(format!("{} holds no private key", key_path.display()));
             }
-            text
+            (key_path, text)
         }
         None => {
             if !cert_text.expose().contains("PRIVATE KEY-----") {
@@ -111,9 +118,10 @@ fn service(base: &Path, s: &ServiceCertificate, device: &Device) -> Result<StepA
                     cert_path.display()
                 ));
             }
-            cert_text.clone()
+            (cert_path.clone(), cert_text.clone())
         }
     };
+    check_key_password(&info, &key_path, &key_text, s, key_password)?;
     // The body is the certificate alone, then the key block(s) (an encrypted key stays
     // encrypted: the device opens it with PrivateKeyPassword).
     let mut payload = zeroize::Zeroizing::new(info.pem.clone());
@@ -128,6 +136,40 @@ fn service(base: &Path, s: &ServiceCertificate, device: &Device) -> Result<StepA
         payload: Secret::new(payload.as_str()),
         certificate_path: cert_path,
     }))
+}
+
+/// An encrypted key needs a named password, and the vault's password must open it and
+/// match the certificate: found here, a wrong password stops the run before anything is
+/// sent rather than failing room by room on the device.
+fn check_key_password(
+    cert: &crate::cert::CertInfo,
+    key_path: &Path,
+    key_text: &Secret,
+    s: &ServiceCertificate,
+    key_password: Option<&(String, Secret)>,
+) -> Result<(), String> {
+    let in_file = |e: crate::cert::CertError| format!("{}: {e}", key_path.display());
+    if !crate::cert::key_is_encrypted(key_text.expose()).map_err(in_file)? {
+        return Ok(());
+    }
+    if s.private_key_password.is_none() {
+        return Err(format!(
+            "{} holds an encrypted private key; name the vault credential holding its \
+             password with `private_key_password:`",
+            key_path.display()
+        ));
+    }
+    match key_password {
+        Some((name, password)) => {
+            crate::cert::check_encrypted_key(cert, key_text.expose(), password).map_err(|e| {
+                format!(
+                    "{} with the password in vault credential '{name}': {e}",
+                    key_path.display()
+                )
+            })
+        }
+        None => Ok(()),
+    }
 }
 
 /// The `-----BEGIN … PRIVATE KEY-----` blocks of a PEM text (the certificate dropped, so a
@@ -220,7 +262,18 @@ pub fn resolve(
                 ca_bundle(&base, c, device).map_err(|e| vec![e])
             }
             Step::AddServiceCertificate(s) => {
-                service(&base, s, device).map(Some).map_err(|e| vec![e])
+                // A missing credential was reported above; the key is then not checked.
+                let password =
+                    secrets
+                        .zip(s.private_key_password.as_deref())
+                        .and_then(|(store, template)| {
+                            let name = fill(template, device).ok()?;
+                            let password = store.credential(device, &name).ok()?;
+                            Some((name, password))
+                        });
+                service(&base, s, device, password.as_ref())
+                    .map(Some)
+                    .map_err(|e| vec![e])
             }
             Step::ScepEnroll(s) => scep(s, device).map(Some),
             _ => Ok(None),

@@ -7,6 +7,12 @@
 //! does it on the bounded blocking KDF pool) and hands the outcome to [`Device::handle`]. The
 //! model then checks the action and applies the plaintext, so every rule of the device lives
 //! here and is unit-tested with fixtures.
+//!
+//! A password-protected service key (`Services Add PrivateKeyPassword:`) is opened in the
+//! model itself: its PBKDF2 costs about a millisecond at openssl's 2,048 iterations, and
+//! [`crate::cert::decrypt_pkcs8`] refuses parameters above a ceiling before doing any work,
+//! so a hostile file holds the executor for a bounded time (well under a second), not the
+//! minutes an unbounded derivation could.
 
 use std::collections::BTreeSet;
 
@@ -265,6 +271,10 @@ pub enum CertError {
     KeyNotP256,
     #[error("the private key does not match the certificate")]
     KeyMismatch,
+    #[error("the private key is encrypted; PrivateKeyPassword is required")]
+    KeyPasswordRequired,
+    #[error("cannot open the encrypted private key: {0}")]
+    KeyPassword(crate::cert::KeyPasswordError),
 }
 
 /// Formats a time as devices print it: `Aug 08 03:04:26 2026 GMT`.
@@ -378,7 +388,20 @@ pub fn parse_cert_bundle(text: &str) -> Result<Vec<CertMeta>, CertError> {
 
 /// Parses `certificate PEM + private key PEM`, checking the key is P-256 and matches.
 pub fn parse_cert_and_key(text: &str) -> Result<(CertMeta, Secret), CertError> {
-    use p256::pkcs8::DecodePrivateKey as _;
+    parse_cert_and_key_with_password(text, None)
+}
+
+/// [`parse_cert_and_key`] for `Services Add` with its optional `PrivateKeyPassword`: an
+/// `ENCRYPTED PRIVATE KEY` (PKCS#8, PBES2) is opened with the password and kept decrypted
+/// (the device stores the key, not the password). A password given with a plain key is
+/// ignored, as openssl's `-passin` is: there is nothing for it to open, and refusing would
+/// break a playbook whose key file was later replaced by an unencrypted one. Legacy PEM
+/// encryption (`Proc-Type: 4,ENCRYPTED`) is refused as unsupported, not as a wrong key.
+pub fn parse_cert_and_key_with_password(
+    text: &str,
+    password: Option<&str>,
+) -> Result<(CertMeta, Secret), CertError> {
+    use p256::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};
     let blocks = pem::parse_many(text.as_bytes()).map_err(|e| CertError::Pem(e.to_string()))?;
     let cert_block = blocks
         .iter()
@@ -389,9 +412,32 @@ pub fn parse_cert_and_key(text: &str) -> Result<(CertMeta, Secret), CertError> {
         .iter()
         .find(|p| p.tag().ends_with("PRIVATE KEY"))
         .ok_or(CertError::NoKey)?;
+    if key_block
+        .headers()
+        .get("Proc-Type")
+        .is_some_and(|v| v.contains("ENCRYPTED"))
+    {
+        return Err(CertError::KeyPassword(
+            crate::cert::KeyPasswordError::Unsupported(
+                "legacy PEM encryption (Proc-Type: 4,ENCRYPTED)".into(),
+            ),
+        ));
+    }
+    let mut decrypted_pem = None;
     let key = match key_block.tag() {
         "PRIVATE KEY" => p256::SecretKey::from_pkcs8_der(key_block.contents())
             .map_err(|_| CertError::KeyNotP256)?,
+        "ENCRYPTED PRIVATE KEY" => {
+            let password = password.ok_or(CertError::KeyPasswordRequired)?;
+            let plain = crate::cert::decrypt_pkcs8(key_block.contents(), password.as_bytes())
+                .map_err(CertError::KeyPassword)?;
+            let key = p256::SecretKey::from_pkcs8_der(&plain).map_err(|_| CertError::KeyNotP256)?;
+            let pem = key
+                .to_pkcs8_pem(p256::pkcs8::LineEnding::LF)
+                .map_err(|_| CertError::KeyNotP256)?;
+            decrypted_pem = Some(Secret::new(pem.as_str()));
+            key
+        }
         "EC PRIVATE KEY" => p256::SecretKey::from_sec1_der(key_block.contents())
             .map_err(|_| CertError::KeyNotP256)?,
         _ => return Err(CertError::KeyNotP256),
@@ -406,7 +452,8 @@ pub fn parse_cert_and_key(text: &str) -> Result<(CertMeta, Secret), CertError> {
     if cert.public_key().subject_public_key.data.as_ref() != point.as_bytes() {
         return Err(CertError::KeyMismatch);
     }
-    let key_pem = Secret::new(pem::encode(key_block).replace("\r\n", "\n"));
+    let key_pem =
+        decrypted_pem.unwrap_or_else(|| Secret::new(pem::encode(key_block).replace("\r\n", "\n")));
     Ok((meta, key_pem))
 }
 
@@ -886,13 +933,6 @@ impl Device {
         req: &Request,
         decrypted: Option<Result<Decrypted, ()>>,
     ) -> Outcome {
-        if req.param("PrivateKeyPassword").is_some() {
-            return err(
-                name,
-                ResultStatus::Error,
-                "Encrypted private keys are not supported by the simulator",
-            );
-        }
         let encrypted = req
             .param("IsEncrypted")
             .is_some_and(|v| v.eq_ignore_ascii_case("true"));
@@ -918,7 +958,8 @@ impl Device {
                 None => return err(name, ResultStatus::ParameterError, "Missing body"),
             }
         };
-        let (meta, key_pem) = match parse_cert_and_key(&text) {
+        let password = req.param("PrivateKeyPassword");
+        let (meta, key_pem) = match parse_cert_and_key_with_password(&text, password) {
             Ok(v) => v,
             Err(e) => return err(name, ResultStatus::Error, &e.to_string()),
         };
@@ -1671,6 +1712,79 @@ mod tests {
         assert_eq!(d2.certificates.len(), 1);
         assert!(d2.external_identity().is_some());
         assert_eq!(d2.secret().unwrap().expose(), "ossifrage");
+    }
+
+    #[test]
+    fn services_add_opens_an_encrypted_key_with_its_password_only() {
+        let mut d = Device::new("r");
+        let plain = make_cert("https.example.com");
+        let at = plain.find("-----BEGIN PRIVATE KEY").unwrap();
+        let (cert, key) = plain.split_at(at);
+        let body = format!(
+            "{cert}{}",
+            crate::cert::encrypt_pkcs8_pem(key, "key pass 1", 2048)
+        );
+        let add = |params: &[(&str, &str)]| {
+            cmd("Security Certificates Services Add", params, Some(&body))
+        };
+        // Missing or wrong password: refused with a reason, nothing stored.
+        for (params, want) in [
+            (&[][..], "PrivateKeyPassword is required"),
+            (
+                &[("PrivateKeyPassword", "key pass 2")][..],
+                "the password does not decrypt the private key",
+            ),
+        ] {
+            let o = d.handle(&add(params), None, now());
+            assert_eq!(status_of(&o), ResultStatus::Error);
+            assert!(reason(&o).contains(want), "{}", reason(&o));
+            assert!(!reason(&o).contains("key pass"));
+            assert!(!o.changed);
+            assert!(d.certificates.is_empty());
+        }
+        let o = d.handle(&add(&[("PrivateKeyPassword", "key pass 1")]), None, now());
+        assert_eq!(status_of(&o), ResultStatus::Ok, "{o:?}");
+        assert!(o.changed);
+        assert_eq!(d.certificates.len(), 1);
+        // Stored decrypted (the device keeps the key, not the password), so it persists.
+        let stored = d.certificates[0].key_pem.expose().to_string();
+        assert!(
+            stored.starts_with("-----BEGIN PRIVATE KEY-----"),
+            "{stored}"
+        );
+        let d2 = Device::from_persisted("r", &d.to_persisted()).unwrap();
+        assert_eq!(d2.certificates.len(), 1);
+        // A password with a plain key is ignored, as devices do.
+        let mut d = Device::new("r");
+        let o = d.handle(
+            &cmd(
+                "Security Certificates Services Add",
+                &[("PrivateKeyPassword", "unused")],
+                Some(&plain),
+            ),
+            None,
+            now(),
+        );
+        assert_eq!(status_of(&o), ResultStatus::Ok, "{o:?}");
+        // The right password for a key that is not the certificate's: still a mismatch.
+        let other = make_cert("other.example.com");
+        let other_key = &other[other.find("-----BEGIN PRIVATE KEY").unwrap()..];
+        let mismatched = format!(
+            "{cert}{}",
+            crate::cert::encrypt_pkcs8_pem(other_key, "key pass 1", 2048)
+        );
+        assert_eq!(
+            parse_cert_and_key_with_password(&mismatched, Some("key pass 1")).unwrap_err(),
+            CertError::KeyMismatch
+        );
+        // Legacy PEM encryption is named as such, whatever the password.
+        let legacy = format!(
+            "{cert}-----BEGIN EC PRIVATE KEY-----\nProc-Type: 4,ENCRYPTED\n\
+             DEK-Info: AES-256-CBC,00112233445566778899AABBCCDDEEFF\n\nAAAA\n\
+             -----END EC PRIVATE KEY-----\n"
+        );
+        let e = parse_cert_and_key_with_password(&legacy, Some("key pass 1")).unwrap_err();
+        assert!(e.to_string().contains("legacy PEM encryption"), "{e}");
     }
 
     #[test]

@@ -986,5 +986,14 @@ mod tests {
         let r = redacted(&req);
         assert!(!r.contains("b3NzaWZyYWdl"), "{r}");
         assert!(r.contains("Secret: [redacted]"));
+        // The key password of `Services Add` is a value like any other: redacted.
+        let Parsed::X { req, .. } = parse_line(
+            r#"xCommand Security Certificates Services Add PrivateKeyPassword: "hunter2-key""#,
+        ) else {
+            panic!()
+        };
+        let r = redacted(&req);
+        assert!(!r.contains("hunter2-key"), "{r}");
+        assert!(r.contains("PrivateKeyPassword: [redacted]"), "{r}");
     }
 }

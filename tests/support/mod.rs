@@ -203,23 +203,33 @@ impl Lab {
     /// Every file under the lab directory except the simulator's own state (which holds the
     /// simulated devices' secrets by design) and the vault (encrypted).
     pub fn state_files_text(&self) -> String {
-        let mut out = String::new();
-        let mut stack = vec![self.dir.path().join(".roomkey")];
-        while let Some(d) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&d) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    stack.push(p);
-                } else if let Ok(t) = std::fs::read(&p) {
-                    out.push_str(&String::from_utf8_lossy(&t));
-                }
+        files_text(&self.dir.path().join(".roomkey"))
+    }
+
+    /// Every file the simulator persisted (the rooms' state, keys included).
+    pub fn sim_state_text(&self) -> String {
+        files_text(&self.dir.path().join("sim"))
+    }
+}
+
+/// The text of every file below `root` (missing directories are skipped).
+fn files_text(root: &Path) -> String {
+    let mut out = String::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(t) = std::fs::read(&p) {
+                out.push_str(&String::from_utf8_lossy(&t));
             }
         }
-        out
     }
+    out
 }
 
 impl Lab {
@@ -248,6 +258,34 @@ impl Lab {
         )
         .unwrap();
         (playbook, prepared.devices, store)
+    }
+}
+
+impl Lab {
+    /// The configuration of an in-process engine run over the lab (not in check mode, not
+    /// fresh, no window wait, started now), and the sender that stops it.
+    pub fn run_config(
+        &self,
+        playbook: roomkey::playbook::Playbook,
+        devices: Vec<roomkey::engine::PreparedDevice>,
+        secrets: std::sync::Arc<dyn roomkey::engine::SecretStore>,
+    ) -> (roomkey::engine::RunConfig, tokio::sync::watch::Sender<bool>) {
+        let (tx, stop) = tokio::sync::watch::channel(false);
+        let config = roomkey::engine::RunConfig {
+            playbook,
+            devices,
+            state_dir: self.dir.path().join(".roomkey"),
+            known_hosts: self.dir.path().join("known_hosts"),
+            host_key_policy: None,
+            check_mode: false,
+            fresh: false,
+            kdf: KdfPool::per_core(),
+            secrets,
+            stop,
+            wait_for_window: false,
+            start_time: None,
+        };
+        (config, tx)
     }
 }
 
@@ -361,4 +399,28 @@ impl Lab {
         }
         v.save().unwrap();
     }
+}
+
+// ---- Added for password-protected service keys --------------------------------------------
+
+/// Encrypts the plain PKCS#8 key at `plain` into `out` exactly as an administrator would,
+/// `openssl pkcs8 -topk8 -v2 aes-256-cbc` (PBES2: PBKDF2-HMAC-SHA256, AES-256-CBC). The
+/// password goes through the environment, not the command line, so it is not in `ps`.
+pub fn openssl_encrypt_key(plain: &Path, out: &Path, password: &str) {
+    let status = std::process::Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-passout"])
+        .arg("env:ROOMKEY_TEST_KEY_PASSWORD")
+        .arg("-in")
+        .arg(plain)
+        .arg("-out")
+        .arg(out)
+        .env("ROOMKEY_TEST_KEY_PASSWORD", password)
+        .status()
+        .unwrap();
+    assert!(status.success(), "openssl pkcs8 -topk8 failed");
+    let text = std::fs::read_to_string(out).unwrap();
+    assert!(
+        text.starts_with("-----BEGIN ENCRYPTED PRIVATE KEY-----"),
+        "{text}"
+    );
 }
