@@ -7,6 +7,9 @@
 //! derivations (by default one per core) run at once. The permit moves into the blocking
 //! task, so a cancelled caller does not free a slot while its scrypt is still running.
 
+pub mod buffers;
+
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
@@ -15,11 +18,48 @@ use zeroize::Zeroizing;
 use crate::jwe::{self, Action, Enc, Header, JweError};
 use crate::secret::Secret;
 
-/// Bounded executor for scrypt derivations; cheap to clone (clones share the bound).
+/// Bounded executor for scrypt derivations; cheap to clone (clones share the bound and the
+/// accounting).
 #[derive(Clone, Debug)]
 pub struct KdfPool {
     permits: Arc<Semaphore>,
     max_parallel: usize,
+    usage: Arc<Accounting>,
+}
+
+/// What the pool's derivations cost: how many ran and the CPU time of the threads that ran
+/// them (the unavoidable cost a run is measured against).
+#[derive(Debug, Default)]
+struct Accounting {
+    derivations: AtomicU64,
+    cpu_ns: AtomicU64,
+}
+
+/// A snapshot of [`KdfPool`]'s accounting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KdfUsage {
+    /// Jobs run on the pool (each one scrypt derivation).
+    pub derivations: u64,
+    /// Thread CPU time they took, in milliseconds.
+    pub cpu_ms: u64,
+}
+
+/// CPU time consumed so far by the calling thread (zero where the clock is unavailable).
+fn thread_cpu_ns() -> u64 {
+    #[cfg(unix)]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+        if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } == 0 {
+            let secs = u64::try_from(ts.tv_sec).unwrap_or(0);
+            let nanos = u64::try_from(ts.tv_nsec).unwrap_or(0);
+            return secs.saturating_mul(1_000_000_000).saturating_add(nanos);
+        }
+    }
+    0
 }
 
 impl KdfPool {
@@ -29,6 +69,7 @@ impl KdfPool {
         KdfPool {
             permits: Arc::new(Semaphore::new(max_parallel)),
             max_parallel,
+            usage: Arc::default(),
         }
     }
 
@@ -42,6 +83,14 @@ impl KdfPool {
         self.max_parallel
     }
 
+    /// Derivations run so far and their CPU time.
+    pub fn usage(&self) -> KdfUsage {
+        KdfUsage {
+            derivations: self.usage.derivations.load(Ordering::Relaxed),
+            cpu_ms: self.usage.cpu_ns.load(Ordering::Relaxed) / 1_000_000,
+        }
+    }
+
     /// Runs `work` on the blocking thread pool while holding one permit.
     async fn run_bounded<T, F>(&self, work: F) -> Result<T, JweError>
     where
@@ -52,9 +101,15 @@ impl KdfPool {
             .acquire_owned()
             .await
             .map_err(|_| JweError::Kdf("key derivation pool is closed".into()))?;
+        let usage = Arc::clone(&self.usage);
         tokio::task::spawn_blocking(move || {
             let _permit = permit; // released when the derivation is really finished
-            work()
+            let before = thread_cpu_ns();
+            let result = work();
+            let spent = thread_cpu_ns().saturating_sub(before);
+            usage.derivations.fetch_add(1, Ordering::Relaxed);
+            usage.cpu_ns.fetch_add(spent, Ordering::Relaxed);
+            result
         })
         .await
         .map_err(|_| JweError::Kdf("key derivation task panicked or was cancelled".into()))?

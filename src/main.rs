@@ -5,6 +5,12 @@ use clap::{Parser, Subcommand};
 
 mod cli;
 
+/// Keeps scrypt's 32 MiB buffer between derivations instead of faulting in fresh pages for
+/// every JWE (see `roomkey::kdf::buffers`).
+#[global_allocator]
+static ALLOCATOR: roomkey::kdf::buffers::ScryptBufferCache =
+    roomkey::kdf::buffers::ScryptBufferCache::new();
+
 /// Provision Cisco RoomOS devices (Room, Board, Desk) with externally issued identity
 /// certificates over SSH.
 #[derive(Debug, Parser)]

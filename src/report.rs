@@ -395,6 +395,7 @@ mod tests {
             stopped_early: None,
             duration_ms: 1500,
             check_mode: false,
+            kdf: Default::default(),
         };
         assert_eq!(s.exit_code(), 0);
         let recap = render_recap(&s);
@@ -428,6 +429,7 @@ mod tests {
             stopped_early: None,
             duration_ms: 1,
             check_mode: false,
+            kdf: Default::default(),
         };
         write_report(&path, &s).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();

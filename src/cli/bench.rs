@@ -8,10 +8,11 @@
 //! accounting of it (CPU time and peak RSS from `wait4`/`getrusage(RUSAGE_CHILDREN)`) covers
 //! exactly the controller: start-up, vault unlock, preflight, SSH, journal, reporting.
 //!
-//! The floor: each device costs the controller one scrypt derivation per JWE it builds
-//! (`add`, `activate`) and the simulated device one per JWE it opens; the run can be no
-//! faster than all of those derivations spread over the machine's cores. Linux only (it
-//! reads `/proc` for the simulator's CPU and memory).
+//! The floor: the scrypt CPU both processes really spent — each accounts the thread CPU of
+//! its own derivations (`KdfPool::usage`; the controller in its JSON report, the simulator
+//! as it stops) — spread over every core. Under load a derivation costs more CPU than alone
+//! (four 32 MiB working sets share two cores' caches), so the bench prints both. Linux only
+//! (it reads `/proc` for the simulator's CPU and memory).
 
 use std::io::{BufRead, BufReader, Write as _};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -21,11 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use roomkey::cert::TestCa;
+use roomkey::kdf::KdfUsage;
 use roomkey::secret::Secret;
-
-/// JWEs the external-identity flow builds per device (`add` and `activate`); the first
-/// `populate` is plaintext and the other steps only read.
-const JWES_PER_DEVICE: u64 = 2;
 
 /// Arguments of `roomkey bench`.
 #[derive(Debug, clap::Args)]
@@ -42,7 +40,7 @@ pub struct Args {
     /// First loopback address of the simulated fleet (devices take consecutive addresses).
     #[arg(long, default_value = "127.77.0.1")]
     pub base: Ipv4Addr,
-    /// scrypt derivations timed alone to establish the per-derivation cost.
+    /// scrypt derivations timed alone, for comparison with their cost inside the run.
     #[arg(long, default_value_t = 7)]
     pub scrypt_samples: usize,
     /// Keep the bench's files (inventory, certificates, vault, journal, logs) in DIR.
@@ -71,7 +69,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         "bench: measuring scrypt alone ({} samples)",
         args.scrypt_samples
     );
-    let scrypt = scrypt_cost(args.scrypt_samples.max(1))?;
+    let scrypt_alone = scrypt_cost(args.scrypt_samples.max(1))?;
 
     eprintln!(
         "bench: issuing {} certificates, seeding a vault",
@@ -107,7 +105,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     let (code, controller) = wait_with_usage(&mut apply)?;
     let wall = started.elapsed();
     let sim_after = sim.usage()?;
-    sim.stop();
+    let sim_kdf = sim.finish()?;
     if code != 0 {
         bail!(
             "roomkey apply exited {code}; see {} and {}",
@@ -115,17 +113,19 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             dir.join("apply.err").display()
         );
     }
+    let controller_kdf = report_kdf(&dir.join("report.json"))?;
 
     let n = args.devices as u64;
-    // The controller's derivations: JWEs it builds, plus one to unlock the vault.
-    let controller_kdf = JWES_PER_DEVICE * n + 1;
-    // The devices open every JWE the controller builds.
-    let sim_kdf = JWES_PER_DEVICE * n;
-    let floor = scrypt.mul_f64((controller_kdf + sim_kdf) as f64 / cores as f64);
-    let wall_ratio = wall.as_secs_f64() / floor.as_secs_f64();
+    // The floor: the scrypt CPU both sides really spent (each process accounts the thread
+    // CPU of its own derivations), spread over every core.
+    let scrypt_cpu = |u: &KdfUsage| Duration::from_millis(u.cpu_ms);
+    let floor = (scrypt_cpu(&controller_kdf) + scrypt_cpu(&sim_kdf)).div_f64(cores as f64);
+    let wall_ratio = wall.as_secs_f64() / floor.as_secs_f64().max(f64::EPSILON);
     let cpu_per_device = controller.cpu.div_f64(n as f64);
-    let scrypt_per_device = scrypt.mul_f64(JWES_PER_DEVICE as f64);
-    let cpu_ratio = cpu_per_device.as_secs_f64() / scrypt_per_device.as_secs_f64();
+    let scrypt_per_device = scrypt_cpu(&controller_kdf).div_f64(n as f64);
+    let cpu_ratio =
+        cpu_per_device.as_secs_f64() / scrypt_per_device.as_secs_f64().max(f64::EPSILON);
+    let per_derivation = |u: &KdfUsage| u.cpu_ms as f64 / u.derivations.max(1) as f64;
     let kdf_parallel = cores as u64;
     let mem_limit_mib = 64 + 32 * kdf_parallel;
     let peak_mib = controller.peak_rss_kib as f64 / 1024.0;
@@ -144,13 +144,15 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     );
     println!("  wall time                    {:.2} s", wall.as_secs_f64());
     println!(
-        "  scrypt per derivation        {:.1} ms CPU (fastest of {})",
-        ms(scrypt),
-        args.scrypt_samples.max(1)
+        "  scrypt derivations           controller {} ({:.1} ms CPU each), simulator {} ({:.1} ms each); alone {:.1} ms",
+        controller_kdf.derivations,
+        per_derivation(&controller_kdf),
+        sim_kdf.derivations,
+        per_derivation(&sim_kdf),
+        ms(scrypt_alone),
     );
-    println!("  derivations                  controller {controller_kdf}, simulator {sim_kdf}");
     println!(
-        "  scrypt floor                 {:.2} s  (all derivations / {cores} cores)",
+        "  scrypt floor                 {:.2} s  (scrypt CPU of both / {cores} cores)",
         floor.as_secs_f64()
     );
     println!(
@@ -177,6 +179,22 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         sim_after.peak_rss_kib as f64 / 1024.0
     );
     Ok(if wall_ok && cpu_ok && mem_ok { 0 } else { 2 })
+}
+
+/// The controller's account of its scrypt work, from the run's JSON report.
+fn report_kdf(path: &Path) -> anyhow::Result<KdfUsage> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let doc: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let field = |name: &str| doc["kdf"][name].as_u64();
+    match (field("derivations"), field("cpu_ms")) {
+        (Some(derivations), Some(cpu_ms)) => Ok(KdfUsage {
+            derivations,
+            cpu_ms,
+        }),
+        _ => bail!("{} has no scrypt account (kdf)", path.display()),
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -290,6 +308,7 @@ fn write_playbook(dir: &Path, concurrency: usize) -> anyhow::Result<()> {
 /// `roomkey sim` in its own process; killed when dropped.
 struct Simulator {
     child: Child,
+    stdout: Option<std::io::Lines<BufReader<std::process::ChildStdout>>>,
 }
 
 impl Simulator {
@@ -308,7 +327,10 @@ impl Simulator {
             .stderr(log_file(dir, "sim.err")?)
             .spawn()
             .context("starting roomkey sim")?;
-        Ok(Simulator { child })
+        Ok(Simulator {
+            child,
+            stdout: None,
+        })
     }
 
     /// Reads the simulator's "name<TAB>address<TAB>host key" lines until it says it serves.
@@ -318,8 +340,9 @@ impl Simulator {
             .stdout
             .take()
             .context("the simulator's output is not piped")?;
+        let lines = self.stdout.insert(BufReader::new(stdout).lines());
         let mut by_name = std::collections::HashMap::new();
-        for line in BufReader::new(stdout).lines() {
+        for line in lines.by_ref() {
             let line = line.context("reading the simulator's output")?;
             if line.starts_with("serving ") {
                 break;
@@ -343,6 +366,36 @@ impl Simulator {
 
     fn usage(&self) -> anyhow::Result<Usage> {
         proc_usage(self.child.id())
+    }
+
+    /// Stops the simulator as Ctrl-C would and reads its account of the scrypt work its
+    /// devices did ("scrypt: N derivations, M ms CPU").
+    fn finish(&mut self) -> anyhow::Result<KdfUsage> {
+        let pid = libc::pid_t::try_from(self.child.id()).context("simulator pid out of range")?;
+        // SAFETY: signalling our own child process.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } != 0 {
+            bail!(
+                "stopping the simulator: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        let mut usage = None;
+        for line in self.stdout.as_mut().into_iter().flatten() {
+            let line = line.context("reading the simulator's output")?;
+            if let Some(rest) = line.strip_prefix("scrypt: ") {
+                let mut words = rest.split_whitespace();
+                let derivations = words.next().and_then(|w| w.parse().ok());
+                let cpu_ms = words.nth(1).and_then(|w| w.parse().ok());
+                if let (Some(derivations), Some(cpu_ms)) = (derivations, cpu_ms) {
+                    usage = Some(KdfUsage {
+                        derivations,
+                        cpu_ms,
+                    });
+                }
+            }
+        }
+        let _ = self.child.wait();
+        usage.context("the simulator did not report its scrypt work (see sim.err)")
     }
 
     fn stop(&mut self) {

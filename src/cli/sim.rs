@@ -128,6 +128,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         Some(n) => roomkey::kdf::KdfPool::new(n),
         None => roomkey::kdf::KdfPool::per_core(),
     };
+    let usage = kdf.clone();
     let opts = FleetOptions {
         state_dir: args.state_dir.clone(),
         kdf,
@@ -147,6 +148,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         );
         wait_for_stop().await?;
         fleet.shutdown().await;
+        // What the devices spent opening JWEs (read by `roomkey bench`).
+        let used = usage.usage();
+        println!(
+            "scrypt: {} derivations, {} ms CPU",
+            used.derivations, used.cpu_ms
+        );
         Ok::<_, anyhow::Error>(())
     })?;
     Ok(0)

@@ -114,6 +114,9 @@ pub struct RunSummary {
     pub duration_ms: u64,
     /// `apply --check`: only read-only commands were sent.
     pub check_mode: bool,
+    /// The scrypt derivations the run did for its JWEs and their CPU time (what the run's
+    /// speed is measured against: `roomkey bench`).
+    pub kdf: crate::kdf::KdfUsage,
 }
 
 /// Exit codes of `roomkey apply` (documented in the README and `--help`).

@@ -335,6 +335,7 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
         stopped_early,
         duration_ms: started.elapsed().as_millis() as u64,
         check_mode: shared.config.check_mode,
+        kdf: shared.config.kdf.usage(),
     };
     shared.reporter.event(&Event::RunFinished {
         summary: summary.clone(),

@@ -42,15 +42,26 @@ pub enum Verdict {
     Revoked { line: usize },
 }
 
+/// One host-key line, its key still text: a check parses only the keys of lines whose host
+/// pattern matches (and revoked lines), so a check costs one key parse, not one per line
+/// of a fleet-sized file.
 #[derive(Debug)]
-struct Entry {
+struct Entry<'t> {
     line: usize,
     revoked: bool,
-    hosts: String,
-    key: PublicKey,
+    hosts: &'t str,
+    kind: &'t str,
+    b64: &'t str,
 }
 
-fn parse(text: &str) -> Vec<Entry> {
+impl Entry<'_> {
+    /// The line's key; `None` for an unparseable one, which is skipped, as OpenSSH does.
+    fn key(&self) -> Option<PublicKey> {
+        PublicKey::from_openssh(&format!("{} {}", self.kind, self.b64)).ok()
+    }
+}
+
+fn parse(text: &str) -> Vec<Entry<'_>> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
@@ -71,14 +82,12 @@ fn parse(text: &str) -> Vec<Entry> {
         let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else {
             continue;
         };
-        let Ok(key) = PublicKey::from_openssh(&format!("{kind} {b64}")) else {
-            continue; // unparseable lines are skipped, as OpenSSH does
-        };
         out.push(Entry {
             line: i + 1,
             revoked,
-            hosts: first.to_string(),
-            key,
+            hosts: first,
+            kind,
+            b64,
         });
     }
     out
@@ -152,24 +161,29 @@ pub fn check(text: &str, host: &str, port: u16, key: &PublicKey) -> Verdict {
     let entries = parse(text);
     if let Some(e) = entries
         .iter()
-        .find(|e| e.revoked && e.key.key_data() == key.key_data())
+        .find(|e| e.revoked && e.key().is_some_and(|k| k.key_data() == key.key_data()))
     {
         return Verdict::Revoked { line: e.line };
     }
-    let mut first_other: Option<&Entry> = None;
+    let mut first_other: Option<(&Entry, PublicKey)> = None;
     for e in entries.iter().filter(|e| !e.revoked) {
-        if !hosts_match(&e.hosts, &pattern) {
+        if !hosts_match(e.hosts, &pattern) {
             continue;
         }
-        if e.key.key_data() == key.key_data() {
+        let Some(k) = e.key() else {
+            continue;
+        };
+        if k.key_data() == key.key_data() {
             return Verdict::Known { line: e.line };
         }
-        first_other.get_or_insert(e);
+        if first_other.is_none() {
+            first_other = Some((e, k));
+        }
     }
     match first_other {
-        Some(e) => Verdict::Changed {
+        Some((e, k)) => Verdict::Changed {
             line: e.line,
-            expected_fp: fingerprint(&e.key),
+            expected_fp: fingerprint(&k),
         },
         None => Verdict::Unknown,
     }
