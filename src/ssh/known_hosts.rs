@@ -303,6 +303,28 @@ mod tests {
         );
     }
 
+    /// A fleet-sized file: only the matching host's key is parsed (other lines may even be
+    /// unparseable), and an unparseable key on the matching line is skipped, as before.
+    #[test]
+    fn a_check_in_a_fleet_sized_file_reads_only_its_host() {
+        let a = key(1);
+        let mut text = String::new();
+        for i in 0..5_000 {
+            text.push_str(&format!(
+                "[10.1.{}.{}]:22 ssh-ed25519 not-base64!\n",
+                i / 250,
+                i % 250
+            ));
+        }
+        text.push_str("10.9.9.9 ssh-ed25519 AAAA-broken\n");
+        text.push_str(&line("10.9.9.9", &a));
+        assert_eq!(
+            check(&text, "10.9.9.9", 22, &a),
+            Verdict::Known { line: 5_002 }
+        );
+        assert_eq!(check(&text, "10.1.0.1", 22, &a), Verdict::Unknown);
+    }
+
     #[test]
     fn globs_negation_revoked_and_markers() {
         let a = key(1);
