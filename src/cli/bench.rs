@@ -14,7 +14,7 @@
 //! (four 32 MiB working sets share two cores' caches), so the bench prints both. Linux only
 //! (it reads `/proc` for the simulator's CPU and memory).
 
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -461,7 +461,6 @@ fn wait_with_usage(child: &mut Child) -> anyhow::Result<(i32, Usage)> {
         Duration::from_secs(u64::try_from(t.tv_sec).unwrap_or(0))
             + Duration::from_micros(u64::try_from(t.tv_usec).unwrap_or(0))
     };
-    let _ = std::io::stdout().flush();
     Ok((
         code,
         Usage {
