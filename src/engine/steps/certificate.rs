@@ -2,7 +2,7 @@
 //! (the device's fingerprint against the local one), activation and deactivation for a
 //! purpose (the fingerprint as a JWE for `WebexIdentity`), and `delete_certificate`.
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::{
     changed, local, require_ok, send, unchanged, would, StepContext, StepDone, StepError,
@@ -74,7 +74,10 @@ pub(super) async fn add_certificate(
 ) -> Result<StepDone, StepError> {
     let identity = own_identity(ctx)?;
     let fingerprint = identity.fingerprint().to_string();
-    let mut outputs = BTreeMap::from([("fingerprint".to_string(), fingerprint.clone())]);
+    let outputs = StepOutputs {
+        fingerprint: Some(fingerprint.clone()),
+        ..StepOutputs::default()
+    };
     let shown = show(ctx).await?;
     if shown.iter().any(|c| c.fingerprint == fingerprint) {
         return Ok(StepDone {
@@ -102,10 +105,9 @@ pub(super) async fn add_certificate(
         .await
         .map_err(local)?;
     let cmd = header.body_secret(&Secret::new(jwe)).map_err(local)?;
-    write_ahead("add certificate", BTreeMap::new())?;
+    write_ahead("add certificate", StepOutputs::default())?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
-    outputs.insert("added".into(), "true".into());
     Ok(StepDone {
         changed: true,
         outputs,
@@ -131,7 +133,10 @@ pub(super) async fn show_certificates(ctx: &mut StepContext<'_>) -> Result<StepD
             None => format!("certificate {local_fp} (CN={cn}) is not on the device"),
         }));
     };
-    let mut outputs = BTreeMap::from([("fingerprint".to_string(), ours.fingerprint.clone())]);
+    let mut outputs = StepOutputs {
+        fingerprint: Some(ours.fingerprint.clone()),
+        ..StepOutputs::default()
+    };
     // Remember which certificate held the identity before ours, for renewals.
     if let Some(prev) = shown.iter().find(|c| {
         c.fingerprint != local_fp
@@ -139,7 +144,7 @@ pub(super) async fn show_certificates(ctx: &mut StepContext<'_>) -> Result<StepD
                 .iter()
                 .any(|u| u.eq_ignore_ascii_case(Purpose::WebexIdentity.as_str()))
     }) {
-        outputs.insert("previous_fingerprint".into(), prev.fingerprint.clone());
+        outputs.previous_fingerprint = Some(prev.fingerprint.clone());
     }
     Ok(StepDone {
         changed: false,
@@ -152,15 +157,26 @@ pub(super) async fn show_certificates(ctx: &mut StepContext<'_>) -> Result<StepD
 /// would add (`enrolled`, `service`) has no fingerprint yet: report what would happen.
 fn not_added_in_check_mode(ctx: &StepContext<'_>, which: &CertificateRef) -> Option<StepDone> {
     let key = match which {
-        CertificateRef::Enrolled | CertificateRef::Service => which.output_key()?,
+        CertificateRef::Enrolled => "enrolled",
+        CertificateRef::Service => "service",
         _ => return None,
     };
-    (ctx.check_mode && !ctx.outputs.contains_key(key)).then(|| {
+    (ctx.check_mode && output_for(ctx.outputs, which).is_none()).then(|| {
         changed(format!(
             "would act on the certificate an earlier step adds (`{key}` is known only once it \
              is on the device)"
         ))
     })
+}
+
+/// The certificate an earlier step recorded for a symbolic reference.
+fn output_for(outputs: &StepOutputs, which: &CertificateRef) -> Option<String> {
+    match which {
+        CertificateRef::Previous => outputs.previous_fingerprint.clone(),
+        CertificateRef::Enrolled => outputs.enrolled_fingerprint.clone(),
+        CertificateRef::Service => outputs.service_fingerprint.clone(),
+        CertificateRef::New | CertificateRef::Fingerprint(_) => None,
+    }
 }
 
 /// Resolves which fingerprint a step targets; `None` = there is no previous certificate.
@@ -171,12 +187,11 @@ fn target_fingerprint(
     Ok(match which {
         CertificateRef::New => Some(own_identity(ctx)?.fingerprint().to_string()),
         CertificateRef::Fingerprint(fp) => Some(normalise_fingerprint(fp)),
-        CertificateRef::Previous => ctx.outputs.get("previous_fingerprint").cloned(),
+        CertificateRef::Previous => ctx.outputs.previous_fingerprint.clone(),
         CertificateRef::Enrolled | CertificateRef::Service => {
-            let key = which.output_key().unwrap_or_default();
-            Some(ctx.outputs.get(key).cloned().ok_or_else(|| {
+            Some(output_for(ctx.outputs, which).ok_or_else(|| {
                 StepError::Refused(format!(
-                    "no earlier step recorded `{key}`: put scep_enroll (for `enrolled`) or \
+                    "no earlier step recorded the certificate: put scep_enroll (for `enrolled`) or \
                      add_service_certificate (for `service`) before this step"
                 ))
             })?)
@@ -259,10 +274,10 @@ pub(super) async fn set_activation(
                     .any(|u| u.eq_ignore_ascii_case(purpose.as_str()))
         })
         .map(|c| c.fingerprint.clone());
-    write_ahead(verb, BTreeMap::new())?;
+    write_ahead(verb, StepOutputs::default())?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
-    let mut outputs = BTreeMap::new();
+    let mut outputs = StepOutputs::default();
     let mut note = format!(
         "{} {fp} for {}",
         if activate { "activated" } else { "deactivated" },
@@ -270,7 +285,7 @@ pub(super) async fn set_activation(
     );
     if let Some(old) = replaced {
         note.push_str(&format!(" (replacing {old})"));
-        outputs.insert("replaced_fingerprint".to_string(), old);
+        outputs.replaced_fingerprint = Some(old);
     }
     Ok(StepDone {
         changed: true,
@@ -279,9 +294,13 @@ pub(super) async fn set_activation(
     })
 }
 
+/// Deletes a certificate — never one that is in use for some purpose unless `force`:
+/// the device cannot undo a delete, and a purpose left without its certificate breaks
+/// the service (a renewal deletes the previous certificate only after activating the new).
 pub(super) async fn delete_certificate(
     ctx: &mut StepContext<'_>,
     which: &CertificateRef,
+    force: bool,
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<StepDone, StepError> {
     if let Some(done) = not_added_in_check_mode(ctx, which) {
@@ -291,8 +310,15 @@ pub(super) async fn delete_certificate(
         return Ok(unchanged("no previous certificate to delete"));
     };
     let shown = show(ctx).await?;
-    if !shown.iter().any(|c| c.fingerprint == fp) {
+    let Some(cert) = shown.iter().find(|c| c.fingerprint == fp) else {
         return Ok(unchanged(format!("certificate {fp} is not on the device")));
+    };
+    if !cert.used_for.is_empty() && !force {
+        return Err(StepError::Refused(format!(
+            "certificate {fp} is in use for {}; deactivate it first, or set `force: true` \
+             on the delete_certificate step",
+            cert.used_for.join(", ")
+        )));
     }
     let cmd = TshCommand::xcommand("Security Certificates Services Delete")
         .and_then(|c| c.param("Fingerprint", &fp))
@@ -300,12 +326,12 @@ pub(super) async fn delete_certificate(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    write_ahead("delete", BTreeMap::new())?;
+    write_ahead("delete", StepOutputs::default())?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     Ok(StepDone {
         changed: true,
-        outputs: BTreeMap::new(),
+        outputs: StepOutputs::default(),
         note: Some(format!("deleted certificate {fp}")),
     })
 }

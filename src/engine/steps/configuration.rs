@@ -1,6 +1,6 @@
 //! `set_configuration`: one `xConfiguration` value, read first and set only if different.
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::{
     local, require_ok, send, unchanged, would, StepContext, StepDone, StepError, WriteAhead,
@@ -26,12 +26,12 @@ pub(super) async fn set_configuration(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    write_ahead("configure", BTreeMap::new())?;
+    write_ahead("configure", StepOutputs::default())?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     Ok(StepDone {
         changed: true,
-        outputs: BTreeMap::new(),
+        outputs: StepOutputs::default(),
         note: Some(format!("set {path} to {value}")),
     })
 }

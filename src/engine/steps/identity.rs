@@ -2,7 +2,7 @@
 //! both node forms (seed: `Valid`/`Identity`/`CertInfo`; newer RoomOS: `Verification`,
 //! `Status`, `CertificateChain`).
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::{local, require_ok, send, StepContext, StepDone, StepError};
 use crate::tsh::{Reply, TshCommand};
@@ -71,7 +71,10 @@ pub(super) async fn verify_external_identity(
     }
     Ok(StepDone {
         changed: false,
-        outputs: BTreeMap::from([("identity".to_string(), identity.clone())]),
+        outputs: StepOutputs {
+            identity: Some(identity.clone()),
+            ..StepOutputs::default()
+        },
         note: Some(format!("verified identity {identity}")),
     })
 }

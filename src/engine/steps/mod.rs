@@ -26,7 +26,7 @@ pub use secret::{classify_populate, is_decrypt_failure, PopulateAnswer};
 pub use service::service_add_cmd;
 pub use trust::{ca_add_cmd, parse_ca_show};
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use crate::engine::assets::{CaCert, StepAsset};
 use crate::engine::prepare::PreparedDevice;
@@ -46,14 +46,19 @@ pub struct StepContext<'a> {
     pub kdf: &'a KdfPool,
     pub secrets: &'a dyn SecretStore,
     /// Outputs of earlier steps (fingerprints).
-    pub outputs: &'a BTreeMap<String, String>,
+    pub outputs: &'a StepOutputs,
     /// `apply --check`: read, but never send a changing command.
     pub check_mode: bool,
     /// The journal found this step in-flight: an earlier attempt may have reached the device.
     pub resuming: bool,
+    /// The journal says an earlier run did this step (same inputs); the device is read
+    /// anyway, and a change now means the device drifted.
+    pub previously_done: bool,
+    /// An earlier step of this run changed this device (or, in check mode, would).
+    pub changed_earlier: bool,
     /// This step's own outputs as the journal holds them (those recorded with its
     /// write-ahead record by an earlier attempt, e.g. the uptime before a restart).
-    pub step_outputs: &'a BTreeMap<String, String>,
+    pub step_outputs: &'a StepOutputs,
     /// How to log in again (the `restart` step replaces `session`).
     pub connect: &'a crate::ssh::ConnectOptions,
     /// The step's position in the playbook (its inputs in `prepared.assets`).
@@ -64,7 +69,7 @@ pub struct StepContext<'a> {
 #[derive(Debug, Default)]
 pub struct StepDone {
     pub changed: bool,
-    pub outputs: BTreeMap<String, String>,
+    pub outputs: StepOutputs,
     pub note: Option<String>,
 }
 
@@ -84,12 +89,12 @@ pub enum StepError {
 /// Journals the step in flight (fsynced) before its first changing command. The outputs
 /// are kept with that record, for a resumed attempt to read back (`step_outputs`).
 pub type WriteAhead<'w> =
-    dyn FnMut(&str, BTreeMap<String, String>) -> Result<(), String> + Send + 'w;
+    dyn FnMut(&str, StepOutputs) -> Result<(), String> + Send + 'w;
 
 pub(crate) fn unchanged(note: impl Into<String>) -> StepDone {
     StepDone {
         changed: false,
-        outputs: BTreeMap::new(),
+        outputs: StepOutputs::default(),
         note: Some(note.into()),
     }
 }
@@ -97,7 +102,7 @@ pub(crate) fn unchanged(note: impl Into<String>) -> StepDone {
 pub(crate) fn changed(note: impl Into<String>) -> StepDone {
     StepDone {
         changed: true,
-        outputs: BTreeMap::new(),
+        outputs: StepOutputs::default(),
         note: Some(note.into()),
     }
 }
@@ -105,7 +110,7 @@ pub(crate) fn changed(note: impl Into<String>) -> StepDone {
 pub(crate) fn would(cmd: &TshCommand) -> StepDone {
     StepDone {
         changed: true,
-        outputs: BTreeMap::new(),
+        outputs: StepOutputs::default(),
         note: Some(format!("would send: {}", cmd.redacted_line())),
     }
 }
@@ -159,7 +164,7 @@ pub async fn execute(
             certificate::set_activation(ctx, t.purpose, &t.certificate, false, write_ahead).await
         }
         Step::DeleteCertificate(t) => {
-            certificate::delete_certificate(ctx, &t.certificate, write_ahead).await
+            certificate::delete_certificate(ctx, &t.certificate, t.force, write_ahead).await
         }
         Step::SetConfiguration(s) => {
             configuration::set_configuration(ctx, &s.path, &s.value, write_ahead).await
@@ -175,7 +180,7 @@ pub async fn execute(
         }
         Step::ScepEnroll(s) => scep::scep_enroll(ctx, s, write_ahead).await,
         Step::ScepRenewalProfile(p) => scep::renewal_profile(ctx, p, write_ahead).await,
-        Step::Restart(r) => restart::restart(ctx, r.timeout, write_ahead).await,
+        Step::Restart(r) => restart::restart(ctx, r, write_ahead).await,
     }
 }
 
@@ -235,7 +240,7 @@ async fn change(
     what: &str,
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<(), StepError> {
-    write_ahead(what, BTreeMap::new())?;
+    write_ahead(what, StepOutputs::default())?;
     let reply = send(ctx, cmd).await?;
     require_ok(cmd, &reply)
 }

@@ -2,7 +2,7 @@
 //! that a seeded device holds the vault's secret) and `rotate_secret` (crash-safe rotation,
 //! the new secret recorded as pending before it is sent).
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::{
     changed, local, refusal, send, unchanged, StepContext, StepDone, StepError, WriteAhead,
@@ -208,7 +208,7 @@ pub(super) async fn populate_secret(
             PopulateAnswer::Refused(_) => {}
         }
     }
-    write_ahead("populate plaintext", BTreeMap::new())?;
+    write_ahead("populate plaintext", StepOutputs::default())?;
     let cmd = populate_cmd(Secret::new(jwe::initial_populate_value(&current)))?;
     let reply = send(ctx, &cmd).await?;
     if reply.is_ok() {
@@ -308,7 +308,7 @@ pub(super) async fn rotate_secret(
         None => ctx.secrets.begin_rotation(device).map_err(local)?,
     };
     crate::failpoint::hit("rotate-after-pending-saved");
-    write_ahead("rotate", BTreeMap::new())?;
+    write_ahead("rotate", StepOutputs::default())?;
     let first = populate_jwe(ctx, &current, &new).await?;
     if first == PopulateAnswer::Accepted {
         crate::failpoint::hit("rotate-after-reply");

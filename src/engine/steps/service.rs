@@ -1,14 +1,13 @@
 //! `add_service_certificate`: a service certificate and key from PEM files, with an optional
 //! `PrivateKeyPassword` from the vault.
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::certificate::show;
 use super::{
     asset, change, local, vault_credential, would, StepContext, StepDone, StepError, WriteAhead,
 };
 use crate::engine::assets::StepAsset;
-use crate::playbook::SERVICE_FINGERPRINT;
 use crate::secret::Secret;
 use crate::tsh::TshCommand;
 
@@ -36,7 +35,10 @@ pub async fn add_service(
         ));
     };
     let fp = service.fingerprint.clone();
-    let outputs = BTreeMap::from([(SERVICE_FINGERPRINT.to_string(), fp.clone())]);
+    let outputs = StepOutputs {
+        service_fingerprint: Some(fp.clone()),
+        ..StepOutputs::default()
+    };
     let shown = show(ctx).await?;
     if shown.iter().any(|c| c.fingerprint == fp) {
         return Ok(StepDone {

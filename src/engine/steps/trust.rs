@@ -1,7 +1,7 @@
 //! The trusted-CA steps: `add_ca_certificate` (only the CAs `CA Show` does not list yet, as
 //! devices append duplicates) and `remove_ca_certificate`.
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::certificate::normalise_fingerprint;
 use super::{
@@ -46,7 +46,10 @@ pub async fn add_ca(
         .filter(|c| !listed.iter().any(|(fp, _)| *fp == c.fingerprint))
         .collect();
     let all: Vec<String> = certs.iter().map(|c| c.fingerprint.clone()).collect();
-    let outputs = BTreeMap::from([("ca_fingerprints".to_string(), all.join(","))]);
+    let outputs = StepOutputs {
+        ca_fingerprints: all.clone(),
+        ..StepOutputs::default()
+    };
     if missing.is_empty() {
         return Ok(StepDone {
             changed: false,

@@ -1,7 +1,7 @@
 //! `xcommand`: a raw command from the playbook (validated by the encoder like every other),
 //! with expected result fields, for what the step catalogue lacks.
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::{local, require_ok, send, would, StepContext, StepDone, StepError, WriteAhead};
 use crate::tsh::TshCommand;
@@ -19,7 +19,7 @@ pub(super) async fn raw_xcommand(
         return Ok(would(&cmd));
     }
     if !x.read_only {
-        write_ahead("xcommand", BTreeMap::new())?;
+        write_ahead("xcommand", StepOutputs::default())?;
     }
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
@@ -37,7 +37,7 @@ pub(super) async fn raw_xcommand(
     }
     Ok(StepDone {
         changed: !x.read_only,
-        outputs: BTreeMap::new(),
+        outputs: StepOutputs::default(),
         note: None,
     })
 }
