@@ -828,7 +828,6 @@ steps:
         assert_eq!(p.policy.command_timeout, Duration::from_millis(250));
         assert_eq!(p.policy.host_key_policy, HostKeyPolicySetting::AcceptNew);
         assert_eq!(p.steps.len(), 8);
-        assert_eq!(p.step_id(1), "02-add_certificate");
         assert_eq!(
             p.steps[3],
             Step::ActivateCertificate(Activate {
@@ -881,14 +880,14 @@ steps:
         );
         assert_eq!(p.steps.len(), 9);
         assert_eq!(p.steps[8], Step::Restart(Restart::default()));
-        assert_eq!(p.step_id(4), "05-scep_enroll");
         assert!(!p.needs_certificate() && !p.needs_client_secret());
         assert!(p.needs_vault_credentials());
         assert!(p.steps[6].is_read_only());
         assert_eq!(
             p.steps[7],
             Step::Restart(Restart {
-                timeout: Duration::from_secs(90)
+                timeout: Duration::from_secs(90),
+                if_changed: true,
             })
         );
         assert_eq!(p.steps[2].vault_credentials(), vec!["https-key"]);

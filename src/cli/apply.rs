@@ -379,22 +379,25 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
         }
     };
     let key = engine::playbook_key(&loaded.playbook);
+    // The run a real apply would work in: the interrupted one it would continue, or a new one.
+    let planned_run = match roomkey::journal::RunLog::open(&loaded.state_dir, &key, true)
+        .ok()
+        .and_then(|log| log.interrupted())
+    {
+        Some(id) => roomkey::plan::PlannedRun::Continue(id),
+        None => roomkey::plan::PlannedRun::New,
+    };
     let mut plans: Vec<_> = prepared
         .devices
         .iter()
         .map(|p| {
-            let journal: BTreeMap<String, StepStatus> =
-                read_steps(&loaded.state_dir, &key, &p.device.name)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.status))
-                    .collect();
+            let journal = read_steps(&loaded.state_dir, &key, &p.device.name).unwrap_or_default();
             let seed = match &store {
                 Some(s) if s.is_seeded(&p.device) => roomkey::plan::SeedState::Seeded,
                 Some(_) => roomkey::plan::SeedState::NotSeeded,
                 None => roomkey::plan::SeedState::Unknown,
             };
-            roomkey::plan::device_plan(p, &loaded.playbook, &journal, seed, args.target.fresh)
+            roomkey::plan::device_plan(p, &loaded.playbook, &journal, seed, &planned_run)
         })
         .collect();
     roomkey::plan::schedule(

@@ -5,13 +5,13 @@
 use crate::journal::StepOutputs;
 
 use super::{
-    changed, local, require_ok, send, unchanged, would, StepContext, StepDone, StepError,
-    WriteAhead,
+    changed, local, placeholder, planned, require_ok, send, unchanged, would, PlanContext,
+    PlannedCommand, StepContext, StepDone, StepError, WriteAhead,
 };
 use crate::jwe::Action;
 use crate::playbook::{CertificateRef, Purpose};
 use crate::secret::Secret;
-use crate::tsh::{Reply, TshCommand};
+use crate::tsh::{EncodeError, Reply, TshCommand};
 
 /// One certificate as `Services Show` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +55,45 @@ pub fn parse_show(reply: &Reply) -> Vec<ShownCertificate> {
         .collect()
 }
 
+/// `Services Show`: every certificate on the device, with its fingerprint and purposes.
+pub(crate) fn show_cmd() -> Result<TshCommand, EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Show")
+}
+
+/// `Services Add IsEncrypted: True`, awaiting the `add` JWE as its body.
+fn add_header() -> Result<TshCommand, EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Add")
+        .and_then(|c| c.param_literal("IsEncrypted", "True"))
+}
+
+/// `Services Activate|Deactivate Purpose: <p>`, awaiting its `Fingerprint`.
+fn activation_header(activate: bool, purpose: Purpose) -> Result<TshCommand, EncodeError> {
+    let verb = if activate { "Activate" } else { "Deactivate" };
+    TshCommand::xcommand(&format!("Security Certificates Services {verb}"))
+        .and_then(|c| c.param_literal("Purpose", purpose.as_str()))
+}
+
+/// The `Fingerprint` of an activation: a JWE for `WebexIdentity`, plain for the others.
+fn with_fingerprint(
+    header: Result<TshCommand, EncodeError>,
+    purpose: Purpose,
+    fp: &str,
+    jwe: &Secret,
+) -> Result<TshCommand, EncodeError> {
+    if purpose == Purpose::WebexIdentity {
+        header.and_then(|c| c.param_secret("Fingerprint", jwe))
+    } else {
+        header.and_then(|c| c.param("Fingerprint", fp))
+    }
+}
+
+fn delete_cmd(fp: &str) -> Result<TshCommand, EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Delete")
+        .and_then(|c| c.param("Fingerprint", fp))
+}
+
 pub(crate) async fn show(ctx: &mut StepContext<'_>) -> Result<Vec<ShownCertificate>, StepError> {
-    let cmd = TshCommand::xcommand("Security Certificates Services Show").map_err(local)?;
+    let cmd = show_cmd().map_err(local)?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     Ok(parse_show(&reply))
@@ -86,9 +123,7 @@ pub(super) async fn add_certificate(
             note: Some("certificate already on the device".into()),
         });
     }
-    let header = TshCommand::xcommand("Security Certificates Services Add")
-        .and_then(|c| c.param_literal("IsEncrypted", "True"))
-        .map_err(local)?;
+    let header = add_header().map_err(local)?;
     if ctx.check_mode {
         return Ok(would(&header));
     }
@@ -233,14 +268,17 @@ pub(super) async fn set_activation(
         )));
     }
     let verb = if activate { "Activate" } else { "Deactivate" };
-    let mut cmd = TshCommand::xcommand(&format!("Security Certificates Services {verb}"))
-        .and_then(|c| c.param_literal("Purpose", purpose.as_str()))
-        .map_err(local)?;
     if ctx.check_mode {
-        return Ok(would(&cmd));
+        return Ok(would(&with_fingerprint(
+            activation_header(activate, purpose),
+            purpose,
+            &fp,
+            &super::placeholder(),
+        )
+        .map_err(local)?));
     }
     // WebexIdentity takes the fingerprint as a JWE; the other purposes take it plain.
-    if purpose == Purpose::WebexIdentity {
+    let jwe = if purpose == Purpose::WebexIdentity {
         let secret = ctx.secrets.current(&ctx.prepared.device).map_err(local)?;
         let action = if activate {
             Action::Activate
@@ -257,12 +295,12 @@ pub(super) async fn set_activation(
             )
             .await
             .map_err(local)?;
-        cmd = cmd
-            .param_secret("Fingerprint", &Secret::new(jwe))
-            .map_err(local)?;
+        Secret::new(jwe)
     } else {
-        cmd = cmd.param("Fingerprint", &fp).map_err(local)?;
-    }
+        super::placeholder()
+    };
+    let cmd = with_fingerprint(activation_header(activate, purpose), purpose, &fp, &jwe)
+        .map_err(local)?;
     // One certificate is active per purpose: activating ours replaces whichever was.
     let replaced = shown
         .iter()
@@ -320,9 +358,7 @@ pub(super) async fn delete_certificate(
             cert.used_for.join(", ")
         )));
     }
-    let cmd = TshCommand::xcommand("Security Certificates Services Delete")
-        .and_then(|c| c.param("Fingerprint", &fp))
-        .map_err(local)?;
+    let cmd = delete_cmd(&fp).map_err(local)?;
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
@@ -334,4 +370,80 @@ pub(super) async fn delete_certificate(
         outputs: StepOutputs::default(),
         note: Some(format!("deleted certificate {fp}")),
     })
+}
+
+// ---- The plan: rendered from the constructors above ------------------------------------
+
+fn fp_text(which: &CertificateRef, own: Option<&str>) -> String {
+    match which {
+        CertificateRef::New => own.unwrap_or("<certificate fingerprint>").to_string(),
+        CertificateRef::Previous => "<previously active certificate>".into(),
+        CertificateRef::Fingerprint(fp) => normalise_fingerprint(fp),
+        CertificateRef::Enrolled => "<certificate enrolled by scep_enroll>".into(),
+        CertificateRef::Service => "<certificate added by add_service_certificate>".into(),
+    }
+}
+
+pub(super) fn plan_show() -> Vec<PlannedCommand> {
+    vec![planned(show_cmd(), "always")]
+}
+
+pub(super) fn plan_add(pc: &PlanContext<'_>) -> Vec<PlannedCommand> {
+    vec![
+        planned(show_cmd(), "always"),
+        planned(
+            add_header().and_then(|c| c.body_secret(&placeholder())),
+            format!(
+                "if {} is not listed (body: add JWE of certificate + key)",
+                pc.own_fingerprint().unwrap_or("the certificate")
+            ),
+        ),
+    ]
+}
+
+pub(super) fn plan_activation(
+    pc: &PlanContext<'_>,
+    purpose: Purpose,
+    which: &CertificateRef,
+    activate: bool,
+) -> Vec<PlannedCommand> {
+    let fp = fp_text(which, pc.own_fingerprint());
+    let state = if activate { "active" } else { "inactive" };
+    let jwe = if purpose == Purpose::WebexIdentity {
+        format!(
+            " (fingerprint {fp} sent as a {} JWE)",
+            if activate { "activate" } else { "deactivate" }
+        )
+    } else {
+        String::new()
+    };
+    vec![
+        planned(show_cmd(), "always"),
+        planned(
+            with_fingerprint(
+                activation_header(activate, purpose),
+                purpose,
+                &fp,
+                &placeholder(),
+            ),
+            format!("if {fp} is not already {state} for {}{jwe}", purpose.as_str()),
+        ),
+    ]
+}
+
+pub(super) fn plan_delete(
+    pc: &PlanContext<'_>,
+    which: &CertificateRef,
+    force: bool,
+) -> Vec<PlannedCommand> {
+    let fp = fp_text(which, pc.own_fingerprint());
+    let unless = if force {
+        ""
+    } else {
+        " and in use for nothing (a certificate in use is refused without `force: true`)"
+    };
+    vec![
+        planned(show_cmd(), "always"),
+        planned(delete_cmd(&fp), format!("if {fp} is listed{unless}")),
+    ]
 }

@@ -3,7 +3,8 @@
 use crate::journal::StepOutputs;
 
 use super::{
-    local, require_ok, send, unchanged, would, StepContext, StepDone, StepError, WriteAhead,
+    local, planned, require_ok, send, unchanged, would, PlannedCommand, StepContext, StepDone,
+    StepError, WriteAhead,
 };
 use crate::tsh::TshCommand;
 
@@ -14,6 +15,7 @@ pub(super) async fn set_configuration(
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<StepDone, StepError> {
     let read = TshCommand::xconfiguration(path).map_err(local)?;
+    // (The plan renders the same two constructors: see `plan` below.)
     let reply = send(ctx, &read).await?;
     if reply.is_ok() {
         if let Some(current) = reply.get(path) {
@@ -34,4 +36,14 @@ pub(super) async fn set_configuration(
         outputs: StepOutputs::default(),
         note: Some(format!("set {path} to {value}")),
     })
+}
+
+pub(super) fn plan(path: &str, value: &str) -> Vec<PlannedCommand> {
+    vec![
+        planned(TshCommand::xconfiguration(path), "always"),
+        planned(
+            TshCommand::xconfiguration_set(path, value),
+            format!("if not already {value}"),
+        ),
+    ]
 }

@@ -50,8 +50,7 @@ pub fn parse_external_identity(reply: &Reply) -> ExternalIdentityStatus {
 pub(super) async fn verify_external_identity(
     ctx: &mut StepContext<'_>,
 ) -> Result<StepDone, StepError> {
-    let cmd =
-        TshCommand::xstatus("Conference EndToEndEncryption ExternalIdentity").map_err(local)?;
+    let cmd = external_identity_cmd().map_err(local)?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     let status = parse_external_identity(&reply);
@@ -77,4 +76,20 @@ pub(super) async fn verify_external_identity(
         },
         note: Some(format!("verified identity {identity}")),
     })
+}
+
+/// The whole `ExternalIdentity` subtree: either node form answers it.
+fn external_identity_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
+    TshCommand::xstatus("Conference EndToEndEncryption ExternalIdentity")
+}
+
+pub(super) fn plan(
+    pc: &super::PlanContext<'_>,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    notes.push(format!(
+        "expects a valid external identity '{}'",
+        pc.device.expected_identity.as_deref().unwrap_or("(any)")
+    ));
+    vec![super::planned(external_identity_cmd(), "always")]
 }

@@ -37,6 +37,93 @@ use crate::secret::Secret;
 use crate::ssh::{SshError, TshSession};
 use crate::tsh::{Reply, ReplyStatus, TshCommand};
 
+/// One command a step may send, as `plan` shows it: rendered from the very constructor
+/// the step sends with, secrets and JWEs shown as `[redacted]`.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct PlannedCommand {
+    /// The command as it would be sent, secrets shown as `[redacted]`.
+    pub text: String,
+    /// When it is sent (`always`, or the condition checked on the device first).
+    pub when: String,
+    pub read_only: bool,
+}
+
+/// What the vault says of a device's ClientSecret, for the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedState {
+    Seeded,
+    NotSeeded,
+    Unknown,
+}
+
+/// What `plan` knows when a step renders its commands for one device.
+pub struct PlanContext<'a> {
+    pub device: &'a PreparedDevice,
+    /// The step's position (its inputs in `device.assets`).
+    pub index: usize,
+    pub seed: SeedState,
+}
+
+impl PlanContext<'_> {
+    fn own_fingerprint(&self) -> Option<&str> {
+        self.device.identity.as_ref().map(|i| i.fingerprint())
+    }
+}
+
+/// A planned command from a step's own constructor.
+pub(crate) fn planned(
+    cmd: Result<TshCommand, crate::tsh::EncodeError>,
+    when: impl Into<String>,
+) -> PlannedCommand {
+    match cmd {
+        Ok(c) => PlannedCommand {
+            text: c.redacted_text(),
+            when: when.into(),
+            read_only: c.is_read_only(),
+        },
+        Err(e) => PlannedCommand {
+            text: format!("(cannot encode: {e})"),
+            when: when.into(),
+            read_only: true,
+        },
+    }
+}
+
+/// Stands in for a secret or JWE in a planned command (rendered `[redacted]`).
+pub(crate) fn placeholder() -> Secret {
+    Secret::new("placeholder")
+}
+
+/// The commands a step may send on one device, in order, with notes (for `plan`).
+pub fn plan(step: &Step, pc: &PlanContext<'_>) -> (Vec<PlannedCommand>, Vec<String>) {
+    let mut notes = Vec::new();
+    let commands = match step {
+        Step::PopulateSecret(p) => secret::plan_populate(pc, p.initial, &mut notes),
+        Step::RotateSecret(_) => secret::plan_rotate(),
+        Step::AddCertificate(_) => certificate::plan_add(pc),
+        Step::ShowCertificates(_) => certificate::plan_show(),
+        Step::ActivateCertificate(a) => {
+            certificate::plan_activation(pc, a.purpose, &a.certificate, true)
+        }
+        Step::DeactivateCertificate(t) => {
+            certificate::plan_activation(pc, t.purpose, &t.certificate, false)
+        }
+        Step::DeleteCertificate(t) => certificate::plan_delete(pc, &t.certificate, t.force),
+        Step::SetConfiguration(s) => configuration::plan(&s.path, &s.value),
+        Step::VerifyExternalIdentity(_) => identity::plan(pc, &mut notes),
+        Step::Xcommand(x) => xcommand::plan(x, &mut notes),
+        Step::AddCaCertificate(_) => trust::plan_add(pc, &mut notes),
+        Step::RemoveCaCertificate(c) => trust::plan_remove(pc, c.fingerprint.as_deref()),
+        Step::AddServiceCertificate(s) => {
+            service::plan(pc, s.private_key_password.as_deref(), &mut notes)
+        }
+        Step::ScepEnroll(s) => scep::plan_enroll(pc, s, &mut notes),
+        Step::ScepRenewalProfile(p) => scep::plan_profile(p),
+        Step::Restart(r) => restart::plan(r, &mut notes),
+    };
+    (commands, notes)
+}
+
 /// Reasons starting with this mark a device whose ClientSecret is unknown.
 pub const SECRET_UNKNOWN_PREFIX: &str = "secret-unknown:";
 

@@ -23,6 +23,10 @@ fn uptime_cmd() -> Result<TshCommand, StepError> {
     TshCommand::xstatus("SystemUnit Uptime").map_err(local)
 }
 
+fn boot_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
+    TshCommand::xcommand("SystemUnit Boot")
+}
+
 pub(super) async fn uptime_on(session: &mut TshSession) -> Result<u64, StepError> {
     let cmd = uptime_cmd()?;
     let reply = session.run(&cmd).await?;
@@ -68,7 +72,7 @@ pub async fn restart(
             )));
         }
     }
-    let cmd = TshCommand::xcommand("SystemUnit Boot").map_err(local)?;
+    let cmd = boot_cmd().map_err(local)?;
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
@@ -155,4 +159,31 @@ mod tests {
         // A rerun long after the restart still sees it.
         assert!(restarted_since(600, 7_200, 7_000));
     }
+}
+
+pub(super) fn plan(
+    step: &crate::playbook::Restart,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    use super::{planned, PlannedCommand};
+    notes.push(format!(
+        "then waits up to {}s for the device to accept SSH with a lower uptime, logs in again \
+         and runs the next step on the new session",
+        step.timeout.as_secs()
+    ));
+    let uptime = match uptime_cmd() {
+        Ok(c) => planned(Ok(c), "always"),
+        Err(e) => PlannedCommand {
+            text: e.to_string(),
+            when: "always".into(),
+            read_only: true,
+        },
+    };
+    let when = if step.if_changed {
+        "once per run, if an earlier step of the run changed the device, unless an earlier \
+         attempt's boot already restarted it (lower uptime)"
+    } else {
+        "once per run, unless an earlier attempt's boot already restarted it (lower uptime)"
+    };
+    vec![uptime, planned(boot_cmd(), when)]
 }

@@ -80,3 +80,32 @@ mod tests {
         );
     }
 }
+
+pub(super) fn plan(
+    pc: &super::PlanContext<'_>,
+    key_password: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    use super::{placeholder, planned};
+    let Some(StepAsset::Service(svc)) = pc.device.assets.get(&pc.index) else {
+        notes.push("the step's inputs were not resolved for this device".into());
+        return Vec::new();
+    };
+    let password = key_password.map(|name| {
+        notes.push(format!(
+            "PrivateKeyPassword comes from vault credential '{name}'"
+        ));
+        placeholder()
+    });
+    vec![
+        planned(super::certificate::show_cmd(), "always"),
+        planned(
+            service_add_cmd(&placeholder(), password.as_ref()),
+            format!(
+                "if {} is not listed (body: {} and its key)",
+                svc.fingerprint,
+                svc.certificate_path.display()
+            ),
+        ),
+    ]
+}
