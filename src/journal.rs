@@ -23,11 +23,19 @@
 //! - A newly created journal file has its directory fsynced.
 //! - No secret is ever written here: records hold step ids, statuses, timings, fingerprints
 //!   and error texts (built from redacted command lines only).
+//!
+//! I/O off the executor: the engine appends with [`DeviceJournal::append_async`], which runs
+//! the write and its fsync on tokio's blocking pool and returns only once the line is
+//! durable, so the write-ahead invariant holds while a slow disk stalls only the device
+//! whose record it is writing (not the two async workers every other device shares). Each
+//! device has its own file, so there is nothing to group-commit across devices: their
+//! fsyncs run in parallel on the blocking pool.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
@@ -329,7 +337,9 @@ pub struct Damage {
 /// in memory.
 pub struct DeviceJournal {
     path: PathBuf,
-    file: Option<File>,
+    /// Shared with a blocking write in progress, so an append whose caller was cancelled
+    /// still finishes (and rolls back on failure) on the file the journal keeps.
+    file: Option<Arc<Mutex<File>>>,
     steps: BTreeMap<String, StepState>,
     records: Vec<Record>,
     /// A torn last line was found and cut.
@@ -444,7 +454,7 @@ impl DeviceJournal {
         file.seek(SeekFrom::End(0)).map_err(io_err(&path))?;
         let mut journal = DeviceJournal {
             path,
-            file: Some(file),
+            file: Some(Arc::new(Mutex::new(file))),
             steps: BTreeMap::new(),
             records: Vec::new(),
             torn_tail: parsed.torn_tail,
@@ -462,9 +472,10 @@ impl DeviceJournal {
     }
 
     /// Appends a record durably (fsync) and folds it into the state. A failed write is
-    /// rolled back so the file never keeps half a record in its middle.
+    /// rolled back so the file never keeps half a record in its middle. Blocks the calling
+    /// thread for the write and fsync: async code uses [`DeviceJournal::append_async`].
     pub fn append(&mut self, record: Record) -> Result<(), JournalError> {
-        let Some(file) = self.file.as_mut() else {
+        let Some(file) = self.file.as_ref() else {
             self.fold(record);
             return Ok(());
         };
@@ -472,19 +483,33 @@ impl DeviceJournal {
             path: self.path.clone(),
             source: std::io::Error::other(e),
         })?;
-        let before = file.metadata().map_err(io_err(&self.path))?.len();
-        if crate::failpoint::armed_here("journal-torn-append") {
-            // Test-only: a power cut in the middle of this append.
-            let half = line.get(..line.len() / 2).unwrap_or_default();
-            let _ = file.write_all(half).and_then(|()| file.sync_data());
-            crate::failpoint::abort("journal-torn-append");
-        }
-        let written = file.write_all(&line).and_then(|()| file.sync_data());
-        if let Err(e) = written {
-            let _ = file.set_len(before);
-            let _ = file.sync_data();
-            return Err(io_err(&self.path)(e));
-        }
+        write_line(file, &self.path, &line)?;
+        self.fold(record);
+        Ok(())
+    }
+
+    /// [`DeviceJournal::append`] with the write and fsync on tokio's blocking pool: the
+    /// future completes only when the line is durable (or rolled back), and the async
+    /// worker is free meanwhile. If the caller is cancelled the write still completes on
+    /// the file, but the record is not folded into this journal's in-memory state (the
+    /// next open reads it from the file).
+    pub async fn append_async(&mut self, record: Record) -> Result<(), JournalError> {
+        let Some(file) = self.file.as_ref() else {
+            self.fold(record);
+            return Ok(());
+        };
+        let line = encode_line(&record).map_err(|e| JournalError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        let file = Arc::clone(file);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || write_line(&file, &path, &line))
+            .await
+            .map_err(|e| JournalError::Io {
+                path: self.path.clone(),
+                source: std::io::Error::other(format!("journal write task failed: {e}")),
+            })??;
         self.fold(record);
         Ok(())
     }
@@ -505,6 +530,52 @@ impl DeviceJournal {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Called with the journal's path just before each append's fsync. Test support only (zero
+/// cost when unset): a test installs a hook that blocks to stand in for a slow disk.
+type SyncHook = Arc<dyn Fn(&Path) + Send + Sync>;
+
+static SYNC_HOOK: Mutex<Option<SyncHook>> = Mutex::new(None);
+
+/// Installs (or with `None` removes) the process-wide hook run before every journal
+/// append's write and fsync. For tests that simulate a slow filesystem; never set by the
+/// product.
+#[doc(hidden)]
+pub fn set_sync_hook(hook: Option<SyncHook>) {
+    if let Ok(mut slot) = SYNC_HOOK.lock() {
+        *slot = hook;
+    }
+}
+
+fn run_sync_hook(path: &Path) {
+    let hook = SYNC_HOOK.lock().ok().and_then(|slot| slot.clone());
+    if let Some(hook) = hook {
+        hook(path);
+    }
+}
+
+/// Writes one encoded line at the end of the file and fsyncs it; on failure cuts the file
+/// back to its length before the write. Blocking.
+fn write_line(file: &Mutex<File>, path: &Path, line: &[u8]) -> Result<(), JournalError> {
+    // A poisoned lock means an earlier write panicked; the file itself is still usable and
+    // the length check below rolls back whatever that write left.
+    let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let before = file.metadata().map_err(io_err(path))?.len();
+    if crate::failpoint::armed_here("journal-torn-append") {
+        // Test-only: a power cut in the middle of this append.
+        let half = line.get(..line.len() / 2).unwrap_or_default();
+        let _ = file.write_all(half).and_then(|()| file.sync_data());
+        crate::failpoint::abort("journal-torn-append");
+    }
+    run_sync_hook(path);
+    let written = file.write_all(line).and_then(|()| file.sync_data());
+    if let Err(e) = written {
+        let _ = file.set_len(before);
+        let _ = file.sync_data();
+        return Err(io_err(path)(e));
+    }
+    Ok(())
 }
 
 /// The run log of one playbook: which run is current. A run is one unit: rerunning the

@@ -602,12 +602,24 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
         return outcome;
     }
     let key = playbook_key(&config.playbook);
-    // Check mode writes no journal: it reads it and keeps its own records in memory.
-    let opened = if config.check_mode {
-        DeviceJournal::open_read_only(&config.state_dir, &key, &name)
-    } else {
-        DeviceJournal::open(&config.state_dir, &key, &name)
-    };
+    // Check mode writes no journal: it reads it and keeps its own records in memory. The
+    // file is opened (read, repaired, its directory fsynced) on the blocking pool.
+    let (state_dir, read_only, device) =
+        (config.state_dir.clone(), config.check_mode, name.clone());
+    let opened = tokio::task::spawn_blocking(move || {
+        if read_only {
+            DeviceJournal::open_read_only(&state_dir, &key, &device)
+        } else {
+            DeviceJournal::open(&state_dir, &key, &device)
+        }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(crate::journal::JournalError::Io {
+            path: config.state_dir.clone(),
+            source: std::io::Error::other(format!("opening the journal failed: {e}")),
+        })
+    });
     let journal = match opened {
         Ok(j) => j,
         Err(e) => {
@@ -734,7 +746,7 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
         }
     }
     outcome.duration_ms = started.elapsed().as_millis() as u64;
-    dr.record_outcome(&outcome);
+    dr.record_outcome(&outcome).await;
     crate::failpoint::hit("device-finished");
     outcome
 }
@@ -747,7 +759,7 @@ impl DeviceRun<'_> {
     /// reached a step (unreachable, refused login, changed host key) as well as those whose
     /// step failed, and a resumed run knows which devices it finished. An interrupted
     /// device keeps the record of its previous run.
-    fn record_outcome(&mut self, outcome: &DeviceOutcome) {
+    async fn record_outcome(&mut self, outcome: &DeviceOutcome) {
         if self.config.check_mode || outcome.status.is_unfinished() {
             return;
         }
@@ -761,7 +773,10 @@ impl DeviceRun<'_> {
             identity: outcome.identity.clone(),
             ..StepOutputs::default()
         };
-        if let Err(e) = self.record(DEVICE_RECORD, status, false, outputs, error) {
+        if let Err(e) = self
+            .record(DEVICE_RECORD, status, false, outputs, error)
+            .await
+        {
             tracing::warn!(device = %outcome.device, "recording the device outcome: {e}");
         }
     }
@@ -783,7 +798,7 @@ fn jitter_fraction(device: &str, attempt: u32) -> f64 {
 }
 
 impl DeviceRun<'_> {
-    fn record(
+    async fn record(
         &mut self,
         step: &str,
         status: StepStatus,
@@ -792,7 +807,7 @@ impl DeviceRun<'_> {
         error: Option<String>,
     ) -> Result<(), String> {
         self.journal
-            .append(Record {
+            .append_async(Record {
                 run: self.run.to_string(),
                 step: step.to_string(),
                 status,
@@ -801,6 +816,7 @@ impl DeviceRun<'_> {
                 outputs,
                 error,
             })
+            .await
             .map_err(|e| e.to_string())
     }
 
@@ -924,30 +940,15 @@ impl DeviceRun<'_> {
                 index: rs.index,
             };
             // Write-ahead: the journal says in-flight before any changing command is sent.
-            let mut write_ahead_error = None;
-            let journal = &mut self.journal;
-            let run = self.run;
-            let check_mode = self.config.check_mode;
-            let result = steps::execute(step, &mut ctx, &mut |_, outputs| {
-                if check_mode {
-                    return Ok(());
-                }
-                let r = journal.append(Record {
-                    run: run.to_string(),
-                    step: id.clone(),
-                    status: StepStatus::InFlight,
-                    at_ms: now_ms(),
-                    changed: false,
-                    outputs,
-                    error: None,
-                });
-                r.map_err(|e| {
-                    let msg = e.to_string();
-                    write_ahead_error = Some(msg.clone());
-                    msg
-                })
-            })
-            .await;
+            let mut write_ahead = JournalWriteAhead {
+                journal: &mut self.journal,
+                run: self.run,
+                step: &id,
+                check_mode: self.config.check_mode,
+                error: None,
+            };
+            let result = steps::execute(step, &mut ctx, &mut write_ahead).await;
+            let write_ahead_error = write_ahead.error;
             let duration_ms = Some(started.elapsed().as_millis() as u64);
             // In check mode, once an earlier step would change the device, a later step's
             // read describes a device the real run would already have changed: what it
@@ -977,13 +978,16 @@ impl DeviceRun<'_> {
                         ));
                     }
                     if !self.config.check_mode {
-                        if let Err(e) = self.record(
-                            &id,
-                            StepStatus::Done,
-                            done.changed,
-                            done.outputs.clone(),
-                            None,
-                        ) {
+                        if let Err(e) = self
+                            .record(
+                                &id,
+                                StepStatus::Done,
+                                done.changed,
+                                done.outputs.clone(),
+                                None,
+                            )
+                            .await
+                        {
                             return Attempt::Fatal(DeviceStatus::Failed, e);
                         }
                     }
@@ -1012,13 +1016,16 @@ impl DeviceRun<'_> {
                 }
                 Err(steps::StepError::Refused(reason)) => {
                     if !self.config.check_mode {
-                        if let Err(e) = self.record(
-                            &id,
-                            StepStatus::Failed,
-                            false,
-                            StepOutputs::default(),
-                            Some(reason.clone()),
-                        ) {
+                        if let Err(e) = self
+                            .record(
+                                &id,
+                                StepStatus::Failed,
+                                false,
+                                StepOutputs::default(),
+                                Some(reason.clone()),
+                            )
+                            .await
+                        {
                             return Attempt::Fatal(DeviceStatus::Failed, e);
                         }
                     }
@@ -1064,6 +1071,45 @@ impl DeviceRun<'_> {
             }
         }
         Attempt::Finished
+    }
+}
+
+/// The engine's write-ahead hook: appends the step's `in-flight` record to the device's
+/// journal, the write and fsync on the blocking pool (`DeviceJournal::append_async`).
+struct JournalWriteAhead<'j> {
+    journal: &'j mut DeviceJournal,
+    run: &'j str,
+    step: &'j str,
+    check_mode: bool,
+    /// The append that failed, if one did (the step then fails with it).
+    error: Option<String>,
+}
+
+impl steps::WriteAheadLog for JournalWriteAhead<'_> {
+    fn in_flight<'a>(
+        &'a mut self,
+        _what: &'a str,
+        outputs: StepOutputs,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        Box::pin(async move {
+            if self.check_mode {
+                return Ok(());
+            }
+            let record = Record {
+                run: self.run.to_string(),
+                step: self.step.to_string(),
+                status: StepStatus::InFlight,
+                at_ms: now_ms(),
+                changed: false,
+                outputs,
+                error: None,
+            };
+            self.journal.append_async(record).await.map_err(|e| {
+                let msg = e.to_string();
+                self.error = Some(msg.clone());
+                msg
+            })
+        })
     }
 }
 

@@ -145,7 +145,9 @@ pub(super) async fn add_certificate(
         .await
         .map_err(local)?;
     let cmd = header.body_secret(&Secret::new(jwe)).map_err(local)?;
-    write_ahead("add certificate", StepOutputs::default())?;
+    write_ahead
+        .in_flight("add certificate", StepOutputs::default())
+        .await?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     Ok(StepDone {
@@ -320,7 +322,7 @@ pub(super) async fn set_activation(
                     .any(|u| u.eq_ignore_ascii_case(purpose.as_str()))
         })
         .map(|c| c.fingerprint.clone());
-    write_ahead(verb, StepOutputs::default())?;
+    write_ahead.in_flight(verb, StepOutputs::default()).await?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     let mut outputs = StepOutputs::default();
@@ -370,7 +372,9 @@ pub(super) async fn delete_certificate(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    write_ahead("delete", StepOutputs::default())?;
+    write_ahead
+        .in_flight("delete", StepOutputs::default())
+        .await?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     Ok(StepDone {

@@ -28,7 +28,9 @@ pub(super) async fn set_configuration(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    write_ahead("configure", StepOutputs::default())?;
+    write_ahead
+        .in_flight("configure", StepOutputs::default())
+        .await?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     Ok(StepDone {

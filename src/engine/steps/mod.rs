@@ -2,8 +2,8 @@
 //! construction — it reads the device first (`Services Show`, `xConfiguration`, …) and sends
 //! a changing command only if the device is not already in the wanted state — so a step
 //! found in-flight after a crash is simply run again: the read decides whether the command
-//! had landed. Before its first changing command a step calls `write_ahead`, which makes the
-//! journal say "in-flight" durably.
+//! had landed. Before its first changing command a step awaits `write_ahead.in_flight`, which
+//! makes the journal say "in-flight" durably.
 //!
 //! This module owns the contract (context, outcome, errors, the write-ahead hook) and the
 //! helpers every step uses; each step family lives in a module of its own.
@@ -173,9 +173,22 @@ pub enum StepError {
     Local(String),
 }
 
-/// Journals the step in flight (fsynced) before its first changing command. The outputs
-/// are kept with that record, for a resumed attempt to read back (`step_outputs`).
-pub type WriteAhead<'w> = dyn FnMut(&str, StepOutputs) -> Result<(), String> + Send + 'w;
+/// The write-ahead hook a step calls before its first changing command.
+pub trait WriteAheadLog: Send {
+    /// Journals the step in flight; the future completes only once the record is durable
+    /// (fsynced), so a step that awaits it before sending keeps the write-ahead invariant.
+    /// The outputs are kept with that record, for a resumed attempt to read back
+    /// (`step_outputs`). The engine's implementation does the file I/O off the async
+    /// workers, so a slow disk delays only this device.
+    fn in_flight<'a>(
+        &'a mut self,
+        what: &'a str,
+        outputs: StepOutputs,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>>;
+}
+
+/// What steps receive: the engine's write-ahead hook.
+pub type WriteAhead<'w> = dyn WriteAheadLog + 'w;
 
 pub(crate) fn unchanged(note: impl Into<String>) -> StepDone {
     StepDone {
@@ -326,7 +339,7 @@ async fn change(
     what: &str,
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<(), StepError> {
-    write_ahead(what, StepOutputs::default())?;
+    write_ahead.in_flight(what, StepOutputs::default()).await?;
     let reply = send(ctx, cmd).await?;
     require_ok(cmd, &reply)
 }

@@ -80,14 +80,16 @@ pub async fn restart(
         return Ok(would(&cmd));
     }
     let sent_at = crate::journal::now_ms();
-    write_ahead(
-        "restart",
-        StepOutputs {
-            uptime_before: Some(uptime),
-            boot_sent_at_ms: Some(sent_at),
-            ..StepOutputs::default()
-        },
-    )?;
+    write_ahead
+        .in_flight(
+            "restart",
+            StepOutputs {
+                uptime_before: Some(uptime),
+                boot_sent_at_ms: Some(sent_at),
+                ..StepOutputs::default()
+            },
+        )
+        .await?;
     let sent = send(ctx, &cmd).await;
     crate::failpoint::hit("restart-after-boot");
     match sent {

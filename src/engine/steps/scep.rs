@@ -131,13 +131,15 @@ pub async fn scep_enroll(
         return Ok(would(&cmd));
     }
     let listed: Vec<String> = shown.iter().map(|c| c.fingerprint.clone()).collect();
-    write_ahead(
-        "scep enroll",
-        StepOutputs {
-            listed_before: listed,
-            ..StepOutputs::default()
-        },
-    )?;
+    write_ahead
+        .in_flight(
+            "scep enroll",
+            StepOutputs {
+                listed_before: listed,
+                ..StepOutputs::default()
+            },
+        )
+        .await?;
     let reply = send(ctx, &cmd).await?;
     crate::failpoint::hit("scep-after-reply");
     require_ok(&cmd, &reply)?;

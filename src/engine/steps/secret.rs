@@ -212,7 +212,9 @@ pub(super) async fn populate_secret(
             PopulateAnswer::Refused(_) => {}
         }
     }
-    write_ahead("populate plaintext", StepOutputs::default())?;
+    write_ahead
+        .in_flight("populate plaintext", StepOutputs::default())
+        .await?;
     let cmd = populate_cmd(Secret::new(jwe::initial_populate_value(&current)))?;
     let reply = send(ctx, &cmd).await?;
     if reply.is_ok() {
@@ -312,7 +314,9 @@ pub(super) async fn rotate_secret(
         None => ctx.secrets.begin_rotation(device).map_err(local)?,
     };
     crate::failpoint::hit("rotate-after-pending-saved");
-    write_ahead("rotate", StepOutputs::default())?;
+    write_ahead
+        .in_flight("rotate", StepOutputs::default())
+        .await?;
     let first = populate_jwe(ctx, &current, &new).await?;
     if first == PopulateAnswer::Accepted {
         crate::failpoint::hit("rotate-after-reply");

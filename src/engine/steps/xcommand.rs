@@ -16,7 +16,9 @@ pub(super) async fn raw_xcommand(
         return Ok(would(&cmd));
     }
     if !x.read_only {
-        write_ahead("xcommand", StepOutputs::default())?;
+        write_ahead
+            .in_flight("xcommand", StepOutputs::default())
+            .await?;
     }
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
