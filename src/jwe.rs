@@ -466,6 +466,30 @@ pub fn seal(
     seal_with_key(action, enc, &key, &salt, &iv, plaintext)
 }
 
+/// Builds a device JWE under an already derived key for `salt`, with a fresh random 12-byte
+/// IV from the OS CSPRNG (no scrypt). One key may seal many JWEs this way: AES-GCM stays
+/// safe under one key as long as no IV repeats, and random 96-bit IVs make a repeat
+/// negligible for far more messages than a device session sends (NIST SP 800-38D allows
+/// 2^32). Used by [`crate::kdf::SessionKeys`] for every JWE of one device session.
+pub fn seal_fresh_iv(
+    action: Action,
+    enc: Enc,
+    key: &[u8],
+    salt: &[u8],
+    plaintext: &[u8],
+) -> Result<String, JweError> {
+    let mut iv = [0u8; IV_LEN];
+    random_bytes(&mut iv)?;
+    seal_with_key(action, enc, key, salt, &iv, plaintext)
+}
+
+/// A fresh random salt of [`SALT_LEN`] bytes from the OS CSPRNG.
+pub fn fresh_salt() -> Result<[u8; SALT_LEN], JweError> {
+    let mut salt = [0u8; SALT_LEN];
+    random_bytes(&mut salt)?;
+    Ok(salt)
+}
+
 /// Parses, derives the key from `secret` and the header's salt, and decrypts.
 /// Blocking (scrypt): async code uses [`crate::kdf::KdfPool::open`].
 pub fn open(compact: &str, secret: &Secret) -> Result<(Header, Zeroizing<Vec<u8>>), JweError> {

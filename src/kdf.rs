@@ -6,6 +6,16 @@
 //! `tokio::task::spawn_blocking` while holding a semaphore permit, so at most `max_parallel`
 //! derivations (by default one per core) run at once. The permit moves into the blocking
 //! task, so a cancelled caller does not free a slot while its scrypt is still running.
+//!
+//! One derivation per device session ([`SessionKeys`]): the device derives a JWE's key
+//! from (ClientSecret, salt) alone, and the seed only asks that the sender choose a salt
+//! of at least 4 random bytes. So a session draws one random salt, derives the key once
+//! per (secret, enc) on the pool, and seals every JWE of the session (add, activate,
+//! deactivate, a rotation's proof under the new secret) with that key and a fresh random
+//! 12-byte IV — AES-GCM is safe for many messages under one key while IVs do not repeat.
+//! The keys are zeroized when the session ends (drop). `kdf_salt: per-jwe` keeps the old
+//! behaviour (fresh salt and derivation per JWE), and a session falls back to it for a
+//! device that refuses a JWE whose salt it has seen ([`SessionKeys::fall_back_to_per_jwe`]).
 
 pub mod buffers;
 
@@ -15,7 +25,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
-use crate::jwe::{self, Action, Enc, Header, JweError};
+use crate::jwe::{self, Action, Enc, Header, JweError, SALT_LEN};
 use crate::secret::Secret;
 
 /// Bounded executor for scrypt derivations; cheap to clone (clones share the bound and the
@@ -146,6 +156,138 @@ impl KdfPool {
     }
 }
 
+/// The JWE keys of one device session: one random salt, one scrypt derivation per
+/// (secret, enc), every JWE of the session sealed with it (see the module header).
+/// Dropping it zeroizes the keys (and the secrets kept to find them).
+#[derive(Debug)]
+pub struct SessionKeys {
+    pool: KdfPool,
+    state: std::sync::Mutex<SessionState>,
+}
+
+#[derive(Debug, Default)]
+struct SessionState {
+    /// Fresh salt and key per JWE (the `kdf_salt: per-jwe` setting, or after a fallback).
+    per_jwe: bool,
+    /// Drawn at the first JWE of the session.
+    salt: Option<[u8; SALT_LEN]>,
+    keys: Vec<SessionKey>,
+    /// JWEs sealed with the session salt.
+    sealed: u64,
+}
+
+struct SessionKey {
+    secret: Secret,
+    enc: Enc,
+    key: Zeroizing<Vec<u8>>,
+}
+
+impl std::fmt::Debug for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionKey")
+            .field("enc", &self.enc)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionKeys {
+    /// A session's keys, derived on `pool`. `per_jwe`: a fresh salt and derivation for
+    /// every JWE instead (the `kdf_salt: per-jwe` setting).
+    pub fn new(pool: KdfPool, per_jwe: bool) -> Self {
+        SessionKeys {
+            pool,
+            state: std::sync::Mutex::new(SessionState {
+                per_jwe,
+                ..SessionState::default()
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, SessionState> {
+        // The state holds no invariant a panicking holder could break half-way.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pool the derivations run on.
+    pub fn pool(&self) -> &KdfPool {
+        &self.pool
+    }
+
+    /// JWEs sealed with the session salt so far.
+    pub fn sealed(&self) -> u64 {
+        self.state().sealed
+    }
+
+    /// Whether this session seals with a fresh salt per JWE.
+    pub fn is_per_jwe(&self) -> bool {
+        self.state().per_jwe
+    }
+
+    /// Seals a device JWE: with the session's salt and key (derived on the pool at the
+    /// first use of this secret and enc), or per JWE as [`KdfPool::seal`] does.
+    pub async fn seal(
+        &self,
+        action: Action,
+        enc: Enc,
+        secret: &Secret,
+        plaintext: Zeroizing<Vec<u8>>,
+    ) -> Result<String, JweError> {
+        let (salt, cached) = {
+            let mut st = self.state();
+            if st.per_jwe {
+                None
+            } else {
+                let salt = match st.salt {
+                    Some(salt) => salt,
+                    None => *st.salt.insert(jwe::fresh_salt()?),
+                };
+                let cached = st
+                    .keys
+                    .iter()
+                    .find(|k| k.enc == enc && k.secret.as_bytes() == secret.as_bytes())
+                    .map(|k| k.key.clone());
+                Some((salt, cached))
+            }
+        }
+        .unzip();
+        let Some(salt) = salt else {
+            return self.pool.seal(action, enc, secret, plaintext).await;
+        };
+        let key = match cached.flatten() {
+            Some(key) => key,
+            None => {
+                let s = secret.clone();
+                let key = self
+                    .pool
+                    .run_bounded(move || jwe::derive_key(s.as_bytes(), &salt, enc))
+                    .await?;
+                self.state().keys.push(SessionKey {
+                    secret: secret.clone(),
+                    enc,
+                    key: key.clone(),
+                });
+                key
+            }
+        };
+        self.state().sealed += 1;
+        // AES-GCM over a few KiB: microseconds, fine on the executor.
+        jwe::seal_fresh_iv(action, enc, &key, &salt, &plaintext)
+    }
+
+    /// Switches this session to a fresh salt per JWE if it has sealed more than one JWE
+    /// with its salt (so a device's refusal may be of the repeated salt); the keys are
+    /// dropped (zeroized). True if it switched: the caller may retry what was refused.
+    pub fn fall_back_to_per_jwe(&self) -> bool {
+        let mut st = self.state();
+        if st.per_jwe || st.sealed < 2 {
+            return false;
+        }
+        st.per_jwe = true;
+        st.keys.clear();
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +381,101 @@ mod tests {
     fn zero_is_one_and_per_core_is_positive() {
         assert_eq!(KdfPool::new(0).max_parallel(), 1);
         assert!(KdfPool::per_core().max_parallel() >= 1);
+    }
+
+    fn salt_of(compact: &str) -> Vec<u8> {
+        jwe::parse(compact).unwrap().header.salt
+    }
+
+    #[tokio::test]
+    async fn a_session_derives_once_per_secret_and_shares_its_salt() {
+        let pool = KdfPool::new(1);
+        let secret = Secret::new("ossifrage");
+        let other = Secret::new("squeamish");
+        let pt = || Zeroizing::new(b"payload".to_vec());
+        let session = SessionKeys::new(pool.clone(), false);
+        let a = session
+            .seal(Action::Add, Enc::A128Gcm, &secret, pt())
+            .await
+            .unwrap();
+        let b = session
+            .seal(Action::Activate, Enc::A128Gcm, &secret, pt())
+            .await
+            .unwrap();
+        assert_eq!(pool.usage().derivations, 1, "one derivation for two JWEs");
+        let c = session
+            .seal(Action::Populate, Enc::A128Gcm, &other, pt())
+            .await
+            .unwrap();
+        assert_eq!(
+            pool.usage().derivations,
+            2,
+            "a second secret derives once more"
+        );
+        assert_eq!(salt_of(&a), salt_of(&b));
+        assert_eq!(salt_of(&a), salt_of(&c));
+        assert_ne!(
+            jwe::parse(&a).unwrap().iv,
+            jwe::parse(&b).unwrap().iv,
+            "every JWE has its own IV"
+        );
+        // Every JWE opens as the device opens it: derive from its header's salt.
+        for (jwe, s) in [(&a, &secret), (&b, &secret), (&c, &other)] {
+            let (_, plain) = jwe::open(jwe, s).unwrap();
+            assert_eq!(plain.as_slice(), b"payload");
+        }
+        drop(session);
+        let next = SessionKeys::new(pool.clone(), false);
+        let d = next
+            .seal(Action::Add, Enc::A128Gcm, &secret, pt())
+            .await
+            .unwrap();
+        assert_ne!(
+            salt_of(&a),
+            salt_of(&d),
+            "the next session draws a new salt"
+        );
+    }
+
+    #[tokio::test]
+    async fn per_jwe_and_the_fallback_draw_a_salt_per_jwe() {
+        let pool = KdfPool::new(1);
+        let secret = Secret::new("ossifrage");
+        let pt = || Zeroizing::new(b"payload".to_vec());
+        let per_jwe = SessionKeys::new(pool.clone(), true);
+        let a = per_jwe
+            .seal(Action::Add, Enc::A256Gcm, &secret, pt())
+            .await
+            .unwrap();
+        let b = per_jwe
+            .seal(Action::Add, Enc::A256Gcm, &secret, pt())
+            .await
+            .unwrap();
+        assert_ne!(salt_of(&a), salt_of(&b));
+        assert_eq!(pool.usage().derivations, 2);
+        assert!(!per_jwe.fall_back_to_per_jwe(), "already per JWE");
+
+        let session = SessionKeys::new(pool.clone(), false);
+        let c = session
+            .seal(Action::Add, Enc::A256Gcm, &secret, pt())
+            .await
+            .unwrap();
+        assert!(
+            !session.fall_back_to_per_jwe(),
+            "one JWE: its salt was never repeated, nothing to fall back from"
+        );
+        let d = session
+            .seal(Action::Activate, Enc::A256Gcm, &secret, pt())
+            .await
+            .unwrap();
+        assert_eq!(salt_of(&c), salt_of(&d));
+        assert!(session.fall_back_to_per_jwe());
+        assert!(session.is_per_jwe());
+        let e = session
+            .seal(Action::Activate, Enc::A256Gcm, &secret, pt())
+            .await
+            .unwrap();
+        assert_ne!(salt_of(&e), salt_of(&c));
+        assert_eq!(jwe::open(&e, &secret).unwrap().1.as_slice(), b"payload");
     }
 }

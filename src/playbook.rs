@@ -422,6 +422,19 @@ pub enum HostKeyPolicySetting {
     AcceptNew,
 }
 
+/// How the JWEs of one device session get their scrypt salt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KdfSalt {
+    /// One random salt per device session, one derivation per secret, shared by every JWE
+    /// of the session (each with its own random IV). Falls back to `per-jwe` for a device
+    /// that refuses a repeated salt.
+    #[default]
+    PerSession,
+    /// A fresh random salt, and so a fresh scrypt derivation, for every JWE.
+    PerJwe,
+}
+
 /// How a run is carried out.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -449,6 +462,8 @@ pub struct Policy {
     /// (used to decide whether a device still fits in the maintenance window).
     #[serde(deserialize_with = "duration")]
     pub device_estimate: Duration,
+    /// JWE salts: `per-session` (default) or `per-jwe` (see [`KdfSalt`]).
+    pub kdf_salt: KdfSalt,
 }
 
 impl Default for Policy {
@@ -464,6 +479,7 @@ impl Default for Policy {
             host_key_policy: HostKeyPolicySetting::Strict,
             connection_rate: None,
             device_estimate: Duration::from_secs(120),
+            kdf_salt: KdfSalt::PerSession,
         }
     }
 }

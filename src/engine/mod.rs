@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Semaphore};
 
 use crate::journal::{now_ms, DeviceJournal, Record, RunLog, StepOutputs, StepStatus};
-use crate::kdf::KdfPool;
+use crate::kdf::{KdfPool, SessionKeys};
 use crate::playbook::{HostKeyPolicySetting, Playbook};
 use crate::ssh::{ConnectOptions, HostKeyPolicy, SshError, TshSession};
 
@@ -836,7 +836,11 @@ impl DeviceRun<'_> {
                 .unwrap_or_default()
                 .to_string(),
         });
-        let result = self.run_steps(&mut session).await;
+        // One salt and one derivation per (secret, enc) for this session's JWEs; the keys
+        // are zeroized when `keys` drops at the end of the session.
+        let per_jwe = self.config.playbook.policy.kdf_salt == crate::playbook::KdfSalt::PerJwe;
+        let keys = SessionKeys::new(self.config.kdf.clone(), per_jwe);
+        let result = self.run_steps(&mut session, &keys).await;
         session.close().await;
         result
     }
@@ -857,7 +861,7 @@ impl DeviceRun<'_> {
         self.reports.insert(id.to_string(), report);
     }
 
-    async fn run_steps(&mut self, session: &mut TshSession) -> Attempt {
+    async fn run_steps(&mut self, session: &mut TshSession, keys: &SessionKeys) -> Attempt {
         let name = self.prepared.device.name.clone();
         let connect = connect_options(self.config, self.prepared);
         let resolved = self.resolved.clone();
@@ -928,7 +932,7 @@ impl DeviceRun<'_> {
             let mut ctx = steps::StepContext {
                 session,
                 prepared: self.prepared,
-                kdf: &self.config.kdf,
+                kdf: keys,
                 secrets: self.config.secrets.as_ref(),
                 outputs: &outputs,
                 check_mode: self.config.check_mode,
@@ -947,7 +951,28 @@ impl DeviceRun<'_> {
                 check_mode: self.config.check_mode,
                 error: None,
             };
-            let result = steps::execute(step, &mut ctx, &mut write_ahead).await;
+            let sealed_before = keys.sealed();
+            let mut result = steps::execute(step, &mut ctx, &mut write_ahead).await;
+            // A device may refuse a JWE whose salt it has seen before (the seed does not
+            // promise it accepts a repeated one): if this step sealed with a salt the session
+            // had used before and was refused, once per session fall back to a fresh salt
+            // per JWE and run the step again. It reads the device first, like any rerun, and
+            // is resumed (its write-ahead record may be on the journal).
+            if matches!(result, Err(steps::StepError::Refused(_)))
+                && !ctx.check_mode
+                && keys.sealed() > sealed_before
+                && keys.fall_back_to_per_jwe()
+            {
+                self.reporter.event(&Event::Notice {
+                    device: Some(name.clone()),
+                    message: "the device refused a JWE sealed with this session's salt; \
+                              retrying with a fresh salt per JWE (kdf_salt: per-jwe) for the \
+                              rest of the session"
+                        .into(),
+                });
+                ctx.resuming = true;
+                result = steps::execute(step, &mut ctx, &mut write_ahead).await;
+            }
             let write_ahead_error = write_ahead.error;
             let duration_ms = Some(started.elapsed().as_millis() as u64);
             // In check mode, once an earlier step would change the device, a later step's

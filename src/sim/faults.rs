@@ -101,6 +101,10 @@ pub struct FaultPlan {
     /// `base64url`). Not a fault but a firmware variant: the seed leaves it open, and
     /// roomkey must be safe under both.
     pub populate_reading: super::model::PopulateReading,
+    /// A firmware variant that refuses (as it refuses a JWE it cannot decrypt) a JWE whose
+    /// `cisco-kdf` salt it has already seen since this plan was set. The seed does not say
+    /// a device accepts a repeated salt; roomkey must fall back to a salt per JWE.
+    pub refuse_repeated_salt: bool,
 }
 
 impl FaultPlan {
@@ -134,6 +138,8 @@ pub struct FaultState {
     drop_after: Vec<TriggerState>,
     hang: Vec<TriggerState>,
     error: Vec<TriggerState>,
+    /// Every JWE salt received, in order (not secret: salts travel in the clear).
+    salts: Vec<Vec<u8>>,
 }
 
 fn check(t: &Trigger, st: &mut TriggerState, seq: u64, line_lower: &str) -> bool {
@@ -169,7 +175,20 @@ impl FaultState {
             error: n(plan.error.len()),
             plan,
             seen: 0,
+            salts: Vec::new(),
         }
+    }
+
+    /// Records a received JWE's salt; true if the device refuses it for being repeated.
+    pub fn on_jwe_salt(&mut self, salt: &[u8]) -> bool {
+        let repeated = self.salts.iter().any(|s| s == salt);
+        self.salts.push(salt.to_vec());
+        repeated && self.plan.refuse_repeated_salt
+    }
+
+    /// Every JWE salt received since the plan was set, in order.
+    pub fn salts(&self) -> &[Vec<u8>] {
+        &self.salts
     }
 
     pub fn plan(&self) -> &FaultPlan {

@@ -230,30 +230,43 @@ impl DeviceRuntime {
         });
     }
 
+    /// Opens a JWE off the executor; a repeated salt is refused here when the fault plan
+    /// asks for that firmware variant (`refuse_repeated_salt`).
+    async fn open_jwe(
+        &self,
+        job: &model::JweJob,
+    ) -> Result<(crate::jwe::Header, Zeroizing<Vec<u8>>), crate::jwe::JweError> {
+        if let Ok(parsed) = crate::jwe::parse(&job.compact) {
+            if lock(&self.faults).on_jwe_salt(&parsed.header.salt) {
+                tracing::debug!(device = %self.name, "JWE refused: repeated salt");
+                return Err(crate::jwe::JweError::Authentication);
+            }
+        }
+        self.kdf.open(job.compact.clone(), &job.secret).await
+    }
+
     /// Opens the request's JWE (if any) off the executor, then applies it to the model and
     /// persists a changed state.
     async fn apply(&self, req: &Request) -> model::Outcome {
         let job = self.model.lock().await.jwe_to_open(req);
         let decrypted = match job {
             None => None,
-            Some(job) => Some(
-                match self.kdf.open(job.compact.clone(), &job.secret).await {
-                    Ok((header, plaintext)) => Ok(Decrypted {
-                        action: match header.action {
-                            crate::jwe::Action::Populate => JweAction::Populate,
-                            crate::jwe::Action::Add => JweAction::Add,
-                            crate::jwe::Action::Activate => JweAction::Activate,
-                            crate::jwe::Action::Deactivate => JweAction::Deactivate,
-                        },
-                        plaintext,
-                        generation: job.generation,
-                    }),
-                    Err(_) => {
-                        tracing::debug!(device = %self.name, "JWE could not be opened");
-                        Err(())
-                    }
-                },
-            ),
+            Some(job) => Some(match self.open_jwe(&job).await {
+                Ok((header, plaintext)) => Ok(Decrypted {
+                    action: match header.action {
+                        crate::jwe::Action::Populate => JweAction::Populate,
+                        crate::jwe::Action::Add => JweAction::Add,
+                        crate::jwe::Action::Activate => JweAction::Activate,
+                        crate::jwe::Action::Deactivate => JweAction::Deactivate,
+                    },
+                    plaintext,
+                    generation: job.generation,
+                }),
+                Err(_) => {
+                    tracing::debug!(device = %self.name, "JWE could not be opened");
+                    Err(())
+                }
+            }),
         };
         let mut m = self.model.lock().await;
         let now = OffsetDateTime::now_utc();
@@ -986,6 +999,13 @@ impl Fleet {
 
     /// Replaces a device's fault plan (counters restart). Latency, auth refusal and the
     /// presented host key are fixed at start.
+    /// The `cisco-kdf` salts of every JWE `name` received since its fault plan was set.
+    pub fn jwe_salts(&self, name: &str) -> Result<Vec<Vec<u8>>, SimError> {
+        let rt = self.runtime(name)?;
+        let salts = lock(&rt.faults).salts().to_vec();
+        Ok(salts)
+    }
+
     pub fn set_faults(&self, name: &str, plan: faults::FaultPlan) -> Result<(), SimError> {
         let rt = self.runtime(name)?;
         *lock(&rt.faults) = FaultState::new(plan);

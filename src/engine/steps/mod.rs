@@ -31,7 +31,7 @@ use crate::journal::StepOutputs;
 use crate::engine::assets::{CaCert, StepAsset};
 use crate::engine::prepare::PreparedDevice;
 use crate::engine::secrets::SecretStore;
-use crate::kdf::KdfPool;
+use crate::kdf::SessionKeys;
 use crate::playbook::Step;
 use crate::secret::Secret;
 use crate::ssh::{SshError, TshSession};
@@ -130,7 +130,8 @@ pub const SECRET_UNKNOWN_PREFIX: &str = "secret-unknown:";
 pub struct StepContext<'a> {
     pub session: &'a mut TshSession,
     pub prepared: &'a PreparedDevice,
-    pub kdf: &'a KdfPool,
+    /// This session's JWE keys (one salt, one derivation per secret; see `kdf`).
+    pub kdf: &'a SessionKeys,
     pub secrets: &'a dyn SecretStore,
     /// Outputs of earlier steps (fingerprints).
     pub outputs: &'a StepOutputs,
