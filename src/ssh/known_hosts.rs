@@ -7,9 +7,20 @@
 //! A host with entries but none matching the presented key is *changed* — even when the
 //! entries are of another key type — so an attacker cannot downgrade to a type the
 //! administrator never pinned.
+//!
+//! Linear in the fleet: a file is parsed once per process into a [`KnownHosts`] index
+//! (exact host patterns in a hash map; globs, negations and hashed entries checked in line
+//! order) and kept in a process-wide cache keyed by path and validated by the file's
+//! length and modification time, so each connection costs a `stat`, a map lookup and one
+//! key parse. An accepted key is appended to the file and to the cached index together.
+//! [`check_path`] and [`learn`] block (file I/O): the SSH client calls them on the blocking
+//! pool.
 
+use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use russh::keys::{HashAlg, PublicKey};
 use sha1::{Digest, Sha1};
@@ -45,52 +56,141 @@ pub enum Verdict {
 /// One host-key line, its key still text: a check parses only the keys of lines whose host
 /// pattern matches (and revoked lines), so a check costs one key parse, not one per line
 /// of a fleet-sized file.
-#[derive(Debug)]
-struct Entry<'t> {
+#[derive(Debug, Clone)]
+struct Entry {
     line: usize,
     revoked: bool,
-    hosts: &'t str,
-    kind: &'t str,
-    b64: &'t str,
+    hosts: String,
+    kind: String,
+    b64: String,
 }
 
-impl Entry<'_> {
+impl Entry {
     /// The line's key; `None` for an unparseable one, which is skipped, as OpenSSH does.
     fn key(&self) -> Option<PublicKey> {
         PublicKey::from_openssh(&format!("{} {}", self.kind, self.b64)).ok()
     }
 }
 
-fn parse(text: &str) -> Vec<Entry<'_>> {
-    let mut out = Vec::new();
-    for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let mut parts = line.split_whitespace();
-        let mut first = parts.next().unwrap_or("");
-        let mut revoked = false;
-        if first.starts_with('@') {
-            match first {
-                "@revoked" => revoked = true,
-                // @cert-authority and unknown markers: not host keys we can pin.
-                _ => continue,
-            }
-            first = parts.next().unwrap_or("");
-        }
-        let (Some(kind), Some(b64)) = (parts.next(), parts.next()) else {
-            continue;
-        };
-        out.push(Entry {
-            line: i + 1,
-            revoked,
-            hosts: first,
-            kind,
-            b64,
-        });
+/// Parses one line (1-based `number`); `None` for blanks, comments, markers other than
+/// `@revoked`, and lines without a key.
+fn parse_line(number: usize, raw: &str) -> Option<Entry> {
+    let line = raw.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
     }
-    out
+    let mut parts = line.split_whitespace();
+    let mut first = parts.next()?;
+    let mut revoked = false;
+    if first.starts_with('@') {
+        match first {
+            "@revoked" => revoked = true,
+            // @cert-authority and unknown markers: not host keys we can pin.
+            _ => return None,
+        }
+        first = parts.next()?;
+    }
+    let (kind, b64) = (parts.next()?, parts.next()?);
+    Some(Entry {
+        line: number,
+        revoked,
+        hosts: first.to_string(),
+        kind: kind.to_string(),
+        b64: b64.to_string(),
+    })
+}
+
+/// A parsed known_hosts file, indexed by host pattern.
+#[derive(Debug, Default, Clone)]
+pub struct KnownHosts {
+    /// Every entry, in line order.
+    entries: Vec<Entry>,
+    /// Lowercased plain host patterns (no glob, negation or hash) → entries naming them.
+    exact: HashMap<String, Vec<usize>>,
+    /// Entries whose host field needs matching (globs, negations, hashed hosts).
+    patterned: Vec<usize>,
+    /// `@revoked` entries.
+    revoked: Vec<usize>,
+    /// Lines in the text parsed (the next appended line is `lines + 1`).
+    lines: usize,
+}
+
+impl KnownHosts {
+    /// Parses and indexes the text of a known_hosts file.
+    pub fn parse(text: &str) -> Self {
+        let mut index = KnownHosts::default();
+        for (i, raw) in text.lines().enumerate() {
+            index.lines = i + 1;
+            if let Some(entry) = parse_line(i + 1, raw) {
+                index.push(entry);
+            }
+        }
+        index
+    }
+
+    fn push(&mut self, entry: Entry) {
+        let i = self.entries.len();
+        if entry.revoked {
+            self.revoked.push(i);
+        } else if entry.hosts.starts_with("|1|") || entry.hosts.contains(['*', '?', '!']) {
+            self.patterned.push(i);
+        } else {
+            for host in entry.hosts.split(',') {
+                let slot = self.exact.entry(host.to_ascii_lowercase()).or_default();
+                if slot.last() != Some(&i) {
+                    slot.push(i);
+                }
+            }
+        }
+        self.entries.push(entry);
+    }
+
+    /// Checks `key` for `host:port`.
+    pub fn check(&self, host: &str, port: u16, key: &PublicKey) -> Verdict {
+        let pattern = host_pattern(host, port);
+        if let Some(e) = self
+            .revoked
+            .iter()
+            .filter_map(|&i| self.entries.get(i))
+            .find(|e| e.key().is_some_and(|k| k.key_data() == key.key_data()))
+        {
+            return Verdict::Revoked { line: e.line };
+        }
+        // The candidates in line order: the host's exact entries and every patterned one.
+        let mut candidates: Vec<usize> = self
+            .exact
+            .get(&pattern)
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .chain(&self.patterned)
+            .copied()
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        let mut first_other: Option<(&Entry, PublicKey)> = None;
+        for e in candidates.iter().filter_map(|&i| self.entries.get(i)) {
+            if !hosts_match(&e.hosts, &pattern) {
+                continue;
+            }
+            let Some(k) = e.key() else {
+                continue;
+            };
+            if k.key_data() == key.key_data() {
+                return Verdict::Known { line: e.line };
+            }
+            if first_other.is_none() {
+                first_other = Some((e, k));
+            }
+        }
+        match first_other {
+            Some((e, k)) => Verdict::Changed {
+                line: e.line,
+                expected_fp: fingerprint(&k),
+            },
+            None => Verdict::Unknown,
+        }
+    }
 }
 
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
@@ -157,36 +257,47 @@ fn hosts_match(field: &str, pattern: &str) -> bool {
 
 /// Checks `key` for `host:port` against the text of a known_hosts file.
 pub fn check(text: &str, host: &str, port: u16, key: &PublicKey) -> Verdict {
-    let pattern = host_pattern(host, port);
-    let entries = parse(text);
-    if let Some(e) = entries
-        .iter()
-        .find(|e| e.revoked && e.key().is_some_and(|k| k.key_data() == key.key_data()))
-    {
-        return Verdict::Revoked { line: e.line };
+    KnownHosts::parse(text).check(host, port, key)
+}
+
+/// What a cached index was parsed from: the file's length and modification time (`None`:
+/// the file did not exist).
+type Stamp = Option<(u64, SystemTime)>;
+
+fn stamp(path: &Path) -> std::io::Result<Stamp> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some((m.len(), m.modified()?))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
-    let mut first_other: Option<(&Entry, PublicKey)> = None;
-    for e in entries.iter().filter(|e| !e.revoked) {
-        if !hosts_match(e.hosts, &pattern) {
-            continue;
-        }
-        let Some(k) = e.key() else {
-            continue;
-        };
-        if k.key_data() == key.key_data() {
-            return Verdict::Known { line: e.line };
-        }
-        if first_other.is_none() {
-            first_other = Some((e, k));
-        }
+}
+
+/// Parsed files of this process, by path.
+static CACHE: Mutex<Option<HashMap<PathBuf, (Stamp, KnownHosts)>>> = Mutex::new(None);
+
+/// Runs `f` on the index of `path`, parsed once and re-read only when the file changed.
+fn with_index<T>(path: &Path, f: impl FnOnce(&KnownHosts) -> T) -> std::io::Result<T> {
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let files = cache.get_or_insert_with(HashMap::new);
+    let now = stamp(path)?;
+    let fresh = files.get(path).is_some_and(|(s, _)| *s == now);
+    if !fresh {
+        let index = KnownHosts::parse(&read(path)?);
+        // The stamp taken before the read: a change during it makes the next check re-read.
+        files.insert(path.to_path_buf(), (now, index));
     }
-    match first_other {
-        Some((e, k)) => Verdict::Changed {
-            line: e.line,
-            expected_fp: fingerprint(&k),
-        },
-        None => Verdict::Unknown,
+    match files.get(path) {
+        Some((_, index)) => Ok(f(index)),
+        None => Ok(f(&KnownHosts::default())),
     }
+}
+
+/// Checks `key` for `host:port` against the file at `path` (missing: empty), through the
+/// process-wide index. Blocking.
+pub fn check_path(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Result<Verdict> {
+    with_index(path, |index| index.check(host, port, key))
 }
 
 /// The line appended for an accepted key: `<pattern> <type> <base64>`.
@@ -216,13 +327,14 @@ pub fn learn(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Re
     let _guard = APPEND_LOCK
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let text = read(path)?;
-    let verdict = check(&text, host, port, key);
+    let (verdict, ends_open) =
+        with_index(path, |index| (index.check(host, port, key), index.lines))?;
     if verdict != Verdict::Unknown {
         return Ok(verdict);
     }
     let mut line = entry_line(host, port, key).map_err(std::io::Error::other)?;
-    if !text.is_empty() && !text.ends_with('\n') {
+    // Only the last byte decides whether a newline must come first.
+    if last_byte(path)?.is_some_and(|b| b != b'\n') {
         line.insert(0, '\n');
     }
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
@@ -249,7 +361,37 @@ pub fn learn(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Re
             }
         }
     }
+    // The cached index learns the line too, so the next connection does not re-read.
+    let after = stamp(path)?;
+    let mut cache = CACHE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((s, index)) = cache.get_or_insert_with(HashMap::new).get_mut(path) {
+        let number = ends_open + 1;
+        if let Some(entry) = parse_line(number, line.trim_start_matches('\n')) {
+            index.push(entry);
+            index.lines = number;
+            *s = after;
+        }
+    }
     Ok(Verdict::Unknown)
+}
+
+/// The file's last byte (`None`: missing or empty).
+fn last_byte(path: &Path) -> std::io::Result<Option<u8>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if f.metadata()?.len() == 0 {
+        return Ok(None);
+    }
+    f.seek(SeekFrom::End(-1))?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b)?;
+    Ok(Some(b[0]))
 }
 
 #[cfg(test)]
@@ -407,5 +549,50 @@ mod tests {
             check(&text, "10.0.0.5", 2222, &a),
             Verdict::Known { line: 1 }
         );
+    }
+
+    /// The process-wide index: parsed once, updated by `learn`, re-read when the file
+    /// changes underneath (another tool edited it).
+    #[test]
+    fn check_path_indexes_once_learns_in_place_and_sees_outside_edits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        let (a, b) = (key(1), key(2));
+        let mut text = String::new();
+        for i in 0..10_000 {
+            text.push_str(&format!(
+                "[10.2.{}.{}]:22 ssh-ed25519 x\n",
+                i / 250,
+                i % 250
+            ));
+        }
+        text.push_str(&line("Room-A.example,10.3.0.1", &a));
+        std::fs::write(&path, &text).unwrap();
+        let known = Verdict::Known { line: 10_001 };
+        assert_eq!(check_path(&path, "room-a.example", 22, &a).unwrap(), known);
+        assert_eq!(check_path(&path, "10.3.0.1", 22, &a).unwrap(), known);
+        assert_eq!(
+            check_path(&path, "10.3.0.2", 22, &a).unwrap(),
+            Verdict::Unknown
+        );
+
+        assert_eq!(learn(&path, "10.3.0.2", 22, &b).unwrap(), Verdict::Unknown);
+        assert_eq!(
+            check_path(&path, "10.3.0.2", 22, &b).unwrap(),
+            Verdict::Known { line: 10_002 }
+        );
+        // What the cache says is what a fresh parse of the file says.
+        let on_disk = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            check(&on_disk, "10.3.0.2", 22, &b),
+            Verdict::Known { line: 10_002 }
+        );
+
+        // Someone pins another key for room-a: the next check re-reads and says changed.
+        std::fs::write(&path, format!("# edited\n{}", line("room-a.example", &b))).unwrap();
+        assert!(matches!(
+            check_path(&path, "room-a.example", 22, &a).unwrap(),
+            Verdict::Changed { line: 2, .. }
+        ));
     }
 }

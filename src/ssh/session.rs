@@ -106,25 +106,38 @@ impl client::Handler for DeviceHandler {
             }
         };
         let fp = known_hosts::fingerprint(key);
-        let text = match known_hosts::read(&self.known_hosts) {
-            Ok(t) => t,
+        let learn_new = self.policy == HostKeyPolicy::AcceptNew;
+        // known_hosts is read (once per process, then a stat per check) and appended on the
+        // blocking pool: a slow disk must not stall the async workers other devices share.
+        let (path, host, port, presented) = (
+            self.known_hosts.clone(),
+            self.host.clone(),
+            self.port,
+            key.clone(),
+        );
+        let checked = tokio::task::spawn_blocking(move || {
+            let verdict = known_hosts::check_path(&path, &host, port, &presented)?;
+            if verdict == Verdict::Unknown && learn_new {
+                known_hosts::learn(&path, &host, port, &presented).map(|v| (v, true))
+            } else {
+                Ok((verdict, false))
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        let (verdict, learnt) = match checked {
+            Ok(v) => v,
             Err(e) => return self.reject(self.known_hosts_error(e)),
         };
-        let verdict = known_hosts::check(&text, &self.host, self.port, key);
-        if verdict == Verdict::Unknown && self.policy == HostKeyPolicy::AcceptNew {
-            return match known_hosts::learn(&self.known_hosts, &self.host, self.port, key) {
-                Ok(Verdict::Unknown) => {
-                    tracing::info!(
-                        host = %self.host, port = self.port, fingerprint = %fp,
-                        "new host key added to known_hosts"
-                    );
-                    Ok(true)
-                }
-                // Someone else added it meanwhile: judge what is there now.
-                Ok(other) => self.judge(other, fp),
-                Err(e) => self.reject(self.known_hosts_error(e)),
-            };
+        if learnt && verdict == Verdict::Unknown {
+            // `learn` found it still unknown under its lock and appended it.
+            tracing::info!(
+                host = %self.host, port = self.port, fingerprint = %fp,
+                "new host key added to known_hosts"
+            );
+            return Ok(true);
         }
+        // Otherwise (or someone else added it meanwhile): judge what is there now.
         self.judge(verdict, fp)
     }
 }
