@@ -4,6 +4,11 @@
 //! before anything connects, is what lets a bad file or a 129-character CommonName stop the
 //! run with a message naming the playbook, the step and the device — and lets `plan` show
 //! the exact commands.
+//!
+//! Linear in the fleet: a fleet usually shares a few files (one CA bundle, one service
+//! certificate with an encrypted key). [`AssetCache`] keeps what each distinct file gave —
+//! the parsed bundle, the service asset after its key was opened with the vault password —
+//! so preflight reads, parses and decrypts each file once per run, not once per device.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -58,15 +63,36 @@ fn resolve_path(base: &Path, template: &str, device: &Device) -> Result<PathBuf,
     Ok(base.join(fill(template, device)?))
 }
 
+/// What preflight already read, by file: shared across the devices of one run.
+#[derive(Debug, Default)]
+pub struct AssetCache {
+    bundles: BTreeMap<PathBuf, Result<StepAsset, String>>,
+    /// (certificate file, key file) → for each key password tried (credential name and
+    /// value), the resolved asset or the problem.
+    services: BTreeMap<ServiceKey, Vec<(Option<(String, Secret)>, Result<StepAsset, String>)>>,
+}
+
+type ServiceKey = (PathBuf, Option<PathBuf>);
+
 fn ca_bundle(
     base: &Path,
     c: &CaCertificates,
     device: &Device,
+    cache: &mut AssetCache,
 ) -> Result<Option<StepAsset>, String> {
     let Some(template) = &c.file else {
         return Ok(None);
     };
     let path = resolve_path(base, template, device)?;
+    if let Some(done) = cache.bundles.get(&path) {
+        return done.clone().map(Some);
+    }
+    let result = read_bundle(path.clone());
+    cache.bundles.insert(path, result.clone());
+    result.map(Some)
+}
+
+fn read_bundle(path: PathBuf) -> Result<StepAsset, String> {
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read CA bundle {}: {e}", path.display()))?;
     let infos = crate::cert::parse_cert_bundle(&text)
@@ -87,7 +113,7 @@ fn ca_bundle(
             });
         }
     }
-    Ok(Some(StepAsset::CaBundle { path, certs }))
+    Ok(StepAsset::CaBundle { path, certs })
 }
 
 /// `key_password` is the vault credential the step names (name, password) when a vault is
@@ -97,14 +123,41 @@ fn service(
     s: &ServiceCertificate,
     device: &Device,
     key_password: Option<&(String, Secret)>,
+    cache: &mut AssetCache,
 ) -> Result<StepAsset, String> {
     let cert_path = resolve_path(base, &s.certificate, device)?;
+    let key_path = match &s.key {
+        Some(k) => Some(resolve_path(base, k, device)?),
+        None => None,
+    };
+    let same_password = |tried: &Option<(String, Secret)>| match (tried, key_password) {
+        (None, None) => true,
+        (Some((n1, p1)), Some((n2, p2))) => n1 == n2 && p1.as_bytes() == p2.as_bytes(),
+        _ => false,
+    };
+    let tried = cache
+        .services
+        .entry((cert_path.clone(), key_path.clone()))
+        .or_default();
+    if let Some((_, done)) = tried.iter().find(|(p, _)| same_password(p)) {
+        return done.clone();
+    }
+    let result = read_service(cert_path, key_path, s, key_password);
+    tried.push((key_password.cloned(), result.clone()));
+    result
+}
+
+fn read_service(
+    cert_path: PathBuf,
+    key_path: Option<PathBuf>,
+    s: &ServiceCertificate,
+    key_password: Option<&(String, Secret)>,
+) -> Result<StepAsset, String> {
     let cert_text = crate::cert::read_secret_file(&cert_path).map_err(|e| e.to_string())?;
     let info = crate::cert::parse_cert_pem(cert_text.expose())
         .map_err(|e| format!("{}: {e}", cert_path.display()))?;
-    let (key_path, key_text) = match &s.key {
-        Some(k) => {
-            let key_path = resolve_path(base, k, device)?;
+    let (key_path, key_text) = match key_path {
+        Some(key_path) => {
             let text = crate::cert::read_secret_file(&key_path).map_err(|e| e.to_string())?;
             if !text.expose().contains("PRIVATE KEY-----") {
                 return Err(format!("{} holds no private key", key_path.display()));
@@ -226,6 +279,17 @@ pub fn resolve(
     device: &Device,
     secrets: Option<&dyn SecretStore>,
 ) -> (StepAssets, Vec<Problem>) {
+    resolve_cached(playbook, device, secrets, &mut AssetCache::default())
+}
+
+/// [`resolve`] for one device of many: files already read for another device (same path,
+/// same key password) come from `cache`.
+pub fn resolve_cached(
+    playbook: &Playbook,
+    device: &Device,
+    secrets: Option<&dyn SecretStore>,
+    cache: &mut AssetCache,
+) -> (StepAssets, Vec<Problem>) {
     let base = playbook.base_dir();
     let mut assets = StepAssets::new();
     let mut problems = Vec::new();
@@ -259,7 +323,7 @@ pub fn resolve(
         }
         let result = match step {
             Step::AddCaCertificate(c) | Step::RemoveCaCertificate(c) => {
-                ca_bundle(&base, c, device).map_err(|e| vec![e])
+                ca_bundle(&base, c, device, cache).map_err(|e| vec![e])
             }
             Step::AddServiceCertificate(s) => {
                 // A missing credential was reported above; the key is then not checked.
@@ -271,7 +335,7 @@ pub fn resolve(
                             let password = store.credential(device, &name).ok()?;
                             Some((name, password))
                         });
-                service(&base, s, device, password.as_ref())
+                service(&base, s, device, password.as_ref(), cache)
                     .map(Some)
                     .map_err(|e| vec![e])
             }
@@ -301,5 +365,60 @@ mod tests {
             key_blocks(text).as_str(),
             "-----BEGIN ENCRYPTED PRIVATE KEY-----\nBBB\n-----END ENCRYPTED PRIVATE KEY-----\n"
         );
+    }
+
+    fn device(name: &str) -> Device {
+        use crate::inventory::{AuthSource, ClientSecretSource};
+        Device {
+            name: name.into(),
+            host: "127.0.0.1".into(),
+            port: 22,
+            username: "admin".into(),
+            auth: AuthSource::Agent,
+            certificate: None,
+            key: None,
+            identity: None,
+            enc: crate::jwe::Enc::A128Gcm,
+            client_secret: ClientSecretSource::Vault,
+            groups: Default::default(),
+            vars: Default::default(),
+            window: None,
+            sim: None,
+        }
+    }
+
+    /// A shared bundle is read once for the whole fleet: once the first device resolved it,
+    /// the file is not read again (here it is gone, and the others still get it).
+    #[test]
+    fn a_shared_bundle_is_read_once_per_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = crate::cert::TestCa::create("Fleet Root").unwrap();
+        std::fs::write(dir.path().join("bundle.pem"), &ca.cert_pem).unwrap();
+        let pb_path = dir.path().join("p.yaml");
+        std::fs::write(
+            &pb_path,
+            "name: p\nsteps:\n  - add_ca_certificate: { file: bundle.pem }\n",
+        )
+        .unwrap();
+        let playbook = crate::playbook::load(&pb_path).unwrap();
+        let mut cache = AssetCache::default();
+        let (first, problems) = resolve_cached(&playbook, &device("room-1"), None, &mut cache);
+        assert!(problems.is_empty(), "{problems:?}");
+        std::fs::remove_file(dir.path().join("bundle.pem")).unwrap();
+        for i in 2..=1_000 {
+            let (assets, problems) =
+                resolve_cached(&playbook, &device(&format!("room-{i}")), None, &mut cache);
+            assert!(problems.is_empty(), "{problems:?}");
+            match (assets.get(&0), first.get(&0)) {
+                (
+                    Some(StepAsset::CaBundle { certs, .. }),
+                    Some(StepAsset::CaBundle { certs: c1, .. }),
+                ) => assert_eq!(certs, c1),
+                other => panic!("{other:?}"),
+            }
+        }
+        // Without the cache, the missing file is reported.
+        let (_, problems) = resolve(&playbook, &device("room-x"), None);
+        assert_eq!(problems.len(), 1, "{problems:?}");
     }
 }

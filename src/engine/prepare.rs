@@ -48,8 +48,11 @@ pub fn prepare(
     let mut warnings = Vec::new();
     let mut prepared = Vec::new();
     let mut by_fingerprint: BTreeMap<String, String> = BTreeMap::new();
+    // Each distinct certificate file is read (and its key opened) once, not per device.
+    let mut cache = crate::engine::assets::AssetCache::default();
     for device in devices {
-        let (assets, asset_problems) = crate::engine::assets::resolve(playbook, device, secrets);
+        let (assets, asset_problems) =
+            crate::engine::assets::resolve_cached(playbook, device, secrets, &mut cache);
         problems.extend(asset_problems);
         let mut problem = |field: &str, message: String| {
             problems.push(Problem {
