@@ -69,10 +69,14 @@ pub struct AssetCache {
     bundles: BTreeMap<PathBuf, Result<StepAsset, String>>,
     /// (certificate file, key file) → for each key password tried (credential name and
     /// value), the resolved asset or the problem.
-    services: BTreeMap<ServiceKey, Vec<(Option<(String, Secret)>, Result<StepAsset, String>)>>,
+    services: BTreeMap<ServiceKey, Vec<(KeyPassword, Resolved)>>,
 }
 
 type ServiceKey = (PathBuf, Option<PathBuf>);
+/// The vault credential (name, password) a key was opened with, if any.
+type KeyPassword = Option<(String, Secret)>;
+/// What resolving a file gave: the asset or the problem.
+type Resolved = Result<StepAsset, String>;
 
 fn ca_bundle(
     base: &Path,
