@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use roomkey::display::{escape, escape_text};
 use roomkey::engine::events::exit;
 use roomkey::engine::prepare::{prepare, Prepared};
 use roomkey::engine::secrets::{EnvSecrets, SecretStore, VaultSecrets};
@@ -197,26 +198,54 @@ pub fn open_store(
 
 fn select<'a>(loaded: &'a Loaded, limit: Option<&str>) -> Result<Vec<&'a Device>, String> {
     let sets = named_sets(loaded);
+    if limit.is_some_and(names_failed) && !any_previous_run(loaded) {
+        // An empty `@failed` would otherwise read as "nothing failed" and exit 0.
+        return Err(format!(
+            "--limit @failed: no previous run of playbook '{}' is recorded in {}; run it \
+             without `--limit @failed` first",
+            loaded.playbook.name,
+            loaded.state_dir.join("journal").display()
+        ));
+    }
     inventory::select(&loaded.inventory, limit, &sets)
+}
+
+/// Whether a `--limit` value uses the `@failed` set (included or excluded).
+fn names_failed(limit: &str) -> bool {
+    limit
+        .split(',')
+        .map(|p| p.trim().trim_start_matches('!'))
+        .any(|p| p == "@failed")
+}
+
+/// Whether the journal records any step of this playbook for any device of the inventory.
+fn any_previous_run(loaded: &Loaded) -> bool {
+    let key = engine::playbook_key(&loaded.playbook);
+    loaded.inventory.devices.iter().any(|d| {
+        read_steps(&loaded.state_dir, &key, &d.name).is_ok_and(|steps| !steps.is_empty())
+    })
 }
 
 pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
     let loaded = match load(&args.target) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {e}\nnothing was sent to any device.");
+            eprintln!(
+                "error: {}\nnothing was sent to any device.",
+                escape_text(&e)
+            );
             return Ok(exit::INVALID);
         }
     };
     let devices = match select(&loaded, args.target.limit.as_deref()) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", escape_text(&e));
             return Ok(exit::INVALID);
         }
     };
     for w in &loaded.inventory.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", escape(w));
     }
     if devices.is_empty() {
         eprintln!("no device selected; nothing to do");
@@ -237,13 +266,13 @@ pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Re
         Err(problems) => {
             eprintln!(
                 "error: {}\nnothing was sent to any device.",
-                inventory::render_problems(&problems)
+                escape_text(&inventory::render_problems(&problems))
             );
             return Ok(exit::INVALID);
         }
     };
     for w in &warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", escape(w));
     }
     let _lock = StateLock::acquire(&loaded.state_dir)?;
     let reporter: Arc<dyn Reporter> = match args.output {
@@ -324,14 +353,14 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
     let loaded = match load(&args.target) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", escape_text(&e));
             return Ok(exit::INVALID);
         }
     };
     let devices = match select(&loaded, args.target.limit.as_deref()) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", escape_text(&e));
             return Ok(exit::INVALID);
         }
     };
@@ -358,7 +387,10 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
     ) {
         Ok(p) => p,
         Err(problems) => {
-            eprintln!("error: {}", inventory::render_problems(&problems));
+            eprintln!(
+                "error: {}",
+                escape_text(&inventory::render_problems(&problems))
+            );
             return Ok(exit::INVALID);
         }
     };
@@ -392,9 +424,10 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&plans)?);
     } else {
+        // The plan quotes names, paths and values from the inputs.
         print!(
             "{}",
-            roomkey::plan::render(&loaded.playbook, &plans, &warnings)
+            escape_text(&roomkey::plan::render(&loaded.playbook, &plans, &warnings))
         );
     }
     Ok(exit::ALL_DONE)
