@@ -1,7 +1,7 @@
 //! Lenient reading of the YAML input files (inventory, playbook): the text is parsed into a
 //! plain tree first — keeping the first of two equal keys and noting the second — so the
 //! loaders can check every entry on its own and report every problem at once instead of
-//! stopping at the first one serde meets. Pure; no I/O.
+//! stopping at the first one serde meets. Pure except [`read_file`], the one bounded read.
 //!
 //! Also here, because every loader needs the same words:
 //! - [`Locator`]: the line and column of a key path in the text (the tree has no positions).
@@ -36,6 +36,30 @@ pub const MAX_FILE_BYTES: usize = 16 << 20;
 /// Deepest nesting accepted: real files nest 5 levels; a deeper one is a mistake or an
 /// attack on the parser's stack.
 pub const MAX_DEPTH: usize = 64;
+
+/// Reads an input file, refusing one larger than [`MAX_FILE_BYTES`] without reading it
+/// (`/dev/zero` or a wrong path to a disk image must not exhaust memory).
+pub fn read_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "larger than {} MiB; roomkey reads input files up to that size",
+                MAX_FILE_BYTES >> 20
+            ),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not UTF-8 text: save the file as UTF-8",
+        )
+    })
+}
 
 /// One step of a key path: a map key or a list index.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,7 +374,13 @@ pub fn is_secret_path(path: &[Seg]) -> bool {
     path.iter().any(|s| match s {
         Seg::Key(k) => {
             let k = k.to_ascii_lowercase();
-            k == "auth" || k.contains("secret") || k.contains("password") || k.contains("pass")
+            // Not `contains("secret")`: `populate_secret` is a step name, not a secret.
+            k == "auth"
+                || k == "secret"
+                || k == "client_secret"
+                || k.starts_with("secret_")
+                || k.contains("password")
+                || k.contains("passphrase")
         }
         Seg::Index(_) => false,
     })
@@ -419,6 +449,14 @@ pub fn humanize(message: &str, path: &[Seg], expected: Option<&str>) -> String {
     let m = m.split(" at line ").next().unwrap_or(m);
     if let Some(rest) = m.strip_prefix("unknown field `") {
         let (field, tail) = rest.split_once('`').unwrap_or((rest, ""));
+        if tail.contains("there are no fields") {
+            let shown = if secret { "an unknown key" } else { "" };
+            return if secret {
+                format!("{shown}: this takes no settings; write `{{}}`")
+            } else {
+                format!("unknown key `{field}`: this step takes no settings; write `{{}}`")
+            };
+        }
         let known = backquoted(tail);
         let known: Vec<&str> = known.iter().map(String::as_str).collect();
         return unknown_key_message(field, &known, secret);

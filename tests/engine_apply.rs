@@ -219,7 +219,7 @@ async fn bad_input_is_refused_before_anything_is_sent() {
         (
             "unknown-key.yaml",
             good.replace("defaults:", "defaults:\n  prot: 22"),
-            vec!["unknown field `prot`"],
+            vec!["unknown key `prot`: did you mean `port`?"],
         ),
         (
             "missing-cert.yaml",

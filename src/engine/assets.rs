@@ -233,6 +233,7 @@ pub fn resolve(
         let mut problem = |message: String| {
             problems.push(Problem {
                 file: playbook.path.clone(),
+                location: None,
                 entry: format!(
                     "steps[{}] ({}) for device {}",
                     i + 1,

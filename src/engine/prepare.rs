@@ -54,6 +54,7 @@ pub fn prepare(
         let mut problem = |field: &str, message: String| {
             problems.push(Problem {
                 file: inventory_path.to_path_buf(),
+                location: None,
                 entry: if field.is_empty() {
                     format!("devices.{}", device.name)
                 } else {
