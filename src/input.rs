@@ -116,6 +116,15 @@ pub fn parse_tree(text: &str) -> Result<Tree, SyntaxError> {
             ),
         });
     }
+    // The YAML scanner's time grows with the square of the nesting: refuse deep flow
+    // nesting (`[[[[…`) before it starts.
+    if let Some(offset) = too_deep(text) {
+        let locator = Locator::new(text);
+        return Err(SyntaxError {
+            location: Some(locator.location_of(offset)),
+            message: format!("nested more than {MAX_DEPTH} levels deep; nest less deeply"),
+        });
+    }
     match serde_yaml::from_str::<Lenient>(text) {
         Ok(l) => Ok(Tree {
             root: l.value,
@@ -129,6 +138,51 @@ pub fn parse_tree(text: &str) -> Result<Tree, SyntaxError> {
             message: syntax_message(&e, text),
         }),
     }
+}
+
+/// The offset where `[`/`{` nesting (outside quotes and comments), or a run of `- `
+/// items on one line, first passes [`MAX_DEPTH`].
+fn too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut quote: Option<char> = None;
+    let mut comment = false;
+    let mut dashes = 0usize;
+    let mut line_start = true;
+    for (i, c) in text.char_indices() {
+        if c == '\n' {
+            comment = false;
+            dashes = 0;
+            line_start = true;
+            continue;
+        }
+        if comment {
+            continue;
+        }
+        match quote {
+            Some(q) if c == q => quote = None,
+            Some(_) => {}
+            None => match c {
+                '"' | '\'' => quote = Some(c),
+                '#' => comment = true,
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Some(i);
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                '-' if line_start => {
+                    dashes += 1;
+                    if dashes > MAX_DEPTH {
+                        return Some(i);
+                    }
+                }
+                ' ' => {}
+                _ => line_start = false,
+            },
+        }
+    }
+    None
 }
 
 /// A value and the duplicate keys found beneath it (paths relative to it).
