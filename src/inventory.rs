@@ -310,21 +310,55 @@ pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
 /// relative paths. The text is read into a tree first and every entry is checked on its
 /// own, so every problem of the file is reported at once.
 pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
+    let (inventory, problems) = parse_partial(path, text);
+    match inventory {
+        Some(inv) if problems.is_empty() => Ok(inv),
+        _ => Err(InventoryError::Invalid(problems)),
+    }
+}
+
+/// Like [`parse`], but with problems also returns the inventory of the devices whose own
+/// entries have none (`None` when the text is not YAML at all), so that preflight can
+/// check their certificates too and a bad inventory does not hide certificate problems.
+pub fn parse_partial(path: &Path, text: &str) -> (Option<Inventory>, Vec<Problem>) {
     let tree = match parse_tree(text) {
         Ok(t) => t,
         Err(e) => {
-            return Err(InventoryError::Invalid(vec![Problem {
-                file: path.to_path_buf(),
-                location: e.location,
-                entry: String::new(),
-                message: e.message,
-            }]))
+            return (
+                None,
+                vec![Problem {
+                    file: path.to_path_buf(),
+                    location: e.location,
+                    entry: String::new(),
+                    message: e.message,
+                }],
+            )
         }
     };
     let mut reader = Reader::new(path, text);
     reader.duplicates(&tree.duplicates);
     let file = reader.inventory(&tree.root);
-    resolve(path, file, reader)
+    let (mut inventory, problems) = resolve(path, file, reader);
+    inventory.devices.retain(|d| {
+        let entry = format!("devices.{}", d.name);
+        !problems.iter().any(|p| {
+            p.entry == entry
+                || p
+                    .entry
+                    .strip_prefix(entry.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    });
+    (Some(inventory), problems)
+}
+
+/// [`parse_partial`] of a file.
+pub fn load_partial(path: &Path) -> Result<(Option<Inventory>, Vec<Problem>), InventoryError> {
+    let text = crate::input::read_file(path).map_err(|source| InventoryError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(parse_partial(path, &text))
 }
 
 /// Reads the tree into an [`InventoryFile`], collecting every problem with its location.
@@ -701,7 +735,7 @@ fn seg(k: &str) -> Seg {
     Seg::key(k)
 }
 
-fn resolve(path: &Path, file: InventoryFile, reader: Reader<'_>) -> Result<Inventory, InventoryError> {
+fn resolve(path: &Path, file: InventoryFile, reader: Reader<'_>) -> (Inventory, Vec<Problem>) {
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let Reader {
         locator,
@@ -934,11 +968,8 @@ fn resolve(path: &Path, file: InventoryFile, reader: Reader<'_>) -> Result<Inven
         }
     }
 
-    if !problems.is_empty() {
-        return Err(InventoryError::Invalid(problems));
-    }
     let state_dir = base.join(".roomkey");
-    Ok(Inventory {
+    let inventory = Inventory {
         path: path.to_path_buf(),
         groups: file.groups.keys().cloned().collect(),
         devices,
@@ -951,7 +982,8 @@ fn resolve(path: &Path, file: InventoryFile, reader: Reader<'_>) -> Result<Inven
             .map(|k| base.join(k))
             .unwrap_or_else(|| state_dir.join("known_hosts")),
         warnings,
-    })
+    };
+    (inventory, problems)
 }
 
 /// A group followed by all its ancestors (depth first, each once); `Err` names a cycle.

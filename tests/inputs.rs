@@ -154,9 +154,13 @@ async fn hostile_certificate_names_and_a_mismatched_key_stop_preflight() {
     std::fs::write(certs.join("room-01.key"), key.expose()).unwrap();
     // room-02: room-03's key.
     std::fs::copy(certs.join("room-03.key"), certs.join("room-02.key")).unwrap();
-    let (code, out) = apply(&lab, &lab.inventory, &pb, &[]).await;
+    // And an inventory problem: it must not hide the certificate problems.
+    let good = std::fs::read_to_string(&lab.inventory).unwrap();
+    let inv = write(&lab, "with-typo.yaml", &(good + "  room-77: { host: \"127.1\" }\n"));
+    let (code, out) = apply(&lab, &inv, &pb, &[]).await;
     assert_eq!(code, 1, "{out}");
     for want in [
+        "devices.room-77.host: '127.1' is not a canonical IPv4 address: write 127.0.0.1",
         "devices.room-01.certificate",
         "contains a double quote",
         "contains control or invisible characters",

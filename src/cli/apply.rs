@@ -99,18 +99,14 @@ pub struct Loaded {
     pub state_dir: PathBuf,
 }
 
-/// Loads inventory and playbook, reporting every problem of both at once.
+/// Loads inventory and playbook, reporting every problem of both at once — and, when the
+/// inventory has problems but the playbook has none, the preflight problems (certificates,
+/// keys, logins) of the selected devices the inventory describes soundly, so a bad
+/// inventory does not hide them until the next run.
 pub fn load(target: &Target) -> Result<Loaded, String> {
     let inv = inventory::load(&target.inventory);
     let pb = playbook::load(&target.playbook);
-    let mut errors = Vec::new();
-    if let Err(e) = &inv {
-        errors.push(e.to_string());
-    }
-    if let Err(e) = &pb {
-        errors.push(e.to_string());
-    }
-    match (inv, pb) {
+    let (inv, pb) = match (inv, pb) {
         (Ok(inventory), Ok(playbook)) => {
             let state_dir = target.state_dir.clone().unwrap_or_else(|| {
                 inventory
@@ -119,14 +115,46 @@ pub fn load(target: &Target) -> Result<Loaded, String> {
                     .unwrap_or(Path::new("."))
                     .join(".roomkey")
             });
-            Ok(Loaded {
+            return Ok(Loaded {
                 inventory,
                 playbook,
                 state_dir,
-            })
+            });
         }
-        _ => Err(errors.join("\n")),
+        other => other,
+    };
+    let mut problems = Vec::new();
+    let mut errors = Vec::new();
+    match inv {
+        Err(inventory::InventoryError::Invalid(p)) => problems.extend(p),
+        Err(e) => errors.push(e.to_string()),
+        Ok(_) => {}
     }
+    match &pb {
+        Err(playbook::PlaybookError::Invalid(p)) => problems.extend(p.iter().cloned()),
+        Err(e) => errors.push(e.to_string()),
+        Ok(playbook) => {
+            if let Ok((Some(partial), _)) = inventory::load_partial(&target.inventory) {
+                let selected =
+                    inventory::select(&partial, target.limit.as_deref(), &BTreeMap::new());
+                if let Ok(devices) = selected {
+                    if let Err(p) = prepare(
+                        &partial.path,
+                        &devices,
+                        playbook,
+                        None,
+                        time::OffsetDateTime::now_utc(),
+                    ) {
+                        problems.extend(p);
+                    }
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        errors.insert(0, inventory::render_problems(&problems));
+    }
+    Err(errors.join("\n"))
 }
 
 /// `@failed` and `@unfinished` from the journal.
