@@ -43,7 +43,8 @@ pub fn read_file(path: &std::path::Path) -> std::io::Result<String> {
     use std::io::Read as _;
     let file = std::fs::File::open(path)?;
     let mut bytes = Vec::new();
-    file.take(MAX_FILE_BYTES as u64 + 1).read_to_end(&mut bytes)?;
+    file.take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
     if bytes.len() > MAX_FILE_BYTES {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -368,8 +369,7 @@ pub fn syntax_message(e: &serde_yaml::Error, text: &str) -> String {
         .to_string();
     let hint = if words.contains("mapping values are not allowed") {
         "; a value containing `: ` must be quoted"
-    } else if words.contains("did not find expected key")
-        || words.contains("did not find expected")
+    } else if words.contains("did not find expected key") || words.contains("did not find expected")
     {
         "; check the indentation and that every `{`, `[` and quote is closed"
     } else if words.contains("found undefined alias") || words.contains("unknown anchor") {
@@ -404,7 +404,10 @@ pub fn redact_quoted(message: &str, keep: &[&str]) -> String {
             .chars()
             .next_back()
             .is_some_and(char::is_alphanumeric);
-        let Some(end) = after.find(quote).filter(|_| !(quote == '\'' && word_before)) else {
+        let Some(end) = after
+            .find(quote)
+            .filter(|_| !(quote == '\'' && word_before))
+        else {
             out.push_str(&rest[..start + quote.len_utf8()]);
             rest = after;
             continue;
@@ -541,7 +544,9 @@ pub fn humanize(message: &str, path: &[Seg], expected: Option<&str>) -> String {
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = m.strip_prefix(prefix) {
             let (found, want) = rest.split_once(", expected ").unwrap_or((rest, ""));
-            let want = expected.map(str::to_string).unwrap_or_else(|| plain_type(want));
+            let want = expected
+                .map(str::to_string)
+                .unwrap_or_else(|| plain_type(want));
             return format!("expected {want}, found {}", found_kind(found));
         }
     }
@@ -940,7 +945,10 @@ steps:
         let l = Locator::new(text);
         assert_eq!(
             l.locate(&p("devices.room-1.prot")),
-            Some(Location { line: 5, column: 29 })
+            Some(Location {
+                line: 5,
+                column: 29
+            })
         );
         assert_eq!(
             l.locate(&p("devices.room-2.host")),
@@ -948,15 +956,24 @@ steps:
         );
         assert_eq!(
             l.locate(&p("devices.room-2.groups.1")),
-            Some(Location { line: 8, column: 17 })
+            Some(Location {
+                line: 8,
+                column: 17
+            })
         );
         assert_eq!(
             l.locate(&p("steps.1.scep_enroll.url")),
-            Some(Location { line: 13, column: 7 })
+            Some(Location {
+                line: 13,
+                column: 7
+            })
         );
         assert_eq!(
             l.locate(&p("steps.1")),
-            Some(Location { line: 12, column: 3 })
+            Some(Location {
+                line: 12,
+                column: 3
+            })
         );
         // The deepest part found.
         assert_eq!(

@@ -26,11 +26,11 @@ use serde::Deserialize;
 
 use crate::display::escape;
 use crate::engine::rollout::{Window, WindowSpec};
+pub use crate::input::Location;
 use crate::input::{
     humanize, is_secret_path, key_text, kind, parse_tree, path_string, unknown_key_message,
     Locator, Seg,
 };
-pub use crate::input::Location;
 use crate::jwe::Enc;
 use serde_yaml::{Mapping, Value};
 
@@ -343,8 +343,7 @@ pub fn parse_partial(path: &Path, text: &str) -> (Option<Inventory>, Vec<Problem
         let entry = format!("devices.{}", d.name);
         !problems.iter().any(|p| {
             p.entry == entry
-                || p
-                    .entry
+                || p.entry
                     .strip_prefix(entry.as_str())
                     .is_some_and(|rest| rest.starts_with('.'))
         })
@@ -419,7 +418,11 @@ impl<'a> Reader<'a> {
             } else {
                 format!("`{last}` is written twice here; YAML would keep only one: remove one")
             };
-            let entry = if is_secret_path(dup) { parent } else { &dup[..] };
+            let entry = if is_secret_path(dup) {
+                parent
+            } else {
+                &dup[..]
+            };
             self.problems.push(Problem {
                 file: self.file.clone(),
                 location: self.locator.locate_repeat(dup, 1),
@@ -431,7 +434,12 @@ impl<'a> Reader<'a> {
 
     /// `v` as a map; null is an empty map (an entry written without settings). Anything
     /// else is a problem.
-    pub(crate) fn map<'v>(&mut self, v: &'v Value, path: &[Seg], what: &str) -> Option<&'v Mapping> {
+    pub(crate) fn map<'v>(
+        &mut self,
+        v: &'v Value,
+        path: &[Seg],
+        what: &str,
+    ) -> Option<&'v Mapping> {
         match v {
             Value::Mapping(m) => Some(m),
             Value::Null => None,
@@ -453,10 +461,7 @@ impl<'a> Reader<'a> {
         let mut out = Vec::new();
         for (k, v) in m {
             let Value::String(key) = k else {
-                self.problem(
-                    path,
-                    format!("a key must be a name, found {}", kind(k)),
-                );
+                self.problem(path, format!("a key must be a name, found {}", kind(k)));
                 continue;
             };
             if known.contains(&key.as_str()) {
@@ -546,7 +551,10 @@ impl<'a> Reader<'a> {
             Value::Null => Vec::new(),
             Value::String(s) => vec![s.clone()],
             other => {
-                self.problem(path, format!("expected a list of names, found {}", kind(other)));
+                self.problem(
+                    path,
+                    format!("expected a list of names, found {}", kind(other)),
+                );
                 Vec::new()
             }
         }
@@ -650,8 +658,9 @@ impl<'a> Reader<'a> {
                             let gat = child(&at, Seg::Key(name.clone()));
                             let mut entry = GroupEntry::default();
                             if let Some(gm) = self.map(g, &gat, "a map of settings") {
-                                let known: Vec<&str> =
-                                    std::iter::once("parents").chain(SETTINGS_KEYS.iter().copied()).collect();
+                                let known: Vec<&str> = std::iter::once("parents")
+                                    .chain(SETTINGS_KEYS.iter().copied())
+                                    .collect();
                                 let entries = self.known_entries(gm, &gat, &known);
                                 for (k, pv) in &entries {
                                     if k == "parents" {
@@ -715,7 +724,10 @@ impl<'a> Reader<'a> {
         match host {
             Some(h) => entry.host = h,
             None if !entries.iter().any(|(k, _)| k == "host") => {
-                self.problem(path, "missing key `host` (the device's address or DNS name)");
+                self.problem(
+                    path,
+                    "missing key `host` (the device's address or DNS name)",
+                );
                 return None;
             }
             None => return None,
@@ -780,7 +792,10 @@ fn resolve(path: &Path, file: InventoryFile, reader: Reader<'_>) -> (Inventory, 
     }
 
     if file.devices.is_empty() {
-        problems.push(problem(&[seg("devices")], "the inventory lists no device".into()));
+        problems.push(problem(
+            &[seg("devices")],
+            "the inventory lists no device".into(),
+        ));
     }
 
     let mut devices = Vec::new();
@@ -838,11 +853,7 @@ fn resolve(path: &Path, file: InventoryFile, reader: Reader<'_>) -> (Inventory, 
             Some(a) => match auth_source(&a, &base) {
                 Ok((src, warn)) => {
                     if let Some(w) = warn {
-                        warnings.push(format!(
-                            "{}: {}: {w}",
-                            path.display(),
-                            path_string(&dev)
-                        ));
+                        warnings.push(format!("{}: {}: {w}", path.display(), path_string(&dev)));
                     }
                     Some(src)
                 }
@@ -865,7 +876,12 @@ fn resolve(path: &Path, file: InventoryFile, reader: Reader<'_>) -> (Inventory, 
             Some(SecretSettings { env: Some(var) }) => {
                 if !is_env_name(&var) {
                     problems.push(problem(
-                        &[seg("devices"), Seg::Key(name.clone()), seg("client_secret"), seg("env")],
+                        &[
+                            seg("devices"),
+                            Seg::Key(name.clone()),
+                            seg("client_secret"),
+                            seg("env"),
+                        ],
                         format!("'{var}' is not a valid environment variable name"),
                     ));
                 }
@@ -1247,9 +1263,7 @@ fn looks_numeric(host: &str) -> bool {
     let host = host.strip_suffix('.').unwrap_or(host);
     !host.is_empty()
         && host.split('.').all(|part| {
-            let hex = part
-                .strip_prefix("0x")
-                .or_else(|| part.strip_prefix("0X"));
+            let hex = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X"));
             match hex {
                 Some(h) => !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit()),
                 None => !part.is_empty() && part.chars().all(|c| c.is_ascii_digit()),
@@ -1293,7 +1307,11 @@ fn inet_aton(host: &str) -> Option<(Ipv4Addr, Option<Ipv4Addr>)> {
         u32::try_from(v).ok().map(Ipv4Addr::from)
     };
     let ip = assemble(false)?;
-    let decimal = if parts.len() == 4 { assemble(true) } else { None };
+    let decimal = if parts.len() == 4 {
+        assemble(true)
+    } else {
+        None
+    };
     Some((ip, decimal))
 }
 
@@ -1445,11 +1463,18 @@ devices:
         let all = render_problems(&p);
         let typo = p.iter().find(|p| p.message.contains("prot")).expect(&all);
         assert!(
-            typo.message.starts_with("unknown key `prot`: did you mean `port`?"),
+            typo.message
+                .starts_with("unknown key `prot`: did you mean `port`?"),
             "{typo}"
         );
         assert_eq!(typo.entry, "devices.r1.prot");
-        assert_eq!(typo.location, Some(Location { line: 2, column: 26 }));
+        assert_eq!(
+            typo.location,
+            Some(Location {
+                line: 2,
+                column: 26
+            })
+        );
     }
 
     #[test]
@@ -1471,13 +1496,25 @@ devices:
         let p = problems(text);
         let all = render_problems(&p);
         for (line, needle) in [
-            (3, "defaults.usernme: unknown key `usernme`: did you mean `username`?"),
-            (5, "devices.a.prot: unknown key `prot`: did you mean `port`?"),
+            (
+                3,
+                "defaults.usernme: unknown key `usernme`: did you mean `username`?",
+            ),
+            (
+                5,
+                "devices.a.prot: unknown key `prot`: did you mean `port`?",
+            ),
             (6, "devices.b: same address 127.20.116.22:22 as device 'a'"),
-            (7, "devices.c.host: '127.20.116.010' is not a canonical IPv4 address"),
+            (
+                7,
+                "devices.c.host: '127.20.116.010' is not a canonical IPv4 address",
+            ),
             (8, "devices.d.port: expected a port number from 1 to 65535"),
             (9, "devices.e.port: expected a port number from 1 to 65535"),
-            (10, "devices.f.enc: unknown value `A192GCM`: did you mean `A128GCM`?"),
+            (
+                10,
+                "devices.f.enc: unknown value `A192GCM`: did you mean `A128GCM`?",
+            ),
         ] {
             let hit = p
                 .iter()
@@ -1485,21 +1522,37 @@ devices:
                 .unwrap_or_else(|| panic!("missing {needle:?} in:\n{all}"));
             assert_eq!(hit.location.map(|l| l.line), Some(line), "{hit}");
         }
-        assert!(all.contains("devices.f.groups: expected a list of names"), "{all}");
+        assert!(
+            all.contains("devices.f.groups: expected a list of names"),
+            "{all}"
+        );
         for internal in ["u16", "usize", "untagged", "Raw", "struct ", "Settings"] {
             assert!(!all.contains(internal), "{internal} in:\n{all}");
         }
-        assert!(all.starts_with("8 problems found:\n  inv/lab.yaml:\n    - line "), "{all}");
+        assert!(
+            all.starts_with("8 problems found:\n  inv/lab.yaml:\n    - line "),
+            "{all}"
+        );
     }
 
     #[test]
     fn hosts_must_be_canonical_addresses_or_names() {
         let check = |host: &str| validate_host(host);
-        for ok in ["10.0.0.1", "127.20.116.10", "::1", "2001:db8::1", "room-1.example.com", "localhost"] {
+        for ok in [
+            "10.0.0.1",
+            "127.20.116.10",
+            "::1",
+            "2001:db8::1",
+            "room-1.example.com",
+            "localhost",
+        ] {
             assert_eq!(check(ok), Ok(()), "{ok}");
         }
         for (bad, wants) in [
-            ("127.20.116.010", &["127.20.116.8", "write 127.20.116.10"][..]),
+            (
+                "127.20.116.010",
+                &["127.20.116.8", "write 127.20.116.10"][..],
+            ),
             ("127.1", &["write 127.0.0.1"]),
             ("0x7f.0.0.1", &["write 127.0.0.1"]),
             ("2130706433", &["write 127.0.0.1"]),
@@ -1525,8 +1578,14 @@ devices:
 
     #[test]
     fn duplicates_compare_canonical_addresses() {
-        assert_eq!(address_key("127.20.116.22"), address_key("::ffff:127.20.116.22"));
-        assert_eq!(address_key("Room.Example.com."), address_key("room.example.com"));
+        assert_eq!(
+            address_key("127.20.116.22"),
+            address_key("::ffff:127.20.116.22")
+        );
+        assert_eq!(
+            address_key("Room.Example.com."),
+            address_key("room.example.com")
+        );
         // Written both ways in one file: the mapped form is refused and the pair is
         // reported as one device.
         let all = render_problems(&problems(
@@ -1562,7 +1621,10 @@ devices:
     fn yaml_syntax_errors_are_explained() {
         let p = problems("devices:\n\ta: { host: 1.1.1.1 }\n");
         assert_eq!(p.len(), 1);
-        assert_eq!(p[0].message, "YAML does not allow tabs for indentation; use spaces");
+        assert_eq!(
+            p[0].message,
+            "YAML does not allow tabs for indentation; use spaces"
+        );
         assert_eq!(p[0].location.map(|l| l.line), Some(2));
         let all = render_problems(&problems("devices: [unclosed\n"));
         assert!(all.contains("not valid YAML"), "{all}");
@@ -1574,7 +1636,10 @@ devices:
             "defaults: { auth: { agent: true } }\ndevices:\n  \"a\\e[2Jb\\nc\\0\": { host: 1.1.1.1 }\n",
         );
         let all = render_problems(&p);
-        assert!(all.contains("devices.a\\u{1b}[2Jb\\nc\\0: a device name"), "{all}");
+        assert!(
+            all.contains("devices.a\\u{1b}[2Jb\\nc\\0: a device name"),
+            "{all}"
+        );
         assert!(!all.contains('\u{1b}') && !all.contains('\0'), "{all}");
         assert_eq!(all.lines().count(), 3, "{all}");
     }

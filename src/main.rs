@@ -78,11 +78,7 @@ fn main() -> std::process::ExitCode {
         // input errors, so exit 2 keeps its one meaning ("a device failed").
         Err(e) => {
             let _ = e.print();
-            return std::process::ExitCode::from(if e.use_stderr() {
-                EXIT_USAGE
-            } else {
-                0
-            });
+            return std::process::ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
     let multi = roomkey::report::multi_progress(true);

@@ -601,7 +601,10 @@ impl Reader<'_> {
         };
         let entries = self.known_entries(top, &[], TOP_KEYS);
         if !entries.iter().any(|(k, _)| k == "name") {
-            self.problem(&[], "missing key `name` (the playbook's name, e.g. `name: external identity`)");
+            self.problem(
+                &[],
+                "missing key `name` (the playbook's name, e.g. `name: external identity`)",
+            );
         }
         if !entries.iter().any(|(k, _)| k == "steps") {
             self.problem(&[], "missing key `steps` (the list of steps)");
@@ -716,7 +719,10 @@ impl Reader<'_> {
                     .collect(),
             ),
             Value::Sequence(_) => {
-                self.problem(path, format!("expected {SERIAL_EXPECTED}, found an empty list"));
+                self.problem(
+                    path,
+                    format!("expected {SERIAL_EXPECTED}, found an empty list"),
+                );
                 Serial::default()
             }
             Value::Null => Serial::default(),
@@ -753,7 +759,10 @@ impl Reader<'_> {
             return None;
         };
         let Value::String(name) = k else {
-            self.problem(path, format!("expected {EXAMPLE}, found {} as the name", kind(k)));
+            self.problem(
+                path,
+                format!("expected {EXAMPLE}, found {} as the name", kind(k)),
+            );
             return None;
         };
         if !STEP_KINDS.contains(&name.as_str()) {
@@ -1010,7 +1019,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
         // contacted, with the same encoder that will send it.
         match step {
             Step::SetConfiguration(s) => {
-                for m in check_lengths(&[("path", &s.path, MAX_PATH_LEN), ("value", &s.value, MAX_VALUE_LEN)]) {
+                for m in check_lengths(&[
+                    ("path", &s.path, MAX_PATH_LEN),
+                    ("value", &s.value, MAX_VALUE_LEN),
+                ]) {
                     step_problem(m);
                 }
                 if let Err(e) = crate::tsh::TshCommand::xconfiguration_set(&s.path, &s.value) {
@@ -1019,7 +1031,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
             }
             Step::Xcommand(x) => {
                 let mut fields = vec![("command", x.command.as_str(), MAX_PATH_LEN)];
-                fields.extend(x.params.iter().map(|(k, v)| (k.as_str(), v.as_str(), MAX_VALUE_LEN)));
+                fields.extend(
+                    x.params
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str(), MAX_VALUE_LEN)),
+                );
                 for m in check_lengths(&fields) {
                     step_problem(m);
                 }
@@ -1100,7 +1116,12 @@ fn check_lengths(fields: &[(&str, &str, usize)]) -> Vec<String> {
 /// certificate after the `add_certificate` that uploads it. Returns (step index, message).
 fn check_order(steps: &[(usize, Step)]) -> Vec<(usize, String)> {
     let mut out = Vec::new();
-    let position = |kind: &str| steps.iter().find(|(_, s)| s.kind() == kind).map(|(i, _)| *i);
+    let position = |kind: &str| {
+        steps
+            .iter()
+            .find(|(_, s)| s.kind() == kind)
+            .map(|(i, _)| *i)
+    };
     for (i, step) in steps {
         let target = match step {
             Step::ActivateCertificate(a) => Some(&a.certificate),
@@ -1242,7 +1263,9 @@ steps:
         for internal in ["u16", "usize", "u32", "untagged", "Raw", "struct ", "Empty"] {
             assert!(!all.contains(internal), "{internal} in:\n{all}");
         }
-        let all = problems("name: t\npolicy: { command_timeout: 2d }\nsteps:\n  - restart: { timeout: 48h }\n");
+        let all = problems(
+            "name: t\npolicy: { command_timeout: 2d }\nsteps:\n  - restart: { timeout: 48h }\n",
+        );
         assert!(all.contains("unknown unit"), "{all}");
         assert!(all.contains("`timeout` is longer than a day"), "{all}");
     }
@@ -1271,8 +1294,16 @@ steps:
             "name: t\nsteps:\n  - set_configuration: {{ path: Audio Volume, value: \"{big}\" }}\n  - xcommand: {{ command: Dial, params: {{ Number: \"{}\" }} }}\n",
             "1".repeat(2000)
         ));
-        assert!(all.contains("`value` is 5242880 characters long; the most roomkey sends is 1024"), "{}", &all[..all.len().min(2000)]);
-        assert!(all.contains("`Number` is 2000 characters long"), "{}", &all[..all.len().min(2000)]);
+        assert!(
+            all.contains("`value` is 5242880 characters long; the most roomkey sends is 1024"),
+            "{}",
+            &all[..all.len().min(2000)]
+        );
+        assert!(
+            all.contains("`Number` is 2000 characters long"),
+            "{}",
+            &all[..all.len().min(2000)]
+        );
         assert!(all.len() < 4000, "the value itself is not echoed");
     }
 

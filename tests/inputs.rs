@@ -156,7 +156,11 @@ async fn hostile_certificate_names_and_a_mismatched_key_stop_preflight() {
     std::fs::copy(certs.join("room-03.key"), certs.join("room-02.key")).unwrap();
     // And an inventory problem: it must not hide the certificate problems.
     let good = std::fs::read_to_string(&lab.inventory).unwrap();
-    let inv = write(&lab, "with-typo.yaml", &(good + "  room-77: { host: \"127.1\" }\n"));
+    let inv = write(
+        &lab,
+        "with-typo.yaml",
+        &(good + "  room-77: { host: \"127.1\" }\n"),
+    );
     let (code, out) = apply(&lab, &inv, &pb, &[]).await;
     assert_eq!(code, 1, "{out}");
     for want in [
@@ -321,10 +325,49 @@ steps:
 
     /// Pieces that make YAML interesting: structure, quoting, anchors, tags, controls.
     const PIECES: &[&str] = &[
-        ":", " ", "\n", "\t", "- ", "{", "}", "[", "]", ",", "\"", "'", "&a ", "*a", "!t ",
-        "#", "|", ">", "? ", "~", "null", "0", "-1", "70000", "1e400", "0x1F", "127.1",
-        "010", "::ffff:1.2.3.4", "\u{1b}[2J", "\u{202e}", "\0", "\r", "hunter2", "host",
-        "port", "auth", "steps", "devices", "<<: *a", "%YAML 1.2\n", "---\n", "...\n",
+        ":",
+        " ",
+        "\n",
+        "\t",
+        "- ",
+        "{",
+        "}",
+        "[",
+        "]",
+        ",",
+        "\"",
+        "'",
+        "&a ",
+        "*a",
+        "!t ",
+        "#",
+        "|",
+        ">",
+        "? ",
+        "~",
+        "null",
+        "0",
+        "-1",
+        "70000",
+        "1e400",
+        "0x1F",
+        "127.1",
+        "010",
+        "::ffff:1.2.3.4",
+        "\u{1b}[2J",
+        "\u{202e}",
+        "\0",
+        "\r",
+        "hunter2",
+        "host",
+        "port",
+        "auth",
+        "steps",
+        "devices",
+        "<<: *a",
+        "%YAML 1.2\n",
+        "---\n",
+        "...\n",
     ];
 
     fn mutate(base: &str, edits: &[(usize, usize, usize)]) -> String {

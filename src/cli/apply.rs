@@ -249,9 +249,11 @@ fn names_failed(limit: &str) -> bool {
 /// Whether the journal records any step of this playbook for any device of the inventory.
 fn any_previous_run(loaded: &Loaded) -> bool {
     let key = engine::playbook_key(&loaded.playbook);
-    loaded.inventory.devices.iter().any(|d| {
-        read_steps(&loaded.state_dir, &key, &d.name).is_ok_and(|steps| !steps.is_empty())
-    })
+    loaded
+        .inventory
+        .devices
+        .iter()
+        .any(|d| read_steps(&loaded.state_dir, &key, &d.name).is_ok_and(|steps| !steps.is_empty()))
 }
 
 pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {

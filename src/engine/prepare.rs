@@ -242,7 +242,9 @@ fn duplicate_resolved_addresses(
         .partition(|d| d.host.parse::<IpAddr>().is_ok());
     for d in literal {
         if let Ok(ip) = d.host.parse::<IpAddr>() {
-            by_address.entry((ip.to_canonical(), d.port)).or_insert(&d.name);
+            by_address
+                .entry((ip.to_canonical(), d.port))
+                .or_insert(&d.name);
         }
     }
     for d in named {
@@ -351,7 +353,10 @@ mod tests {
         assert!(all.contains("CN"), "{all}");
         assert!(all.contains("double quote"), "{all}");
         assert!(all.contains("control or invisible characters"), "{all}");
-        assert!(all.contains("SAN is 300 characters long; the most is 253"), "{all}");
+        assert!(
+            all.contains("SAN is 300 characters long; the most is 253"),
+            "{all}"
+        );
         assert!(!all.contains('\r') && !all.contains('\u{202e}'), "{all}");
         assert!(check_names(Some(&"c".repeat(65)), &[])
             .join("")
