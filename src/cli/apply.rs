@@ -254,14 +254,18 @@ fn names_failed(limit: &str) -> bool {
         .any(|p| p == "@failed")
 }
 
-/// Whether the journal records any step of this playbook for any device of the inventory.
+/// Whether the journal records a run of this playbook (or, for journals from before the
+/// run log, any step of it for a device of the inventory).
 fn any_previous_run(loaded: &Loaded) -> bool {
     let key = engine::playbook_key(&loaded.playbook);
-    loaded
-        .inventory
-        .devices
-        .iter()
-        .any(|d| read_steps(&loaded.state_dir, &key, &d.name).is_ok_and(|steps| !steps.is_empty()))
+    let logged = roomkey::journal::RunLog::open(&loaded.state_dir, &key, true)
+        .ok()
+        .and_then(|log| log.latest())
+        .is_some();
+    logged
+        || loaded.inventory.devices.iter().any(|d| {
+            read_steps(&loaded.state_dir, &key, &d.name).is_ok_and(|steps| !steps.is_empty())
+        })
 }
 
 pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
