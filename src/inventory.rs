@@ -306,6 +306,21 @@ pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
     parse(path, &text)
 }
 
+/// Reads an inventory for `roomkey sim`, which serves its devices: there `port: 0` means
+/// "any free port" (the simulator prints the ports it got). Everything else is as strict
+/// as [`load`], which refuses port 0 (no device listens there).
+pub fn load_for_sim(path: &Path) -> Result<Inventory, InventoryError> {
+    let text = crate::input::read_file(path).map_err(|source| InventoryError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let (inventory, problems) = parse_with(path, &text, true);
+    match inventory {
+        Some(inv) if problems.is_empty() => Ok(inv),
+        _ => Err(InventoryError::Invalid(problems)),
+    }
+}
+
 /// Parses and resolves inventory text; `path` names the file in messages and anchors
 /// relative paths. The text is read into a tree first and every entry is checked on its
 /// own, so every problem of the file is reported at once.
@@ -321,6 +336,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
 /// entries have none (`None` when the text is not YAML at all), so that preflight can
 /// check their certificates too and a bad inventory does not hide certificate problems.
 pub fn parse_partial(path: &Path, text: &str) -> (Option<Inventory>, Vec<Problem>) {
+    parse_with(path, text, false)
+}
+
+fn parse_with(path: &Path, text: &str, any_port: bool) -> (Option<Inventory>, Vec<Problem>) {
     let tree = match parse_tree(text) {
         Ok(t) => t,
         Err(e) => {
@@ -336,6 +355,7 @@ pub fn parse_partial(path: &Path, text: &str) -> (Option<Inventory>, Vec<Problem
         }
     };
     let mut reader = Reader::new(path, text);
+    reader.any_port = any_port;
     reader.duplicates(&tree.duplicates);
     let file = reader.inventory(&tree.root);
     let (mut inventory, problems) = resolve(path, file, reader);
@@ -365,6 +385,8 @@ pub(crate) struct Reader<'a> {
     file: PathBuf,
     locator: Locator<'a>,
     pub(crate) problems: Vec<Problem>,
+    /// `port: 0` is accepted (`roomkey sim`: any free port).
+    any_port: bool,
 }
 
 impl<'a> Reader<'a> {
@@ -373,6 +395,7 @@ impl<'a> Reader<'a> {
             file: file.to_path_buf(),
             locator: Locator::new(text),
             problems: Vec::new(),
+            any_port: false,
         }
     }
 
@@ -563,7 +586,7 @@ impl<'a> Reader<'a> {
     /// A TCP port: 1 to 65535.
     fn port(&mut self, v: &Value, path: &[Seg]) -> Option<u16> {
         match v.as_u64().and_then(|n| u16::try_from(n).ok()) {
-            Some(p) if p > 0 => Some(p),
+            Some(p) if p > 0 || self.any_port => Some(p),
             _ => {
                 let found = match v {
                     Value::Number(_) => "a number outside that range".to_string(),
@@ -1533,6 +1556,20 @@ devices:
             all.starts_with("8 problems found:\n  inv/lab.yaml:\n    - line "),
             "{all}"
         );
+    }
+
+    #[test]
+    fn port_zero_is_only_for_the_simulator() {
+        let text =
+            "defaults: { auth: { agent: true }, port: 0 }\ndevices:\n  a: { host: 127.0.0.1 }\n";
+        let all = render_problems(&problems(text));
+        assert!(
+            all.contains("defaults.port: expected a port number from 1 to 65535"),
+            "{all}"
+        );
+        let (inv, p) = parse_with(Path::new("sim.yaml"), text, true);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(inv.unwrap().devices[0].port, 0);
     }
 
     #[test]
