@@ -110,7 +110,10 @@ pub fn prepare(
                                 problem("certificate", format!("{}: {e}", cert_path.display()));
                             }
                         }
-                        for e in check_names(id.cert.subject_cn.as_deref(), &id.cert.sans) {
+                        for e in crate::engine::assets::check_names(
+                            id.cert.subject_cn.as_deref(),
+                            &id.cert.sans,
+                        ) {
                             problem("certificate", format!("{}: {e}", cert_path.display()));
                         }
                         for w in &report.warnings {
@@ -180,49 +183,6 @@ pub fn prepare(
     } else {
         Err(problems)
     }
-}
-
-/// Longest CN roomkey sends a device or expects back (X.520 `ub-common-name`).
-pub const MAX_CN_LEN: usize = 64;
-/// Longest SAN (a DNS name is at most 253 characters; URIs and e-mail addresses get the
-/// same documented cap).
-pub const MAX_SAN_LEN: usize = 253;
-
-/// Problems with the names in a certificate: the CN is compared with what the device
-/// reports and shown in messages, so it must be printable, without a double quote or a
-/// control character (a CR/LF or `"` would end a TSH value or split a line), and of sane
-/// length; the same for every SAN.
-pub fn check_names(cn: Option<&str>, sans: &[String]) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut check = |what: &str, value: &str, max: usize| {
-        let n = value.chars().count();
-        if n > max {
-            out.push(format!(
-                "the certificate's {what} is {n} characters long; the most is {max}"
-            ));
-        }
-        if value.chars().any(crate::display::is_unsafe) {
-            out.push(format!(
-                "the certificate's {what} '{}' contains control or invisible characters; \
-                 issue a certificate with a plain name",
-                crate::display::escape(value)
-            ));
-        }
-        if value.contains('"') {
-            out.push(format!(
-                "the certificate's {what} '{}' contains a double quote; issue a certificate \
-                 with a plain name",
-                crate::display::escape(value)
-            ));
-        }
-    };
-    if let Some(cn) = cn {
-        check("CN", cn, MAX_CN_LEN);
-    }
-    for san in sans {
-        check("SAN", san, MAX_SAN_LEN);
-    }
-    out
 }
 
 /// Devices written with a DNS name are resolved here: a name that resolves to another
@@ -341,6 +301,8 @@ fn resolve_auth(device: &Device, secrets: Option<&dyn SecretStore>) -> Result<Cl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::engine::assets::check_names;
 
     #[test]
     fn certificate_names_must_be_plain_and_bounded() {
