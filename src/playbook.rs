@@ -543,6 +543,7 @@ const POLICY_KEYS: &[&str] = &[
     "host_key_policy",
     "connection_rate",
     "device_estimate",
+    "kdf_salt",
 ];
 
 /// Every step name, as written in playbooks (see [`Step::kind`]).

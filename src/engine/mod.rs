@@ -959,7 +959,6 @@ impl DeviceRun<'_> {
             // per JWE and run the step again. It reads the device first, like any rerun, and
             // is resumed (its write-ahead record may be on the journal).
             if matches!(result, Err(steps::StepError::Refused(_)))
-                && !ctx.check_mode
                 && keys.sealed() > sealed_before
                 && keys.fall_back_to_per_jwe()
             {

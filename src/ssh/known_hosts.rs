@@ -264,6 +264,20 @@ pub fn check(text: &str, host: &str, port: u16, key: &PublicKey) -> Verdict {
 /// the file did not exist).
 type Stamp = Option<(u64, SystemTime)>;
 
+/// File times tick coarsely (a few milliseconds), so a file rewritten with the same length
+/// within one tick of our read keeps its stamp. As git does with its index, a stamp younger
+/// than this when the file was read is not trusted: the next check reads the file again.
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn settled(stamp: &Stamp) -> bool {
+    match stamp {
+        Some((_, modified)) => SystemTime::now()
+            .duration_since(*modified)
+            .is_ok_and(|age| age >= RACY),
+        None => true,
+    }
+}
+
 fn stamp(path: &Path) -> std::io::Result<Stamp> {
     match std::fs::metadata(path) {
         Ok(m) => Ok(Some((m.len(), m.modified()?))),
@@ -272,8 +286,16 @@ fn stamp(path: &Path) -> std::io::Result<Stamp> {
     }
 }
 
+/// A parsed file: the stamp it was read at, whether that stamp can be trusted to mean
+/// "unchanged" later (see [`RACY`]), and the index.
+struct CachedFile {
+    stamp: Stamp,
+    trusted: bool,
+    index: KnownHosts,
+}
+
 /// Parsed files of this process, by path.
-static CACHE: Mutex<Option<HashMap<PathBuf, (Stamp, KnownHosts)>>> = Mutex::new(None);
+static CACHE: Mutex<Option<HashMap<PathBuf, CachedFile>>> = Mutex::new(None);
 
 /// Runs `f` on the index of `path`, parsed once and re-read only when the file changed.
 fn with_index<T>(path: &Path, f: impl FnOnce(&KnownHosts) -> T) -> std::io::Result<T> {
@@ -282,14 +304,21 @@ fn with_index<T>(path: &Path, f: impl FnOnce(&KnownHosts) -> T) -> std::io::Resu
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let files = cache.get_or_insert_with(HashMap::new);
     let now = stamp(path)?;
-    let fresh = files.get(path).is_some_and(|(s, _)| *s == now);
+    let fresh = files.get(path).is_some_and(|c| c.trusted && c.stamp == now);
     if !fresh {
         let index = KnownHosts::parse(&read(path)?);
         // The stamp taken before the read: a change during it makes the next check re-read.
-        files.insert(path.to_path_buf(), (now, index));
+        files.insert(
+            path.to_path_buf(),
+            CachedFile {
+                trusted: settled(&now),
+                stamp: now,
+                index,
+            },
+        );
     }
     match files.get(path) {
-        Some((_, index)) => Ok(f(index)),
+        Some(c) => Ok(f(&c.index)),
         None => Ok(f(&KnownHosts::default())),
     }
 }
@@ -366,12 +395,14 @@ pub fn learn(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::io::Re
     let mut cache = CACHE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if let Some((s, index)) = cache.get_or_insert_with(HashMap::new).get_mut(path) {
+    if let Some(c) = cache.get_or_insert_with(HashMap::new).get_mut(path) {
         let number = ends_open + 1;
         if let Some(entry) = parse_line(number, line.trim_start_matches('\n')) {
-            index.push(entry);
-            index.lines = number;
-            *s = after;
+            c.index.push(entry);
+            c.index.lines = number;
+            // We wrote it under the lock: what is on disk is what we hold.
+            c.stamp = after;
+            c.trusted = true;
         }
     }
     Ok(Verdict::Unknown)
