@@ -97,6 +97,12 @@ pub struct FaultPlan {
     /// Extra lines printed after the banner's `OK` (a variant real devices show, e.g.
     /// `Last login from 10.0.0.5 at 2024-05-10 13:14:47`); clients must cope.
     pub login_notice: Vec<String>,
+    /// How far the device's clock is off, in seconds (a room whose clock is a year ahead
+    /// sees its certificate expired).
+    pub clock_offset_secs: i64,
+    /// The alternatives this device plays where real devices are uncertain (fixed when
+    /// the device starts).
+    pub variants: super::variants::Variants,
 }
 
 impl FaultPlan {

@@ -4,6 +4,7 @@
 //! - [`model`]: the pure device (secret, certificates, CAs, status/config trees);
 //! - [`tsh_server`]: the pure device side of the TSH line protocol;
 //! - [`faults`]: deterministic fault plans;
+//! - [`variants`]: the alternatives a device can play where real devices are uncertain;
 //! - [`scep`]: simulated SCEP servers (a test CA and a challenge per URL);
 //! - [`store`]: persisted state and host keys (atomic, 0600);
 //! - [`server`]: the russh listeners and sessions ([`Fleet`]).
@@ -14,11 +15,13 @@ pub mod scep;
 pub mod server;
 pub mod store;
 pub mod tsh_server;
+pub mod variants;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use faults::FaultPlan;
+pub use variants::Variants;
 pub use server::{CertSnapshot, DeviceInfo, DeviceSnapshot, Fleet, FleetOptions, LoggedCommand};
 
 use crate::secret::Secret;

@@ -159,6 +159,10 @@ struct DeviceRuntime {
     logins: AtomicU64,
     latency: Duration,
     refuse_auth: bool,
+    /// Fixed at start (also held by the model, which plays the command-level ones).
+    variants: super::variants::Variants,
+    /// The device's clock offset (fault `clock_offset_secs`).
+    clock_offset: time::Duration,
     login_notice: Vec<String>,
     /// Status and configuration leaves changed by a command, for sessions that registered
     /// `xFeedback` (any session's change reaches every registered session, as on a device).
@@ -256,7 +260,9 @@ impl DeviceRuntime {
             ),
         };
         let mut m = self.model.lock().await;
-        let now = OffsetDateTime::now_utc();
+        let now = OffsetDateTime::now_utc()
+            .checked_add(self.clock_offset)
+            .unwrap_or_else(OffsetDateTime::now_utc);
         // The trees are only compared when some session listens for feedback.
         let before =
             (self.feedback.receiver_count() > 0).then(|| (m.status_tree(now), m.config_tree()));
@@ -327,6 +333,8 @@ enum Flow {
 struct SessionState {
     echo: bool,
     mode: OutputMode,
+    /// The client requested a pty: output goes through the line discipline (`\r\n`).
+    pty: bool,
     /// `xFeedback register` expressions of this session.
     feedback: Vec<FeedbackPath>,
 }
@@ -352,8 +360,8 @@ impl SessionState {
         out
     }
 
-    /// Runs an `xFeedback` subcommand; returns the reply.
-    fn feedback_command(&mut self, cmd: FeedbackCmd) -> String {
+    /// Runs an `xFeedback` subcommand; returns the paths to list (for `list`).
+    fn feedback_command(&mut self, cmd: FeedbackCmd) -> Option<Vec<String>> {
         match cmd {
             FeedbackCmd::Register(p) => {
                 if !self.feedback.contains(&p) {
@@ -362,17 +370,9 @@ impl SessionState {
             }
             FeedbackCmd::Deregister(p) => self.feedback.retain(|f| f != &p),
             FeedbackCmd::DeregisterAll => self.feedback.clear(),
-            FeedbackCmd::List => {
-                let mut s = String::new();
-                for f in &self.feedback {
-                    s.push_str(&f.text());
-                    s.push_str(tsh::EOL);
-                }
-                s.push_str(&tsh::ok_line());
-                return s;
-            }
+            FeedbackCmd::List => return Some(self.feedback.iter().map(|f| f.text()).collect()),
         }
-        tsh::ok_line()
+        None
     }
 }
 
@@ -400,13 +400,15 @@ async fn process_frame(
         Parsed::Echo(on) => format!("echo {}", if *on { "on" } else { "off" }),
         Parsed::OutputMode(m) => format!("xpreferences outputmode {m:?}").to_ascii_lowercase(),
         Parsed::BadPreference => "xpreferences ?".into(),
-        Parsed::Feedback(_) => "xFeedback".into(),
+        Parsed::Feedback { .. } => "xFeedback".into(),
         Parsed::Bye => "bye".into(),
         Parsed::Syntax { kind, .. } => format!("{kind:?} <syntax error>"),
         Parsed::NotRecognized | Parsed::Empty => "<not recognized>".into(),
     };
     let result_id = match &parsed {
-        Parsed::X { result_id, .. } | Parsed::Syntax { result_id, .. } => result_id.clone(),
+        Parsed::X { result_id, .. }
+        | Parsed::Syntax { result_id, .. }
+        | Parsed::Feedback { result_id, .. } => result_id.clone(),
         _ => None,
     };
     match action {
@@ -439,7 +441,12 @@ async fn process_frame(
                     xpath: String::new(),
                 },
             };
-            return Flow::Reply(tsh::render(&resp, st.mode, result_id.as_deref()));
+            return Flow::Reply(tsh::render(
+                &resp,
+                st.mode,
+                result_id.as_deref(),
+                &rt.variants,
+            ));
         }
         faults::Action::Normal | faults::Action::DropAfter => {}
     }
@@ -464,19 +471,31 @@ async fn process_frame(
         }
         Parsed::OutputMode(m) => {
             st.mode = m;
-            finish(Flow::Reply(tsh::ok_line()), "ok")
+            // catalogue reply.json: in JSON mode a device prints JSON documents only; the
+            // switch itself is not answered there (jsxapi feeds everything after it to
+            // its JSON parser, which would report an `OK` line as an error).
+            let reply = match m {
+                OutputMode::Terminal => tsh::ok_line(),
+                OutputMode::Json => String::new(),
+            };
+            finish(Flow::Reply(reply), "ok")
         }
         Parsed::BadPreference | Parsed::NotRecognized => {
             finish(Flow::Reply(tsh::not_recognized()), "not-recognized")
         }
-        Parsed::Feedback(Ok(cmd)) => finish(Flow::Reply(st.feedback_command(cmd)), "ok"),
-        Parsed::Feedback(Err(_)) => finish(Flow::Reply(format!("ERROR{}", tsh::EOL)), "error"),
+        Parsed::Feedback { cmd, .. } => {
+            let ok = cmd.is_ok();
+            let outcome = cmd.map(|c| st.feedback_command(c));
+            let text = tsh::feedback_reply(outcome, st.mode, result_id.as_deref());
+            finish(Flow::Reply(text), if ok { "ok" } else { "error" })
+        }
         Parsed::Bye => finish(Flow::Close, "ok"),
         Parsed::Syntax { kind, reason, .. } => finish(
             Flow::Reply(tsh::render(
                 &tsh::syntax_error(kind, &reason),
                 st.mode,
                 result_id.as_deref(),
+                &rt.variants,
             )),
             "error",
         ),
@@ -488,7 +507,12 @@ async fn process_frame(
                 Response::NodeError { .. } => false,
                 _ => true,
             };
-            let text = tsh::render(&outcome.response, st.mode, result_id.as_deref());
+            let text = tsh::render(
+                &outcome.response,
+                st.mode,
+                result_id.as_deref(),
+                &rt.variants,
+            );
             let flow = if outcome.reboot {
                 Flow::ReplyThenReboot(text)
             } else {
@@ -502,11 +526,15 @@ async fn process_frame(
     }
 }
 
-async fn send(channel: &Channel<Msg>, text: &str) -> bool {
+/// Sends device output; with a pty through the line discipline (`\n` → `\r\n`).
+async fn send(channel: &Channel<Msg>, text: &str, pty: bool) -> bool {
     if text.is_empty() {
         return true;
     }
-    channel.data(text.as_bytes()).await.is_ok()
+    channel
+        .data(tsh::onlcr(text, pty).as_bytes())
+        .await
+        .is_ok()
 }
 
 /// The next feedback message, or never when the session has not registered any.
@@ -526,10 +554,13 @@ async fn run_tsh(
     handle: russh::server::Handle,
     tcp: Option<Arc<std::net::TcpStream>>,
 ) {
-    // Wait for the shell; pty/env requests are answered by the handler.
+    // Wait for the shell; pty/env requests are answered by the handler, and a pty
+    // request decides the line ends (catalogue framing.line-ends).
+    let mut pty = false;
     loop {
         match channel.wait().await {
             Some(ChannelMsg::RequestShell { .. }) => break,
+            Some(ChannelMsg::RequestPty { .. }) => pty = true,
             Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => return,
             Some(_) => {}
         }
@@ -540,13 +571,14 @@ async fn run_tsh(
         banner.push_str(line);
         banner.push_str(tsh::EOL);
     }
-    if !send(&channel, &banner).await {
+    if !send(&channel, &banner, pty).await {
         return;
     }
-    let mut splitter = Splitter::default();
+    let mut splitter = Splitter::new(rt.variants.clone());
     let mut st = SessionState {
         echo: true,
         mode: OutputMode::Terminal,
+        pty,
         feedback: Vec::new(),
     };
     // Subscribed only while the session has feedback registered, so devices nobody
@@ -565,7 +597,7 @@ async fn run_tsh(
                 // Lagged: feedback is best effort, as on a device.
                 if let Ok(change) = change {
                     let text = st.feedback_text(&change);
-                    if !hung && !send(&channel, &text).await {
+                    if !hung && !send(&channel, &text, st.pty).await {
                         return;
                     }
                 }
@@ -597,7 +629,7 @@ async fn run_tsh(
             }
             match input {
                 Input::Echo(line) => {
-                    if st.echo && !send(&channel, &format!("{line}{}", tsh::EOL)).await {
+                    if st.echo && !send(&channel, &format!("{line}{}", tsh::EOL), st.pty).await {
                         return;
                     }
                 }
@@ -608,12 +640,12 @@ async fn run_tsh(
                     }
                     match flow {
                         Flow::Reply(text) => {
-                            if !send(&channel, &text).await {
+                            if !send(&channel, &text, st.pty).await {
                                 return;
                             }
                         }
                         Flow::ReplyThenReboot(text) => {
-                            let _ = send(&channel, &text).await;
+                            let _ = send(&channel, &text, st.pty).await;
                             rt.reboot();
                             return;
                         }
@@ -891,6 +923,7 @@ impl Fleet {
                 None => (None, Device::new(&spec.name), store::random_host_key()),
             };
             device.scep_servers = opts.scep_servers.clone();
+            device.variants = spec.faults.variants.clone();
             let presented: PrivateKey = if spec.faults.wrong_host_key {
                 store::random_host_key()
             } else {
@@ -926,6 +959,8 @@ impl Fleet {
                 password: spec.password.clone(),
                 model: tokio::sync::Mutex::new(device),
                 latency: spec.faults.latency(),
+                variants: spec.faults.variants.clone(),
+                clock_offset: time::Duration::seconds(spec.faults.clock_offset_secs),
                 refuse_auth: spec.faults.refuse_auth,
                 login_notice: spec
                     .faults
