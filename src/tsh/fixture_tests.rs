@@ -382,39 +382,55 @@ fn external_identity_both_forms() {
 }
 
 /// The verifier's reading of both node forms, each on its own, and of a device that says
-/// its external identity is not valid.
+/// its external identity is not valid (catalogue status.external-identity,
+/// status.external-identity-seed).
 #[test]
 fn external_identity_verdicts_in_either_form() {
+    use crate::engine::steps::identity::{judge, Expected};
     use crate::engine::steps::parse_external_identity;
+    let now = time::macros::datetime!(2026-01-01 00:00 UTC);
+    let want = Expected {
+        identity: Some("meeting-room-1.example.com"),
+        fingerprint: Some("ce4e"),
+    };
     let newer = parse_external_identity(&reply_of(&run(
         include_bytes!("fixtures/status_external_identity_new.txt"),
         ReplyShape::Status,
     )));
-    assert!(newer.valid, "{newer:?}");
+    assert_eq!(newer.status.as_deref(), Some("Valid"));
+    assert_eq!(newer.leaf_fingerprint.as_deref(), Some("ce4e"));
     assert_eq!(
         newer.identity.as_deref(),
         Some("meeting-room-1.example.com")
     );
-    assert_eq!(newer.evidence, "Verification=Valid, Status=Valid");
+    assert!(judge(&newer, &want, now).is_ok());
+    let other = Expected {
+        fingerprint: Some("9f9f"),
+        ..want.clone()
+    };
+    assert!(judge(&newer, &other, now).is_err(), "the intermediate is not the leaf");
 
     let seed = parse_external_identity(&reply_of(&run(
         include_bytes!("fixtures/status_external_identity_seed.txt"),
         ReplyShape::Status,
     )));
-    assert!(seed.valid, "{seed:?}");
+    assert_eq!(seed.valid.as_deref(), Some("True"));
     assert_eq!(seed.identity.as_deref(), Some("meeting-room-1.example.com"));
+    // The seed fixture's CertInfo is not JSON: no fingerprint to compare, identity checked.
+    assert!(judge(&seed, &want, now).is_ok());
 
     let invalid = b"*s Conference EndToEndEncryption ExternalIdentity Identity: \"\"\n\
 *s Conference EndToEndEncryption ExternalIdentity Status: \"Invalid\"\n\
 *s Conference EndToEndEncryption ExternalIdentity Verification: \"Unverified\"\n** end\n\nOK\n";
     let invalid = parse_external_identity(&reply_of(&run(invalid, ReplyShape::Status)));
-    assert!(!invalid.valid);
     assert_eq!(invalid.identity, None);
-    assert_eq!(invalid.evidence, "Verification=Unverified, Status=Invalid");
+    let err = judge(&invalid, &want, now).unwrap_err();
+    assert!(err.contains("Status=Invalid"), "{err}");
 
     let empty = parse_external_identity(&reply_of(&run(b"** end\n\nOK\n", ReplyShape::Status)));
-    assert!(!empty.valid);
-    assert_eq!(empty.evidence, "no validity node");
+    assert!(judge(&empty, &want, now)
+        .unwrap_err()
+        .contains("no external identity"));
 }
 
 #[test]

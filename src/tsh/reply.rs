@@ -471,7 +471,7 @@ fn step(p: &mut Pending, line: String) -> Option<Reply> {
         }
     }
     if let Some(rest) = line.strip_prefix("** resultId:") {
-        acc.result_id = Some(unquote(rest.trim()).to_string());
+        acc.result_id = Some(unquote(rest.trim()));
         acc.raw.push(line);
         return None;
     }
@@ -544,19 +544,40 @@ fn finish(acc: &mut Acc, terminator: Option<ReplyStatus>) -> Reply {
     }
 }
 
-fn unquote(v: &str) -> &str {
-    if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
-        v.get(1..v.len() - 1).unwrap_or(v)
-    } else {
-        v
+/// A value without its surrounding quotes; inside quotes `\"` and `\\` stand for `"` and
+/// `\` (catalogue `reply.value-quoting`: the command syntax's escapes, as the simulator
+/// prints them; a JSON text such as the seed form's `CertInfo` depends on it).
+fn unquote(v: &str) -> String {
+    let Some(inner) = v
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .filter(|_| v.len() >= 2)
+    else {
+        return v.to_string();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n @ ('"' | '\\')) => out.push(n),
+                Some(n) => {
+                    out.push('\\');
+                    out.push(n);
+                }
+                None => out.push('\\'),
+            },
+            c => out.push(c),
+        }
     }
+    out
 }
 
 /// Splits `Path words: value` at the first colon. Path words never contain a colon.
 fn split_field(text: &str) -> Option<(Vec<String>, String)> {
     let (head, value) = text.split_once(':')?;
     let words = head.split_whitespace().map(str::to_string).collect();
-    Some((words, unquote(value.trim()).to_string()))
+    Some((words, unquote(value.trim())))
 }
 
 /// Parses the text after `*r `, `*s ` or `*c `.

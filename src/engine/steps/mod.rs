@@ -10,7 +10,7 @@
 
 mod certificate;
 mod configuration;
-mod identity;
+pub mod identity;
 mod restart;
 mod scep;
 mod secret;
