@@ -860,10 +860,20 @@ impl Device {
                 reboot: true,
             };
         }
+        Self::unknown_command(req)
+    }
+
+    /// `Unknown command` with the path it did not know (catalogue `reply.unknown-command`,
+    /// jsxapi's tests: `XPath` `/Dila`).
+    fn unknown_command(req: &Request) -> Outcome {
+        let xpath: String = req.path.iter().map(|w| format!("/{w}")).collect();
         Outcome::reply(Response::Result {
             name: "Result".to_string(),
             status: ResultStatus::Error,
-            fields: vec![leaf(&["Reason"], Value::Str("Unknown command".to_string()))],
+            fields: vec![
+                leaf(&["Reason"], Value::Str("Unknown command".to_string())),
+                leaf(&["XPath"], Value::Str(xpath)),
+            ],
         })
     }
 

@@ -306,6 +306,84 @@ fn not_recognized_and_bare_error_end_any_shape() {
     }
 }
 
+/// A failing xCommand that starts `ERROR` instead of `OK` (catalogue reply.command-error,
+/// variant `command_error: error`): for a tagged command the block is the reply; a
+/// configuration set answered by a bare `OK` (reply.config-set, `config_set: bare_ok`).
+#[test]
+fn error_first_command_and_bare_ok_config_set() {
+    for bytes in [
+        include_bytes!("fixtures/command_error_first.txt").to_vec(),
+        crlf(include_bytes!("fixtures/command_error_first.txt")),
+    ] {
+        let mut r = ReplyReader::new();
+        r.feed(LOGIN);
+        r.expect_id(ReplyShape::Command, &ResultId::new("r7").unwrap());
+        let reply = reply_of(&feed_bytewise(&mut r, &bytes));
+        assert_eq!(
+            reply.status,
+            ReplyStatus::Error {
+                reason: Some("No certificate with that fingerprint".into())
+            }
+        );
+        assert_eq!(reply.result_id.as_deref(), Some("r7"));
+    }
+    let r = reply_of(&run(
+        include_bytes!("fixtures/config_set_bare_ok.txt"),
+        ReplyShape::Status,
+    ));
+    assert_eq!(r.status, ReplyStatus::Ok);
+}
+
+/// Services Show as a real Room Kit Plus prints it: `UsedFor: "SIP, HTTPS server"`, the
+/// chain's intermediate as a second item (catalogue show.used-for, show.chain).
+#[test]
+fn show_as_a_room_kit_prints_it() {
+    use crate::engine::steps::parse_show;
+    let r = reply_of(&run(
+        include_bytes!("fixtures/command_show_roomkit.txt"),
+        ReplyShape::Command,
+    ));
+    let shown = parse_show(&r);
+    assert_eq!(shown.len(), 2);
+    assert!(shown[0].used_for.iter().any(|u| u == "HTTPS"), "{shown:?}");
+    assert!(shown[0].used_for.iter().any(|u| u == "SIP"), "{shown:?}");
+    assert_eq!(shown[1].subject, "/C=US/O=Let's Encrypt/CN=R3");
+}
+
+/// Every fixture file is listed in `fixtures/INDEX.md` with a catalogue entry that exists
+/// in `docs/device-catalogue.md`.
+#[test]
+fn every_fixture_names_a_catalogue_entry() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tsh/fixtures");
+    let index = std::fs::read_to_string(dir.join("INDEX.md")).unwrap();
+    let catalogue = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/device-catalogue.md"),
+    )
+    .unwrap();
+    let entries: std::collections::BTreeMap<String, String> = index
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let file = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            let id = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((file.to_string(), id.to_string()))
+        })
+        .collect();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let name = f.unwrap().file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".txt") {
+            continue;
+        }
+        let id = entries
+            .get(&name)
+            .unwrap_or_else(|| panic!("fixture {name} is not in fixtures/INDEX.md"));
+        assert!(
+            catalogue.contains(&format!("| `{id}` ")),
+            "fixture {name} names {id}, which the catalogue does not have"
+        );
+    }
+}
+
 #[test]
 fn events_interleaved_do_not_end_or_join_the_reply() {
     let ev = run(

@@ -441,7 +441,18 @@ fn step(p: &mut Pending, line: String) -> Option<Reply> {
         return done.map(|trailer| finish(acc, trailer));
     }
     if t == "ERROR" {
+        // catalogue reply.command-error: a failing xCommand may start `ERROR` where others
+        // start `OK`, its `*r` block following. For a command tagged with a resultId the
+        // block (which carries the tag) is awaited; untagged, `ERROR` ends the reply.
+        let error_first = p.shape == ReplyShape::Command
+            && p.expected_id.is_some()
+            && !acc.saw_r
+            && acc.result_id.is_none()
+            && acc.raw.iter().all(|l| l.trim().is_empty() || l.trim() == "OK");
         acc.raw.push(line);
+        if error_first {
+            return None;
+        }
         return Some(finish(acc, Some(ReplyStatus::BareError)));
     }
     if t.is_empty() {

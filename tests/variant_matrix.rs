@@ -1,0 +1,193 @@
+//! The variant matrix: the shipped playbooks against a simulated room per device variant
+//! (every alternative `docs/device-catalogue.md` lists as unknown, `sim::Variants`). Each
+//! room either completes correctly or stops with a clear, specific reason — never a
+//! timeout, never a wrong "ok", never a lost secret. The expected outcome of every
+//! variant is asserted.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use roomkey::sim::{FaultPlan, Variants};
+use support::*;
+
+/// The shipped playbook `name`, with the test policy (short timeouts, no retries, host keys
+/// recorded on first use) instead of its own.
+fn shipped(dir: &Path, name: &str) -> PathBuf {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("playbooks/{name}.yaml")),
+    )
+    .unwrap();
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let policy: serde_yaml::Value = serde_yaml::from_str(
+        "{ concurrency: 8, connect_timeout: 5s, auth_timeout: 5s, command_timeout: 8s, \
+           retries: 0, retry_backoff: 100ms, host_key_policy: accept-new }",
+    )
+    .unwrap();
+    doc["policy"] = policy;
+    let path = dir.join(format!("shipped-{name}.yaml"));
+    std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
+    path
+}
+
+/// The per-device outcomes of a `--report` file: name → (status, reason).
+fn outcomes(report: &Path) -> BTreeMap<String, (String, String)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+    v["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["device"].as_str().unwrap().to_string(),
+                (
+                    o["status"].as_str().unwrap().to_string(),
+                    o["reason"].as_str().unwrap_or_default().to_string(),
+                ),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_playbooks_against_every_variant() {
+    let mut variants = vec![("default", Variants::default())];
+    variants.extend(Variants::alternatives());
+    let plans: Vec<FaultPlan> = variants
+        .iter()
+        .map(|(_, v)| FaultPlan {
+            variants: v.clone(),
+            ..FaultPlan::default()
+        })
+        .collect();
+    let lab = Lab::start(plans.len(), 61, |i| plans[i].clone()).await;
+    let name_of = |key: &str| {
+        let i = variants.iter().position(|(k, _)| *k == key).unwrap();
+        lab.names[i].clone()
+    };
+
+    // 1. external-identity.yaml.
+    let report = lab.path().join("identity.json");
+    let (code, stdout, stderr) = lab
+        .apply(
+            &shipped(lab.path(), "external-identity"),
+            &["--report", report.to_str().unwrap()],
+        )
+        .await;
+    let got = outcomes(&report);
+    let all = format!("exit {code}\n{stdout}\n{stderr}\n{got:#?}");
+    for (key, _) in &variants {
+        let name = name_of(key);
+        let (status, reason) = &got[&name];
+        match *key {
+            // catalogue command.populate-form: a device that reads Populate as a
+            // multi-line command waits for a body after roomkey's one-line Populate.
+            "populate_form=multi_line" => {
+                assert_ne!(status, "changed", "{key}: {all}");
+                assert_ne!(status, "ok", "{key}: {all}");
+                assert!(
+                    reason.contains("Populate") || reason.contains("populate"),
+                    "{key}: the reason names the command: {all}"
+                );
+                let snap = lab.snapshot(&name).await;
+                assert_eq!(snap.secret, None, "{key}: nothing seeded");
+                assert_eq!(snap.count("Services Add"), 0, "{key}: stopped there");
+            }
+            _ => {
+                assert_eq!(status, "changed", "{key}: {all}");
+                let snap = lab.snapshot(&name).await;
+                let cert = snap
+                    .certificates
+                    .iter()
+                    .find(|c| c.used_for.iter().any(|u| u == "WebexIdentity"))
+                    .unwrap_or_else(|| panic!("{key}: identity active: {all}"));
+                assert_eq!(cert.common_name, identity(&name), "{key}");
+                assert_eq!(
+                    snap.secret.as_ref().map(|s| s.expose().to_string()),
+                    lab.device_secret(&name).await,
+                    "{key}"
+                );
+            }
+        }
+    }
+    // Rerun: every completed room reads as done, nothing is added twice.
+    let report2 = lab.path().join("identity-2.json");
+    lab.apply(
+        &shipped(lab.path(), "external-identity"),
+        &["--report", report2.to_str().unwrap()],
+    )
+    .await;
+    for (key, _) in &variants {
+        let name = name_of(key);
+        let snap = lab.snapshot(&name).await;
+        assert!(snap.count("Services Add") <= 1, "{key}: added twice");
+    }
+
+    // 2. A failing xCommand (catalogue reply.command-error): with `OK` or `ERROR` first,
+    // the device's reason reaches the report, not a timeout.
+    let failing = playbook(
+        lab.path(),
+        "failing",
+        TEST_POLICY,
+        "  - xcommand: { command: \"Security Certificates Services Delete\", params: { Fingerprint: \"0000000000000000000000000000000000000000\" } }\n",
+    );
+    let report3 = lab.path().join("failing.json");
+    lab.apply(&failing, &["--report", report3.to_str().unwrap()])
+        .await;
+    let got = outcomes(&report3);
+    for key in ["default", "command_error=error"] {
+        let (status, reason) = &got[&name_of(key)];
+        assert_eq!(status, "failed", "{key}: {got:#?}");
+        assert!(
+            reason.contains("No certificate with that fingerprint"),
+            "{key}: {got:#?}"
+        );
+    }
+
+    // 3. rotate-secret.yaml (catalogue secret.populate-plaintext): whichever way the
+    // device reads the populate plaintext, roomkey's vault names the secret it holds.
+    let report4 = lab.path().join("rotate.json");
+    lab.apply(
+        &shipped(lab.path(), "rotate-secret"),
+        &["--report", report4.to_str().unwrap()],
+    )
+    .await;
+    let got = outcomes(&report4);
+    let vault = lab.read_vault();
+    for (key, _) in &variants {
+        if *key == "populate_form=multi_line" {
+            continue; // never seeded
+        }
+        let name = name_of(key);
+        let on_device = lab
+            .snapshot(&name)
+            .await
+            .secret
+            .map(|s| s.expose().to_string())
+            .unwrap_or_else(|| panic!("{key}: the device lost its secret"));
+        let known = vault.device(&name).map(|d| {
+            d.current
+                .iter()
+                .chain(d.pending.iter())
+                .chain(d.previous.iter())
+                .map(|r| r.secret.expose().to_string())
+                .collect::<Vec<_>>()
+        });
+        assert!(
+            known.is_some_and(|k| k.contains(&on_device)),
+            "{key}: the vault does not hold the device's secret ({:?})",
+            got.get(&name)
+        );
+        let (status, reason) = &got[&name];
+        match *key {
+            "populate_plaintext=base64url" => assert!(
+                status == "changed" || !reason.is_empty(),
+                "{key}: {status} without a reason"
+            ),
+            _ => assert_eq!(status, "changed", "{key}: {got:#?}"),
+        }
+    }
+    lab.fleet.unwrap().shutdown().await;
+}
