@@ -990,27 +990,9 @@ impl Device {
         if plaintext.is_empty() {
             self.secret = None;
         } else {
-            // catalogue secret.populate-plaintext: the raw phrase, or its base64url form.
-            let phrase_bytes = match self.variants.populate_plaintext {
-                super::variants::PopulatePlaintext::Raw => plaintext,
-                super::variants::PopulatePlaintext::Base64url => {
-                    let text = String::from_utf8_lossy(&plaintext);
-                    match base64::engine::general_purpose::URL_SAFE_NO_PAD
-                        .decode(text.trim().trim_end_matches('='))
-                    {
-                        Ok(b) => Zeroizing::new(b),
-                        Err(_) => {
-                            return err(name, ResultStatus::Error, "Secret is not valid base64url")
-                        }
-                    }
-                }
-            };
-            let Ok(phrase) = std::str::from_utf8(&phrase_bytes) else {
+            let Ok(phrase) = std::str::from_utf8(&plaintext) else {
                 return err(name, ResultStatus::Error, "Secret is not valid UTF-8");
             };
-            if phrase.is_empty() {
-                return err(name, ResultStatus::Error, "Secret must not be empty");
-            }
             self.secret = Some(Secret::new(phrase));
         }
         self.generation += 1;

@@ -42,17 +42,6 @@ pub enum CommandErrorStart {
     Error,
 }
 
-/// How the device reads the plaintext of a `populate` JWE (catalogue `secret.populate-plaintext`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PopulatePlaintext {
-    /// The plaintext is the new secret phrase itself.
-    #[default]
-    Raw,
-    /// The plaintext is base64url of the phrase (as in the plaintext first seeding).
-    Base64url,
-}
-
 /// Whether `ClientSecret Populate` is a one-line command or takes a multi-line body
 /// (catalogue `command.populate-form`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -97,7 +86,6 @@ pub struct Variants {
     pub external_identity: IdentityForm,
     pub config_set: ConfigSetReply,
     pub command_error: CommandErrorStart,
-    pub populate_plaintext: PopulatePlaintext,
     pub populate_form: PopulateForm,
     pub scep_completion: ScepCompletion,
     /// The delay of [`ScepCompletion::Delayed`] (default 2 s).
@@ -121,7 +109,6 @@ impl Variants {
             "external_identity" => self.external_identity = parse(key, value)?,
             "config_set" => self.config_set = parse(key, value)?,
             "command_error" => self.command_error = parse(key, value)?,
-            "populate_plaintext" => self.populate_plaintext = parse(key, value)?,
             "populate_form" => self.populate_form = parse(key, value)?,
             "scep_completion" => self.scep_completion = parse(key, value)?,
             "scep_verbs" => self.scep_verbs = parse(key, value)?,
@@ -164,13 +151,6 @@ impl Variants {
                 },
             ),
             (
-                "populate_plaintext=base64url",
-                Variants {
-                    populate_plaintext: PopulatePlaintext::Base64url,
-                    ..d()
-                },
-            ),
-            (
                 "populate_form=multi_line",
                 Variants {
                     populate_form: PopulateForm::MultiLine,
@@ -200,7 +180,6 @@ pub const KNOBS: &[&str] = &[
     "external_identity",
     "config_set",
     "command_error",
-    "populate_plaintext",
     "populate_form",
     "scep_completion",
     "scep_delay_ms",
@@ -217,7 +196,6 @@ mod tests {
         v.set("external_identity", "seed").unwrap();
         v.set("config_set", "bare_ok").unwrap();
         v.set("command_error", "error").unwrap();
-        v.set("populate_plaintext", "base64url").unwrap();
         v.set("populate_form", "multi_line").unwrap();
         v.set("scep_completion", "delayed").unwrap();
         v.set("scep_delay_ms", "50").unwrap();
@@ -230,6 +208,6 @@ mod tests {
             serde_yaml::from_str("{ external_identity: seed, populate_form: multi_line }").unwrap();
         assert_eq!(yaml.populate_form, PopulateForm::MultiLine);
         assert!(serde_yaml::from_str::<Variants>("{ bogus: 1 }").is_err());
-        assert_eq!(Variants::alternatives().len(), 7);
+        assert_eq!(Variants::alternatives().len(), 6);
     }
 }

@@ -329,9 +329,15 @@ fn error_first_command_and_bare_ok_config_set() {
     }
     let r = reply_of(&run(
         include_bytes!("fixtures/config_set_bare_ok.txt"),
-        ReplyShape::Status,
+        ReplyShape::ConfigSet,
     ));
     assert_eq!(r.status, ReplyStatus::Ok);
+    let block = reply_of(&run(
+        include_bytes!("fixtures/config_set.txt"),
+        ReplyShape::ConfigSet,
+    ));
+    assert_eq!(block.status, ReplyStatus::Ok);
+    assert_eq!(block.result_id.as_deref(), Some("r5"));
 }
 
 /// Services Show as a real Room Kit Plus prints it: `UsedFor: "SIP, HTTPS server"`, the

@@ -14,6 +14,8 @@
 //! - [`ReplyShape::Status`] (`xStatus`, `xConfiguration` read or set): the block, `** end`,
 //!   then the reply ends at the next `OK` or `ERROR` line (blank lines skipped). An `OK`
 //!   before `** end` is noise.
+//! - [`ReplyShape::ConfigSet`] (`xConfiguration` set): as `Status`, but an `OK` before
+//!   anything else is the whole reply (devices may answer a set with a bare `OK`).
 //! - [`ReplyShape::Plain`] (`echo off`): the reply ends at `OK` or `ERROR`.
 //! - Any shape: `Command not recognized.` ends the reply; a bare `ERROR` outside a status
 //!   trailer ends it as [`ReplyStatus::BareError`].
@@ -440,6 +442,16 @@ fn step(p: &mut Pending, line: String) -> Option<Reply> {
         }
         return done.map(|trailer| finish(acc, trailer));
     }
+    if p.shape == ReplyShape::ConfigSet
+        && t == "OK"
+        && acc.fields.is_empty()
+        && acc.result_id.is_none()
+        && acc.header.is_none()
+    {
+        // catalogue reply.config-set: a bare `OK`.
+        acc.raw.push(line);
+        return Some(finish(acc, None));
+    }
     if t == "ERROR" {
         // catalogue reply.command-error: a failing xCommand may start `ERROR` where others
         // start `OK`, its `*r` block following. For a command tagged with a resultId the
@@ -461,7 +473,7 @@ fn step(p: &mut Pending, line: String) -> Option<Reply> {
     if t == "** end" {
         acc.raw.push(line);
         match p.shape {
-            ReplyShape::Status => {
+            ReplyShape::Status | ReplyShape::ConfigSet => {
                 p.phase = Phase::AwaitTrailer;
                 return None;
             }
