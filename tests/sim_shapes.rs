@@ -124,11 +124,11 @@ async fn terminal_reply_shapes() {
          {p} IssuerName: \"{}\"\r\n\
          {p} notAfter: \"{}\"\r\n\
          {p} notBefore: \"{}\"\r\n\
-         {p} UsedFor: \"HTTPS\"\r\n\
-         {p} HashingAlgorithm: \"SHA256\"\r\n\
+         {p} UsedFor: \"HTTPS server\"\r\n\
+         {p} HashingAlgorithm: \"ecdsa-with-SHA256\"\r\n\
          {p} PublicKeySize: 256\r\n\
          {p} SerialNumber: \"{}\"\r\n\
-         {p} SignatureAlgorithm: \"ecdsa-with-SHA256\"\r\n\
+         {p} SignatureAlgorithm: \"id-ecPublicKey\"\r\n\
          {p} Version: 3\r\n** end\r\n",
         info.issuer,
         roomkey::sim::model::device_time(info.not_after),

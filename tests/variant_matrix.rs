@@ -139,8 +139,10 @@ async fn shipped_playbooks_against_every_variant() {
         "  - xcommand: { command: \"Security Certificates Services Delete\", params: { Fingerprint: \"0000000000000000000000000000000000000000\" } }\n",
     );
     let report3 = lab.path().join("failing.json");
-    lab.apply(&failing, &["--report", report3.to_str().unwrap()])
+    let (code, stdout, stderr) = lab
+        .apply(&failing, &["--report", report3.to_str().unwrap()])
         .await;
+    assert!(report3.exists(), "exit {code}\n{stdout}\n{stderr}");
     let got = outcomes(&report3);
     for key in ["default", "command_error=error"] {
         let (status, reason) = &got[&name_of(key)];
@@ -156,12 +158,16 @@ async fn shipped_playbooks_against_every_variant() {
         lab.path(),
         "toggle",
         TEST_POLICY,
-        "  - set_configuration: { path: Conference EndToEndEncryption Mode, value: \"Off\" }\n\
-         - set_configuration: { path: Conference EndToEndEncryption Mode, value: \"On\" }\n",
+        concat!(
+            "  - set_configuration: { path: Conference EndToEndEncryption Mode, value: \"Off\" }\n",
+            "  - set_configuration: { path: Conference EndToEndEncryption Mode, value: \"On\" }\n",
+        ),
     );
     let report5 = lab.path().join("toggle.json");
-    lab.apply(&toggle, &["--report", report5.to_str().unwrap()])
+    let (code, stdout, stderr) = lab
+        .apply(&toggle, &["--report", report5.to_str().unwrap()])
         .await;
+    assert!(report5.exists(), "exit {code}\n{stdout}\n{stderr}");
     let got = outcomes(&report5);
     for (key, _) in &variants {
         let name = name_of(key);
