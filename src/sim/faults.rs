@@ -103,6 +103,10 @@ pub struct FaultPlan {
     /// The alternatives this device plays where real devices are uncertain (fixed when
     /// the device starts).
     pub variants: super::variants::Variants,
+    /// How the device's firmware reads a `populate` JWE's plaintext (`raw`, the default, or
+    /// `base64url`). Not a fault but a firmware variant: the seed leaves it open, and
+    /// roomkey must be safe under both.
+    pub populate_reading: super::model::PopulateReading,
 }
 
 impl FaultPlan {

@@ -10,12 +10,11 @@
 //! leaf it shows is the certificate roomkey activated (where it shows a fingerprint), the
 //! identity is the expected CN and the certificate's NotAfter has not passed.
 
-use std::collections::BTreeMap;
-
 use time::OffsetDateTime;
 
 use super::certificate::normalise_fingerprint;
 use super::{local, require_ok, send, StepContext, StepDone, StepError};
+use crate::journal::StepOutputs;
 use crate::tsh::{Reply, TshCommand};
 
 const BASE: &str = "Conference EndToEndEncryption ExternalIdentity";
@@ -199,7 +198,7 @@ pub fn judge(
 pub(super) async fn verify_external_identity(
     ctx: &mut StepContext<'_>,
 ) -> Result<StepDone, StepError> {
-    let cmd = TshCommand::xstatus(BASE).map_err(local)?;
+    let cmd = external_identity_cmd().map_err(local)?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     let status = parse_external_identity(&reply);
@@ -213,19 +212,32 @@ pub(super) async fn verify_external_identity(
         fingerprint: fingerprint.as_deref(),
     };
     let note = judge(&status, &want, OffsetDateTime::now_utc()).map_err(StepError::Refused)?;
-    let identity = status.identity.clone().unwrap_or_default();
-    let mut outputs = BTreeMap::from([("identity".to_string(), identity)]);
-    if let Some(t) = &status.not_after {
-        outputs.insert("not_after".into(), t.clone());
-    }
-    if let Some(fp) = &status.leaf_fingerprint {
-        outputs.insert("identity_fingerprint".into(), fp.clone());
-    }
     Ok(StepDone {
         changed: false,
-        outputs,
+        outputs: StepOutputs {
+            identity: Some(status.identity.clone().unwrap_or_default()),
+            not_after: status.not_after.clone(),
+            fingerprint: status.leaf_fingerprint.clone(),
+            ..StepOutputs::default()
+        },
         note: Some(note),
     })
+}
+
+/// The whole `ExternalIdentity` subtree: either node form answers it.
+fn external_identity_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
+    TshCommand::xstatus(BASE)
+}
+
+pub(super) fn plan(
+    pc: &super::PlanContext<'_>,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    notes.push(format!(
+        "expects a valid external identity '{}' from the certificate roomkey activated",
+        pc.device.expected_identity.as_deref().unwrap_or("(any)")
+    ));
+    vec![super::planned(external_identity_cmd(), "always")]
 }
 
 #[cfg(test)]
