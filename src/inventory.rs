@@ -116,7 +116,9 @@ pub struct DeviceEntry {
     pub groups: Vec<String>,
     #[serde(flatten)]
     pub settings: Settings,
-    /// Simulator behaviour (faults) for this device; read only by `roomkey sim` and tests.
+    /// Simulator behaviour (faults, variants) for this device, kept as an opaque value: the
+    /// simulator owns its format and checks it (`sim::specs_from_inventory`), so the
+    /// product does not depend on the simulator.
     #[serde(default)]
     pub sim: Option<serde_yaml::Value>,
 }
@@ -483,11 +485,6 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
             },
             None => None,
         };
-        if let Some(sim) = &entry.sim {
-            if let Err(e) = serde_yaml::from_value::<crate::sim::FaultPlan>(sim.clone()) {
-                problems.push(problem(&format!("{where_}.sim"), e.to_string()));
-            }
-        }
         let Some(auth) = auth else { continue };
         devices.push(Device {
             name: name.clone(),

@@ -581,6 +581,10 @@ pub struct Device {
     pub booted_at: Option<OffsetDateTime>,
     /// The alternatives this device plays (set by the fleet, not persisted).
     pub variants: super::variants::Variants,
+    /// A SCEP enrolment accepted but not yet complete (variant `scep_completion: delayed`):
+    /// when it completes, the certificate and key it installs. Not persisted (a restart of
+    /// the simulator loses it, as a reboot would abort a real one).
+    pub pending_enrolment: Option<(OffsetDateTime, ServiceCert)>,
     /// How this device's firmware reads a `populate` JWE's plaintext (set by the fleet from
     /// the device's `sim:` block, not persisted: it is the firmware, not the state).
     pub populate_reading: PopulateReading,
@@ -625,6 +629,7 @@ impl Device {
             renewal_profiles: Vec::new(),
             booted_at: None,
             variants: super::variants::Variants::default(),
+            pending_enrolment: None,
             populate_reading: PopulateReading::default(),
         }
     }
@@ -708,6 +713,7 @@ impl Device {
     ) -> Outcome {
         // Uptime starts counting at the first request a device ever sees.
         self.uptime(now);
+        self.complete_enrolment(now);
         match req.kind {
             Kind::Command => self.command(req, decrypted, now),
             Kind::Status => self.status(req, now),
@@ -824,15 +830,33 @@ impl Device {
         ]) {
             return self.scep_request(name, req, now);
         }
-        if req.path_is(&[
-            "Security",
-            "Certificates",
-            "Services",
-            "Enrollment",
-            "SCEP",
-            "Renewal",
-            "Request",
-        ]) {
+        // catalogue scep.commands: current devices know `SCEP Profiles Set`, older ones
+        // `SCEP Renewal Request` (variant `scep_verbs`).
+        let older = self.variants.scep_verbs == super::variants::ScepVerbs::Older;
+        if older
+            && req.path_is(&[
+                "Security",
+                "Certificates",
+                "Services",
+                "Enrollment",
+                "SCEP",
+                "Renewal",
+                "Request",
+            ])
+        {
+            return self.renewal_request(name, req);
+        }
+        if !older
+            && req.path_is(&[
+                "Security",
+                "Certificates",
+                "Services",
+                "Enrollment",
+                "SCEP",
+                "Profiles",
+                "Set",
+            ])
+        {
             return self.renewal_request(name, req);
         }
         if req.path_is(&[
@@ -910,6 +934,13 @@ impl Device {
     /// the SCEP server at `URL` and installs the certificate it gets back.
     fn scep_request(&mut self, name: &str, req: &Request, now: OffsetDateTime) -> Outcome {
         use super::scep::{parse_request, EnrolError};
+        if self.pending_enrolment.is_some() {
+            return err(
+                name,
+                ResultStatus::Error,
+                "An enrollment is already in progress",
+            );
+        }
         let (url, fingerprint, challenge, issue) = match parse_request(&req.params) {
             Ok(v) => v,
             Err(EnrolError::Parameter(m)) => return err(name, ResultStatus::ParameterError, &m),
@@ -928,13 +959,35 @@ impl Device {
             Ok(v) => v,
             Err(e) => return err(name, ResultStatus::Error, &e.to_string()),
         };
-        self.certificates.push(ServiceCert {
+        let cert = ServiceCert {
             meta,
             chain: Vec::new(),
             key_pem,
             used_for: BTreeSet::new(),
-        });
+        };
+        // catalogue scep.completion: at once, or later (pending in between).
+        match self.variants.scep_completion {
+            super::variants::ScepCompletion::Immediate => self.certificates.push(cert),
+            super::variants::ScepCompletion::Delayed => {
+                let delay = time::Duration::try_from(self.variants.scep_delay())
+                    .unwrap_or(time::Duration::ZERO);
+                self.pending_enrolment = Some((now + delay, cert));
+            }
+        }
         Outcome::changed(ok(name, vec![]))
+    }
+
+    /// Installs a pending enrolment's certificate once its time has come.
+    fn complete_enrolment(&mut self, now: OffsetDateTime) {
+        if self
+            .pending_enrolment
+            .as_ref()
+            .is_some_and(|(due, _)| now >= *due)
+        {
+            if let Some((_, cert)) = self.pending_enrolment.take() {
+                self.certificates.push(cert);
+            }
+        }
     }
 
     fn renewal_request(&mut self, name: &str, req: &Request) -> Outcome {
@@ -1609,6 +1662,7 @@ fn canonical_word(w: &str) -> String {
         "Request",
         "Profiles",
         "List",
+        "Set",
         "SystemUnit",
         "Boot",
     ];
