@@ -114,11 +114,20 @@ pub struct StepOutputs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profiles: Option<String>,
     /// Uptime (s) before a restart's boot, and when the boot was sent (write-ahead).
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "number_or_text")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "number_or_text"
+    )]
     pub uptime_before: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "number_or_text")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "number_or_text"
+    )]
     pub boot_sent_at_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none", deserialize_with = "number_or_text")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "number_or_text"
+    )]
     pub uptime_after: Option<u64>,
 }
 
@@ -753,7 +762,11 @@ mod tests {
         for cut in 0..=bytes.len() {
             let parsed = parse_lines(&bytes[..cut]);
             assert_eq!(parsed.damaged, 0, "cut at {cut}");
-            assert_eq!(parsed.records[..], full[..parsed.records.len()], "cut at {cut}");
+            assert_eq!(
+                parsed.records[..],
+                full[..parsed.records.len()],
+                "cut at {cut}"
+            );
         }
     }
 
@@ -790,7 +803,11 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&damage.moved_to).unwrap(), damaged);
         assert_eq!(j.step("a").status, StepStatus::Done);
         assert_eq!(j.step("b").status, StepStatus::Pending);
-        assert_eq!(j.step("c").status, StepStatus::Done, "the record after the damage");
+        assert_eq!(
+            j.step("c").status,
+            StepStatus::Done,
+            "the record after the damage"
+        );
         j.append(rec("d", StepStatus::Done)).unwrap();
         drop(j);
         let j = DeviceJournal::open(dir.path(), "pb", "d").unwrap();
@@ -848,7 +865,13 @@ mod tests {
         drop(log);
         let mut log = RunLog::open(dir.path(), "pb", false).unwrap();
         let again = log.begin("run-2", false).unwrap();
-        assert_eq!(again, CurrentRun { id: "run-1".into(), resumed: true });
+        assert_eq!(
+            again,
+            CurrentRun {
+                id: "run-1".into(),
+                resumed: true
+            }
+        );
         log.finish("run-1").unwrap();
         let next = log.begin("run-3", false).unwrap();
         assert_eq!(next.id, "run-3");

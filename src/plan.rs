@@ -114,11 +114,9 @@ pub fn device_plan(
     run: &PlannedRun,
 ) -> DevicePlan {
     let resolved = resolve::resolve(playbook, device, run.id());
-    let finished_in_run = journal
-        .get(crate::engine::DEVICE_RECORD)
-        .is_some_and(|d| {
-            matches!(run, PlannedRun::Continue(id) if *id == d.run) && d.status == StepStatus::Done
-        });
+    let finished_in_run = journal.get(crate::engine::DEVICE_RECORD).is_some_and(|d| {
+        matches!(run, PlannedRun::Continue(id) if *id == d.run) && d.status == StepStatus::Done
+    });
     let steps = resolved
         .iter()
         .filter_map(|rs| {

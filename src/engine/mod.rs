@@ -494,7 +494,8 @@ fn journal_durations(config: &RunConfig) -> Vec<Duration> {
         .devices
         .iter()
         .filter_map(|d| {
-            let journal = DeviceJournal::open_read_only(&config.state_dir, &key, &d.device.name).ok()?;
+            let journal =
+                DeviceJournal::open_read_only(&config.state_dir, &key, &d.device.name).ok()?;
             let records = journal.records();
             let done = records
                 .iter()
@@ -734,6 +735,7 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
     }
     outcome.duration_ms = started.elapsed().as_millis() as u64;
     dr.record_outcome(&outcome);
+    crate::failpoint::hit("device-finished");
     outcome
 }
 

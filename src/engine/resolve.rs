@@ -88,7 +88,11 @@ pub fn resolve(playbook: &Playbook, device: &PreparedDevice, run: &str) -> Vec<R
         .map(|(index, step)| ResolvedStep {
             index,
             kind: step.kind(),
-            id: format!("{}-{}", step.kind(), digest(&inputs(step, index, device, run))),
+            id: format!(
+                "{}-{}",
+                step.kind(),
+                digest(&inputs(step, index, device, run))
+            ),
             once_per_run: once_per_run(step),
         })
         .collect()
@@ -143,7 +147,10 @@ mod tests {
         let d = device("room-1");
         let ra = resolve(&a, &d, "r1");
         let rb = resolve(&b, &d, "r1");
-        assert_eq!(ra[0].id, rb[1].id, "two playbooks doing the same thing agree");
+        assert_eq!(
+            ra[0].id, rb[1].id,
+            "two playbooks doing the same thing agree"
+        );
         assert_ne!(rb[0].id, rb[1].id);
         assert!(ra[0].id.starts_with("set_configuration-"));
     }

@@ -60,10 +60,15 @@ pub(crate) fn show_cmd() -> Result<TshCommand, EncodeError> {
     TshCommand::xcommand("Security Certificates Services Show")
 }
 
+/// `Services Add`: a certificate and key as its body (the identity's as a JWE, a service
+/// certificate's as PEM).
+pub(super) fn services_add() -> Result<TshCommand, EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Add")
+}
+
 /// `Services Add IsEncrypted: True`, awaiting the `add` JWE as its body.
 fn add_header() -> Result<TshCommand, EncodeError> {
-    TshCommand::xcommand("Security Certificates Services Add")
-        .and_then(|c| c.param_literal("IsEncrypted", "True"))
+    services_add().and_then(|c| c.param_literal("IsEncrypted", "True"))
 }
 
 /// `Services Activate|Deactivate Purpose: <p>`, awaiting its `Fingerprint`.
@@ -269,13 +274,15 @@ pub(super) async fn set_activation(
     }
     let verb = if activate { "Activate" } else { "Deactivate" };
     if ctx.check_mode {
-        return Ok(would(&with_fingerprint(
-            activation_header(activate, purpose),
-            purpose,
-            &fp,
-            &super::placeholder(),
-        )
-        .map_err(local)?));
+        return Ok(would(
+            &with_fingerprint(
+                activation_header(activate, purpose),
+                purpose,
+                &fp,
+                &super::placeholder(),
+            )
+            .map_err(local)?,
+        ));
     }
     // WebexIdentity takes the fingerprint as a JWE; the other purposes take it plain.
     let jwe = if purpose == Purpose::WebexIdentity {
@@ -426,7 +433,10 @@ pub(super) fn plan_activation(
                 &fp,
                 &placeholder(),
             ),
-            format!("if {fp} is not already {state} for {}{jwe}", purpose.as_str()),
+            format!(
+                "if {fp} is not already {state} for {}{jwe}",
+                purpose.as_str()
+            ),
         ),
     ]
 }

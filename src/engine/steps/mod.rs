@@ -22,7 +22,7 @@ pub use certificate::{normalise_fingerprint, parse_show, ShownCertificate};
 pub use identity::{parse_external_identity, ExternalIdentityStatus};
 pub use restart::restarted_since;
 pub use scep::{find_enrolled, parse_profiles, profile_cmds, scep_cmd, subject_cn};
-pub use secret::{classify_populate, is_decrypt_failure, PopulateAnswer};
+pub use secret::{classify_populate, is_decrypt_failure, populate_command, PopulateAnswer};
 pub use service::service_add_cmd;
 pub use trust::{ca_add_cmd, parse_ca_show};
 
@@ -175,8 +175,7 @@ pub enum StepError {
 
 /// Journals the step in flight (fsynced) before its first changing command. The outputs
 /// are kept with that record, for a resumed attempt to read back (`step_outputs`).
-pub type WriteAhead<'w> =
-    dyn FnMut(&str, StepOutputs) -> Result<(), String> + Send + 'w;
+pub type WriteAhead<'w> = dyn FnMut(&str, StepOutputs) -> Result<(), String> + Send + 'w;
 
 pub(crate) fn unchanged(note: impl Into<String>) -> StepDone {
     StepDone {

@@ -424,7 +424,9 @@ pub(super) fn plan_populate(
                     .into(),
             );
             vec![
-                populate("if the vault records the device as never seeded: plaintext first seeding"),
+                populate(
+                    "if the vault records the device as never seeded: plaintext first seeding",
+                ),
                 populate(
                     "otherwise, or if refused: a no-op populate JWE under the same secret proves \
                      the device holds it",
