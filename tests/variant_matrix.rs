@@ -58,15 +58,25 @@ fn outcomes(report: &Path) -> BTreeMap<String, (String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shipped_playbooks_against_every_variant() {
-    let mut variants = vec![("default", Variants::default())];
-    variants.extend(Variants::alternatives());
-    let plans: Vec<FaultPlan> = variants
-        .iter()
-        .map(|(_, v)| FaultPlan {
-            variants: v.clone(),
+    let mut variants: Vec<(&str, FaultPlan)> = vec![("default", FaultPlan::default())];
+    variants.extend(Variants::alternatives().into_iter().map(|(k, v)| {
+        (
+            k,
+            FaultPlan {
+                variants: v,
+                ..FaultPlan::default()
+            },
+        )
+    }));
+    // catalogue secret.populate-plaintext: issue 12's knob, part of the same matrix.
+    variants.push((
+        "populate_reading=base64url",
+        FaultPlan {
+            populate_reading: roomkey::sim::model::PopulateReading::Base64url,
             ..FaultPlan::default()
-        })
-        .collect();
+        },
+    ));
+    let plans: Vec<FaultPlan> = variants.iter().map(|(_, p)| p.clone()).collect();
     let lab = Lab::start(plans.len(), 61, |i| plans[i].clone()).await;
     let name_of = |key: &str| {
         let i = variants.iter().position(|(k, _)| *k == key).unwrap();
@@ -213,12 +223,93 @@ async fn shipped_playbooks_against_every_variant() {
         );
         let (status, reason) = &got[&name];
         match *key {
-            "populate_plaintext=base64url" => assert!(
+            "populate_reading=base64url" => assert!(
                 status == "changed" || !reason.is_empty(),
                 "{key}: {status} without a reason"
             ),
             _ => assert_eq!(status, "changed", "{key}: {got:#?}"),
         }
     }
+    lab.fleet.unwrap().shutdown().await;
+}
+
+/// The shipped SCEP playbook (scep-8021x.yaml, with the lab's SCEP server, CA and
+/// challenge filled in) against a device that completes an enrolment at once, one that
+/// completes it later (pending in between), and one that knows only the older renewal
+/// command name (catalogue scep.completion, scep.commands).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shipped_scep_playbook_against_scep_variants() {
+    use roomkey::sim::variants::{ScepCompletion, ScepVerbs};
+    let cases: Vec<(&str, Variants)> = vec![
+        ("default", Variants::default()),
+        (
+            "scep_completion=delayed",
+            Variants {
+                scep_completion: ScepCompletion::Delayed,
+                scep_delay_ms: Some(1_500),
+                ..Variants::default()
+            },
+        ),
+        (
+            "scep_verbs=older",
+            Variants {
+                scep_verbs: ScepVerbs::Older,
+                ..Variants::default()
+            },
+        ),
+    ];
+    let plans: Vec<FaultPlan> = cases
+        .iter()
+        .map(|(_, v)| FaultPlan {
+            variants: v.clone(),
+            ..FaultPlan::default()
+        })
+        .collect();
+    let lab = Lab::start_with(
+        cases.len(),
+        62,
+        |i| plans[i].clone(),
+        |dir, opts| opts.scep_servers = vec![scep_server(dir)],
+    )
+    .await;
+    lab.set_credentials(&[("scep-challenge", SCEP_CHALLENGE)]);
+    let ca_pem = std::fs::read_to_string(lab.path().join("scep-ca.pem")).unwrap();
+    let fp = roomkey::cert::parse_cert_pem(&ca_pem)
+        .unwrap()
+        .fingerprint_sha1;
+    // The shipped playbook with the lab's values in place of its examples.
+    let shipped_path = shipped(lab.path(), "scep-8021x");
+    let text = std::fs::read_to_string(&shipped_path)
+        .unwrap()
+        .replace("certs/scep-ca.pem", "scep-ca.pem")
+        .replace("http://scep.example.com/certsrv/mscep/mscep.dll", SCEP_URL)
+        .replace("0123456789abcdef0123456789abcdef01234567", &fp);
+    std::fs::write(&shipped_path, text).unwrap();
+    let report = lab.path().join("scep.json");
+    let (code, stdout, stderr) = lab
+        .apply(&shipped_path, &["--report", report.to_str().unwrap()])
+        .await;
+    let got = outcomes(&report);
+    let all = format!("exit {code}\n{stdout}\n{stderr}\n{got:#?}");
+    for (i, (key, _)) in cases.iter().enumerate() {
+        let name = &lab.names[i];
+        assert_eq!(got[name].0, "changed", "{key}: {all}");
+        let snap = lab.snapshot(name).await;
+        let enrolled: Vec<_> = snap
+            .certificates
+            .iter()
+            .filter(|c| c.common_name == format!("{name}.example.com"))
+            .collect();
+        assert_eq!(enrolled.len(), 1, "{key}: enrolled once: {all}");
+        assert_eq!(enrolled[0].used_for, vec!["802.1X".to_string()], "{key}");
+        assert_eq!(snap.renewal_profiles.len(), 1, "{key}: profile set");
+        assert_eq!(snap.count("Enrollment SCEP Request"), 1, "{key}: requested once");
+    }
+    // The older device got the profile under the older name after the current one failed.
+    let older = lab.snapshot(&lab.names[2]).await;
+    assert_eq!(older.count("SCEP Profiles Set"), 1);
+    assert_eq!(older.count("SCEP Renewal Request"), 1);
+    let current = lab.snapshot(&lab.names[0]).await;
+    assert_eq!(current.count("SCEP Renewal Request"), 0);
     lab.fleet.unwrap().shutdown().await;
 }

@@ -33,6 +33,14 @@ use super::{SimDeviceSpec, SimError};
 use crate::kdf::KdfPool;
 use crate::secret::Secret;
 
+/// Concurrent sessions a simulated device serves unless its plan says otherwise
+/// (catalogue session.limits: the real default is not public).
+pub const DEFAULT_MAX_SESSIONS: usize = 8;
+/// Failed logins before the account locks (catalogue auth.lockout; inferred).
+pub const DEFAULT_MAX_FAILED_LOGINS: u32 = 5;
+/// How long a locked account stays locked (catalogue auth.lockout; inferred).
+pub const DEFAULT_LOCKOUT_SECS: u64 = 60;
+
 /// Options shared by every device of a fleet.
 #[derive(Clone, Debug)]
 pub struct FleetOptions {
@@ -163,6 +171,13 @@ struct DeviceRuntime {
     variants: super::variants::Variants,
     /// The device's clock offset (fault `clock_offset_secs`).
     clock_offset: time::Duration,
+    /// Failed logins counted and, once locked, until when.
+    failed_logins: StdMutex<(u32, Option<tokio::time::Instant>)>,
+    max_failed_logins: u32,
+    lockout: Duration,
+    /// Open TSH sessions, and how many the device serves at once.
+    sessions: std::sync::atomic::AtomicUsize,
+    max_sessions: usize,
     login_notice: Vec<String>,
     /// Status and configuration leaves changed by a command, for sessions that registered
     /// `xFeedback` (any session's change reaches every registered session, as on a device).
@@ -203,8 +218,31 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl DeviceRuntime {
+    /// Checks a login, counting failures towards the lockout: once `max_failed_logins`
+    /// failures are counted, every login (a correct one too) is refused until the lockout
+    /// time has passed (catalogue auth.lockout).
     fn credentials_ok(&self, user: &str, password: &[u8]) -> bool {
-        !self.refuse_auth && user == self.username && same(password, self.password.as_bytes())
+        let mut lock_state = lock(&self.failed_logins);
+        let now = tokio::time::Instant::now();
+        if let Some(until) = lock_state.1 {
+            if now < until {
+                tracing::info!(device = %self.name, "login refused: account locked");
+                return false;
+            }
+            *lock_state = (0, None);
+        }
+        let ok =
+            !self.refuse_auth && user == self.username && same(password, self.password.as_bytes());
+        if ok {
+            lock_state.0 = 0;
+        } else {
+            lock_state.0 = lock_state.0.saturating_add(1);
+            if self.max_failed_logins > 0 && lock_state.0 >= self.max_failed_logins {
+                tracing::info!(device = %self.name, "too many failed logins: account locked");
+                lock_state.1 = Some(now + self.lockout);
+            }
+        }
+        ok
     }
 
     fn is_down(&self) -> bool {
@@ -526,6 +564,15 @@ async fn process_frame(
     }
 }
 
+/// Counts one open session for as long as it lives.
+struct SessionSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for SessionSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Sends device output; with a pty through the line discipline (`\n` → `\r\n`).
 async fn send(channel: &Channel<Msg>, text: &str, pty: bool) -> bool {
     if text.is_empty() {
@@ -564,6 +611,22 @@ async fn run_tsh(
             Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => return,
             Some(_) => {}
         }
+    }
+    // catalogue session.limits: one session more than the device serves is told so and
+    // closed before the banner.
+    let open = rt.sessions.fetch_add(1, Ordering::SeqCst);
+    let _session = SessionSlot(&rt.sessions);
+    if open >= rt.max_sessions {
+        tracing::info!(device = %rt.name, "session refused: too many sessions");
+        let _ = send(
+            &channel,
+            &format!("Maximum number of sessions reached{}", tsh::EOL),
+            pty,
+        )
+        .await;
+        let _ = channel.eof().await;
+        let _ = channel.close().await;
+        return;
     }
     rt.logins.fetch_add(1, Ordering::Relaxed);
     let mut banner = tsh::banner(&rt.name);
@@ -962,6 +1025,16 @@ impl Fleet {
                 latency: spec.faults.latency(),
                 variants: spec.faults.variants.clone(),
                 clock_offset: time::Duration::seconds(spec.faults.clock_offset_secs),
+                failed_logins: StdMutex::new((0, None)),
+                max_failed_logins: spec
+                    .faults
+                    .max_failed_logins
+                    .unwrap_or(DEFAULT_MAX_FAILED_LOGINS),
+                lockout: Duration::from_secs(
+                    spec.faults.lockout_secs.unwrap_or(DEFAULT_LOCKOUT_SECS),
+                ),
+                sessions: std::sync::atomic::AtomicUsize::new(0),
+                max_sessions: spec.faults.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS),
                 refuse_auth: spec.faults.refuse_auth,
                 login_notice: spec
                     .faults
