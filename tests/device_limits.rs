@@ -93,3 +93,38 @@ async fn a_session_beyond_the_limit_is_told_so_and_closed() {
     drop(first);
     fleet.shutdown().await;
 }
+
+/// A device offering Ed25519 and ECDSA host keys, pinned by its ECDSA key: roomkey offers the
+/// pinned type first (as OpenSSH does) and connects under strict checking instead of
+/// reporting a changed key; pinned by its Ed25519 key, the same (catalogue hostkey.types).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pinned_host_key_type_is_preferred() {
+    use roomkey::sim::store::HostKeyType;
+    let fleet = one_device(
+        FaultPlan {
+            host_key_types: vec![HostKeyType::Ed25519, HostKeyType::Ecdsa],
+            ..FaultPlan::default()
+        },
+        None,
+    )
+    .await;
+    let info = fleet.devices()[0].clone();
+    assert_eq!(info.host_keys.len(), 2);
+    for key in &info.host_keys {
+        let dir = tempfile::tempdir().unwrap();
+        let line = roomkey::ssh::known_hosts::entry_line(
+            &info.addr.ip().to_string(),
+            info.addr.port(),
+            key,
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("known_hosts"), line).unwrap();
+        let mut o = options(info.addr, &dir, PASSWORD);
+        o.host_key_policy = HostKeyPolicy::Strict;
+        let s = TshSession::connect(&o).await.unwrap_or_else(|e| {
+            panic!("pinned {}: {e}", key.algorithm().as_str())
+        });
+        drop(s);
+    }
+    fleet.shutdown().await;
+}

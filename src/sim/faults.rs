@@ -97,6 +97,9 @@ pub struct FaultPlan {
     /// Extra lines printed after the banner's `OK` (a variant real devices show, e.g.
     /// `Last login from 10.0.0.5 at 2024-05-10 13:14:47`); clients must cope.
     pub login_notice: Vec<String>,
+    /// The host key types the device offers, in its order (catalogue hostkey.types;
+    /// default: Ed25519 only). Each is persistent like the Ed25519 key.
+    pub host_key_types: Vec<super::store::HostKeyType>,
     /// Concurrent TSH sessions the device serves (`Security Session MaxTotalSessions`,
     /// catalogue session.limits; default 8, inferred): one more is told so and closed.
     pub max_sessions: Option<usize>,

@@ -77,6 +77,8 @@ pub struct DeviceInfo {
     pub host_key: PublicKey,
     /// `SHA256:…` fingerprint of `host_key`.
     pub host_key_fingerprint: String,
+    /// Every host key the device has, one per type, in the order it offers them.
+    pub host_keys: Vec<PublicKey>,
     /// The key actually presented (differs under the `wrong_host_key` fault).
     pub presented_host_key: PublicKey,
 }
@@ -941,11 +943,12 @@ async fn accept_loop(
     }
 }
 
-/// Loads (or creates) a device's persisted state and host key.
+/// Loads (or creates) a device's persisted state and host keys (one per type).
 fn load_device(
     dir: &std::path::Path,
     name: &str,
-) -> Result<(Option<Store>, Device, PrivateKey), SimError> {
+    types: &[store::HostKeyType],
+) -> Result<(Option<Store>, Device, Vec<PrivateKey>), SimError> {
     let st = Store::open(dir, name)?;
     let device = match st.load_state()? {
         Some(p) => Device::from_persisted(name, &p).map_err(|e| SimError::State {
@@ -954,8 +957,24 @@ fn load_device(
         })?,
         None => Device::new(name),
     };
-    let key = st.host_key()?;
-    Ok((Some(st), device, key))
+    let keys = types
+        .iter()
+        .map(|t| st.host_key_of(*t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((Some(st), device, keys))
+}
+
+/// Fresh keys of the given types (in-memory devices, the `wrong_host_key` fault).
+fn random_keys(name: &str, types: &[store::HostKeyType]) -> Result<Vec<PrivateKey>, SimError> {
+    types
+        .iter()
+        .map(|t| {
+            t.random().map_err(|reason| SimError::State {
+                device: name.to_string(),
+                reason: format!("host key: {reason}"),
+            })
+        })
+        .collect()
 }
 
 impl Fleet {
@@ -972,26 +991,41 @@ impl Fleet {
             if !names.insert(spec.name.clone()) {
                 return Err(SimError::DuplicateName(spec.name));
             }
-            let (store, mut device, host_key) = match opts.state_dir.clone() {
+            let types: Vec<store::HostKeyType> = if spec.faults.host_key_types.is_empty() {
+                vec![store::HostKeyType::Ed25519]
+            } else {
+                spec.faults.host_key_types.clone()
+            };
+            let (store, mut device, host_keys) = match opts.state_dir.clone() {
                 Some(dir) => {
                     let name = spec.name.clone();
+                    let types = types.clone();
                     // File I/O (and key parsing) off the executor.
-                    tokio::task::spawn_blocking(move || load_device(&dir, &name))
+                    tokio::task::spawn_blocking(move || load_device(&dir, &name, &types))
                         .await
                         .map_err(|_| SimError::State {
                             device: spec.name.clone(),
                             reason: "loading state panicked".into(),
                         })??
                 }
-                None => (None, Device::new(&spec.name), store::random_host_key()),
+                None => (
+                    None,
+                    Device::new(&spec.name),
+                    random_keys(&spec.name, &types)?,
+                ),
             };
             device.scep_servers = opts.scep_servers.clone();
             device.variants = spec.faults.variants.clone();
             device.populate_reading = spec.faults.populate_reading;
-            let presented: PrivateKey = if spec.faults.wrong_host_key {
-                store::random_host_key()
+            let presented: Vec<PrivateKey> = if spec.faults.wrong_host_key {
+                random_keys(&spec.name, &types)?
             } else {
-                host_key.clone()
+                host_keys.clone()
+            };
+            let (Some(host_key), Some(first_presented)) =
+                (host_keys.first().cloned(), presented.first().cloned())
+            else {
+                return Err(SimError::Config(format!("device {}: no host key", spec.name)));
             };
             let listener = TcpListener::bind(spec.addr)
                 .await
@@ -1011,7 +1045,7 @@ impl Fleet {
                 ),
                 auth_rejection_time: opts.auth_rejection_time,
                 auth_rejection_time_initial: Some(Duration::ZERO),
-                keys: vec![presented.clone()],
+                keys: presented.clone(),
                 inactivity_timeout: Some(Duration::from_secs(3600)),
                 nodelay: true,
                 ..Default::default()
@@ -1058,7 +1092,8 @@ impl Fleet {
                 addr,
                 host_key_fingerprint: fingerprint(host_key.public_key()),
                 host_key: host_key.public_key().clone(),
-                presented_host_key: presented.public_key().clone(),
+                host_keys: host_keys.iter().map(|k| k.public_key().clone()).collect(),
+                presented_host_key: first_presented.public_key().clone(),
             };
             tracing::info!(device = %spec.name, %addr, "device listening");
             fleet.tasks.push(tokio::spawn(accept_loop(

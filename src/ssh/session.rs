@@ -184,7 +184,18 @@ impl TshSession {
             policy: opts.host_key_policy,
             rejection: rejection.clone(),
         };
-        let config = Arc::new(client_config(opts));
+        let mut config = client_config(opts);
+        // Offer first the host key types already pinned for this device (as OpenSSH does).
+        if let Ok(text) = known_hosts::read(&opts.known_hosts) {
+            config.preferred.key = known_hosts::preferred_algorithms(
+                &text,
+                &host,
+                port,
+                &russh::Preferred::DEFAULT.key,
+            )
+            .into();
+        }
+        let config = Arc::new(config);
 
         let handshake = async {
             let tcp = TcpStream::connect((host.as_str(), port))
