@@ -121,9 +121,9 @@ async fn the_pinned_host_key_type_is_preferred() {
         std::fs::write(dir.path().join("known_hosts"), line).unwrap();
         let mut o = options(info.addr, &dir, PASSWORD);
         o.host_key_policy = HostKeyPolicy::Strict;
-        let s = TshSession::connect(&o).await.unwrap_or_else(|e| {
-            panic!("pinned {}: {e}", key.algorithm().as_str())
-        });
+        let s = TshSession::connect(&o)
+            .await
+            .unwrap_or_else(|e| panic!("pinned {}: {e}", key.algorithm().as_str()));
         drop(s);
     }
     fleet.shutdown().await;

@@ -79,7 +79,12 @@ async fn jsxapi_connects_reads_commands_sets_and_registers_feedback() {
     let v: serde_json::Value =
         serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
     assert_eq!(v["productId"], "Cisco Room Kit", "{v}");
-    assert!(v["uptime"].as_str().is_some_and(|u| u.parse::<u64>().is_ok()), "{v}");
+    assert!(
+        v["uptime"]
+            .as_str()
+            .is_some_and(|u| u.parse::<u64>().is_ok()),
+        "{v}"
+    );
     assert_eq!(v["showStatus"], "OK", "{v}");
     assert_eq!(v["unknownCommand"], "Unknown command", "{v}");
     assert_eq!(v["registered"], true, "{v}");
@@ -103,21 +108,22 @@ async fn line_ends_follow_the_pty() {
         .unwrap();
     let banner = plain.read_until("OK\n\n").await;
     assert!(!banner.contains('\r'), "{banner:?}");
-    assert!(banner.contains("\n*r Login successful\n\nOK\n"), "{banner:?}");
+    assert!(
+        banner.contains("\n*r Login successful\n\nOK\n"),
+        "{banner:?}"
+    );
     assert_eq!(plain.cmd("echo off", "OK\n").await, "echo off\nOK\n");
-    let reply = plain
-        .cmd("xStatus SystemUnit ProductId", "\nOK\n")
-        .await;
+    let reply = plain.cmd("xStatus SystemUnit ProductId", "\nOK\n").await;
     assert_eq!(
         reply,
         "*s SystemUnit ProductId: \"Cisco Room Kit\"\n** end\n\nOK\n"
     );
     let mut tty = RawClient::connect(addr, USER, PASSWORD).await.unwrap();
-    assert!(tty.read_banner().await.ends_with("\r\n*r Login successful\r\n\r\nOK\r\n\r\n"));
-    assert_eq!(
-        tty.cmd("echo off", "OK\r\n").await,
-        "echo off\r\nOK\r\n"
-    );
+    assert!(tty
+        .read_banner()
+        .await
+        .ends_with("\r\n*r Login successful\r\n\r\nOK\r\n\r\n"));
+    assert_eq!(tty.cmd("echo off", "OK\r\n").await, "echo off\r\nOK\r\n");
     fleet.shutdown().await;
 }
 
@@ -135,7 +141,10 @@ async fn json_mode_replies_as_jsxapi_parses_them() {
     c.cmd("echo off", "OK\n").await;
     c.send("xpreferences outputmode json\n").await;
     let r = c
-        .cmd("xStatus SystemUnit ProductId | resultId=\"request-1\"", "\n}\n")
+        .cmd(
+            "xStatus SystemUnit ProductId | resultId=\"request-1\"",
+            "\n}\n",
+        )
         .await;
     assert_eq!(
         r,
@@ -155,7 +164,9 @@ async fn json_mode_replies_as_jsxapi_parses_them() {
         )
         .await;
     assert_eq!(r, "{\n\"ResultId\": \"request-3\"\n}\n");
-    let r = c.cmd("xCommand Dila | resultId=\"request-4\"", "\n}\n").await;
+    let r = c
+        .cmd("xCommand Dila | resultId=\"request-4\"", "\n}\n")
+        .await;
     let v: serde_json::Value = serde_json::from_str(&r).unwrap();
     assert_eq!(
         v["CommandResponse"]["Result"]["Reason"]["Value"],

@@ -184,7 +184,11 @@ async fn shipped_playbooks_against_every_variant() {
         assert_eq!(got[&name].0, "changed", "{key}: {got:#?}");
         let snap = lab.snapshot(&name).await;
         assert!(snap.e2ee_mode_on, "{key}");
-        assert_eq!(snap.count("Mode: [redacted]"), 2, "{key}: each set sent once");
+        assert_eq!(
+            snap.count("Mode: [redacted]"),
+            2,
+            "{key}: each set sent once"
+        );
     }
 
     // 4. rotate-secret.yaml (catalogue secret.populate-plaintext): whichever way the
@@ -303,7 +307,11 @@ async fn shipped_scep_playbook_against_scep_variants() {
         assert_eq!(enrolled.len(), 1, "{key}: enrolled once: {all}");
         assert_eq!(enrolled[0].used_for, vec!["802.1X".to_string()], "{key}");
         assert_eq!(snap.renewal_profiles.len(), 1, "{key}: profile set");
-        assert_eq!(snap.count("Enrollment SCEP Request"), 1, "{key}: requested once");
+        assert_eq!(
+            snap.count("Enrollment SCEP Request"),
+            1,
+            "{key}: requested once"
+        );
     }
     // The older device got the profile under the older name after the current one failed.
     let older = lab.snapshot(&lab.names[2]).await;

@@ -21,8 +21,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use faults::FaultPlan;
-pub use variants::Variants;
 pub use server::{CertSnapshot, DeviceInfo, DeviceSnapshot, Fleet, FleetOptions, LoggedCommand};
+pub use variants::Variants;
 
 use crate::secret::Secret;
 

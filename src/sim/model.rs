@@ -1320,7 +1320,10 @@ impl Device {
             super::variants::IdentityForm::Current => match ext {
                 Some(c) => {
                     let m = &c.meta;
-                    v.push(leaf_at(p(&["Verification"]), Value::Literal("External".into())));
+                    v.push(leaf_at(
+                        p(&["Verification"]),
+                        Value::Literal("External".into()),
+                    ));
                     v.push(leaf_at(p(&["Identity"]), Value::Str(m.common_name.clone())));
                     v.push(leaf_at(
                         p(&["Status"]),
@@ -1365,14 +1368,20 @@ impl Device {
                                 Value::Str(c.signature_algorithm.clone()),
                             ),
                             leaf_at(cc(&["Subject", "1", "Name"]), Value::Str(c.subject.clone())),
-                            leaf_at(cc(&["Validity"]), Value::Literal(validity_word(c, now).into())),
+                            leaf_at(
+                                cc(&["Validity"]),
+                                Value::Literal(validity_word(c, now).into()),
+                            ),
                         ]);
                     }
                 }
                 None => {
                     v.push(leaf_at(p(&["Verification"]), Value::Literal("None".into())));
                     v.push(leaf_at(p(&["Identity"]), Value::Str(String::new())));
-                    v.push(leaf_at(p(&["Status"]), Value::Literal("NotConfigured".into())));
+                    v.push(leaf_at(
+                        p(&["Status"]),
+                        Value::Literal("NotConfigured".into()),
+                    ));
                 }
             },
             // catalogue status.external-identity-seed (seed 000's older text)
@@ -1958,7 +1967,10 @@ mod tests {
                 .map(|l| l.value.clone())
         };
         assert_eq!(last("Status"), Some(Value::Literal("Valid".into())));
-        assert_eq!(last("Verification"), Some(Value::Literal("External".into())));
+        assert_eq!(
+            last("Verification"),
+            Some(Value::Literal("External".into()))
+        );
         assert_eq!(last("Valid"), None);
         assert_eq!(last("CertInfo"), None);
         assert!(leaves.iter().any(|l| l.path.ends_with(&[
@@ -1985,9 +1997,14 @@ mod tests {
             panic!()
         };
         assert!(late.contains(&Leaf {
-            path: ["Conference", "EndToEndEncryption", "ExternalIdentity", "Status"]
-                .map(String::from)
-                .to_vec(),
+            path: [
+                "Conference",
+                "EndToEndEncryption",
+                "ExternalIdentity",
+                "Status"
+            ]
+            .map(String::from)
+            .to_vec(),
             value: Value::Literal("NotYetValid".into())
         }));
         // PreferredDomain refused while the external identity is active.

@@ -580,10 +580,7 @@ async fn send(channel: &Channel<Msg>, text: &str, pty: bool) -> bool {
     if text.is_empty() {
         return true;
     }
-    channel
-        .data(tsh::onlcr(text, pty).as_bytes())
-        .await
-        .is_ok()
+    channel.data(tsh::onlcr(text, pty).as_bytes()).await.is_ok()
 }
 
 /// The next feedback message, or never when the session has not registered any.
@@ -1025,7 +1022,10 @@ impl Fleet {
             let (Some(host_key), Some(first_presented)) =
                 (host_keys.first().cloned(), presented.first().cloned())
             else {
-                return Err(SimError::Config(format!("device {}: no host key", spec.name)));
+                return Err(SimError::Config(format!(
+                    "device {}: no host key",
+                    spec.name
+                )));
             };
             let listener = TcpListener::bind(spec.addr)
                 .await

@@ -858,12 +858,7 @@ pub fn render_json(resp: &Response, result_id: Option<&str>) -> String {
 }
 
 /// Renders in the selected mode.
-pub fn render(
-    resp: &Response,
-    mode: OutputMode,
-    result_id: Option<&str>,
-    v: &Variants,
-) -> String {
+pub fn render(resp: &Response, mode: OutputMode, result_id: Option<&str>, v: &Variants) -> String {
     match mode {
         OutputMode::Terminal => render_terminal(resp, result_id, v),
         OutputMode::Json => render_json(resp, result_id),
@@ -1028,7 +1023,10 @@ mod tests {
         };
         assert!(render_terminal(&fail, None, &alt).starts_with("ERROR\n*r Result (status=Error)"));
         assert!(render_terminal(&fail, None, &Variants::default()).starts_with("OK\n"));
-        assert_eq!(render_terminal(&Response::ConfigurationSet, Some("x"), &alt), "OK\n");
+        assert_eq!(
+            render_terminal(&Response::ConfigurationSet, Some("x"), &alt),
+            "OK\n"
+        );
     }
 
     #[test]
@@ -1072,7 +1070,9 @@ mod tests {
         let Parsed::Feedback {
             cmd: Ok(FeedbackCmd::Register(p)),
             result_id,
-        } = parse_line("xFeedback register /Status/Conference/EndToEndEncryption | resultId=\"f1\"")
+        } = parse_line(
+            "xFeedback register /Status/Conference/EndToEndEncryption | resultId=\"f1\"",
+        )
         else {
             panic!("register not parsed");
         };

@@ -119,7 +119,12 @@ impl Variants {
                         .map_err(|_| format!("variant {key}: not a number of milliseconds"))?,
                 )
             }
-            _ => return Err(format!("unknown variant {key:?} (known: {})", KNOBS.join(", "))),
+            _ => {
+                return Err(format!(
+                    "unknown variant {key:?} (known: {})",
+                    KNOBS.join(", ")
+                ))
+            }
         }
         Ok(())
     }

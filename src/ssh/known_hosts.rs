@@ -450,10 +450,19 @@ mod tests {
         let ecdsa = crate::sim::store::HostKeyType::Ecdsa.random().unwrap();
         let line = entry_line("10.0.0.5", 22, ecdsa.public_key()).unwrap();
         let order = preferred_algorithms(&line, "10.0.0.5", 22, &defaults);
-        assert_eq!(order.first().map(Algorithm::as_str), Some("ecdsa-sha2-nistp256"));
+        assert_eq!(
+            order.first().map(Algorithm::as_str),
+            Some("ecdsa-sha2-nistp256")
+        );
         assert_eq!(order.len(), defaults.len());
         // Another host, or nothing pinned: the defaults unchanged.
-        assert_eq!(preferred_algorithms(&line, "10.0.0.6", 22, &defaults), defaults);
-        assert_eq!(preferred_algorithms("", "10.0.0.5", 22, &defaults), defaults);
+        assert_eq!(
+            preferred_algorithms(&line, "10.0.0.6", 22, &defaults),
+            defaults
+        );
+        assert_eq!(
+            preferred_algorithms("", "10.0.0.5", 22, &defaults),
+            defaults
+        );
     }
 }

@@ -492,7 +492,10 @@ fn external_identity_verdicts_in_either_form() {
         fingerprint: Some("9f9f"),
         ..want.clone()
     };
-    assert!(judge(&newer, &other, now).is_err(), "the intermediate is not the leaf");
+    assert!(
+        judge(&newer, &other, now).is_err(),
+        "the intermediate is not the leaf"
+    );
 
     let seed = parse_external_identity(&reply_of(&run(
         include_bytes!("fixtures/status_external_identity_seed.txt"),

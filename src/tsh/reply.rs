@@ -460,7 +460,10 @@ fn step(p: &mut Pending, line: String) -> Option<Reply> {
             && p.expected_id.is_some()
             && !acc.saw_r
             && acc.result_id.is_none()
-            && acc.raw.iter().all(|l| l.trim().is_empty() || l.trim() == "OK");
+            && acc
+                .raw
+                .iter()
+                .all(|l| l.trim().is_empty() || l.trim() == "OK");
         acc.raw.push(line);
         if error_first {
             return None;

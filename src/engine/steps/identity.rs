@@ -122,7 +122,11 @@ pub fn judge(
             None => "the device reports no external identity (no Status or Valid node)".into(),
         });
     }
-    let all_valid = st.status.iter().chain(st.valid.iter()).all(|w| says_valid(w));
+    let all_valid = st
+        .status
+        .iter()
+        .chain(st.valid.iter())
+        .all(|w| says_valid(w));
     if !all_valid {
         let expired = st
             .status
@@ -297,15 +301,19 @@ mod tests {
     #[test]
     fn a_valid_but_different_certificate_fails() {
         let other = "00".repeat(20);
-        let st =
-            parse_external_identity(&reply(&current("Valid", &other, "Aug 08 03:04:26 2026 GMT")));
+        let st = parse_external_identity(&reply(&current(
+            "Valid",
+            &other,
+            "Aug 08 03:04:26 2026 GMT",
+        )));
         let err = judge(&st, &want(), now()).unwrap_err();
         assert!(err.contains(&other) && err.contains("not"), "{err}");
     }
 
     #[test]
     fn an_expired_certificate_fails_whoever_says_so() {
-        let st = parse_external_identity(&reply(&current("Expired", FP, "Aug 08 03:04:26 2025 GMT")));
+        let st =
+            parse_external_identity(&reply(&current("Expired", FP, "Aug 08 03:04:26 2025 GMT")));
         let err = judge(&st, &want(), now()).unwrap_err();
         assert!(err.contains("expired"), "{err}");
         // The device still says Valid, but NotAfter has passed by roomkey's clock.
