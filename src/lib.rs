@@ -17,6 +17,7 @@ pub mod jwe;
 pub mod kdf;
 pub mod plan;
 pub mod playbook;
+pub mod probe;
 pub mod report;
 pub mod secret;
 pub mod sim;

@@ -52,6 +52,9 @@ enum Command {
     /// Manage the encrypted ClientSecret vault.
     #[command(subcommand)]
     Secret(cli::secret::Command),
+    /// Compare real devices with the device catalogue, read-only (probe one room of each
+    /// model and software release before a fleet run).
+    Probe(cli::probe::Args),
     /// Measure a fleet run against a simulator in its own process: wall time, controller
     /// CPU and memory, set against the scrypt floor.
     Bench(cli::bench::Args),
@@ -92,6 +95,7 @@ fn main() -> std::process::ExitCode {
         Command::Sim(args) => cli::sim::run(args),
         Command::Secret(cmd) => cli::secret::run(cmd),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Probe(args) => cli::probe::run(args),
     };
     match result {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod cert;
 pub mod demo;
 pub mod jwe;
+pub mod probe;
 pub mod secret;
 pub mod sim;
 
