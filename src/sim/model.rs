@@ -2217,15 +2217,29 @@ mod tests {
         );
         assert_eq!(status_of(&o), ResultStatus::ParameterError);
 
-        // Renewal profiles: set (twice = one), list, delete.
-        let set = cmd(
+        // Renewal profiles: set (twice = one), list, delete. A current device knows only the
+        // current name, an older one only the older name (catalogue scep.commands).
+        let older_set = cmd(
             "Security Certificates Services Enrollment SCEP Renewal Request",
+            &[("Fingerprint", &fp), ("URL", "http://scep")],
+            None,
+        );
+        assert!(reason(&d.handle(&older_set, None, now())).contains("Unknown command"));
+        let set = cmd(
+            "Security Certificates Services Enrollment SCEP Profiles Set",
             &[("Fingerprint", &fp), ("URL", "http://scep")],
             None,
         );
         d.handle(&set, None, now());
         d.handle(&set, None, now());
         assert_eq!(d.renewal_profiles.len(), 1);
+        let mut older = d.clone();
+        older.variants.scep_verbs = super::super::variants::ScepVerbs::Older;
+        assert!(reason(&older.handle(&set, None, now())).contains("Unknown command"));
+        assert_eq!(
+            status_of(&older.handle(&older_set, None, now())),
+            ResultStatus::Ok
+        );
         let list = d.handle(
             &cmd(
                 "Security Certificates Services Enrollment Profiles List",
