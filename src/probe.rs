@@ -6,6 +6,7 @@
 //!
 //! No I/O here: `cli::probe` connects, sends [`commands`] and hands the replies in.
 
+use crate::engine::steps;
 use crate::tsh::{Reply, ReplyStatus, TshCommand};
 
 /// One read-only command of a probe and the catalogue entry its reply is compared with.
@@ -25,21 +26,19 @@ pub fn commands() -> Result<Vec<ProbeCommand>, crate::tsh::EncodeError> {
         },
         ProbeCommand {
             entry: "status.external-identity",
-            command: TshCommand::xstatus("Conference EndToEndEncryption ExternalIdentity")?,
+            command: steps::identity::external_identity_cmd()?,
         },
         ProbeCommand {
             entry: "show.fields",
-            command: TshCommand::xcommand("Security Certificates Services Show")?,
+            command: steps::certificate::show_cmd()?,
         },
         ProbeCommand {
             entry: "ca.commands",
-            command: TshCommand::xcommand("Security Certificates CA Show")?,
+            command: steps::trust::ca_show_cmd()?,
         },
         ProbeCommand {
             entry: "scep.commands",
-            command: TshCommand::xcommand(
-                "Security Certificates Services Enrollment Profiles List",
-            )?,
+            command: steps::scep::profiles_list_cmd()?,
         },
         ProbeCommand {
             entry: "reply.unknown-command",

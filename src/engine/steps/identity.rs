@@ -229,7 +229,7 @@ pub(super) async fn verify_external_identity(
 }
 
 /// The whole `ExternalIdentity` subtree: either node form answers it.
-fn external_identity_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
+pub fn external_identity_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
     TshCommand::xstatus(BASE)
 }
 

@@ -8,14 +8,14 @@
 //! This module owns the contract (context, outcome, errors, the write-ahead hook) and the
 //! helpers every step uses; each step family lives in a module of its own.
 
-mod certificate;
+pub mod certificate;
 mod configuration;
 pub mod identity;
 mod restart;
-mod scep;
+pub mod scep;
 mod secret;
 mod service;
-mod trust;
+pub mod trust;
 mod xcommand;
 
 pub use certificate::{normalise_fingerprint, parse_show, ShownCertificate};

@@ -227,8 +227,13 @@ pub fn unknown_command(reply: &Reply) -> bool {
 }
 
 /// The commands of `scep_renewal_profile` (the list, then the change if any).
+/// `Enrollment Profiles List` (read-only).
+pub fn profiles_list_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Enrollment Profiles List")
+}
+
 pub fn profile_cmds(p: &ScepRenewalProfile) -> Result<Vec<TshCommand>, crate::tsh::EncodeError> {
-    let list = TshCommand::xcommand("Security Certificates Services Enrollment Profiles List")?;
+    let list = profiles_list_cmd()?;
     let fp = p.ca_fingerprint.as_deref().unwrap_or_default();
     let change = match p.action {
         ProfileAction::List => None,
