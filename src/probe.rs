@@ -83,19 +83,19 @@ pub fn judge_banner(banner: &str) -> Finding {
 /// Compares one reply with the catalogue entry it was sent for. Pure.
 pub fn judge(entry: &'static str, reply: &Reply) -> Finding {
     let ok = reply.is_ok();
-    let failed = |what: &str| Verdict::Differs(format!("{what}: {}", reply.status));
+    let failed = || Verdict::Differs(format!("the device answered {}", reply.status));
     let (verdict, action) = match entry {
         "status.uptime" => (
-            match reply.get("SystemUnit Uptime") {
+            match reply.get(steps::restart::UPTIME) {
                 Some(u) if u.parse::<u64>().is_ok() => Verdict::Matches,
                 Some(u) => Verdict::Differs(format!("Uptime is {u:?}, not seconds")),
-                None if !ok => failed("xStatus SystemUnit"),
-                None => Verdict::Differs("no SystemUnit Uptime".into()),
+                None if !ok => failed(),
+                None => Verdict::Differs(format!("no {}", steps::restart::UPTIME)),
             },
             "restart: a lower uptime proves the boot",
         ),
         "status.external-identity" => {
-            let base = "Conference EndToEndEncryption ExternalIdentity";
+            let base = steps::identity::BASE;
             let current = ["Status", "Verification"]
                 .iter()
                 .any(|l| reply.get(&format!("{base} {l}")).is_some());
@@ -113,7 +113,7 @@ pub fn judge(entry: &'static str, reply: &Reply) -> Finding {
                     (true, true) => {
                         Verdict::Differs("both node forms at once (never seen before)".into())
                     }
-                    (false, false) if !ok => failed("xStatus … ExternalIdentity"),
+                    (false, false) if !ok => failed(),
                     (false, false) => Verdict::Unknown("no ExternalIdentity nodes".into()),
                 },
                 "verify reads either form; requires a valid Status/Valid, the activated \
@@ -124,7 +124,7 @@ pub fn judge(entry: &'static str, reply: &Reply) -> Finding {
             let items = reply.items("Details");
             (
                 if !ok {
-                    failed("Services Show")
+                    failed()
                 } else if items.is_empty() {
                     // An empty list in the catalogue's form: nothing more to compare.
                     Verdict::Matches
@@ -142,19 +142,11 @@ pub fn judge(entry: &'static str, reply: &Reply) -> Finding {
             )
         }
         "ca.commands" => (
-            if ok {
-                Verdict::Matches
-            } else {
-                failed("CA Show")
-            },
+            if ok { Verdict::Matches } else { failed() },
             "add_ca_certificate sends only the CAs CA Show does not list",
         ),
         "scep.commands" => (
-            if ok {
-                Verdict::Matches
-            } else {
-                failed("Enrollment Profiles List")
-            },
+            if ok { Verdict::Matches } else { failed() },
             "renewal profiles use the current names, the older ones on 'Unknown command'",
         ),
         "reply.unknown-command" => (

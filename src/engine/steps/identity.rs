@@ -17,7 +17,7 @@ use super::{local, require_ok, send, StepContext, StepDone, StepError};
 use crate::journal::StepOutputs;
 use crate::tsh::{Reply, TshCommand};
 
-const BASE: &str = "Conference EndToEndEncryption ExternalIdentity";
+pub const BASE: &str = "Conference EndToEndEncryption ExternalIdentity";
 
 /// What `xStatus Conference EndToEndEncryption ExternalIdentity` says, in either node form.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -11,7 +11,7 @@
 pub mod certificate;
 mod configuration;
 pub mod identity;
-mod restart;
+pub mod restart;
 pub mod scep;
 mod secret;
 mod service;
