@@ -437,6 +437,7 @@ pub(super) async fn rotate_secret(
             .record_attempt(&ctx.prepared.device, form)
             .map_err(local)?;
         crate::failpoint::hit("rotate-after-candidates-saved");
+        crate::failpoint::hit(&format!("rotate-after-candidates-saved-{form}"));
         let enc = ctx.prepared.device.enc;
         let jwe = ctx
             .kdf
@@ -451,6 +452,7 @@ pub(super) async fn rotate_secret(
         let cmd = populate_cmd(Secret::new(jwe))?;
         let reply = send(ctx, &cmd).await?;
         crate::failpoint::hit("rotate-after-reply");
+        crate::failpoint::hit(&format!("rotate-after-reply-{form}"));
         // Either reading may answer OK: only a proof says what the device now holds.
         answers.push(if reply.is_ok() {
             format!("{form}: accepted")
