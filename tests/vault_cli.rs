@@ -93,7 +93,10 @@ fn init_generate_set_show_round_trip() {
     let a = e.ok(&["show", "--device", "room-a"]);
     let a = a.trim_end();
     assert_eq!(a.len(), 42, "generated phrase: 41 alphanumerics and a `~`");
-    assert!(a.contains('~'), "no base64 decoder accepts a generated phrase");
+    assert!(
+        a.contains('~'),
+        "no base64 decoder accepts a generated phrase"
+    );
     // Generating again leaves an existing secret alone.
     let out = e.run(&["generate", "room-a"]);
     assert!(out.status.success());

@@ -883,7 +883,10 @@ fn read_owner_phrase(args: &ChangeArgs) -> anyhow::Result<Secret> {
         bail!("no terminal to prompt on: pipe the phrase in with --phrase-stdin");
     }
     let first = vault::prompt(&format!("New ClientSecret phrase for {}: ", args.device))?;
-    let again = vault::prompt(&format!("New ClientSecret phrase for {} (again): ", args.device))?;
+    let again = vault::prompt(&format!(
+        "New ClientSecret phrase for {} (again): ",
+        args.device
+    ))?;
     if first != again {
         bail!("the two entries do not match; nothing was changed");
     }
@@ -919,7 +922,10 @@ fn change(mut args: ChangeArgs) -> anyhow::Result<i32> {
     let phrase = read_owner_phrase(&args)?;
     vault::check_secret(&device.name, &phrase)?;
     if let Err(why) = vault::phrase::check_owner_phrase(&phrase) {
-        bail!("{}: the phrase is refused: {why}; nothing was changed", device.name);
+        bail!(
+            "{}: the phrase is refused: {why}; nothing was changed",
+            device.name
+        );
     }
     let v = open(&args.vault)?;
     let begin = match v.device(&device.name) {
