@@ -347,8 +347,9 @@ pub(super) async fn populate_secret(
 
 /// Crash-safe rotation (`Populate` with a `populate` JWE keyed from the current secret):
 ///
-/// 1. Candidates left by an earlier attempt are resolved first, by proofs: if one landed
-///    it is promoted and the step is done — a step never rotates twice.
+/// 1. Proofs first: the device must hold a recorded secret before any `Populate`. If it
+///    holds a candidate left by an earlier attempt, that is promoted and the step is done
+///    — a step never rotates twice.
 /// 2. The new secret is recorded as pending (fsynced) before anything is sent; an
 ///    unresolved rotation's pending secret is reused, never replaced.
 /// 3. For each plaintext form to try — the form the device's release is known to read, or
@@ -388,9 +389,12 @@ pub(super) async fn rotate_secret(
             "would rotate the ClientSecret"
         }));
     }
-    if pending.is_some() || unknown || ctx.resuming {
-        // An earlier attempt may have landed, or promoted already (it crashed before the
-        // journal said done), or the device is `secret-unknown`: the device decides.
+    {
+        // Before any Populate, the device proves which recorded secret it holds: an earlier
+        // attempt may have landed, or promoted already (it crashed before the journal said
+        // done); the device may be `secret-unknown`, or factory-reset — and a populate JWE
+        // must never reach a device without a secret, which might take it for a plaintext
+        // first seeding.
         match prove(ctx).await? {
             Proof::Holds(Held::Current) => {
                 if pending.is_none() {
