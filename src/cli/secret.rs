@@ -989,7 +989,7 @@ fn change(mut args: ChangeArgs) -> anyhow::Result<i32> {
                 return Err(anyhow::Error::from(e));
             }
         }
-        let outputs = BTreeMap::new();
+        let outputs = roomkey::journal::StepOutputs::default();
         let mut notes = Vec::new();
         let mut outcome = Ok(());
         for (index, step) in pb.steps.iter().enumerate() {
@@ -1001,6 +1001,8 @@ fn change(mut args: ChangeArgs) -> anyhow::Result<i32> {
                 outputs: &outputs,
                 check_mode: false,
                 resuming: false,
+                previously_done: false,
+                changed_earlier: index > 0,
                 step_outputs: &outputs,
                 connect: &opts,
                 index,

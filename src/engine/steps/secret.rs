@@ -21,12 +21,11 @@
 //! on that release send only that form. A device that refuses both, or answers otherwise
 //! than its release taught, stops with the reason and nothing changed afterwards.
 
-use std::collections::BTreeMap;
-
 use super::{
     changed, local, refusal, send, unchanged, StepContext, StepDone, StepError, WriteAhead,
     SECRET_UNKNOWN_PREFIX,
 };
+use crate::journal::StepOutputs;
 use crate::jwe::{self, Action};
 use crate::secret::Secret;
 use crate::tsh::{Reply, ReplyStatus, TshCommand};
@@ -37,10 +36,22 @@ use crate::vault::{phrase, Held, Reading};
 /// such certificate" and deactivates nothing.
 pub const PROBE_FINGERPRINT: &str = "0000000000000000000000000000000000000000";
 
-fn populate_cmd(value: Secret) -> Result<TshCommand, StepError> {
+/// `ClientSecret Populate Secret: "…"` — plaintext (base64url) the first time, a JWE after.
+pub fn populate_command(value: &Secret) -> Result<TshCommand, crate::tsh::EncodeError> {
     TshCommand::xcommand("Security ClientSecret Populate")
-        .and_then(|c| c.param_secret("Secret", &value))
-        .map_err(local)
+        .and_then(|c| c.param_secret("Secret", value))
+}
+
+fn populate_cmd(value: Secret) -> Result<TshCommand, StepError> {
+    populate_command(&value).map_err(local)
+}
+
+/// The proof: `Services Deactivate Purpose: WebexIdentity Fingerprint: "<JWE>"`, the JWE
+/// carrying [`PROBE_FINGERPRINT`] keyed from a candidate secret.
+pub fn probe_command(jwe: &Secret) -> Result<TshCommand, crate::tsh::EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Deactivate")
+        .and_then(|c| c.param_literal("Purpose", "WebexIdentity"))
+        .and_then(|c| c.param_secret("Fingerprint", jwe))
 }
 
 /// What a device answered to a proof (a `Deactivate` JWE for [`PROBE_FINGERPRINT`]).
@@ -100,10 +111,7 @@ async fn probe(ctx: &mut StepContext<'_>, secret: &Secret) -> Result<ProbeAnswer
         )
         .await
         .map_err(local)?;
-    let cmd = TshCommand::xcommand("Security Certificates Services Deactivate")
-        .and_then(|c| c.param_literal("Purpose", "WebexIdentity"))
-        .and_then(|c| c.param_secret("Fingerprint", &Secret::new(jwe)))
-        .map_err(local)?;
+    let cmd = probe_command(&Secret::new(jwe)).map_err(local)?;
     let reply = send(ctx, &cmd).await?;
     Ok(classify_probe(&cmd, &reply))
 }
@@ -320,7 +328,7 @@ pub(super) async fn populate_secret(
             }
         }
     }
-    write_ahead("populate plaintext", BTreeMap::new())?;
+    write_ahead("populate plaintext", StepOutputs::default())?;
     let cmd = populate_cmd(Secret::new(jwe::initial_populate_value(&current)))?;
     let reply = send(ctx, &cmd).await?;
     if reply.is_ok() {
@@ -426,7 +434,7 @@ pub(super) async fn rotate_secret(
     let current = ctx.secrets.current(device).map_err(local)?;
     let new = ctx.secrets.begin_rotation(device).map_err(local)?;
     crate::failpoint::hit("rotate-after-pending-saved");
-    write_ahead("rotate", BTreeMap::new())?;
+    write_ahead("rotate", StepOutputs::default())?;
     let release = release_of(ctx.session.banner());
     let known = known_reading(ctx);
     let forms: &[Reading] = match known {
@@ -526,6 +534,62 @@ fn expected_reading(ctx: &StepContext<'_>, held: Held) -> Option<Reading> {
 fn known_reading(ctx: &StepContext<'_>) -> Option<Reading> {
     let release = release_of(ctx.session.banner());
     ctx.secrets.known_reading(&ctx.prepared.device, &release)
+}
+
+// ---- The plan: rendered from `populate_command` and `probe_command` ----------------------
+
+const PROOF_WHEN: &str = "a proof that changes nothing: a Deactivate JWE for a fingerprint no \
+     certificate has, keyed from each secret the vault records for the device (current, or \
+     an unfinished rotation's candidates) until one decrypts";
+
+pub(super) fn plan_populate(
+    pc: &super::PlanContext<'_>,
+    initial: bool,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    use super::{placeholder, planned, SeedState};
+    let proof = |when: &str| planned(probe_command(&placeholder()), when);
+    match pc.seed {
+        SeedState::Seeded => vec![proof(&format!("always: {PROOF_WHEN}"))],
+        _ if initial => {
+            notes.push(
+                "WARNING: first seeding sends the ClientSecret in PLAINTEXT over the network \
+                 (base64url); do it on an unregistered device or a trusted network"
+                    .into(),
+            );
+            vec![
+                planned(
+                    populate_command(&placeholder()),
+                    "if the vault records the device as never seeded: plaintext first seeding",
+                ),
+                proof(&format!("if refused, or resuming: {PROOF_WHEN}")),
+            ]
+        }
+        _ => {
+            notes.push("fails unless the vault records the device as seeded".into());
+            vec![proof(&format!("if seeded: {PROOF_WHEN}"))]
+        }
+    }
+}
+
+pub(super) fn plan_rotate() -> Vec<super::PlannedCommand> {
+    use super::{placeholder, planned};
+    vec![
+        planned(
+            probe_command(&placeholder()),
+            format!("first: {PROOF_WHEN}; a candidate an earlier attempt left is promoted"),
+        ),
+        planned(
+            populate_command(&placeholder()),
+            "once per run: populate JWE with a new secret, keyed from the current one, in the \
+             form the device's release reads (a canary tries the raw phrase, then its \
+             base64url form); every secret it may hold afterwards is saved in the vault first",
+        ),
+        planned(
+            probe_command(&placeholder()),
+            format!("after each populate: {PROOF_WHEN}; only then is one promoted"),
+        ),
+    ]
 }
 
 #[cfg(test)]
