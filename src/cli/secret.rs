@@ -430,6 +430,10 @@ fn list_table(v: &Vault, now: OffsetDateTime) -> String {
     if !creds.is_empty() {
         out.push_str(&format!("credentials: {}\n", creds.join(", ")));
     }
+    // What each release's canary showed about the populate plaintext.
+    for (release, reading) in v.release_readings() {
+        out.push_str(&format!("populate reading of {release}: {reading}\n"));
+    }
     out
 }
 
@@ -835,7 +839,15 @@ fn forget_device(mut args: ForgetArgs) -> anyhow::Result<i32> {
         let inv = roomkey::inventory::load(inventory)?;
         let selected = roomkey::inventory::select(&inv, args.limit.as_deref(), &BTreeMap::new())
             .map_err(anyhow::Error::msg)?;
-        names.extend(selected.iter().map(|d| d.name.clone()));
+        for d in selected {
+            match &d.client_secret {
+                roomkey::inventory::ClientSecretSource::Vault => names.push(d.name.clone()),
+                roomkey::inventory::ClientSecretSource::Env(var) => eprintln!(
+                    "{}: its ClientSecret comes from environment variable {var}; skipped",
+                    d.name
+                ),
+            }
+        }
         if args.vault.vault.is_none() {
             args.vault.vault = Some(inv.vault.clone());
         }
