@@ -183,11 +183,13 @@ fn needs_vault(devices: &[&Device], playbook: &Playbook) -> bool {
 }
 
 /// Opens the secret store the selected devices need (the vault only when needed).
+/// `read_only` (plan, `apply --check`) opens a snapshot without the vault's writer lock.
 pub fn open_store(
     target: &Target,
     inventory: &Inventory,
     devices: &[&Device],
     playbook: &Playbook,
+    read_only: bool,
 ) -> anyhow::Result<Arc<dyn SecretStore>> {
     if !needs_vault(devices, playbook) {
         return Ok(Arc::new(EnvSecrets::new()));
@@ -198,8 +200,12 @@ pub fn open_store(
         .unwrap_or_else(|| inventory.vault.clone());
     let passphrase = roomkey::vault::read_passphrase(target.passphrase_file.as_deref())
         .context("reading the vault passphrase")?;
-    let vault = roomkey::vault::Vault::open(&path, &passphrase)
-        .with_context(|| format!("opening the vault {}", path.display()))?;
+    let vault = if read_only {
+        roomkey::vault::Vault::open_read_only(&path, &passphrase)
+    } else {
+        roomkey::vault::Vault::open(&path, &passphrase)
+    }
+    .with_context(|| format!("opening the vault {}", path.display()))?;
     Ok(Arc::new(VaultSecrets::new(vault)))
 }
 
@@ -230,7 +236,13 @@ pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Re
         eprintln!("no device selected; nothing to do");
         return Ok(exit::ALL_DONE);
     }
-    let store = open_store(&args.target, &loaded.inventory, &devices, &loaded.playbook)?;
+    let store = open_store(
+        &args.target,
+        &loaded.inventory,
+        &devices,
+        &loaded.playbook,
+        args.check,
+    )?;
     let Prepared {
         devices: prepared,
         warnings,
@@ -361,6 +373,7 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
             &loaded.inventory,
             &devices,
             &loaded.playbook,
+            true,
         )?)
     } else {
         None

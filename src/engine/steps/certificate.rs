@@ -60,10 +60,15 @@ pub(crate) fn show_cmd() -> Result<TshCommand, EncodeError> {
     TshCommand::xcommand("Security Certificates Services Show")
 }
 
+/// `Services Add`: a certificate and key as its body (the identity's as a JWE, a service
+/// certificate's as PEM).
+pub(super) fn services_add() -> Result<TshCommand, EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Add")
+}
+
 /// `Services Add IsEncrypted: True`, awaiting the `add` JWE as its body.
 fn add_header() -> Result<TshCommand, EncodeError> {
-    TshCommand::xcommand("Security Certificates Services Add")
-        .and_then(|c| c.param_literal("IsEncrypted", "True"))
+    services_add().and_then(|c| c.param_literal("IsEncrypted", "True"))
 }
 
 /// `Services Activate|Deactivate Purpose: <p>`, awaiting its `Fingerprint`.
@@ -225,10 +230,11 @@ fn target_fingerprint(
         CertificateRef::Previous => ctx.outputs.previous_fingerprint.clone(),
         CertificateRef::Enrolled | CertificateRef::Service => {
             Some(output_for(ctx.outputs, which).ok_or_else(|| {
-                StepError::Refused(format!(
-                    "no earlier step recorded the certificate: put scep_enroll (for `enrolled`) or \
-                     add_service_certificate (for `service`) before this step"
-                ))
+                StepError::Refused(
+                    "no earlier step recorded the certificate: put scep_enroll (for `enrolled`) \
+                     or add_service_certificate (for `service`) before this step"
+                        .into(),
+                )
             })?)
         }
     })

@@ -48,10 +48,12 @@ fn populate_cmd(value: Secret) -> Result<TshCommand, StepError> {
 
 /// The proof: `Services Deactivate Purpose: WebexIdentity Fingerprint: "<JWE>"`, the JWE
 /// carrying [`PROBE_FINGERPRINT`] keyed from a candidate secret.
+/// Marked as a secret proof: the session sends it even under `apply --check`.
 pub fn probe_command(jwe: &Secret) -> Result<TshCommand, crate::tsh::EncodeError> {
     TshCommand::xcommand("Security Certificates Services Deactivate")
         .and_then(|c| c.param_literal("Purpose", "WebexIdentity"))
         .and_then(|c| c.param_secret("Fingerprint", jwe))
+        .map(TshCommand::into_secret_proof)
 }
 
 /// What a device answered to a proof (a `Deactivate` JWE for [`PROBE_FINGERPRINT`]).
@@ -271,6 +273,22 @@ async fn prove_and_settle(ctx: &mut StepContext<'_>) -> Result<StepDone, StepErr
     }
 }
 
+/// `apply --check`: the same proofs as a real run (they change nothing, and the session lets
+/// only them through), but the vault is not touched — it is open read-only. Fails where the
+/// real run would: no recorded secret decrypts, or the device has none.
+async fn check_proof(ctx: &mut StepContext<'_>) -> Result<(), StepError> {
+    let name = ctx.prepared.device.name.clone();
+    match prove(ctx).await? {
+        Proof::Holds(_) => Ok(()),
+        Proof::Neither(evidence) => Err(StepError::Refused(format!(
+            "{SECRET_UNKNOWN_PREFIX} the device decrypts no JWE keyed from any secret on \
+             record ({evidence}); check mode changed nothing. {}",
+            recovery(&name)
+        ))),
+        Proof::NoSecret(evidence) => Err(no_secret(ctx, &evidence)),
+    }
+}
+
 /// Seeds the device's ClientSecret from the vault, or proves it holds it.
 ///
 /// - Recorded as seeded (or with an unresolved rotation, or `secret-unknown`): nothing is
@@ -292,10 +310,9 @@ pub(super) async fn populate_secret(
         ctx.secrets.is_seeded(device) || pending.is_some() || ctx.secrets.is_secret_unknown(device);
     if recorded {
         if ctx.check_mode {
-            return Ok(unchanged(
-                "would prove the device holds the ClientSecret on record (a Deactivate JWE \
-                 for a certificate it does not have: changes nothing)",
-            ));
+            return check_proof(ctx)
+                .await
+                .map(|()| unchanged("the device proved it holds the ClientSecret on record"));
         }
         return prove_and_settle(ctx).await;
     }
@@ -394,6 +411,7 @@ pub(super) async fn rotate_secret(
         ));
     }
     if ctx.check_mode {
+        check_proof(ctx).await?;
         return Ok(changed(if pending.is_some() {
             "would resolve the unfinished rotation, then the device holds the new ClientSecret"
         } else {
