@@ -11,7 +11,6 @@ mod support;
 
 use std::process::Stdio;
 
-use roomkey::secret::Secret;
 use roomkey::sim::model::PopulateReading;
 use roomkey::sim::FaultPlan;
 use roomkey::vault::SecretState;
