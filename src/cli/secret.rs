@@ -707,8 +707,9 @@ fn confirm_reset(args: &ResetArgs) -> anyhow::Result<()> {
 /// the current one. Crash-safe bookkeeping: after connecting and before sending, the vault
 /// stops recording the device as seeded (the secret itself stays current), so whatever
 /// happens next, `populate_secret: { initial: true }` settles it — the plaintext seeding
-/// lands on a reset device, or is refused by one that still holds the secret and a no-op
-/// JWE proves it. A refusal (nothing changed on the device) restores the seeded mark.
+/// lands on a reset device, or is refused by one that still holds the secret and a
+/// proof (a Deactivate JWE that changes nothing) shows it. A refusal (nothing changed on
+/// the device) restores the seeded mark.
 fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
     use roomkey::engine::secrets::{SecretStore, VaultSecrets};
     use roomkey::inventory::{self, ClientSecretSource};
