@@ -12,6 +12,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use crate::display::escape;
 use crate::engine::events::{DeviceStatus, Event, Reporter, RunSummary};
 use crate::journal::StepStatus;
 
@@ -53,7 +54,7 @@ impl ProgressReporter {
                         ProgressStyle::with_template("  {spinner} {prefix:20} {msg}")
                             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                     );
-                    bar.set_prefix(device.to_string());
+                    bar.set_prefix(escape(device).into_owned());
                     bar.enable_steady_tick(Duration::from_millis(120));
                     bar
                 })
@@ -69,7 +70,7 @@ impl Reporter for ProgressReporter {
                 playbook, devices, ..
             } => {
                 self.overall.set_length(*devices as u64);
-                self.overall.set_prefix(playbook.clone());
+                self.overall.set_prefix(escape(playbook).into_owned());
             }
             Event::Connecting { device, attempt } => {
                 if let Some(b) = self.device_bar(device) {
@@ -82,7 +83,7 @@ impl Reporter for ProgressReporter {
             }
             Event::StepStarted { device, step } => {
                 if let Some(b) = self.device_bar(device) {
-                    b.set_message(step.clone());
+                    b.set_message(escape(step).into_owned());
                 }
             }
             Event::Notice { device, message } => {
@@ -90,7 +91,7 @@ impl Reporter for ProgressReporter {
                     Some(d) => format!("{d}: {message}"),
                     None => message.clone(),
                 };
-                self.multi.suspend(|| eprintln!("{line}"));
+                self.multi.suspend(|| eprintln!("{}", escape(&line)));
             }
             Event::DeviceFinished { outcome } => {
                 if let Some(bar) = self
@@ -113,11 +114,13 @@ impl Reporter for ProgressReporter {
                             .map(|r| format!(" — {r}"))
                             .unwrap_or_default()
                     );
-                    self.multi.suspend(|| eprintln!("{line}"));
+                    self.multi.suspend(|| eprintln!("{}", escape(&line)));
                 }
                 self.overall.inc(1);
             }
-            Event::Stopping { reason } => self.overall.set_message(format!("stopping: {reason}")),
+            Event::Stopping { reason } => self
+                .overall
+                .set_message(format!("stopping: {}", escape(reason))),
             Event::RunFinished { .. } => self.overall.finish_and_clear(),
             _ => {}
         }
@@ -183,8 +186,9 @@ impl<W: Write + Send> Reporter for PlainReporter<W> {
             Event::Stopping { reason } => Some(format!("stopping: {reason}")),
             _ => None,
         };
+        // Names, notes and reasons come from files and devices: one escaped line each.
         if let (Some(line), Ok(mut out)) = (line, self.out.lock()) {
-            let _ = writeln!(out, "{line}");
+            let _ = writeln!(out, "{}", escape(&line));
             let _ = out.flush();
         }
     }
@@ -229,7 +233,7 @@ pub fn render_recap(summary: &RunSummary) -> String {
     let width = summary
         .outcomes
         .iter()
-        .map(|o| o.device.len())
+        .map(|o| escape(&o.device).chars().count())
         .max()
         .unwrap_or(6)
         .max(6);
@@ -246,9 +250,9 @@ pub fn render_recap(summary: &RunSummary) -> String {
         };
         out.push_str(&format!(
             "{:width$}  {:16}  {}\n",
-            o.device,
+            escape(&o.device),
             o.status.as_str(),
-            detail
+            escape(&detail)
         ));
     }
     let counts: Vec<String> = [
@@ -277,7 +281,10 @@ pub fn render_recap(summary: &RunSummary) -> String {
         counts.join(" ")
     ));
     if let Some(stopped) = &summary.stopped_early {
-        out.push_str(&format!("stopped early, resumable: {}\n", stopped.reason));
+        out.push_str(&format!(
+            "stopped early, resumable: {}\n",
+            escape(&stopped.reason)
+        ));
     }
     out
 }
