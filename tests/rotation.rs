@@ -45,6 +45,10 @@ const SERIAL_POLICY: &str = "concurrency: 1, connect_timeout: 5s, auth_timeout: 
 
 const SEED: &str = "  - populate_secret: { initial: true }\n";
 
+/// For runs after the faults have fired (proofs, resumes): every proof costs a scrypt on
+/// each side, and a machine loaded by parallel tests must not turn that into a timeout.
+const PATIENT_POLICY: &str = "concurrency: 8, connect_timeout: 30s, auth_timeout: 30s, command_timeout: 60s, retries: 2, retry_backoff: 100ms, host_key_policy: accept-new";
+
 /// Every simulated room with this firmware reading.
 fn firmware(reading: PopulateReading) -> impl Fn(usize) -> FaultPlan {
     move |_| FaultPlan {
@@ -123,7 +127,7 @@ async fn assert_consistent(lab: &Lab) -> roomkey::vault::Vault {
     let prove = playbook(
         lab.path(),
         "prove",
-        TEST_POLICY,
+        PATIENT_POLICY,
         "  - populate_secret: {}\n",
     );
     let (code, stdout, stderr) = lab.apply(&prove, &["--fresh"]).await;
@@ -441,7 +445,7 @@ async fn dropped_connections_and_a_timeout_resume(reading: PopulateReading, subn
     // The rerun needs no 3 s timeout (the faults have fired): proofs cost a KDF each, and
     // a loaded machine must not make them time out. The run that failed is over (each run
     // rotates once), so the rerun names the devices that did not finish.
-    let pb = rotate_playbook(&lab, TEST_POLICY);
+    let pb = rotate_playbook(&lab, PATIENT_POLICY);
     let (code, stdout, stderr) = lab
         .apply(&pb, &["--limit", "room-01,room-02,room-03"])
         .await;
