@@ -103,6 +103,54 @@ pub enum Command {
     /// left with no secret, until the next `populate_secret: { initial: true }` seeds it
     /// again in plaintext. Asks for the device name as confirmation unless --yes.
     Reset(ResetArgs),
+    /// Recover rooms that were factory-reset or replaced: every secret the vault holds for
+    /// them moves to history (nothing is deleted), a fresh secret becomes current, and they
+    /// are marked unseeded, so the next apply of a playbook with `populate_secret: {
+    /// initial: true }` seeds them. Contacts no device. Takes device names, or an
+    /// inventory's devices (optionally --limit'ed).
+    ForgetDevice(ForgetArgs),
+    /// Change one room's ClientSecret to a phrase its owner types at a no-echo prompt (or
+    /// pipes in with --phrase-stdin) — never on the command line. Same guarantees as a
+    /// rotation: the phrase is recorded as pending before it is sent, proofs decide what
+    /// the device holds, and an interruption is resolved by rerunning this command with the
+    /// same phrase or any playbook with `rotate_secret` or `populate_secret`.
+    Change(ChangeArgs),
+}
+
+/// Arguments of `roomkey secret forget-device`.
+#[derive(Debug, clap::Args)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Devices to forget.
+    #[arg(value_name = "DEVICE", conflicts_with = "inventory")]
+    pub names: Vec<String>,
+    /// Take the devices from this inventory (and its `vault:` unless --vault is given).
+    #[arg(short, long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    /// With --inventory: select devices — names, globs, groups, comma-separated; `!pattern`
+    /// excludes.
+    #[arg(short, long, value_name = "PATTERNS", requires = "inventory")]
+    pub limit: Option<String>,
+}
+
+/// Arguments of `roomkey secret change`.
+#[derive(Debug, clap::Args)]
+pub struct ChangeArgs {
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// The inventory holding the device (address, login; its `vault:` unless --vault).
+    #[arg(short, long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// The device whose secret changes.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: String,
+    /// Read the new phrase from stdin (one line) instead of prompting on the terminal.
+    #[arg(long)]
+    pub phrase_stdin: bool,
+    /// Record the host key of a device not yet in known_hosts (otherwise refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
 }
 
 /// Arguments of `roomkey secret reset`.
@@ -191,6 +239,8 @@ pub fn run(cmd: Command) -> anyhow::Result<i32> {
             credential_remove(&vault, &name)
         }
         Command::Reset(args) => reset(args),
+        Command::ForgetDevice(args) => forget_device(args),
+        Command::Change(args) => change(args),
     }
 }
 
@@ -226,7 +276,7 @@ fn generate(args: &VaultArgs, devices: &[String]) -> anyhow::Result<i32> {
             eprintln!("{d}: already has a secret; left as is");
             continue;
         }
-        v.set_current(d, vault::generate_secret(), false, Some("generated"))?;
+        v.set_current(d, vault::generate_phrase(), false, Some("generated"))?;
         eprintln!("{d}: generated a new secret");
         made += 1;
     }
@@ -379,6 +429,10 @@ fn list_table(v: &Vault, now: OffsetDateTime) -> String {
     let creds: Vec<&str> = v.credential_names().collect();
     if !creds.is_empty() {
         out.push_str(&format!("credentials: {}\n", creds.join(", ")));
+    }
+    // What each release's canary showed about the populate plaintext.
+    for (release, reading) in v.release_readings() {
+        out.push_str(&format!("populate reading of {release}: {reading}\n"));
     }
     out
 }
@@ -653,8 +707,9 @@ fn confirm_reset(args: &ResetArgs) -> anyhow::Result<()> {
 /// the current one. Crash-safe bookkeeping: after connecting and before sending, the vault
 /// stops recording the device as seeded (the secret itself stays current), so whatever
 /// happens next, `populate_secret: { initial: true }` settles it — the plaintext seeding
-/// lands on a reset device, or is refused by one that still holds the secret and a no-op
-/// JWE proves it. A refusal (nothing changed on the device) restores the seeded mark.
+/// lands on a reset device, or is refused by one that still holds the secret and a
+/// proof (a Deactivate JWE that changes nothing) shows it. A refusal (nothing changed on
+/// the device) restores the seeded mark.
 fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
     use roomkey::engine::secrets::{SecretStore, VaultSecrets};
     use roomkey::inventory::{self, ClientSecretSource};
@@ -771,6 +826,233 @@ fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
                  settle it",
                 roomkey::display::escape(&e.to_string())
             );
+            Ok(3)
+        }
+    }
+}
+
+/// `roomkey secret forget-device`: the rooms were factory-reset or replaced. Every name is
+/// checked before anything is written; the vault is saved once.
+fn forget_device(mut args: ForgetArgs) -> anyhow::Result<i32> {
+    let mut names = args.names.clone();
+    if let Some(inventory) = &args.inventory {
+        let inv = roomkey::inventory::load(inventory)?;
+        let selected = roomkey::inventory::select(&inv, args.limit.as_deref(), &BTreeMap::new())
+            .map_err(anyhow::Error::msg)?;
+        for d in selected {
+            match &d.client_secret {
+                roomkey::inventory::ClientSecretSource::Vault => names.push(d.name.clone()),
+                roomkey::inventory::ClientSecretSource::Env(var) => eprintln!(
+                    "{}: its ClientSecret comes from environment variable {var}; skipped",
+                    d.name
+                ),
+            }
+        }
+        if args.vault.vault.is_none() {
+            args.vault.vault = Some(inv.vault.clone());
+        }
+    }
+    if names.is_empty() {
+        bail!("name at least one device (DEVICE ..., or -i INVENTORY [--limit PATTERNS])");
+    }
+    let mut v = open(&args.vault)?;
+    let missing: Vec<&str> = names
+        .iter()
+        .filter(|n| v.device(n).is_none())
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "not in the vault: {}; nothing was changed",
+            missing.join(", ")
+        );
+    }
+    for name in &names {
+        v.forget_device(name)?;
+    }
+    v.save()?;
+    for name in &names {
+        eprintln!(
+            "{name}: forgotten — its old secrets are kept in the vault's history, a fresh \
+             secret is current and not seeded; the next apply with `populate_secret: {{ \
+             initial: true }}` seeds it (in plaintext: do it on a network you trust)"
+        );
+    }
+    Ok(0)
+}
+
+/// Reads the owner's new phrase: one line from stdin with --phrase-stdin, else a no-echo
+/// prompt asked twice. Never from the command line (it would be in `ps` and the history).
+fn read_owner_phrase(args: &ChangeArgs) -> anyhow::Result<Secret> {
+    if args.phrase_stdin {
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the phrase from stdin")?;
+        return Ok(Secret::from_file_text(line));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to prompt on: pipe the phrase in with --phrase-stdin");
+    }
+    let first = vault::prompt(&format!("New ClientSecret phrase for {}: ", args.device))?;
+    let again = vault::prompt(&format!(
+        "New ClientSecret phrase for {} (again): ",
+        args.device
+    ))?;
+    if first != again {
+        bail!("the two entries do not match; nothing was changed");
+    }
+    Ok(first)
+}
+
+/// `roomkey secret change`: rotates one device to an owner's phrase with the engine's own
+/// rotation step (pending recorded before sending, candidates, proofs), then proves it.
+fn change(mut args: ChangeArgs) -> anyhow::Result<i32> {
+    use roomkey::engine::secrets::{SecretStore, VaultSecrets};
+    use roomkey::engine::steps::{self, StepContext, StepError};
+    use roomkey::inventory::{self, ClientSecretSource};
+    use roomkey::ssh::{ConnectOptions, HostKeyPolicy, TshSession};
+
+    let inv = inventory::load(&args.inventory)?;
+    let Some(device) = inv.devices.iter().find(|d| d.name == args.device) else {
+        bail!(
+            "device {} is not in {}",
+            args.device,
+            args.inventory.display()
+        );
+    };
+    if let ClientSecretSource::Env(var) = &device.client_secret {
+        bail!(
+            "{}: its ClientSecret comes from environment variable {var}; changing it needs \
+             the vault",
+            device.name
+        );
+    }
+    if args.vault.vault.is_none() {
+        args.vault.vault = Some(inv.vault.clone());
+    }
+    let phrase = read_owner_phrase(&args)?;
+    vault::check_secret(&device.name, &phrase)?;
+    if let Err(why) = vault::phrase::check_owner_phrase(&phrase) {
+        bail!(
+            "{}: the phrase is refused: {why}; nothing was changed",
+            device.name
+        );
+    }
+    let v = open(&args.vault)?;
+    let begin = match v.device(&device.name) {
+        None => bail!("{}: the vault has no ClientSecret for it", device.name),
+        Some(d) if d.current.as_ref().is_some_and(|c| c.secret == phrase) => {
+            bail!("{}: that is already its current secret", device.name)
+        }
+        // Rerun after an interruption with the same phrase: resolve and finish it.
+        Some(d) if d.pending.as_ref().is_some_and(|p| p.secret == phrase) => false,
+        Some(d) if d.pending.is_some() || d.state != vault::SecretState::Ok => bail!(
+            "{}: secret state is {}; resolve it first (rerun the rotation playbook, or this \
+             command with the phrase of the unfinished change)",
+            device.name,
+            d.state
+        ),
+        Some(d) if !d.seeded => bail!(
+            "{}: not recorded as seeded; seed it first (`populate_secret: {{ initial: true }}`)",
+            device.name
+        ),
+        Some(_) => true,
+    };
+    let store = VaultSecrets::new(v);
+    let pb = roomkey::playbook::parse(
+        Path::new("secret-change"),
+        "name: secret-change\nsteps:\n  - rotate_secret: {}\n  - populate_secret: {}\n",
+    )?;
+    let prepared = roomkey::engine::prepare::prepare(
+        &inv.path,
+        &[device],
+        &pb,
+        Some(&store),
+        OffsetDateTime::now_utc(),
+    )
+    .map_err(|p| anyhow::anyhow!(inventory::render_problems(&p)))?;
+    let Some(prepared) = prepared.devices.into_iter().next() else {
+        bail!("{}: preflight produced no device", device.name);
+    };
+    let mut opts = ConnectOptions::new(
+        device.host.clone(),
+        device.username.clone(),
+        prepared.auth.clone(),
+    );
+    opts.port = device.port;
+    opts.known_hosts = inv.known_hosts.clone();
+    if args.accept_new_host_keys {
+        opts.host_key_policy = HostKeyPolicy::AcceptNew;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let name = device.name.clone();
+    let result = runtime.block_on(async {
+        let kdf = roomkey::kdf::KdfPool::new(1);
+        let mut session = TshSession::connect(&opts).await?;
+        if begin {
+            // The write-ahead record: the phrase is pending, on disk, before anything that
+            // could change the device is sent.
+            if let Err(e) = store.update(|v| v.begin_rotation(&name, phrase.clone())) {
+                session.close().await;
+                return Err(anyhow::Error::from(e));
+            }
+        }
+        let outputs = roomkey::journal::StepOutputs::default();
+        let mut notes = Vec::new();
+        let mut outcome = Ok(());
+        for (index, step) in pb.steps.iter().enumerate() {
+            let mut ctx = StepContext {
+                session: &mut session,
+                prepared: &prepared,
+                kdf: &kdf,
+                secrets: &store as &dyn SecretStore,
+                outputs: &outputs,
+                check_mode: false,
+                resuming: false,
+                previously_done: false,
+                changed_earlier: index > 0,
+                step_outputs: &outputs,
+                connect: &opts,
+                index,
+            };
+            // The vault's pending secret and candidates are this command's write-ahead
+            // record; there is no journal to write.
+            match steps::execute(step, &mut ctx, &mut |_, _| Ok(())).await {
+                Ok(done) => notes.extend(done.note),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        session.close().await;
+        Ok::<_, anyhow::Error>((notes, outcome))
+    });
+    match result {
+        Ok((notes, Ok(()))) => {
+            for n in notes {
+                eprintln!("{name}: {n}");
+            }
+            eprintln!("{name}: ClientSecret changed to the owner's phrase");
+            Ok(0)
+        }
+        Ok((_, Err(StepError::Ssh(e)))) => {
+            eprintln!(
+                "{name}: the change's outcome is unknown ({e}); the vault keeps every secret \
+                 the device may hold — rerun this command with the same phrase to settle it"
+            );
+            Ok(3)
+        }
+        Ok((_, Err(e))) => {
+            eprintln!("{name}: {e}");
+            Ok(2)
+        }
+        Err(e) => {
+            eprintln!("{name}: nothing was changed: {e:#}");
             Ok(3)
         }
     }
