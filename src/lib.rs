@@ -19,5 +19,6 @@ pub mod report;
 pub mod secret;
 pub mod sim;
 pub mod ssh;
+pub mod status;
 pub mod tsh;
 pub mod vault;
