@@ -246,8 +246,31 @@ pub fn open_store(
     let passphrase = roomkey::vault::read_passphrase(target.passphrase_file.as_deref())
         .context("reading the vault passphrase")?;
     let vault = roomkey::vault::Vault::open(&path, &passphrase)
-        .with_context(|| format!("opening the vault {}", path.display()))?;
+        .with_context(|| vault_advice(&path, &inventory.path, target.vault.is_some()))?;
     Ok(Arc::new(VaultSecrets::new(vault)))
+}
+
+/// Which vault was opened and why that one: every error that names the vault says where
+/// the path came from and the command that creates it there.
+pub fn vault_advice(path: &Path, inventory: &Path, from_flag: bool) -> String {
+    let origin = if from_flag {
+        "from --vault / ROOMKEY_VAULT".to_string()
+    } else {
+        format!(
+            "the inventory's `vault:`, default `.roomkey/vault` beside {} (paths in an \
+             inventory are relative to it)",
+            inventory.display()
+        )
+    };
+    let create = if from_flag {
+        format!("roomkey secret init --vault {}", path.display())
+    } else {
+        format!("roomkey secret init -i {}", inventory.display())
+    };
+    format!(
+        "opening the vault {} ({origin}); to create it there: `{create}`",
+        path.display()
+    )
 }
 
 fn select<'a>(loaded: &'a Loaded, limit: Option<&str>) -> Result<Vec<&'a Device>, String> {

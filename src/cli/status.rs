@@ -270,15 +270,8 @@ fn open_vault(
     }
     let passphrase = roomkey::vault::read_passphrase(args.passphrase_file.as_deref())
         .context("reading the vault passphrase")?;
-    let vault = roomkey::vault::Vault::open_read_only(&path, &passphrase).with_context(|| {
-        format!(
-            "opening the vault {} (the inventory's `vault:`, default `.roomkey/vault` beside \
-             {}; create it with `roomkey secret init -i {}`)",
-            path.display(),
-            inv.path.display(),
-            inv.path.display()
-        )
-    })?;
+    let vault = roomkey::vault::Vault::open_read_only(&path, &passphrase)
+        .with_context(|| super::apply::vault_advice(&path, &inv.path, args.vault.is_some()))?;
     Ok(Some(vault))
 }
 
