@@ -20,11 +20,34 @@ fn armed() -> Option<&'static str> {
         .as_deref()
 }
 
-/// Aborts the process if `name` is the armed failpoint. The note on stderr lets a test tell
-/// a deliberate abort from a real crash; it names only the point.
+/// Whether reaching `name` now should trigger it: the variable names it either plainly
+/// (`name`: its first hit) or with a count (`name@3`: its third hit in this process).
+pub fn armed_here(name: &str) -> bool {
+    static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let Some(spec) = armed() else {
+        return false;
+    };
+    let (point, nth) = match spec.split_once('@') {
+        Some((p, n)) => (p, n.parse::<u64>().unwrap_or(1)),
+        None => (spec, 1),
+    };
+    if point != name {
+        return false;
+    }
+    let hit = HITS.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    hit == nth
+}
+
+/// Aborts the process at the point `name`. The note on stderr lets a test tell a
+/// deliberate abort from a real crash; it names only the point.
+pub fn abort(name: &str) -> ! {
+    eprintln!("failpoint {name}: aborting (test-only {ENV} is set)");
+    std::process::abort();
+}
+
+/// Aborts the process if `name` is the armed failpoint (see `armed_here`).
 pub fn hit(name: &str) {
-    if armed() == Some(name) {
-        eprintln!("failpoint {name}: aborting (test-only {ENV} is set)");
-        std::process::abort();
+    if armed_here(name) {
+        abort(name);
     }
 }

@@ -56,7 +56,7 @@ impl Purpose {
 }
 
 /// Which certificate a deactivate/delete step acts on.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CertificateRef {
     /// The device's own certificate from the inventory (fingerprint computed locally).
@@ -73,26 +73,9 @@ pub enum CertificateRef {
     Service,
 }
 
-impl CertificateRef {
-    /// The journal output (of an earlier step) that names this certificate, if any.
-    pub fn output_key(&self) -> Option<&'static str> {
-        match self {
-            CertificateRef::Previous => Some("previous_fingerprint"),
-            CertificateRef::Enrolled => Some(ENROLLED_FINGERPRINT),
-            CertificateRef::Service => Some(SERVICE_FINGERPRINT),
-            CertificateRef::New | CertificateRef::Fingerprint(_) => None,
-        }
-    }
-}
-
-/// Output of `scep_enroll`: the enrolled certificate's fingerprint.
-pub const ENROLLED_FINGERPRINT: &str = "enrolled_fingerprint";
-/// Output of `add_service_certificate`: the added certificate's fingerprint.
-pub const SERVICE_FINGERPRINT: &str = "service_fingerprint";
-
 /// `add_ca_certificate` / `remove_ca_certificate`: trusted CAs from a PEM bundle, or one CA
 /// by fingerprint (remove only).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CaCertificates {
     /// A PEM bundle, relative to the playbook; `{name}`, `{host}` and vars are filled in.
@@ -105,7 +88,7 @@ pub struct CaCertificates {
 
 /// `add_service_certificate`: a certificate and key from PEM files (not the device's
 /// identity certificate), e.g. for 802.1X or HTTPS.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceCertificate {
     /// Certificate PEM (may also hold the key), relative to the playbook; templated.
@@ -121,7 +104,7 @@ pub struct ServiceCertificate {
 
 /// `scep_enroll`: `Security Certificates Services Enrollment SCEP Request`. Text values may
 /// use `{name}`, `{host}` and inventory vars; each is at most 128 characters once filled in.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScepEnroll {
     pub url: String,
@@ -209,7 +192,7 @@ pub fn san_limit(name: &str) -> usize {
 }
 
 /// What `scep_renewal_profile` does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ProfileAction {
     /// `Enrollment SCEP Renewal Request` (Fingerprint + URL).
@@ -221,7 +204,7 @@ pub enum ProfileAction {
 }
 
 /// `scep_renewal_profile`: the device's SCEP auto-renewal profile for a CA.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScepRenewalProfile {
     pub action: ProfileAction,
@@ -234,12 +217,20 @@ pub struct ScepRenewalProfile {
 }
 
 /// `restart`: `xCommand SystemUnit Boot`, then wait for the device to accept SSH again.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Restart {
     /// How long to wait for the device to come back (default 10m).
     #[serde(default = "restart_timeout", deserialize_with = "duration")]
     pub timeout: Duration,
+    /// Restart only when an earlier step of this run changed the device (default); `false`
+    /// restarts once in every run.
+    #[serde(default = "yes")]
+    pub if_changed: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn restart_timeout() -> Duration {
@@ -250,6 +241,7 @@ impl Default for Restart {
     fn default() -> Self {
         Restart {
             timeout: restart_timeout(),
+            if_changed: true,
         }
     }
 }
@@ -259,7 +251,7 @@ fn restart_or_default<'de, D: Deserializer<'de>>(d: D) -> Result<Restart, D::Err
     Ok(Option::<Restart>::deserialize(d)?.unwrap_or_default())
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PopulateSecret {
     /// Allow the plaintext first seeding (only for a device the vault records as never
@@ -268,7 +260,7 @@ pub struct PopulateSecret {
     pub initial: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Activate {
     #[serde(default = "webex_identity")]
@@ -277,20 +269,25 @@ pub struct Activate {
     pub certificate: CertificateRef,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CertificateTarget {
     #[serde(default = "webex_identity")]
     pub purpose: Purpose,
     #[serde(default)]
     pub certificate: CertificateRef,
+    /// `delete_certificate` only: delete the certificate even while it is in use for some
+    /// purpose (without it, a certificate in use is refused: deleting it would leave the
+    /// purpose without a certificate).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
 }
 
 fn webex_identity() -> Purpose {
     Purpose::WebexIdentity
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SetConfiguration {
     /// e.g. `Conference EndToEndEncryption Mode`
@@ -298,7 +295,7 @@ pub struct SetConfiguration {
     pub value: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawXCommand {
     /// The command path after `xCommand`, e.g. `SystemUnit Software Version`.
@@ -309,17 +306,21 @@ pub struct RawXCommand {
     #[serde(default)]
     pub expect: BTreeMap<String, String>,
     /// Whether the command only reads (the journal may then rerun it freely, and
-    /// `apply --check` runs it).
+    /// `apply --check` runs it — if the session agrees it reads: `xCommand … Show|List`).
     #[serde(default)]
     pub read_only: bool,
+    /// Whether sending it twice does no harm: only then is a command found in flight (its
+    /// outcome unknown) sent again without `--confirm-resend`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub idempotent: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Empty {}
 
 /// One built-in step.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
     PopulateSecret(PopulateSecret),
@@ -827,7 +828,6 @@ steps:
         assert_eq!(p.policy.command_timeout, Duration::from_millis(250));
         assert_eq!(p.policy.host_key_policy, HostKeyPolicySetting::AcceptNew);
         assert_eq!(p.steps.len(), 8);
-        assert_eq!(p.step_id(1), "02-add_certificate");
         assert_eq!(
             p.steps[3],
             Step::ActivateCertificate(Activate {
@@ -880,14 +880,14 @@ steps:
         );
         assert_eq!(p.steps.len(), 9);
         assert_eq!(p.steps[8], Step::Restart(Restart::default()));
-        assert_eq!(p.step_id(4), "05-scep_enroll");
         assert!(!p.needs_certificate() && !p.needs_client_secret());
         assert!(p.needs_vault_credentials());
         assert!(p.steps[6].is_read_only());
         assert_eq!(
             p.steps[7],
             Step::Restart(Restart {
-                timeout: Duration::from_secs(90)
+                timeout: Duration::from_secs(90),
+                if_changed: true,
             })
         );
         assert_eq!(p.steps[2].vault_credentials(), vec!["https-key"]);

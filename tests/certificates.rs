@@ -390,7 +390,7 @@ async fn a_run_killed_after_the_boot_does_not_restart_again() {
         lab.path(),
         "restart",
         &policy,
-        "  - restart: { timeout: 30s }\n",
+        "  - restart: { timeout: 30s, if_changed: false }\n",
     );
     let (code, _stdout, stderr) = lab
         .apply_env(&pb, &[], &[("ROOMKEY_FAILPOINT", "restart-after-boot")])

@@ -41,8 +41,9 @@ pub struct Target {
     /// File holding the vault passphrase (else ROOMKEY_VAULT_PASSPHRASE, else a prompt).
     #[arg(long, value_name = "FILE")]
     pub passphrase_file: Option<PathBuf>,
-    /// Run every step again, ignoring what the journal records as done.
-    #[arg(long)]
+    /// No longer needed, kept so older scripts work: every run reads each device and redoes
+    /// whatever is not as wanted, and each run rotates once.
+    #[arg(long, hide = true)]
     pub fresh: bool,
 }
 
@@ -78,6 +79,15 @@ pub struct ApplyArgs {
     pub report_html: Option<PathBuf>,
     #[command(flatten)]
     pub overrides: PolicyOverrides,
+    /// Start a new run even though the previous one was interrupted (by default, rerunning
+    /// continues the interrupted run: devices it finished are not redone and its once-per-
+    /// run actions, such as a rotation, are not repeated).
+    #[arg(long)]
+    pub new_run: bool,
+    /// Send again a step whose outcome is unknown (a raw xcommand found in flight), after
+    /// checking the device by hand: the step id the failure names, or a step kind.
+    #[arg(long, value_name = "STEP")]
+    pub confirm_resend: Vec<String>,
 }
 
 /// Playbook policy overridden from the command line (what Ansible users pass as flags).
@@ -183,28 +193,26 @@ pub fn load(target: &Target) -> Result<Loaded, String> {
     }
 }
 
-/// `@failed` and `@unfinished` from the journal.
+/// `@failed` and `@unfinished` from the journal: how each device's last run ended, and
+/// which devices the latest run (interrupted or not) has not finished.
 pub fn named_sets(loaded: &Loaded) -> BTreeMap<String, BTreeSet<String>> {
     let key = engine::playbook_key(&loaded.playbook);
+    let latest = roomkey::journal::RunLog::open(&loaded.state_dir, &key, true)
+        .ok()
+        .and_then(|log| log.latest());
     let mut failed = BTreeSet::new();
     let mut unfinished = BTreeSet::new();
     for d in &loaded.inventory.devices {
         let steps = read_steps(&loaded.state_dir, &key, &d.name).unwrap_or_default();
-        // How the device's last run ended; journals from before that record existed fall
-        // back to "some step failed".
-        let last_run_failed = match steps.get(engine::DEVICE_RECORD) {
-            Some(device) => device.status == StepStatus::Failed,
-            None => steps.values().any(|s| s.status == StepStatus::Failed),
-        };
-        if last_run_failed {
+        let device = steps.get(engine::DEVICE_RECORD);
+        if device.is_some_and(|s| s.status == StepStatus::Failed) {
             failed.insert(d.name.clone());
         }
-        let done = (0..loaded.playbook.steps.len()).all(|i| {
-            steps
-                .get(&loaded.playbook.step_id(i))
-                .is_some_and(|s| matches!(s.status, StepStatus::Done | StepStatus::Skipped))
+        let finished = device.is_some_and(|s| {
+            Some(&s.run) == latest.as_ref()
+                && matches!(s.status, StepStatus::Done | StepStatus::Failed)
         });
-        if !done {
+        if !finished {
             unfinished.insert(d.name.clone());
         }
     }
@@ -325,6 +333,13 @@ pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Re
     for w in &warnings {
         eprintln!("warning: {w}");
     }
+    if args.target.fresh {
+        eprintln!(
+            "note: --fresh is no longer needed: every run reads each device and redoes what \
+             is not as wanted, and each run rotates once (use --new-run to abandon an \
+             interrupted run)"
+        );
+    }
     let _lock = StateLock::acquire(&loaded.state_dir)?;
     let reporter: Arc<dyn Reporter> = match args.output {
         Output::Json => Arc::new(report::JsonReporter::new(std::io::stdout())),
@@ -344,7 +359,8 @@ pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Re
             .accept_new_host_keys
             .then_some(HostKeyPolicySetting::AcceptNew),
         check_mode: args.check,
-        fresh: args.target.fresh,
+        new_run: args.new_run,
+        confirm_resend: args.confirm_resend.clone(),
         kdf: KdfPool::per_core(),
         secrets: Arc::clone(&store),
         stop,
@@ -473,22 +489,25 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
         }
     };
     let key = engine::playbook_key(&loaded.playbook);
+    // The run a real apply would work in: the interrupted one it would continue, or a new one.
+    let planned_run = match roomkey::journal::RunLog::open(&loaded.state_dir, &key, true)
+        .ok()
+        .and_then(|log| log.interrupted())
+    {
+        Some(id) => roomkey::plan::PlannedRun::Continue(id),
+        None => roomkey::plan::PlannedRun::New,
+    };
     let mut plans: Vec<_> = prepared
         .devices
         .iter()
         .map(|p| {
-            let journal: BTreeMap<String, StepStatus> =
-                read_steps(&loaded.state_dir, &key, &p.device.name)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.status))
-                    .collect();
+            let journal = read_steps(&loaded.state_dir, &key, &p.device.name).unwrap_or_default();
             let seed = match &store {
                 Some(s) if s.is_seeded(&p.device) => roomkey::plan::SeedState::Seeded,
                 Some(_) => roomkey::plan::SeedState::NotSeeded,
                 None => roomkey::plan::SeedState::Unknown,
             };
-            roomkey::plan::device_plan(p, &loaded.playbook, &journal, seed, args.target.fresh)
+            roomkey::plan::device_plan(p, &loaded.playbook, &journal, seed, &planned_run)
         })
         .collect();
     roomkey::plan::schedule(

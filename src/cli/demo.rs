@@ -143,7 +143,8 @@ pub fn run(args: Args, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
         // First contact with freshly made simulated rooms: record their host keys.
         host_key_policy: Some(HostKeyPolicySetting::AcceptNew),
         check_mode: false,
-        fresh: false,
+        new_run: false,
+        confirm_resend: Vec::new(),
         kdf: KdfPool::per_core(),
         secrets: store,
         stop,

@@ -45,6 +45,11 @@ pub struct Args {
     /// inventory's `sim:` block).
     #[arg(long, value_name = "FILE")]
     pub faults: Option<PathBuf>,
+    /// How every device's firmware reads a `populate` JWE's plaintext: the phrase itself
+    /// (`raw`) or base64url of it (`base64url`). Overrides `populate_reading` of every
+    /// device's `sim:` block (or of the --faults plan).
+    #[arg(long, value_name = "READING")]
+    pub populate_reading: Option<PopulateReadingArg>,
     /// Concurrent scrypt derivations (default: one per core).
     #[arg(long)]
     pub kdf_parallel: Option<usize>,
@@ -55,6 +60,22 @@ pub struct Args {
     /// Test-CA directory (`roomkey cert test-ca`) that signs the SCEP enrolments.
     #[arg(long, value_name = "DIR", requires = "scep_url")]
     pub scep_ca: Option<PathBuf>,
+}
+
+/// `--populate-reading` (the simulator's `PopulateReading`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PopulateReadingArg {
+    Raw,
+    Base64url,
+}
+
+impl From<PopulateReadingArg> for sim::model::PopulateReading {
+    fn from(a: PopulateReadingArg) -> Self {
+        match a {
+            PopulateReadingArg::Raw => sim::model::PopulateReading::Raw,
+            PopulateReadingArg::Base64url => sim::model::PopulateReading::Base64url,
+        }
+    }
 }
 
 /// The `--scep-url` server, if any.
@@ -87,7 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         )
         .with_writer(std::io::stderr)
         .try_init();
-    let specs = match (&args.inventory, args.count) {
+    let mut specs = match (&args.inventory, args.count) {
         (Some(path), _) => {
             let inv = roomkey::inventory::load(path)?;
             sim::specs_from_inventory(&inv)?
@@ -124,6 +145,11 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         }
         (None, None) => anyhow::bail!("give --inventory FILE or --count N"),
     };
+    if let Some(reading) = args.populate_reading {
+        for spec in &mut specs {
+            spec.faults.populate_reading = reading.into();
+        }
+    }
     let kdf = match args.kdf_parallel {
         Some(n) => roomkey::kdf::KdfPool::new(n),
         None => roomkey::kdf::KdfPool::per_core(),

@@ -3,8 +3,8 @@
 //! certificate in use, NotAfter, days left), E2EE mode, whether the vault records the
 //! ClientSecret as seeded, and the journal's last run. Table (by urgency), JSON, CSV or
 //! OpenMetrics; `--expiring-within` gives cron an exit code. Only `xStatus`,
-//! `xConfiguration` reads and `Services Show` are sent (each checked read-only before it
-//! goes out); the pure core is `roomkey::status`.
+//! `xConfiguration` reads and `Services Show` are sent (the session is opened read-only
+//! and refuses anything else); the pure core is `roomkey::status`.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -292,6 +292,8 @@ fn connect_options(
         auth_timeout: timeout,
         command_timeout: timeout,
         keepalive_interval: Duration::from_secs(5),
+        // The session itself refuses anything but reads.
+        read_only: true,
     }
 }
 

@@ -5,9 +5,17 @@
 //!   and the `KdfPool` for scrypt (at most one derivation per core).
 //! - Each device runs its steps in order on one TSH session. One device's failure, hang or
 //!   disconnect only ends that device: its task owns its session and its journal.
+//! - Every run reads the device: each selected device is connected and every step reads
+//!   before it decides, so "ok" means the device is right *now*. The journal is for
+//!   resuming interrupted writes and for actions done once per run, never a cache of the
+//!   device.
+//! - A run is one unit with an id (`journal::RunLog`): rerunning an interrupted command
+//!   continues that run — devices it finished are not redone, its once-per-run actions
+//!   (rotation, restart, raw commands) are not repeated. A finished run is over.
 //! - Write-ahead journal: a step is recorded `in-flight` (fsynced) before its first
 //!   changing command is sent, `done`/`failed` after. A step found in-flight on a rerun is
-//!   reconciled against the device with read-only commands before anything is resent.
+//!   reconciled against the device with read-only commands before anything is resent; a
+//!   raw command whose outcome the device cannot show is not resent without consent.
 //! - Stop (Ctrl-C): no new device or step starts; the current command finishes or times out;
 //!   everything is recorded; the run ends resumable.
 //! - The engine never prints: it sends `Event`s to a `Reporter`.
@@ -15,6 +23,7 @@
 pub mod assets;
 pub mod events;
 pub mod prepare;
+pub mod resolve;
 pub mod rollout;
 pub mod secrets;
 pub mod steps;
@@ -27,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Semaphore};
 
-use crate::journal::{now_ms, DeviceJournal, Record, StepStatus};
+use crate::journal::{now_ms, DeviceJournal, Record, RunLog, StepOutputs, StepStatus};
 use crate::kdf::KdfPool;
 use crate::playbook::{HostKeyPolicySetting, Playbook};
 use crate::ssh::{ConnectOptions, HostKeyPolicy, SshError, TshSession};
@@ -44,10 +53,14 @@ pub struct RunConfig {
     pub known_hosts: PathBuf,
     /// Overrides the playbook's host-key policy (`--accept-new-host-keys`).
     pub host_key_policy: Option<HostKeyPolicySetting>,
-    /// `apply --check`: run only read-only commands, report what would change.
+    /// `apply --check`: run only read-only commands, report what would change; write no
+    /// journal. The SSH session itself refuses anything else.
     pub check_mode: bool,
-    /// Ignore what the journal says is done and run every step again.
-    pub fresh: bool,
+    /// `--new-run`: abandon an interrupted run instead of continuing it.
+    pub new_run: bool,
+    /// `--confirm-resend`: step ids (or kinds) whose outcome was unknown (found in flight)
+    /// and that the administrator confirmed may be sent again.
+    pub confirm_resend: Vec<String>,
     pub kdf: KdfPool,
     pub secrets: Arc<dyn SecretStore>,
     /// Becomes `true` to stop starting new work.
@@ -182,6 +195,8 @@ struct Shared {
     estimator: Estimator,
     rate: RateLimiter,
     run: String,
+    /// The run log could not be read or written: no device is started.
+    run_error: Option<String>,
 }
 
 impl Shared {
@@ -202,7 +217,29 @@ impl Shared {
 /// decide whether more devices start.
 pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
     let started = Instant::now();
-    let run = run_id();
+    let key = playbook_key(&config.playbook);
+    // The run log is read-only in check mode: a check neither starts nor continues a run,
+    // but it judges devices as the real rerun would (continuing an interrupted run).
+    let opened = RunLog::open(&config.state_dir, &key, config.check_mode).and_then(|mut log| {
+        let current = log.begin(&run_id(), config.new_run)?;
+        Ok((log, current))
+    });
+    let (mut run_log, run, run_error) = match opened {
+        Ok((log, current)) => {
+            if current.resumed {
+                reporter.event(&Event::Notice {
+                    device: None,
+                    message: format!(
+                        "continuing run {} (it was interrupted): devices it finished are not \
+                         redone, and what it did once per run is not repeated",
+                        current.id
+                    ),
+                });
+            }
+            (Some(log), current.id, None)
+        }
+        Err(e) => (None, run_id(), Some(e.to_string())),
+    };
     reporter.event(&Event::RunStarted {
         playbook: config.playbook.name.clone(),
         run: run.clone(),
@@ -232,6 +269,7 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
         failed_total: AtomicUsize::new(0),
         estimator,
         run: run.clone(),
+        run_error,
     });
     // Ctrl-C (the caller's stop signal) halts like a budget does.
     let forward = {
@@ -328,6 +366,21 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
         }),
         (None, false) => None,
     };
+    // A run that reached every selected device is over; the next invocation is a new run.
+    let reached_all = outcomes.iter().all(|o| !o.status.is_unfinished());
+    if let (Some(log), false, None, true) = (
+        run_log.as_mut(),
+        shared.config.check_mode,
+        &stopped_early,
+        reached_all,
+    ) {
+        if let Err(e) = log.finish(&run) {
+            shared.reporter.event(&Event::Notice {
+                device: None,
+                message: format!("could not record the run as finished: {e}"),
+            });
+        }
+    }
     let summary = RunSummary {
         playbook: shared.config.playbook.name.clone(),
         run,
@@ -433,22 +486,23 @@ fn window_refusal(prepared: &PreparedDevice, reason: String) -> DeviceOutcome {
     }
 }
 
-/// Durations of devices that completed the playbook in earlier runs (from the journal).
+/// Durations of devices that completed the playbook in earlier runs (from the journal):
+/// from a run's first record of the device to its device-level `done` record.
 fn journal_durations(config: &RunConfig) -> Vec<Duration> {
     let key = playbook_key(&config.playbook);
     config
         .devices
         .iter()
         .filter_map(|d| {
-            let steps = crate::journal::read_steps(&config.state_dir, &key, &d.device.name).ok()?;
-            let first = steps.values().filter_map(|s| s.started_ms).min()?;
-            let last = steps.values().filter_map(|s| s.finished_ms).max()?;
-            let all_done = (0..config.playbook.steps.len()).all(|i| {
-                steps
-                    .get(&config.playbook.step_id(i))
-                    .is_some_and(|s| s.status == StepStatus::Done)
-            });
-            (all_done && last >= first).then(|| Duration::from_millis(last - first))
+            let journal =
+                DeviceJournal::open_read_only(&config.state_dir, &key, &d.device.name).ok()?;
+            let records = journal.records();
+            let done = records
+                .iter()
+                .rev()
+                .find(|r| r.step == DEVICE_RECORD && r.status == StepStatus::Done)?;
+            let first = records.iter().find(|r| r.run == done.run)?;
+            (done.at_ms >= first.at_ms).then(|| Duration::from_millis(done.at_ms - first.at_ms))
         })
         .collect()
 }
@@ -484,6 +538,7 @@ fn connect_options(config: &RunConfig, prepared: &PreparedDevice) -> ConnectOpti
         auth_timeout: policy.auth_timeout,
         command_timeout: policy.command_timeout,
         keepalive_interval: policy.keepalive_interval,
+        read_only: config.check_mode,
     }
 }
 
@@ -507,9 +562,18 @@ struct DeviceRun<'a> {
     journal: DeviceJournal,
     run: &'a str,
     reporter: &'a dyn Reporter,
+    /// The playbook's steps as they apply to this device in this run.
+    resolved: Vec<resolve::ResolvedStep>,
     reports: BTreeMap<String, StepReport>,
     failed: Option<(String, String)>,
     identity: Option<String>,
+    /// Outputs of this device's steps in this run (merged over the journal's).
+    outputs: StepOutputs,
+    /// Some step changed the device in this run (a restart boots only then).
+    changed_this_run: bool,
+    /// `apply --check`: an earlier step would change the device, so later reads describe
+    /// a device that the real run would already have changed.
+    would_change: bool,
 }
 
 async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> DeviceOutcome {
@@ -532,15 +596,54 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
         duration_ms: 0,
         connections: 0,
     };
-    let journal =
-        match DeviceJournal::open(&config.state_dir, &playbook_key(&config.playbook), &name) {
-            Ok(j) => j,
-            Err(e) => {
-                outcome.status = DeviceStatus::Failed;
-                outcome.reason = Some(e.to_string());
-                return outcome;
-            }
-        };
+    if let Some(e) = &shared.run_error {
+        outcome.status = DeviceStatus::Failed;
+        outcome.reason = Some(e.clone());
+        return outcome;
+    }
+    let key = playbook_key(&config.playbook);
+    // Check mode writes no journal: it reads it and keeps its own records in memory.
+    let opened = if config.check_mode {
+        DeviceJournal::open_read_only(&config.state_dir, &key, &name)
+    } else {
+        DeviceJournal::open(&config.state_dir, &key, &name)
+    };
+    let journal = match opened {
+        Ok(j) => j,
+        Err(e) => {
+            outcome.status = DeviceStatus::Failed;
+            outcome.reason = Some(e.to_string());
+            return outcome;
+        }
+    };
+    if let Some(damage) = &journal.damage {
+        reporter.event(&Event::Notice {
+            device: Some(name.clone()),
+            message: format!(
+                "its journal had {} damaged line(s); the file was kept as {} and the device is \
+                 read again rather than trusted from the journal",
+                damage.lines,
+                damage.moved_to.display()
+            ),
+        });
+    }
+    // A device this run already finished (before an interruption) is not redone.
+    let device_state = journal.step(DEVICE_RECORD);
+    if device_state.run == run && device_state.status == StepStatus::Done {
+        outcome.reason = Some("finished earlier in this run (not redone)".into());
+        outcome.identity = device_state.outputs.identity.clone();
+        return outcome;
+    }
+    let resolved = resolve::resolve(&config.playbook, prepared, run);
+    // What earlier attempts recorded for these very steps (same inputs), e.g. the
+    // certificate an activation replaced, which the device no longer shows.
+    let mut outputs = StepOutputs::default();
+    let mut changed_this_run = false;
+    for step in &resolved {
+        let state = journal.step(&step.id);
+        outputs.merge(&state.outputs);
+        changed_this_run |= state.run == run && state.changed;
+    }
     let mut dr = DeviceRun {
         config,
         prepared,
@@ -549,24 +652,18 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
         reporter,
         rate: &shared.rate,
         halt: halt.clone(),
+        resolved,
         reports: BTreeMap::new(),
         failed: None,
         identity: None,
+        outputs,
+        changed_this_run,
+        would_change: false,
     };
-    if config.fresh && !config.check_mode {
-        if let Err(e) = dr.journal.reset(run) {
-            outcome.status = DeviceStatus::Failed;
-            outcome.reason = Some(e.to_string());
-            return outcome;
-        }
-    }
 
     let policy = &config.playbook.policy;
     let mut attempt = 0u32;
     let final_state = loop {
-        if dr.all_done() {
-            break Attempt::Finished;
-        }
         attempt += 1;
         reporter.event(&Event::Connecting {
             device: name.clone(),
@@ -596,7 +693,11 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
         }
     };
 
-    outcome.steps = dr.reports.values().cloned().collect();
+    outcome.steps = dr
+        .resolved
+        .iter()
+        .filter_map(|r| dr.reports.get(&r.id).cloned())
+        .collect();
     outcome.identity = dr.identity.clone();
     let any_changed = outcome.steps.iter().any(|s| s.changed);
     match final_state {
@@ -643,7 +744,8 @@ pub const DEVICE_RECORD: &str = "device";
 impl DeviceRun<'_> {
     /// Records how this device's run ended, so `--limit @failed` finds devices that never
     /// reached a step (unreachable, refused login, changed host key) as well as those whose
-    /// step failed. An interrupted device keeps the record of its previous run.
+    /// step failed, and a resumed run knows which devices it finished. An interrupted
+    /// device keeps the record of its previous run.
     fn record_outcome(&mut self, outcome: &DeviceOutcome) {
         if self.config.check_mode || outcome.status.is_unfinished() {
             return;
@@ -654,7 +756,11 @@ impl DeviceRun<'_> {
             StepStatus::Failed
         };
         let error = (!outcome.status.is_success()).then(|| outcome.status.as_str().to_string());
-        if let Err(e) = self.record(DEVICE_RECORD, status, false, BTreeMap::new(), error) {
+        let outputs = StepOutputs {
+            identity: outcome.identity.clone(),
+            ..StepOutputs::default()
+        };
+        if let Err(e) = self.record(DEVICE_RECORD, status, false, outputs, error) {
             tracing::warn!(device = %outcome.device, "recording the device outcome: {e}");
         }
     }
@@ -676,39 +782,12 @@ fn jitter_fraction(device: &str, attempt: u32) -> f64 {
 }
 
 impl DeviceRun<'_> {
-    fn step_ids(&self) -> Vec<String> {
-        (0..self.config.playbook.steps.len())
-            .map(|i| self.config.playbook.step_id(i))
-            .collect()
-    }
-
-    fn all_done(&self) -> bool {
-        self.failed.is_some()
-            || self.step_ids().iter().all(|id| {
-                matches!(
-                    self.journal.step(id).status,
-                    StepStatus::Done | StepStatus::Skipped
-                ) && !self.config.check_mode
-            })
-    }
-
-    /// Outputs recorded by earlier steps (fingerprints), merged in step order.
-    fn outputs(&self) -> BTreeMap<String, String> {
-        let mut out = BTreeMap::new();
-        for id in self.step_ids() {
-            for (k, v) in self.journal.step(&id).outputs {
-                out.insert(k, v);
-            }
-        }
-        out
-    }
-
     fn record(
         &mut self,
         step: &str,
         status: StepStatus,
         changed: bool,
-        outputs: BTreeMap<String, String>,
+        outputs: StepOutputs,
         error: Option<String>,
     ) -> Result<(), String> {
         self.journal
@@ -745,38 +824,90 @@ impl DeviceRun<'_> {
         result
     }
 
+    /// Whether the administrator confirmed that the step may be sent again.
+    fn resend_confirmed(&self, step: &resolve::ResolvedStep) -> bool {
+        self.config
+            .confirm_resend
+            .iter()
+            .any(|c| c == &step.id || c == step.kind)
+    }
+
+    fn report(&mut self, id: &str, report: StepReport) {
+        self.reporter.event(&Event::StepFinished {
+            device: self.prepared.device.name.clone(),
+            step: report.clone(),
+        });
+        self.reports.insert(id.to_string(), report);
+    }
+
     async fn run_steps(&mut self, session: &mut TshSession) -> Attempt {
         let name = self.prepared.device.name.clone();
         let connect = connect_options(self.config, self.prepared);
-        for (index, step) in self.config.playbook.steps.iter().enumerate() {
-            let id = self.config.playbook.step_id(index);
+        let resolved = self.resolved.clone();
+        for rs in &resolved {
+            let Some(step) = self.config.playbook.steps.get(rs.index) else {
+                continue;
+            };
+            let id = rs.id.clone();
+            let kind = rs.kind.to_string();
             let state = self.journal.step(&id);
-            if !self.config.check_mode
+            // An action already done in this run (before an interruption, or on an earlier
+            // connection) is not done again; states are always read again.
+            if rs.once_per_run
+                && state.run == self.run
                 && matches!(state.status, StepStatus::Done | StepStatus::Skipped)
             {
-                self.reports.entry(id.clone()).or_insert(StepReport {
-                    id: id.clone(),
-                    kind: step.kind().to_string(),
-                    status: state.status,
-                    changed: false,
-                    duration_ms: None,
-                    note: Some("done in an earlier run".into()),
-                });
-                if step.kind() == "verify_external_identity" {
-                    self.identity = state.outputs.get("identity").cloned();
+                if !self.reports.contains_key(&id) {
+                    self.reports.insert(
+                        id.clone(),
+                        StepReport {
+                            id: id.clone(),
+                            kind,
+                            status: state.status,
+                            changed: state.changed,
+                            duration_ms: None,
+                            note: Some("done earlier in this run (an action: not repeated)".into()),
+                        },
+                    );
                 }
                 continue;
             }
             if halted(&self.halt) {
                 return Attempt::Stopped;
             }
+            let resuming = state.status == StepStatus::InFlight;
+            // A raw command that changes something cannot be checked on the device: found
+            // in flight, its outcome is unknown, and it is sent again only with consent.
+            if let crate::playbook::Step::Xcommand(x) = step {
+                if resuming && !x.read_only && !x.idempotent && !self.resend_confirmed(rs) {
+                    let reason = format!(
+                        "outcome unknown: `{}` was in flight when an earlier attempt stopped, \
+                         and the device cannot show whether it was applied; check the device, \
+                         then rerun with --confirm-resend {id} (or mark the step \
+                         `idempotent: true`)",
+                        x.command
+                    );
+                    self.report(
+                        &id,
+                        StepReport {
+                            id: id.clone(),
+                            kind,
+                            status: StepStatus::Failed,
+                            changed: false,
+                            duration_ms: None,
+                            note: Some(reason.clone()),
+                        },
+                    );
+                    self.failed = Some((id, reason));
+                    return Attempt::Finished;
+                }
+            }
             self.reporter.event(&Event::StepStarted {
                 device: name.clone(),
                 step: id.clone(),
             });
             let started = Instant::now();
-            let resuming = state.status == StepStatus::InFlight;
-            let outputs = self.outputs();
+            let outputs = self.outputs.clone();
             let mut ctx = steps::StepContext {
                 session,
                 prepared: self.prepared,
@@ -785,18 +916,23 @@ impl DeviceRun<'_> {
                 outputs: &outputs,
                 check_mode: self.config.check_mode,
                 resuming,
+                previously_done: state.status == StepStatus::Done,
+                changed_earlier: self.changed_this_run || self.would_change,
                 step_outputs: &state.outputs,
                 connect: &connect,
-                index,
+                index: rs.index,
             };
             // Write-ahead: the journal says in-flight before any changing command is sent.
             let mut write_ahead_error = None;
+            let journal = &mut self.journal;
+            let run = self.run;
+            let check_mode = self.config.check_mode;
             let result = steps::execute(step, &mut ctx, &mut |_, outputs| {
-                if self.config.check_mode {
+                if check_mode {
                     return Ok(());
                 }
-                let r = self.journal.append(Record {
-                    run: self.run.to_string(),
+                let r = journal.append(Record {
+                    run: run.to_string(),
                     step: id.clone(),
                     status: StepStatus::InFlight,
                     at_ms: now_ms(),
@@ -812,9 +948,33 @@ impl DeviceRun<'_> {
             })
             .await;
             let duration_ms = Some(started.elapsed().as_millis() as u64);
-            let kind = step.kind().to_string();
+            // In check mode, once an earlier step would change the device, a later step's
+            // read describes a device the real run would already have changed: what it
+            // cannot confirm yet is what the run would do, not a failure.
+            let result = match result {
+                Err(steps::StepError::Refused(reason))
+                    if self.config.check_mode && self.would_change =>
+                {
+                    Ok(steps::StepDone {
+                        changed: true,
+                        outputs: StepOutputs::default(),
+                        note: Some(format!(
+                            "would run after the changes above (checked on the device as it is \
+                             now: {reason})"
+                        )),
+                    })
+                }
+                other => other,
+            };
             match result {
-                Ok(done) => {
+                Ok(mut done) => {
+                    if done.changed && state.status == StepStatus::Done && !rs.once_per_run {
+                        // The journal said this was done, but the device no longer matched.
+                        let note = done.note.take().unwrap_or_default();
+                        done.note = Some(format!(
+                            "the device no longer matched what an earlier run did; {note}"
+                        ));
+                    }
                     if !self.config.check_mode {
                         if let Err(e) = self.record(
                             &id,
@@ -826,22 +986,28 @@ impl DeviceRun<'_> {
                             return Attempt::Fatal(DeviceStatus::Failed, e);
                         }
                     }
-                    if let Some(identity) = done.outputs.get("identity") {
+                    if done.changed {
+                        if self.config.check_mode {
+                            self.would_change = true;
+                        } else {
+                            self.changed_this_run = true;
+                        }
+                    }
+                    self.outputs.merge(&done.outputs);
+                    if let Some(identity) = &done.outputs.identity {
                         self.identity = Some(identity.clone());
                     }
-                    let report = StepReport {
-                        id: id.clone(),
-                        kind,
-                        status: StepStatus::Done,
-                        changed: done.changed,
-                        duration_ms,
-                        note: done.note,
-                    };
-                    self.reporter.event(&Event::StepFinished {
-                        device: name.clone(),
-                        step: report.clone(),
-                    });
-                    self.reports.insert(id, report);
+                    self.report(
+                        &id,
+                        StepReport {
+                            id: id.clone(),
+                            kind,
+                            status: StepStatus::Done,
+                            changed: done.changed,
+                            duration_ms,
+                            note: done.note,
+                        },
+                    );
                 }
                 Err(steps::StepError::Refused(reason)) => {
                     if !self.config.check_mode {
@@ -849,44 +1015,40 @@ impl DeviceRun<'_> {
                             &id,
                             StepStatus::Failed,
                             false,
-                            BTreeMap::new(),
+                            StepOutputs::default(),
                             Some(reason.clone()),
                         ) {
                             return Attempt::Fatal(DeviceStatus::Failed, e);
                         }
                     }
-                    let report = StepReport {
-                        id: id.clone(),
-                        kind,
-                        status: StepStatus::Failed,
-                        changed: false,
-                        duration_ms,
-                        note: Some(reason.clone()),
-                    };
-                    self.reporter.event(&Event::StepFinished {
-                        device: name.clone(),
-                        step: report.clone(),
-                    });
-                    self.reports.insert(id.clone(), report);
+                    self.report(
+                        &id,
+                        StepReport {
+                            id: id.clone(),
+                            kind,
+                            status: StepStatus::Failed,
+                            changed: false,
+                            duration_ms,
+                            note: Some(reason.clone()),
+                        },
+                    );
                     self.failed = Some((id, reason));
                     return Attempt::Finished;
                 }
                 Err(steps::StepError::Ssh(e)) => {
                     // The step stays in-flight in the journal: the next attempt (or run)
                     // reconciles it against the device before resending anything.
-                    let report = StepReport {
-                        id: id.clone(),
-                        kind,
-                        status: StepStatus::InFlight,
-                        changed: false,
-                        duration_ms,
-                        note: Some(e.to_string()),
-                    };
-                    self.reporter.event(&Event::StepFinished {
-                        device: name.clone(),
-                        step: report.clone(),
-                    });
-                    self.reports.insert(id.clone(), report);
+                    self.report(
+                        &id,
+                        StepReport {
+                            id: id.clone(),
+                            kind,
+                            status: StepStatus::InFlight,
+                            changed: false,
+                            duration_ms,
+                            note: Some(e.to_string()),
+                        },
+                    );
                     let attempt = classify_ssh_error(&e);
                     if let Attempt::Fatal(..) = attempt {
                         self.failed = Some((id, e.to_string()));
@@ -918,7 +1080,8 @@ fn classify_ssh_error(e: &SshError) -> Attempt {
         }
         // Connection-level trouble may pass: retry with backoff.
         _ if e.is_retryable() => Attempt::Retry(e.to_string()),
-        // Local problems (known_hosts file, key file, agent) will not fix themselves.
+        // Local problems (known_hosts file, key file, agent) and a command refused by a
+        // read-only session will not fix themselves.
         _ => Attempt::Fatal(DeviceStatus::Failed, e.to_string()),
     }
 }

@@ -97,6 +97,10 @@ pub struct FaultPlan {
     /// Extra lines printed after the banner's `OK` (a variant real devices show, e.g.
     /// `Last login from 10.0.0.5 at 2024-05-10 13:14:47`); clients must cope.
     pub login_notice: Vec<String>,
+    /// How the device's firmware reads a `populate` JWE's plaintext (`raw`, the default, or
+    /// `base64url`). Not a fault but a firmware variant: the seed leaves it open, and
+    /// roomkey must be safe under both.
+    pub populate_reading: super::model::PopulateReading,
 }
 
 impl FaultPlan {

@@ -53,6 +53,31 @@ pub struct JweJob {
     pub generation: u64,
 }
 
+/// How a device reads the plaintext of a `populate` JWE. The seed says only that it "is the
+/// new ClientSecret"; the plaintext first seeding sends base64url of the phrase, the KDF uses
+/// the phrase itself (see "Corrections" in `external-identity.md`). A real firmware does one
+/// of these; the simulator plays either, per device, so roomkey is tested against both.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PopulateReading {
+    /// The plaintext bytes are the new secret phrase (what roomkey has always assumed).
+    #[default]
+    Raw,
+    /// The plaintext is base64url of the phrase, as in the first seeding: the device decodes
+    /// it (strictly: URL-safe alphabet, trailing `=` tolerated as the first seeding does) and
+    /// holds the decoded bytes. A plaintext that does not decode is refused, nothing changed.
+    Base64url,
+}
+
+impl PopulateReading {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PopulateReading::Raw => "raw",
+            PopulateReading::Base64url => "base64url",
+        }
+    }
+}
+
 /// The three x-command families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -523,6 +548,9 @@ pub struct Device {
     pub renewal_profiles: Vec<RenewalProfile>,
     /// When the device last booted; set on first use to `now - INITIAL_UPTIME_SECS`.
     pub booted_at: Option<OffsetDateTime>,
+    /// How this device's firmware reads a `populate` JWE's plaintext (set by the fleet from
+    /// the device's `sim:` block, not persisted: it is the firmware, not the state).
+    pub populate_reading: PopulateReading,
 }
 
 fn err(name: &str, status: ResultStatus, reason: &str) -> Outcome {
@@ -563,6 +591,7 @@ impl Device {
             scep_servers: Vec::new(),
             renewal_profiles: Vec::new(),
             booted_at: None,
+            populate_reading: PopulateReading::default(),
         }
     }
 
@@ -918,7 +947,26 @@ impl Device {
         if plaintext.is_empty() {
             self.secret = None;
         } else {
-            let Ok(phrase) = std::str::from_utf8(&plaintext) else {
+            let bytes = match self.populate_reading {
+                PopulateReading::Raw => plaintext,
+                PopulateReading::Base64url => {
+                    let Some(decoded) = std::str::from_utf8(&plaintext).ok().and_then(|t| {
+                        base64::engine::general_purpose::URL_SAFE_NO_PAD
+                            .decode(t.trim_end_matches('='))
+                            .ok()
+                    }) else {
+                        return err(name, ResultStatus::Error, "Secret is not valid base64url");
+                    };
+                    let decoded = Zeroizing::new(decoded);
+                    if decoded.is_empty() {
+                        return err(name, ResultStatus::Error, "Secret must not be empty");
+                    }
+                    decoded
+                }
+            };
+            // A simulator limit: the model keeps secrets as text, so bytes that are not
+            // UTF-8 are refused (a real firmware might hold them).
+            let Ok(phrase) = std::str::from_utf8(&bytes) else {
                 return err(name, ResultStatus::Error, "Secret is not valid UTF-8");
             };
             self.secret = Some(Secret::new(phrase));
@@ -1595,6 +1643,80 @@ mod tests {
         );
         assert_eq!(status_of(&o), ResultStatus::Ok);
         assert!(d.secret().is_none());
+    }
+
+    #[test]
+    fn populate_reading_decides_what_a_populate_jwe_sets() {
+        let populate = |d: &mut Device, plaintext: &[u8]| {
+            let req = cmd(
+                "Security ClientSecret Populate",
+                &[("Secret", "a.b.c.d.e")],
+                None,
+            );
+            let generation = d.jwe_to_open(&req).unwrap().generation;
+            d.handle(
+                &req,
+                Some(Ok(Decrypted {
+                    action: JweAction::Populate,
+                    plaintext: Zeroizing::new(plaintext.to_vec()),
+                    generation,
+                })),
+                now(),
+            )
+        };
+        let seeded = |reading| {
+            let mut d = Device::new("r");
+            d.populate_reading = reading;
+            d.handle(
+                &cmd(
+                    "Security ClientSecret Populate",
+                    &[("Secret", "b3NzaWZyYWdl")],
+                    None,
+                ),
+                None,
+                now(),
+            );
+            d
+        };
+        // Raw: the plaintext is the phrase, base64url-looking or not.
+        let mut d = seeded(PopulateReading::Raw);
+        assert_eq!(
+            status_of(&populate(&mut d, b"b3NzaWZyYWdl")),
+            ResultStatus::Ok
+        );
+        assert_eq!(d.secret().unwrap().expose(), "b3NzaWZyYWdl");
+        assert_eq!(
+            status_of(&populate(&mut d, b"not~base64!")),
+            ResultStatus::Ok
+        );
+        assert_eq!(d.secret().unwrap().expose(), "not~base64!");
+        // Base64url: the plaintext is decoded; one that does not decode changes nothing.
+        let mut d = seeded(PopulateReading::Base64url);
+        assert_eq!(
+            status_of(&populate(&mut d, b"c3dvcmRmaXNo")),
+            ResultStatus::Ok
+        );
+        assert_eq!(d.secret().unwrap().expose(), "swordfish");
+        let o = populate(&mut d, b"not~base64!");
+        assert_eq!(status_of(&o), ResultStatus::Error);
+        assert!(!o.changed);
+        assert!(reason(&o).contains("base64url"), "{}", reason(&o));
+        assert_eq!(d.secret().unwrap().expose(), "swordfish");
+        // Five alphabet characters (a length no base64 text has) are refused too.
+        assert_eq!(status_of(&populate(&mut d, b"abcde")), ResultStatus::Error);
+        assert_eq!(d.secret().unwrap().expose(), "swordfish");
+        // An empty plaintext resets the secret under either reading.
+        assert_eq!(status_of(&populate(&mut d, b"")), ResultStatus::Ok);
+        assert!(d.secret().is_none());
+        // The knob is read from a `sim:` block.
+        let plan: crate::sim::FaultPlan =
+            serde_yaml::from_str("populate_reading: base64url").unwrap();
+        assert_eq!(plan.populate_reading, PopulateReading::Base64url);
+        assert_eq!(
+            crate::sim::FaultPlan::default().populate_reading,
+            PopulateReading::Raw
+        );
+        assert!(serde_yaml::from_str::<crate::sim::FaultPlan>("populate_reading: hex").is_err());
     }
 
     #[test]

@@ -891,6 +891,7 @@ impl Fleet {
                 None => (None, Device::new(&spec.name), store::random_host_key()),
             };
             device.scep_servers = opts.scep_servers.clone();
+            device.populate_reading = spec.faults.populate_reading;
             let presented: PrivateKey = if spec.faults.wrong_host_key {
                 store::random_host_key()
             } else {
@@ -988,6 +989,18 @@ impl Fleet {
     pub fn set_faults(&self, name: &str, plan: faults::FaultPlan) -> Result<(), SimError> {
         let rt = self.runtime(name)?;
         *lock(&rt.faults) = FaultState::new(plan);
+        Ok(())
+    }
+
+    /// Changes how a device's firmware reads a `populate` JWE's plaintext (a firmware
+    /// upgrade between runs, in a test).
+    pub async fn set_populate_reading(
+        &self,
+        name: &str,
+        reading: model::PopulateReading,
+    ) -> Result<(), SimError> {
+        let rt = self.runtime(name)?;
+        rt.model.lock().await.populate_reading = reading;
         Ok(())
     }
 

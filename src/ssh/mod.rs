@@ -73,6 +73,9 @@ pub struct ConnectOptions {
     /// Interval of SSH keepalives; after 3 unanswered ones the connection is dropped.
     /// Zero disables them.
     pub keepalive_interval: Duration,
+    /// `apply --check`: the session refuses to send any command that could change the
+    /// device (enforced here, below every step, so no step or playbook value can).
+    pub read_only: bool,
 }
 
 impl ConnectOptions {
@@ -90,6 +93,7 @@ impl ConnectOptions {
             auth_timeout: Duration::from_secs(10),
             command_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(15),
+            read_only: false,
         }
     }
 }
@@ -193,6 +197,15 @@ pub enum SshError {
         port: u16,
         phase: Phase,
         detail: String,
+    },
+    #[error(
+        "{host}:{port}: refused to send `{command}`: apply --check sends only commands that \
+         change nothing"
+    )]
+    ReadOnly {
+        host: String,
+        port: u16,
+        command: String,
     },
     #[error("{host}:{port}: protocol error: {detail}")]
     Protocol {

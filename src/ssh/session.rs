@@ -142,6 +142,8 @@ pub struct TshSession {
     events: Vec<String>,
     /// Why the session may no longer be used, once it may not.
     broken: Option<&'static str>,
+    /// Only commands that change nothing may be sent (`apply --check`).
+    read_only: bool,
 }
 
 impl std::fmt::Debug for TshSession {
@@ -252,6 +254,7 @@ impl TshSession {
         if !echo.is_ok() {
             tracing::warn!(host = %host, port, status = ?echo.status, "device refused `echo off`");
         }
+        session.read_only = opts.read_only;
         Ok(session)
     }
 
@@ -259,6 +262,13 @@ impl TshSession {
     /// for its reply, skipping `*e` events and replies tagged with other ids. A reply with a
     /// device-side error is `Ok(reply)` with a non-OK status; `Err` is a transport problem.
     pub async fn run(&mut self, cmd: &TshCommand) -> Result<Reply, SshError> {
+        if self.read_only && !cmd.changes_nothing() {
+            return Err(SshError::ReadOnly {
+                host: self.host.clone(),
+                port: self.port,
+                command: cmd.redacted_line(),
+            });
+        }
         if let Some(why) = self.broken {
             return Err(SshError::Protocol {
                 host: self.host.clone(),
@@ -447,6 +457,7 @@ async fn open_shell(
         next_id: 0,
         events: Vec::new(),
         broken: None,
+        read_only: false,
     };
     let mut banner: Vec<String> = Vec::new();
     loop {

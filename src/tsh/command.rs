@@ -162,6 +162,8 @@ pub struct TshCommand {
     /// `xConfiguration <path>: <value>`.
     set_value: Option<Value>,
     body: Option<Body>,
+    /// Marked by `into_secret_proof`: sent only to learn whether the device can decrypt it.
+    proof: bool,
 }
 
 impl fmt::Debug for TshCommand {
@@ -250,6 +252,7 @@ impl TshCommand {
             params: Vec::new(),
             set_value: None,
             body: None,
+            proof: false,
         })
     }
 
@@ -410,6 +413,36 @@ impl TshCommand {
             Verb::XCommand => ReplyShape::Command,
             Verb::XStatus | Verb::XConfiguration => ReplyShape::Status,
         }
+    }
+
+    /// Marks a `Security Certificates Services Deactivate Purpose: WebexIdentity` command
+    /// whose `Fingerprint` JWE names a certificate the device cannot hold as a *proof*: the
+    /// device answers "cannot decrypt" or "no such certificate" and changes nothing either
+    /// way, so it may be sent where only read-only commands are allowed (`apply --check`).
+    /// The mark is honoured only for exactly that shape (see `is_secret_proof`); the caller
+    /// is responsible for the fingerprint inside the JWE.
+    pub fn into_secret_proof(mut self) -> Self {
+        self.proof = true;
+        self
+    }
+
+    /// A command marked with `into_secret_proof` that has the one shape a proof may have.
+    pub fn is_secret_proof(&self) -> bool {
+        let path: Vec<&str> = self.path.iter().map(String::as_str).collect();
+        self.proof
+            && self.verb == Verb::XCommand
+            && path == ["Security", "Certificates", "Services", "Deactivate"]
+            && self.body.is_none()
+            && self.params.iter().all(|(name, value)| match name.as_str() {
+                "Purpose" => matches!(value, Value::Literal(v) if v == "WebexIdentity"),
+                "Fingerprint" => matches!(value, Value::Secret(_)),
+                _ => false,
+            })
+    }
+
+    /// Whether sending this command leaves the device as it was: a read, or a secret proof.
+    pub fn changes_nothing(&self) -> bool {
+        self.is_read_only() || self.is_secret_proof()
     }
 
     /// True for commands that change nothing on the device: `xStatus`, an `xConfiguration`

@@ -2,16 +2,16 @@
 //! (the device's fingerprint against the local one), activation and deactivation for a
 //! purpose (the fingerprint as a JWE for `WebexIdentity`), and `delete_certificate`.
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::{
-    changed, local, require_ok, send, unchanged, would, StepContext, StepDone, StepError,
-    WriteAhead,
+    changed, local, placeholder, planned, require_ok, send, unchanged, would, PlanContext,
+    PlannedCommand, StepContext, StepDone, StepError, WriteAhead,
 };
 use crate::jwe::Action;
 use crate::playbook::{CertificateRef, Purpose};
 use crate::secret::Secret;
-use crate::tsh::{Reply, TshCommand};
+use crate::tsh::{EncodeError, Reply, TshCommand};
 
 /// One certificate as `Services Show` lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +55,45 @@ pub fn parse_show(reply: &Reply) -> Vec<ShownCertificate> {
         .collect()
 }
 
+/// `Services Show`: every certificate on the device, with its fingerprint and purposes.
+pub(crate) fn show_cmd() -> Result<TshCommand, EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Show")
+}
+
+/// `Services Add IsEncrypted: True`, awaiting the `add` JWE as its body.
+fn add_header() -> Result<TshCommand, EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Add")
+        .and_then(|c| c.param_literal("IsEncrypted", "True"))
+}
+
+/// `Services Activate|Deactivate Purpose: <p>`, awaiting its `Fingerprint`.
+fn activation_header(activate: bool, purpose: Purpose) -> Result<TshCommand, EncodeError> {
+    let verb = if activate { "Activate" } else { "Deactivate" };
+    TshCommand::xcommand(&format!("Security Certificates Services {verb}"))
+        .and_then(|c| c.param_literal("Purpose", purpose.as_str()))
+}
+
+/// The `Fingerprint` of an activation: a JWE for `WebexIdentity`, plain for the others.
+fn with_fingerprint(
+    header: Result<TshCommand, EncodeError>,
+    purpose: Purpose,
+    fp: &str,
+    jwe: &Secret,
+) -> Result<TshCommand, EncodeError> {
+    if purpose == Purpose::WebexIdentity {
+        header.and_then(|c| c.param_secret("Fingerprint", jwe))
+    } else {
+        header.and_then(|c| c.param("Fingerprint", fp))
+    }
+}
+
+fn delete_cmd(fp: &str) -> Result<TshCommand, EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Delete")
+        .and_then(|c| c.param("Fingerprint", fp))
+}
+
 pub(crate) async fn show(ctx: &mut StepContext<'_>) -> Result<Vec<ShownCertificate>, StepError> {
-    let cmd = TshCommand::xcommand("Security Certificates Services Show").map_err(local)?;
+    let cmd = show_cmd().map_err(local)?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     Ok(parse_show(&reply))
@@ -74,7 +111,10 @@ pub(super) async fn add_certificate(
 ) -> Result<StepDone, StepError> {
     let identity = own_identity(ctx)?;
     let fingerprint = identity.fingerprint().to_string();
-    let mut outputs = BTreeMap::from([("fingerprint".to_string(), fingerprint.clone())]);
+    let outputs = StepOutputs {
+        fingerprint: Some(fingerprint.clone()),
+        ..StepOutputs::default()
+    };
     let shown = show(ctx).await?;
     if shown.iter().any(|c| c.fingerprint == fingerprint) {
         return Ok(StepDone {
@@ -83,9 +123,7 @@ pub(super) async fn add_certificate(
             note: Some("certificate already on the device".into()),
         });
     }
-    let header = TshCommand::xcommand("Security Certificates Services Add")
-        .and_then(|c| c.param_literal("IsEncrypted", "True"))
-        .map_err(local)?;
+    let header = add_header().map_err(local)?;
     if ctx.check_mode {
         return Ok(would(&header));
     }
@@ -102,10 +140,9 @@ pub(super) async fn add_certificate(
         .await
         .map_err(local)?;
     let cmd = header.body_secret(&Secret::new(jwe)).map_err(local)?;
-    write_ahead("add certificate", BTreeMap::new())?;
+    write_ahead("add certificate", StepOutputs::default())?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
-    outputs.insert("added".into(), "true".into());
     Ok(StepDone {
         changed: true,
         outputs,
@@ -131,7 +168,10 @@ pub(super) async fn show_certificates(ctx: &mut StepContext<'_>) -> Result<StepD
             None => format!("certificate {local_fp} (CN={cn}) is not on the device"),
         }));
     };
-    let mut outputs = BTreeMap::from([("fingerprint".to_string(), ours.fingerprint.clone())]);
+    let mut outputs = StepOutputs {
+        fingerprint: Some(ours.fingerprint.clone()),
+        ..StepOutputs::default()
+    };
     // Remember which certificate held the identity before ours, for renewals.
     if let Some(prev) = shown.iter().find(|c| {
         c.fingerprint != local_fp
@@ -139,7 +179,7 @@ pub(super) async fn show_certificates(ctx: &mut StepContext<'_>) -> Result<StepD
                 .iter()
                 .any(|u| u.eq_ignore_ascii_case(Purpose::WebexIdentity.as_str()))
     }) {
-        outputs.insert("previous_fingerprint".into(), prev.fingerprint.clone());
+        outputs.previous_fingerprint = Some(prev.fingerprint.clone());
     }
     Ok(StepDone {
         changed: false,
@@ -152,15 +192,26 @@ pub(super) async fn show_certificates(ctx: &mut StepContext<'_>) -> Result<StepD
 /// would add (`enrolled`, `service`) has no fingerprint yet: report what would happen.
 fn not_added_in_check_mode(ctx: &StepContext<'_>, which: &CertificateRef) -> Option<StepDone> {
     let key = match which {
-        CertificateRef::Enrolled | CertificateRef::Service => which.output_key()?,
+        CertificateRef::Enrolled => "enrolled",
+        CertificateRef::Service => "service",
         _ => return None,
     };
-    (ctx.check_mode && !ctx.outputs.contains_key(key)).then(|| {
+    (ctx.check_mode && output_for(ctx.outputs, which).is_none()).then(|| {
         changed(format!(
             "would act on the certificate an earlier step adds (`{key}` is known only once it \
              is on the device)"
         ))
     })
+}
+
+/// The certificate an earlier step recorded for a symbolic reference.
+fn output_for(outputs: &StepOutputs, which: &CertificateRef) -> Option<String> {
+    match which {
+        CertificateRef::Previous => outputs.previous_fingerprint.clone(),
+        CertificateRef::Enrolled => outputs.enrolled_fingerprint.clone(),
+        CertificateRef::Service => outputs.service_fingerprint.clone(),
+        CertificateRef::New | CertificateRef::Fingerprint(_) => None,
+    }
 }
 
 /// Resolves which fingerprint a step targets; `None` = there is no previous certificate.
@@ -171,12 +222,11 @@ fn target_fingerprint(
     Ok(match which {
         CertificateRef::New => Some(own_identity(ctx)?.fingerprint().to_string()),
         CertificateRef::Fingerprint(fp) => Some(normalise_fingerprint(fp)),
-        CertificateRef::Previous => ctx.outputs.get("previous_fingerprint").cloned(),
+        CertificateRef::Previous => ctx.outputs.previous_fingerprint.clone(),
         CertificateRef::Enrolled | CertificateRef::Service => {
-            let key = which.output_key().unwrap_or_default();
-            Some(ctx.outputs.get(key).cloned().ok_or_else(|| {
+            Some(output_for(ctx.outputs, which).ok_or_else(|| {
                 StepError::Refused(format!(
-                    "no earlier step recorded `{key}`: put scep_enroll (for `enrolled`) or \
+                    "no earlier step recorded the certificate: put scep_enroll (for `enrolled`) or \
                      add_service_certificate (for `service`) before this step"
                 ))
             })?)
@@ -218,14 +268,19 @@ pub(super) async fn set_activation(
         )));
     }
     let verb = if activate { "Activate" } else { "Deactivate" };
-    let mut cmd = TshCommand::xcommand(&format!("Security Certificates Services {verb}"))
-        .and_then(|c| c.param_literal("Purpose", purpose.as_str()))
-        .map_err(local)?;
     if ctx.check_mode {
-        return Ok(would(&cmd));
+        return Ok(would(
+            &with_fingerprint(
+                activation_header(activate, purpose),
+                purpose,
+                &fp,
+                &super::placeholder(),
+            )
+            .map_err(local)?,
+        ));
     }
     // WebexIdentity takes the fingerprint as a JWE; the other purposes take it plain.
-    if purpose == Purpose::WebexIdentity {
+    let jwe = if purpose == Purpose::WebexIdentity {
         let secret = ctx.secrets.current(&ctx.prepared.device).map_err(local)?;
         let action = if activate {
             Action::Activate
@@ -242,12 +297,12 @@ pub(super) async fn set_activation(
             )
             .await
             .map_err(local)?;
-        cmd = cmd
-            .param_secret("Fingerprint", &Secret::new(jwe))
-            .map_err(local)?;
+        Secret::new(jwe)
     } else {
-        cmd = cmd.param("Fingerprint", &fp).map_err(local)?;
-    }
+        super::placeholder()
+    };
+    let cmd = with_fingerprint(activation_header(activate, purpose), purpose, &fp, &jwe)
+        .map_err(local)?;
     // One certificate is active per purpose: activating ours replaces whichever was.
     let replaced = shown
         .iter()
@@ -259,10 +314,10 @@ pub(super) async fn set_activation(
                     .any(|u| u.eq_ignore_ascii_case(purpose.as_str()))
         })
         .map(|c| c.fingerprint.clone());
-    write_ahead(verb, BTreeMap::new())?;
+    write_ahead(verb, StepOutputs::default())?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
-    let mut outputs = BTreeMap::new();
+    let mut outputs = StepOutputs::default();
     let mut note = format!(
         "{} {fp} for {}",
         if activate { "activated" } else { "deactivated" },
@@ -270,7 +325,7 @@ pub(super) async fn set_activation(
     );
     if let Some(old) = replaced {
         note.push_str(&format!(" (replacing {old})"));
-        outputs.insert("replaced_fingerprint".to_string(), old);
+        outputs.replaced_fingerprint = Some(old);
     }
     Ok(StepDone {
         changed: true,
@@ -279,9 +334,13 @@ pub(super) async fn set_activation(
     })
 }
 
+/// Deletes a certificate — never one that is in use for some purpose unless `force`:
+/// the device cannot undo a delete, and a purpose left without its certificate breaks
+/// the service (a renewal deletes the previous certificate only after activating the new).
 pub(super) async fn delete_certificate(
     ctx: &mut StepContext<'_>,
     which: &CertificateRef,
+    force: bool,
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<StepDone, StepError> {
     if let Some(done) = not_added_in_check_mode(ctx, which) {
@@ -291,21 +350,105 @@ pub(super) async fn delete_certificate(
         return Ok(unchanged("no previous certificate to delete"));
     };
     let shown = show(ctx).await?;
-    if !shown.iter().any(|c| c.fingerprint == fp) {
+    let Some(cert) = shown.iter().find(|c| c.fingerprint == fp) else {
         return Ok(unchanged(format!("certificate {fp} is not on the device")));
+    };
+    if !cert.used_for.is_empty() && !force {
+        return Err(StepError::Refused(format!(
+            "certificate {fp} is in use for {}; deactivate it first, or set `force: true` \
+             on the delete_certificate step",
+            cert.used_for.join(", ")
+        )));
     }
-    let cmd = TshCommand::xcommand("Security Certificates Services Delete")
-        .and_then(|c| c.param("Fingerprint", &fp))
-        .map_err(local)?;
+    let cmd = delete_cmd(&fp).map_err(local)?;
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    write_ahead("delete", BTreeMap::new())?;
+    write_ahead("delete", StepOutputs::default())?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     Ok(StepDone {
         changed: true,
-        outputs: BTreeMap::new(),
+        outputs: StepOutputs::default(),
         note: Some(format!("deleted certificate {fp}")),
     })
+}
+
+// ---- The plan: rendered from the constructors above ------------------------------------
+
+fn fp_text(which: &CertificateRef, own: Option<&str>) -> String {
+    match which {
+        CertificateRef::New => own.unwrap_or("<certificate fingerprint>").to_string(),
+        CertificateRef::Previous => "<previously active certificate>".into(),
+        CertificateRef::Fingerprint(fp) => normalise_fingerprint(fp),
+        CertificateRef::Enrolled => "<certificate enrolled by scep_enroll>".into(),
+        CertificateRef::Service => "<certificate added by add_service_certificate>".into(),
+    }
+}
+
+pub(super) fn plan_show() -> Vec<PlannedCommand> {
+    vec![planned(show_cmd(), "always")]
+}
+
+pub(super) fn plan_add(pc: &PlanContext<'_>) -> Vec<PlannedCommand> {
+    vec![
+        planned(show_cmd(), "always"),
+        planned(
+            add_header().and_then(|c| c.body_secret(&placeholder())),
+            format!(
+                "if {} is not listed (body: add JWE of certificate + key)",
+                pc.own_fingerprint().unwrap_or("the certificate")
+            ),
+        ),
+    ]
+}
+
+pub(super) fn plan_activation(
+    pc: &PlanContext<'_>,
+    purpose: Purpose,
+    which: &CertificateRef,
+    activate: bool,
+) -> Vec<PlannedCommand> {
+    let fp = fp_text(which, pc.own_fingerprint());
+    let state = if activate { "active" } else { "inactive" };
+    let jwe = if purpose == Purpose::WebexIdentity {
+        format!(
+            " (fingerprint {fp} sent as a {} JWE)",
+            if activate { "activate" } else { "deactivate" }
+        )
+    } else {
+        String::new()
+    };
+    vec![
+        planned(show_cmd(), "always"),
+        planned(
+            with_fingerprint(
+                activation_header(activate, purpose),
+                purpose,
+                &fp,
+                &placeholder(),
+            ),
+            format!(
+                "if {fp} is not already {state} for {}{jwe}",
+                purpose.as_str()
+            ),
+        ),
+    ]
+}
+
+pub(super) fn plan_delete(
+    pc: &PlanContext<'_>,
+    which: &CertificateRef,
+    force: bool,
+) -> Vec<PlannedCommand> {
+    let fp = fp_text(which, pc.own_fingerprint());
+    let unless = if force {
+        ""
+    } else {
+        " and in use for nothing (a certificate in use is refused without `force: true`)"
+    };
+    vec![
+        planned(show_cmd(), "always"),
+        planned(delete_cmd(&fp), format!("if {fp} is listed{unless}")),
+    ]
 }

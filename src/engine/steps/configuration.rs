@@ -1,9 +1,10 @@
 //! `set_configuration`: one `xConfiguration` value, read first and set only if different.
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::{
-    local, require_ok, send, unchanged, would, StepContext, StepDone, StepError, WriteAhead,
+    local, planned, require_ok, send, unchanged, would, PlannedCommand, StepContext, StepDone,
+    StepError, WriteAhead,
 };
 use crate::tsh::TshCommand;
 
@@ -14,6 +15,7 @@ pub(super) async fn set_configuration(
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<StepDone, StepError> {
     let read = TshCommand::xconfiguration(path).map_err(local)?;
+    // (The plan renders the same two constructors: see `plan` below.)
     let reply = send(ctx, &read).await?;
     if reply.is_ok() {
         if let Some(current) = reply.get(path) {
@@ -26,12 +28,22 @@ pub(super) async fn set_configuration(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    write_ahead("configure", BTreeMap::new())?;
+    write_ahead("configure", StepOutputs::default())?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     Ok(StepDone {
         changed: true,
-        outputs: BTreeMap::new(),
+        outputs: StepOutputs::default(),
         note: Some(format!("set {path} to {value}")),
     })
+}
+
+pub(super) fn plan(path: &str, value: &str) -> Vec<PlannedCommand> {
+    vec![
+        planned(TshCommand::xconfiguration(path), "always"),
+        planned(
+            TshCommand::xconfiguration_set(path, value),
+            format!("if not already {value}"),
+        ),
+    ]
 }

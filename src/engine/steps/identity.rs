@@ -2,7 +2,7 @@
 //! both node forms (seed: `Valid`/`Identity`/`CertInfo`; newer RoomOS: `Verification`,
 //! `Status`, `CertificateChain`).
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::{local, require_ok, send, StepContext, StepDone, StepError};
 use crate::tsh::{Reply, TshCommand};
@@ -50,8 +50,7 @@ pub fn parse_external_identity(reply: &Reply) -> ExternalIdentityStatus {
 pub(super) async fn verify_external_identity(
     ctx: &mut StepContext<'_>,
 ) -> Result<StepDone, StepError> {
-    let cmd =
-        TshCommand::xstatus("Conference EndToEndEncryption ExternalIdentity").map_err(local)?;
+    let cmd = external_identity_cmd().map_err(local)?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     let status = parse_external_identity(&reply);
@@ -71,7 +70,26 @@ pub(super) async fn verify_external_identity(
     }
     Ok(StepDone {
         changed: false,
-        outputs: BTreeMap::from([("identity".to_string(), identity.clone())]),
+        outputs: StepOutputs {
+            identity: Some(identity.clone()),
+            ..StepOutputs::default()
+        },
         note: Some(format!("verified identity {identity}")),
     })
+}
+
+/// The whole `ExternalIdentity` subtree: either node form answers it.
+fn external_identity_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
+    TshCommand::xstatus("Conference EndToEndEncryption ExternalIdentity")
+}
+
+pub(super) fn plan(
+    pc: &super::PlanContext<'_>,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    notes.push(format!(
+        "expects a valid external identity '{}'",
+        pc.device.expected_identity.as_deref().unwrap_or("(any)")
+    ));
+    vec![super::planned(external_identity_cmd(), "always")]
 }

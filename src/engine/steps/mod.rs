@@ -26,7 +26,7 @@ pub use secret::{classify_populate, is_decrypt_failure, PopulateAnswer};
 pub use service::service_add_cmd;
 pub use trust::{ca_add_cmd, parse_ca_show};
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use crate::engine::assets::{CaCert, StepAsset};
 use crate::engine::prepare::PreparedDevice;
@@ -37,6 +37,93 @@ use crate::secret::Secret;
 use crate::ssh::{SshError, TshSession};
 use crate::tsh::{Reply, ReplyStatus, TshCommand};
 
+/// One command a step may send, as `plan` shows it: rendered from the very constructor
+/// the step sends with, secrets and JWEs shown as `[redacted]`.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct PlannedCommand {
+    /// The command as it would be sent, secrets shown as `[redacted]`.
+    pub text: String,
+    /// When it is sent (`always`, or the condition checked on the device first).
+    pub when: String,
+    pub read_only: bool,
+}
+
+/// What the vault says of a device's ClientSecret, for the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SeedState {
+    Seeded,
+    NotSeeded,
+    Unknown,
+}
+
+/// What `plan` knows when a step renders its commands for one device.
+pub struct PlanContext<'a> {
+    pub device: &'a PreparedDevice,
+    /// The step's position (its inputs in `device.assets`).
+    pub index: usize,
+    pub seed: SeedState,
+}
+
+impl PlanContext<'_> {
+    fn own_fingerprint(&self) -> Option<&str> {
+        self.device.identity.as_ref().map(|i| i.fingerprint())
+    }
+}
+
+/// A planned command from a step's own constructor.
+pub(crate) fn planned(
+    cmd: Result<TshCommand, crate::tsh::EncodeError>,
+    when: impl Into<String>,
+) -> PlannedCommand {
+    match cmd {
+        Ok(c) => PlannedCommand {
+            text: c.redacted_text(),
+            when: when.into(),
+            read_only: c.is_read_only(),
+        },
+        Err(e) => PlannedCommand {
+            text: format!("(cannot encode: {e})"),
+            when: when.into(),
+            read_only: true,
+        },
+    }
+}
+
+/// Stands in for a secret or JWE in a planned command (rendered `[redacted]`).
+pub(crate) fn placeholder() -> Secret {
+    Secret::new("placeholder")
+}
+
+/// The commands a step may send on one device, in order, with notes (for `plan`).
+pub fn plan(step: &Step, pc: &PlanContext<'_>) -> (Vec<PlannedCommand>, Vec<String>) {
+    let mut notes = Vec::new();
+    let commands = match step {
+        Step::PopulateSecret(p) => secret::plan_populate(pc, p.initial, &mut notes),
+        Step::RotateSecret(_) => secret::plan_rotate(),
+        Step::AddCertificate(_) => certificate::plan_add(pc),
+        Step::ShowCertificates(_) => certificate::plan_show(),
+        Step::ActivateCertificate(a) => {
+            certificate::plan_activation(pc, a.purpose, &a.certificate, true)
+        }
+        Step::DeactivateCertificate(t) => {
+            certificate::plan_activation(pc, t.purpose, &t.certificate, false)
+        }
+        Step::DeleteCertificate(t) => certificate::plan_delete(pc, &t.certificate, t.force),
+        Step::SetConfiguration(s) => configuration::plan(&s.path, &s.value),
+        Step::VerifyExternalIdentity(_) => identity::plan(pc, &mut notes),
+        Step::Xcommand(x) => xcommand::plan(x, &mut notes),
+        Step::AddCaCertificate(_) => trust::plan_add(pc, &mut notes),
+        Step::RemoveCaCertificate(c) => trust::plan_remove(pc, c.fingerprint.as_deref()),
+        Step::AddServiceCertificate(s) => {
+            service::plan(pc, s.private_key_password.as_deref(), &mut notes)
+        }
+        Step::ScepEnroll(s) => scep::plan_enroll(pc, s, &mut notes),
+        Step::ScepRenewalProfile(p) => scep::plan_profile(p),
+        Step::Restart(r) => restart::plan(r, &mut notes),
+    };
+    (commands, notes)
+}
+
 /// Reasons starting with this mark a device whose ClientSecret is unknown.
 pub const SECRET_UNKNOWN_PREFIX: &str = "secret-unknown:";
 
@@ -46,14 +133,19 @@ pub struct StepContext<'a> {
     pub kdf: &'a KdfPool,
     pub secrets: &'a dyn SecretStore,
     /// Outputs of earlier steps (fingerprints).
-    pub outputs: &'a BTreeMap<String, String>,
+    pub outputs: &'a StepOutputs,
     /// `apply --check`: read, but never send a changing command.
     pub check_mode: bool,
     /// The journal found this step in-flight: an earlier attempt may have reached the device.
     pub resuming: bool,
+    /// The journal says an earlier run did this step (same inputs); the device is read
+    /// anyway, and a change now means the device drifted.
+    pub previously_done: bool,
+    /// An earlier step of this run changed this device (or, in check mode, would).
+    pub changed_earlier: bool,
     /// This step's own outputs as the journal holds them (those recorded with its
     /// write-ahead record by an earlier attempt, e.g. the uptime before a restart).
-    pub step_outputs: &'a BTreeMap<String, String>,
+    pub step_outputs: &'a StepOutputs,
     /// How to log in again (the `restart` step replaces `session`).
     pub connect: &'a crate::ssh::ConnectOptions,
     /// The step's position in the playbook (its inputs in `prepared.assets`).
@@ -64,7 +156,7 @@ pub struct StepContext<'a> {
 #[derive(Debug, Default)]
 pub struct StepDone {
     pub changed: bool,
-    pub outputs: BTreeMap<String, String>,
+    pub outputs: StepOutputs,
     pub note: Option<String>,
 }
 
@@ -83,13 +175,12 @@ pub enum StepError {
 
 /// Journals the step in flight (fsynced) before its first changing command. The outputs
 /// are kept with that record, for a resumed attempt to read back (`step_outputs`).
-pub type WriteAhead<'w> =
-    dyn FnMut(&str, BTreeMap<String, String>) -> Result<(), String> + Send + 'w;
+pub type WriteAhead<'w> = dyn FnMut(&str, StepOutputs) -> Result<(), String> + Send + 'w;
 
 pub(crate) fn unchanged(note: impl Into<String>) -> StepDone {
     StepDone {
         changed: false,
-        outputs: BTreeMap::new(),
+        outputs: StepOutputs::default(),
         note: Some(note.into()),
     }
 }
@@ -97,7 +188,7 @@ pub(crate) fn unchanged(note: impl Into<String>) -> StepDone {
 pub(crate) fn changed(note: impl Into<String>) -> StepDone {
     StepDone {
         changed: true,
-        outputs: BTreeMap::new(),
+        outputs: StepOutputs::default(),
         note: Some(note.into()),
     }
 }
@@ -105,7 +196,7 @@ pub(crate) fn changed(note: impl Into<String>) -> StepDone {
 pub(crate) fn would(cmd: &TshCommand) -> StepDone {
     StepDone {
         changed: true,
-        outputs: BTreeMap::new(),
+        outputs: StepOutputs::default(),
         note: Some(format!("would send: {}", cmd.redacted_line())),
     }
 }
@@ -159,7 +250,7 @@ pub async fn execute(
             certificate::set_activation(ctx, t.purpose, &t.certificate, false, write_ahead).await
         }
         Step::DeleteCertificate(t) => {
-            certificate::delete_certificate(ctx, &t.certificate, write_ahead).await
+            certificate::delete_certificate(ctx, &t.certificate, t.force, write_ahead).await
         }
         Step::SetConfiguration(s) => {
             configuration::set_configuration(ctx, &s.path, &s.value, write_ahead).await
@@ -175,7 +266,7 @@ pub async fn execute(
         }
         Step::ScepEnroll(s) => scep::scep_enroll(ctx, s, write_ahead).await,
         Step::ScepRenewalProfile(p) => scep::renewal_profile(ctx, p, write_ahead).await,
-        Step::Restart(r) => restart::restart(ctx, r.timeout, write_ahead).await,
+        Step::Restart(r) => restart::restart(ctx, r, write_ahead).await,
     }
 }
 
@@ -235,7 +326,7 @@ async fn change(
     what: &str,
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<(), StepError> {
-    write_ahead(what, BTreeMap::new())?;
+    write_ahead(what, StepOutputs::default())?;
     let reply = send(ctx, cmd).await?;
     require_ok(cmd, &reply)
 }

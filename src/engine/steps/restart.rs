@@ -1,7 +1,7 @@
 //! `restart`: `SystemUnit Boot`, wait for the device to accept SSH again, log in again and
 //! go on; judged by the uptime recorded before the boot, so a rerun does not reboot again.
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 use std::time::Duration;
 
 use super::{
@@ -12,8 +12,6 @@ use crate::tsh::TshCommand;
 
 /// Seconds of rounding a restart check tolerates (uptimes are whole seconds).
 const UPTIME_SLACK_SECS: u64 = 3;
-const UPTIME_BEFORE: &str = "uptime_before";
-const BOOT_SENT_AT_MS: &str = "boot_sent_at_ms";
 
 /// Whether a device restarted since it reported `before` seconds of uptime,
 /// `elapsed` seconds ago: without a restart its uptime would be `before + elapsed` (pure).
@@ -23,6 +21,10 @@ pub fn restarted_since(before: u64, elapsed: u64, now: u64) -> bool {
 
 fn uptime_cmd() -> Result<TshCommand, StepError> {
     TshCommand::xstatus("SystemUnit Uptime").map_err(local)
+}
+
+fn boot_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
+    TshCommand::xcommand("SystemUnit Boot")
 }
 
 pub(super) async fn uptime_on(session: &mut TshSession) -> Result<u64, StepError> {
@@ -43,19 +45,25 @@ fn elapsed_secs(since_ms: u64) -> u64 {
 /// again with a lower uptime, and carries on with the new session. The uptime before the
 /// boot is journalled with the write-ahead record, so a rerun after a crash sees that the
 /// device already restarted and does not boot it again.
+///
+/// A restart is an action done once per run; with `if_changed` (the default) only when an
+/// earlier step of this run changed the device, so a rerun that changes nothing reboots
+/// nothing.
 pub async fn restart(
     ctx: &mut StepContext<'_>,
-    timeout: Duration,
+    step: &crate::playbook::Restart,
     write_ahead: &mut WriteAhead<'_>,
 ) -> Result<StepDone, StepError> {
+    let timeout = step.timeout;
+    if step.if_changed && !ctx.changed_earlier && !ctx.resuming {
+        return Ok(super::unchanged(
+            "no earlier step changed the device in this run: no restart needed",
+        ));
+    }
     let uptime = uptime_on(ctx.session).await?;
     let recorded = (
-        ctx.step_outputs
-            .get(UPTIME_BEFORE)
-            .and_then(|v| v.parse().ok()),
-        ctx.step_outputs
-            .get(BOOT_SENT_AT_MS)
-            .and_then(|v| v.parse().ok()),
+        ctx.step_outputs.uptime_before,
+        ctx.step_outputs.boot_sent_at_ms,
     );
     if let (true, (Some(before), Some(at))) = (ctx.resuming, recorded) {
         if restarted_since(before, elapsed_secs(at), uptime) {
@@ -64,17 +72,18 @@ pub async fn restart(
             )));
         }
     }
-    let cmd = TshCommand::xcommand("SystemUnit Boot").map_err(local)?;
+    let cmd = boot_cmd().map_err(local)?;
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
     let sent_at = crate::journal::now_ms();
     write_ahead(
         "restart",
-        BTreeMap::from([
-            (UPTIME_BEFORE.to_string(), uptime.to_string()),
-            (BOOT_SENT_AT_MS.to_string(), sent_at.to_string()),
-        ]),
+        StepOutputs {
+            uptime_before: Some(uptime),
+            boot_sent_at_ms: Some(sent_at),
+            ..StepOutputs::default()
+        },
     )?;
     let sent = send(ctx, &cmd).await;
     crate::failpoint::hit("restart-after-boot");
@@ -119,7 +128,10 @@ pub async fn restart(
                 old.close().await;
                 return Ok(StepDone {
                     changed: true,
-                    outputs: BTreeMap::from([("uptime_after".to_string(), now.to_string())]),
+                    outputs: StepOutputs {
+                        uptime_after: Some(now),
+                        ..StepOutputs::default()
+                    },
                     note: Some(format!(
                         "restarted; back after {:.1}s",
                         started.elapsed().as_secs_f32()
@@ -147,4 +159,31 @@ mod tests {
         // A rerun long after the restart still sees it.
         assert!(restarted_since(600, 7_200, 7_000));
     }
+}
+
+pub(super) fn plan(
+    step: &crate::playbook::Restart,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    use super::{planned, PlannedCommand};
+    notes.push(format!(
+        "then waits up to {}s for the device to accept SSH with a lower uptime, logs in again \
+         and runs the next step on the new session",
+        step.timeout.as_secs()
+    ));
+    let uptime = match uptime_cmd() {
+        Ok(c) => planned(Ok(c), "always"),
+        Err(e) => PlannedCommand {
+            text: e.to_string(),
+            when: "always".into(),
+            read_only: true,
+        },
+    };
+    let when = if step.if_changed {
+        "once per run, if an earlier step of the run changed the device, unless an earlier \
+         attempt's boot already restarted it (lower uptime)"
+    } else {
+        "once per run, unless an earlier attempt's boot already restarted it (lower uptime)"
+    };
+    vec![uptime, planned(boot_cmd(), when)]
 }

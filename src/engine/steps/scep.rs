@@ -1,7 +1,7 @@
 //! SCEP: `scep_enroll` (the device enrols with its CA; every value checked against the
 //! 0–128 character limits in preflight) and `scep_renewal_profile` (set, delete, list).
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::certificate::{normalise_fingerprint, show, ShownCertificate};
 use super::trust::ca_show;
@@ -10,7 +10,7 @@ use super::{
     vault_credential, would, StepContext, StepDone, StepError, WriteAhead,
 };
 use crate::engine::assets::StepAsset;
-use crate::playbook::{ProfileAction, ScepEnroll, ScepRenewalProfile, ENROLLED_FINGERPRINT};
+use crate::playbook::{ProfileAction, ScepEnroll, ScepRenewalProfile};
 use crate::secret::Secret;
 use crate::tsh::{Reply, TshCommand};
 
@@ -75,7 +75,6 @@ fn value<'a>(values: &'a [(&'static str, String)], name: &str) -> &'a str {
 }
 
 /// The write-ahead output of `scep_enroll`: the certificates listed before its request.
-const LISTED_BEFORE: &str = "listed_before";
 
 /// Enrols a certificate over SCEP unless the device already has one for this CN from this
 /// CA; records its fingerprint (`enrolled_fingerprint`) for the activation step.
@@ -103,25 +102,25 @@ pub async fn scep_enroll(
     // for the CN that was not listed when that attempt journalled itself.
     let earlier = match ca_subject.as_deref() {
         Some(subject) => find_enrolled(&shown, &cn, Some(subject)),
-        None => ctx
-            .step_outputs
-            .get(LISTED_BEFORE)
-            .filter(|_| ctx.resuming)
-            .and_then(|before| {
-                let before: Vec<&str> = before.split(',').collect();
-                let new: Vec<ShownCertificate> = shown
-                    .iter()
-                    .filter(|c| !before.contains(&c.fingerprint.as_str()))
-                    .cloned()
-                    .collect();
-                find_enrolled(&new, &cn, None)
-                    .and_then(|c| shown.iter().find(|s| s.fingerprint == c.fingerprint))
-            }),
+        None if ctx.resuming && !ctx.step_outputs.listed_before.is_empty() => {
+            let before = &ctx.step_outputs.listed_before;
+            let new: Vec<ShownCertificate> = shown
+                .iter()
+                .filter(|c| !before.contains(&c.fingerprint))
+                .cloned()
+                .collect();
+            find_enrolled(&new, &cn, None)
+                .and_then(|c| shown.iter().find(|s| s.fingerprint == c.fingerprint))
+        }
+        None => None,
     };
     if let Some(c) = earlier {
         return Ok(StepDone {
             changed: false,
-            outputs: BTreeMap::from([(ENROLLED_FINGERPRINT.to_string(), c.fingerprint.clone())]),
+            outputs: StepOutputs {
+                enrolled_fingerprint: Some(c.fingerprint.clone()),
+                ..StepOutputs::default()
+            },
             note: Some(format!(
                 "certificate {} for CN={cn} is already on the device",
                 c.fingerprint
@@ -133,10 +132,13 @@ pub async fn scep_enroll(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    let listed: Vec<&str> = shown.iter().map(|c| c.fingerprint.as_str()).collect();
+    let listed: Vec<String> = shown.iter().map(|c| c.fingerprint.clone()).collect();
     write_ahead(
         "scep enroll",
-        BTreeMap::from([(LISTED_BEFORE.to_string(), listed.join(","))]),
+        StepOutputs {
+            listed_before: listed,
+            ..StepOutputs::default()
+        },
     )?;
     let reply = send(ctx, &cmd).await?;
     crate::failpoint::hit("scep-after-reply");
@@ -153,10 +155,10 @@ pub async fn scep_enroll(
     };
     Ok(StepDone {
         changed: true,
-        outputs: BTreeMap::from([(
-            ENROLLED_FINGERPRINT.to_string(),
-            enrolled.fingerprint.clone(),
-        )]),
+        outputs: StepOutputs {
+            enrolled_fingerprint: Some(enrolled.fingerprint.clone()),
+            ..StepOutputs::default()
+        },
         note: Some(format!(
             "enrolled certificate {} for CN={cn}",
             enrolled.fingerprint
@@ -213,7 +215,10 @@ pub async fn renewal_profile(
         ProfileAction::List => {
             return Ok(StepDone {
                 changed: false,
-                outputs: BTreeMap::from([("profiles".to_string(), listing.clone())]),
+                outputs: StepOutputs {
+                    profiles: Some(listing.clone()),
+                    ..StepOutputs::default()
+                },
                 note: Some(if listing.is_empty() {
                     "no renewal profile".into()
                 } else {
@@ -307,5 +312,58 @@ mod tests {
             "{shown}"
         );
         assert!(cmd.line().contains("s3cret-challenge"));
+    }
+}
+
+pub(super) fn plan_enroll(
+    pc: &super::PlanContext<'_>,
+    step: &ScepEnroll,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    use super::{placeholder, planned};
+    let Some(StepAsset::Scep(values)) = pc.device.assets.get(&pc.index) else {
+        notes.push("the step's inputs were not resolved for this device".into());
+        return Vec::new();
+    };
+    if let Some(name) = &step.challenge_password {
+        notes.push(format!(
+            "ChallengePassword comes from vault credential '{name}'"
+        ));
+    }
+    let cn = value(values, "CommonName");
+    let challenge = step.challenge_password.as_ref().map(|_| placeholder());
+    vec![
+        planned(super::trust::ca_show_cmd(), "always"),
+        planned(super::certificate::show_cmd(), "always"),
+        planned(
+            scep_cmd(values, challenge.as_ref()),
+            format!(
+                "if no certificate for CN={cn} issued by that CA is listed (the issuer is known \
+                 only if CA Show lists the CA; otherwise it enrols)"
+            ),
+        ),
+        planned(
+            super::certificate::show_cmd(),
+            "after the request: finds the enrolled certificate's fingerprint",
+        ),
+    ]
+}
+
+pub(super) fn plan_profile(p: &ScepRenewalProfile) -> Vec<super::PlannedCommand> {
+    use super::planned;
+    match profile_cmds(p) {
+        Ok(cmds) => cmds
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let when = if i == 0 {
+                    "always"
+                } else {
+                    "if the profile is not already as wanted"
+                };
+                planned(Ok(c), when)
+            })
+            .collect(),
+        Err(e) => vec![planned(Err(e), "never")],
     }
 }

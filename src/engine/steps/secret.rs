@@ -2,7 +2,7 @@
 //! that a seeded device holds the vault's secret) and `rotate_secret` (crash-safe rotation,
 //! the new secret recorded as pending before it is sent).
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::{
     changed, local, refusal, send, unchanged, StepContext, StepDone, StepError, WriteAhead,
@@ -12,10 +12,14 @@ use crate::jwe::{self, Action};
 use crate::secret::Secret;
 use crate::tsh::{Reply, ReplyStatus, TshCommand};
 
-fn populate_cmd(value: Secret) -> Result<TshCommand, StepError> {
+/// `ClientSecret Populate Secret: "…"` — plaintext (base64url) the first time, a JWE after.
+pub fn populate_command(value: &Secret) -> Result<TshCommand, crate::tsh::EncodeError> {
     TshCommand::xcommand("Security ClientSecret Populate")
-        .and_then(|c| c.param_secret("Secret", &value))
-        .map_err(local)
+        .and_then(|c| c.param_secret("Secret", value))
+}
+
+fn populate_cmd(value: Secret) -> Result<TshCommand, StepError> {
+    populate_command(&value).map_err(local)
 }
 
 /// What a device answered to a populate JWE.
@@ -208,7 +212,7 @@ pub(super) async fn populate_secret(
             PopulateAnswer::Refused(_) => {}
         }
     }
-    write_ahead("populate plaintext", BTreeMap::new())?;
+    write_ahead("populate plaintext", StepOutputs::default())?;
     let cmd = populate_cmd(Secret::new(jwe::initial_populate_value(&current)))?;
     let reply = send(ctx, &cmd).await?;
     if reply.is_ok() {
@@ -308,7 +312,7 @@ pub(super) async fn rotate_secret(
         None => ctx.secrets.begin_rotation(device).map_err(local)?,
     };
     crate::failpoint::hit("rotate-after-pending-saved");
-    write_ahead("rotate", BTreeMap::new())?;
+    write_ahead("rotate", StepOutputs::default())?;
     let first = populate_jwe(ctx, &current, &new).await?;
     if first == PopulateAnswer::Accepted {
         crate::failpoint::hit("rotate-after-reply");
@@ -397,4 +401,58 @@ mod secret_tests {
             "The client secret changed; payload rejected"
         ));
     }
+}
+
+// ---- The plan: rendered from `populate_command` -----------------------------------------
+
+pub(super) fn plan_populate(
+    pc: &super::PlanContext<'_>,
+    initial: bool,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    use super::{placeholder, planned, SeedState};
+    let populate = |when: &str| planned(populate_command(&placeholder()), when);
+    match pc.seed {
+        SeedState::Seeded => vec![populate(
+            "always: a no-op populate JWE keyed from the current secret proves the device \
+             holds it (if a rotation is pending, also one under the pending secret)",
+        )],
+        _ if initial => {
+            notes.push(
+                "WARNING: first seeding sends the ClientSecret in PLAINTEXT over the network \
+                 (base64url); do it on an unregistered device or a trusted network"
+                    .into(),
+            );
+            vec![
+                populate(
+                    "if the vault records the device as never seeded: plaintext first seeding",
+                ),
+                populate(
+                    "otherwise, or if refused: a no-op populate JWE under the same secret proves \
+                     the device holds it",
+                ),
+            ]
+        }
+        _ => {
+            notes.push("fails unless the vault records the device as seeded".into());
+            vec![populate(
+                "if seeded: a no-op populate JWE proves the device holds the current secret",
+            )]
+        }
+    }
+}
+
+pub(super) fn plan_rotate() -> Vec<super::PlannedCommand> {
+    use super::{placeholder, planned};
+    vec![
+        planned(
+            populate_command(&placeholder()),
+            "once per run: populate JWE with a new secret, keyed from the current one (the new \
+             one is saved in the vault as pending first)",
+        ),
+        planned(
+            populate_command(&placeholder()),
+            "if refused: populate JWE new-under-new proves an earlier rotation landed",
+        ),
+    ]
 }

@@ -1,14 +1,13 @@
 //! `add_service_certificate`: a service certificate and key from PEM files, with an optional
 //! `PrivateKeyPassword` from the vault.
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::certificate::show;
 use super::{
     asset, change, local, vault_credential, would, StepContext, StepDone, StepError, WriteAhead,
 };
 use crate::engine::assets::StepAsset;
-use crate::playbook::SERVICE_FINGERPRINT;
 use crate::secret::Secret;
 use crate::tsh::TshCommand;
 
@@ -36,7 +35,10 @@ pub async fn add_service(
         ));
     };
     let fp = service.fingerprint.clone();
-    let outputs = BTreeMap::from([(SERVICE_FINGERPRINT.to_string(), fp.clone())]);
+    let outputs = StepOutputs {
+        service_fingerprint: Some(fp.clone()),
+        ..StepOutputs::default()
+    };
     let shown = show(ctx).await?;
     if shown.iter().any(|c| c.fingerprint == fp) {
         return Ok(StepDone {
@@ -77,4 +79,33 @@ mod tests {
             "xCommand Security Certificates Services Add"
         );
     }
+}
+
+pub(super) fn plan(
+    pc: &super::PlanContext<'_>,
+    key_password: Option<&str>,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    use super::{placeholder, planned};
+    let Some(StepAsset::Service(svc)) = pc.device.assets.get(&pc.index) else {
+        notes.push("the step's inputs were not resolved for this device".into());
+        return Vec::new();
+    };
+    let password = key_password.map(|name| {
+        notes.push(format!(
+            "PrivateKeyPassword comes from vault credential '{name}'"
+        ));
+        placeholder()
+    });
+    vec![
+        planned(super::certificate::show_cmd(), "always"),
+        planned(
+            service_add_cmd(&placeholder(), password.as_ref()),
+            format!(
+                "if {} is not listed (body: {} and its key)",
+                svc.fingerprint,
+                svc.certificate_path.display()
+            ),
+        ),
+    ]
 }

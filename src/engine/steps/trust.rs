@@ -1,7 +1,7 @@
 //! The trusted-CA steps: `add_ca_certificate` (only the CAs `CA Show` does not list yet, as
 //! devices append duplicates) and `remove_ca_certificate`.
 
-use std::collections::BTreeMap;
+use crate::journal::StepOutputs;
 
 use super::certificate::normalise_fingerprint;
 use super::{
@@ -16,8 +16,17 @@ pub fn parse_ca_show(reply: &Reply) -> Vec<(String, String)> {
     fingerprint_items(reply, "Details", "SubjectName")
 }
 
+/// `CA Show`: the trusted CAs, duplicates included.
+pub(super) fn ca_show_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
+    TshCommand::xcommand("Security Certificates CA Show")
+}
+
+fn ca_delete_cmd(fp: &str) -> Result<TshCommand, crate::tsh::EncodeError> {
+    TshCommand::xcommand("Security Certificates CA Delete").and_then(|c| c.param("Fingerprint", fp))
+}
+
 pub(super) async fn ca_show(ctx: &mut StepContext<'_>) -> Result<Vec<(String, String)>, StepError> {
-    let cmd = TshCommand::xcommand("Security Certificates CA Show").map_err(local)?;
+    let cmd = ca_show_cmd().map_err(local)?;
     let reply = send(ctx, &cmd).await?;
     require_ok(&cmd, &reply)?;
     Ok(parse_ca_show(&reply))
@@ -46,7 +55,10 @@ pub async fn add_ca(
         .filter(|c| !listed.iter().any(|(fp, _)| *fp == c.fingerprint))
         .collect();
     let all: Vec<String> = certs.iter().map(|c| c.fingerprint.clone()).collect();
-    let outputs = BTreeMap::from([("ca_fingerprints".to_string(), all.join(","))]);
+    let outputs = StepOutputs {
+        ca_fingerprints: all.clone(),
+        ..StepOutputs::default()
+    };
     if missing.is_empty() {
         return Ok(StepDone {
             changed: false,
@@ -98,9 +110,7 @@ pub async fn remove_ca(
     }
     let mut journalled = false;
     for fp in &present {
-        let cmd = TshCommand::xcommand("Security Certificates CA Delete")
-            .and_then(|c| c.param("Fingerprint", fp))
-            .map_err(local)?;
+        let cmd = ca_delete_cmd(fp).map_err(local)?;
         if ctx.check_mode {
             return Ok(would(&cmd));
         }
@@ -117,4 +127,53 @@ pub async fn remove_ca(
         "removed CA certificate(s) {}",
         names.join(", ")
     )))
+}
+
+pub(super) fn plan_add(
+    pc: &super::PlanContext<'_>,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    use super::planned;
+    let Some(crate::engine::assets::StepAsset::CaBundle { path, certs }) =
+        pc.device.assets.get(&pc.index)
+    else {
+        notes.push("the step's inputs were not resolved for this device".into());
+        return Vec::new();
+    };
+    let fps: Vec<&str> = certs.iter().map(|c| c.fingerprint.as_str()).collect();
+    notes.push(format!(
+        "{}: {} CA certificate(s): {}",
+        path.display(),
+        certs.len(),
+        fps.join(", ")
+    ));
+    let all: Vec<&CaCert> = certs.iter().collect();
+    vec![
+        planned(ca_show_cmd(), "always"),
+        planned(
+            ca_add_cmd(&all),
+            "with only the certificates CA Show does not list (none listed: all of them)",
+        ),
+    ]
+}
+
+pub(super) fn plan_remove(
+    pc: &super::PlanContext<'_>,
+    fingerprint: Option<&str>,
+) -> Vec<super::PlannedCommand> {
+    use super::planned;
+    let targets: Vec<String> = match (fingerprint, pc.device.assets.get(&pc.index)) {
+        (Some(fp), _) => vec![normalise_fingerprint(fp)],
+        (None, Some(crate::engine::assets::StepAsset::CaBundle { certs, .. })) => {
+            certs.iter().map(|c| c.fingerprint.clone()).collect()
+        }
+        _ => Vec::new(),
+    };
+    std::iter::once(planned(ca_show_cmd(), "always"))
+        .chain(
+            targets
+                .iter()
+                .map(|fp| planned(ca_delete_cmd(fp), format!("if {fp} is listed"))),
+        )
+        .collect()
 }
