@@ -41,6 +41,9 @@ pub struct ProgressReporter {
     overall: ProgressBar,
     devices: Mutex<HashMap<String, ProgressBar>>,
     steps: std::sync::atomic::AtomicUsize,
+    /// The step ids each device has started, in order (k of "step k/n"; a retried step
+    /// keeps its place).
+    started: Mutex<HashMap<String, Vec<String>>>,
 }
 
 impl ProgressReporter {
@@ -62,6 +65,7 @@ impl ProgressReporter {
             overall,
             devices: Mutex::new(HashMap::new()),
             steps: std::sync::atomic::AtomicUsize::new(0),
+            started: Mutex::new(HashMap::new()),
         }
     }
 
@@ -110,7 +114,21 @@ impl Reporter for ProgressReporter {
             Event::StepStarted { device, step } => {
                 if let Some(b) = self.device_bar(device) {
                     let n = self.steps.load(std::sync::atomic::Ordering::Relaxed);
-                    b.set_message(step_progress(step, n));
+                    let k = self
+                        .started
+                        .lock()
+                        .map(|mut m| {
+                            let ids = m.entry(device.clone()).or_default();
+                            match ids.iter().position(|i| i == step) {
+                                Some(p) => p + 1,
+                                None => {
+                                    ids.push(step.clone());
+                                    ids.len()
+                                }
+                            }
+                        })
+                        .unwrap_or(0);
+                    b.set_message(step_progress(step, k, n));
                 }
             }
             Event::Notice { device, message } => {
@@ -121,6 +139,9 @@ impl Reporter for ProgressReporter {
                 self.multi.suspend(|| eprintln!("{line}"));
             }
             Event::DeviceFinished { outcome } => {
+                if let Ok(mut m) = self.started.lock() {
+                    m.remove(&outcome.device);
+                }
                 if let Some(bar) = self
                     .devices
                     .lock()
@@ -218,14 +239,21 @@ impl<W: Write + Send> Reporter for PlainReporter<W> {
     }
 }
 
-/// "step k/n: kind" from a step id such as `03-show_certificates` and the step count.
-pub fn step_progress(step: &str, steps: usize) -> String {
-    match step.split_once('-') {
-        Some((k, kind)) if k.chars().all(|c| c.is_ascii_digit()) && steps > 0 => {
-            let k = k.trim_start_matches('0');
-            format!("step {k}/{steps}: {kind}")
+/// "step k/n: kind" for a step id (`activate_certificate-332fa558`: the kind, then a digest
+/// of its inputs) that is the device's k-th step of n.
+pub fn step_progress(step: &str, k: usize, steps: usize) -> String {
+    let kind = match step.rsplit_once('-') {
+        Some((kind, digest))
+            if !digest.is_empty() && digest.chars().all(|c| c.is_ascii_hexdigit()) =>
+        {
+            kind
         }
-        _ => step.to_string(),
+        _ => step,
+    };
+    if steps == 0 {
+        kind.to_string()
+    } else {
+        format!("step {k}/{steps}: {kind}")
     }
 }
 
@@ -748,10 +776,14 @@ mod tests {
     #[test]
     fn step_k_of_n() {
         assert_eq!(
-            step_progress("03-show_certificates", 6),
+            step_progress("show_certificates-0a1b2c3d", 3, 6),
             "step 3/6: show_certificates"
         );
-        assert_eq!(step_progress("device", 6), "device");
+        assert_eq!(
+            step_progress("set_configuration", 5, 6),
+            "step 5/6: set_configuration"
+        );
+        assert_eq!(step_progress("restart", 1, 0), "restart");
     }
 
     #[test]
