@@ -281,9 +281,38 @@ impl<W: Write + Send> JsonReporter<W> {
     }
 }
 
+/// Version of the `--output json` event lines.
+pub const EVENTS_VERSION: u32 = 1;
+
+/// One `--output json` line: the event, with the stream's schema version and the time it
+/// was emitted.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct EventLine<'a> {
+    /// Schema version of the event stream (`docs/schemas/events.schema.json`).
+    pub version: u32,
+    /// When the event was emitted (RFC 3339, UTC, milliseconds).
+    pub ts: String,
+    #[serde(flatten)]
+    pub event: &'a Event,
+}
+
+/// The current time as the event stream writes it.
+fn timestamp_now() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    now.format(&fmt).unwrap_or_default()
+}
+
 impl<W: Write + Send> Reporter for JsonReporter<W> {
     fn event(&self, event: &Event) {
-        if let (Ok(json), Ok(mut out)) = (serde_json::to_string(event), self.out.lock()) {
+        let line = EventLine {
+            version: EVENTS_VERSION,
+            ts: timestamp_now(),
+            event,
+        };
+        if let (Ok(json), Ok(mut out)) = (serde_json::to_string(&line), self.out.lock()) {
             let _ = writeln!(out, "{json}");
             let _ = out.flush();
         }
@@ -380,14 +409,69 @@ pub fn render_recap(summary: &RunSummary) -> String {
     out
 }
 
-#[derive(Serialize)]
-struct ReportDocument<'a> {
-    version: u32,
-    tool: &'static str,
-    tool_version: &'static str,
-    exit_code: i32,
+/// The `--report` JSON document.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct ReportDocument<'a> {
+    /// Schema version (`docs/schemas/report.schema.json`).
+    pub version: u32,
+    pub tool: &'static str,
+    pub tool_version: &'static str,
+    /// The exit code `roomkey apply` ended with.
+    pub exit_code: i32,
     #[serde(flatten)]
-    summary: &'a RunSummary,
+    pub summary: &'a RunSummary,
+}
+
+/// Version of the `plan --json` document.
+pub const PLAN_VERSION: u32 = 1;
+
+/// The `plan --json` document: the per-device plans, versioned.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct PlanDocument<'a> {
+    /// Schema version (`docs/schemas/plan.schema.json`).
+    pub version: u32,
+    pub tool: &'static str,
+    pub tool_version: &'static str,
+    pub playbook: &'a str,
+    pub devices: &'a [crate::plan::DevicePlan],
+}
+
+impl<'a> PlanDocument<'a> {
+    pub fn new(playbook: &'a str, devices: &'a [crate::plan::DevicePlan]) -> Self {
+        PlanDocument {
+            version: PLAN_VERSION,
+            tool: "roomkey",
+            tool_version: env!("CARGO_PKG_VERSION"),
+            playbook,
+            devices,
+        }
+    }
+}
+
+/// The JSON Schemas of every machine-readable output, generated from the types that
+/// serialise them: (file name under `docs/schemas/`, schema).
+pub fn schemas() -> Vec<(&'static str, serde_json::Value)> {
+    let v = |s: schemars::Schema| s.to_value();
+    vec![
+        (
+            "report.schema.json",
+            v(schemars::schema_for!(ReportDocument<'static>)),
+        ),
+        (
+            "events.schema.json",
+            v(schemars::schema_for!(EventLine<'static>)),
+        ),
+        (
+            "plan.schema.json",
+            v(schemars::schema_for!(PlanDocument<'static>)),
+        ),
+        (
+            "status.schema.json",
+            v(schemars::schema_for!(
+                crate::status::StatusDocument<'static>
+            )),
+        ),
+    ]
 }
 
 /// Writes the `--report` JSON document atomically.

@@ -24,7 +24,7 @@ pub const E2EE_MODE: &str = "Conference EndToEndEncryption Mode";
 pub const SOFTWARE: &str = "SystemUnit Software";
 
 /// How the connection to a device went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Reach {
     /// Logged in and read.
@@ -149,7 +149,7 @@ pub fn parse_device_time(text: &str) -> Option<OffsetDateTime> {
 }
 
 /// The last run the journal recorded for a device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct LastRun {
     /// The playbook's journal key.
     pub playbook: String,
@@ -162,7 +162,7 @@ pub struct LastRun {
 }
 
 /// One device's row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct DeviceRow {
     pub device: String,
     pub address: String,
@@ -257,7 +257,7 @@ pub fn sort_by_urgency(rows: &mut [DeviceRow]) {
 }
 
 /// The `status --json` document.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct StatusDocument<'a> {
     pub version: u32,
     pub tool: &'static str,

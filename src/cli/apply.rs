@@ -519,7 +519,8 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
     let mut warnings = loaded.inventory.warnings.clone();
     warnings.extend(prepared.warnings);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plans)?);
+        let doc = report::PlanDocument::new(&loaded.playbook.name, &plans);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         print!(
             "{}",

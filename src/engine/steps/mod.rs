@@ -39,7 +39,7 @@ use crate::tsh::{Reply, ReplyStatus, TshCommand};
 
 /// One command a step may send, as `plan` shows it: rendered from the very constructor
 /// the step sends with, secrets and JWEs shown as `[redacted]`.
-#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct PlannedCommand {
     /// The command as it would be sent, secrets shown as `[redacted]`.
     pub text: String,
