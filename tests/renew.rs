@@ -73,7 +73,8 @@ async fn renewal_replaces_the_identity_certificate_and_removes_the_old_one() {
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert_eq!(commands_matching(&lab, "Services Add").await, adds_before);
 
-    // The plan reads the same journal: every step of every room would be skipped.
+    // The plan names the same steps the journal records: every room would be read again
+    // and changed only where it differs.
     let (code, stdout) = lab.plan_with(&renew, &["--json"]).await;
     assert_eq!(code, 0, "{stdout}");
     let plans: serde_json::Value = serde_json::from_str(&stdout).unwrap();
@@ -81,7 +82,10 @@ async fn renewal_replaces_the_identity_certificate_and_removes_the_old_one() {
     assert_eq!(plans.len(), lab.names.len());
     for plan in plans {
         for step in plan["steps"].as_array().unwrap() {
-            assert_eq!(step["action"], "skip (done in an earlier run)", "{step}");
+            assert_eq!(
+                step["action"], "read the device; change only what differs",
+                "{step}"
+            );
         }
     }
 }

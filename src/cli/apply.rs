@@ -238,11 +238,13 @@ fn needs_vault(devices: &[&Device], playbook: &Playbook) -> bool {
 }
 
 /// Opens the secret store the selected devices need (the vault only when needed).
+/// `read_only` (plan, `apply --check`) opens a snapshot without the vault's writer lock.
 pub fn open_store(
     target: &Target,
     inventory: &Inventory,
     devices: &[&Device],
     playbook: &Playbook,
+    read_only: bool,
 ) -> anyhow::Result<Arc<dyn SecretStore>> {
     if !needs_vault(devices, playbook) {
         return Ok(Arc::new(EnvSecrets::new()));
@@ -253,8 +255,12 @@ pub fn open_store(
         .unwrap_or_else(|| inventory.vault.clone());
     let passphrase = roomkey::vault::read_passphrase(target.passphrase_file.as_deref())
         .context("reading the vault passphrase")?;
-    let vault = roomkey::vault::Vault::open(&path, &passphrase)
-        .with_context(|| vault_advice(&path, &inventory.path, target.vault.is_some()))?;
+    let vault = if read_only {
+        roomkey::vault::Vault::open_read_only(&path, &passphrase)
+    } else {
+        roomkey::vault::Vault::open(&path, &passphrase)
+    }
+    .with_context(|| vault_advice(&path, &inventory.path, target.vault.is_some()))?;
     Ok(Arc::new(VaultSecrets::new(vault)))
 }
 
@@ -310,7 +316,13 @@ pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Re
     }
     let mut playbook = loaded.playbook.clone();
     args.overrides.apply(&mut playbook);
-    let store = open_store(&args.target, &loaded.inventory, &devices, &loaded.playbook)?;
+    let store = open_store(
+        &args.target,
+        &loaded.inventory,
+        &devices,
+        &loaded.playbook,
+        args.check,
+    )?;
     let Prepared {
         devices: prepared,
         warnings,
@@ -471,6 +483,7 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
             &loaded.inventory,
             &devices,
             &loaded.playbook,
+            true,
         )?)
     } else {
         None

@@ -704,7 +704,6 @@ fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
     use roomkey::engine::secrets::{SecretStore, VaultSecrets};
     use roomkey::inventory::{self, ClientSecretSource};
     use roomkey::ssh::{ConnectOptions, HostKeyPolicy, TshSession};
-    use roomkey::tsh::TshCommand;
 
     let Some(inventory_path) = args.vault.inventory.clone() else {
         bail!("name the inventory holding the device with -i/--inventory");
@@ -781,8 +780,7 @@ fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
                 Zeroizing::new(Vec::new()),
             )
             .await?;
-        let cmd = TshCommand::xcommand("Security ClientSecret Populate")?
-            .param_secret("Secret", &Secret::new(jwe))?;
+        let cmd = roomkey::engine::steps::populate_command(&Secret::new(jwe))?;
         let mut session = TshSession::connect(&opts).await?;
         // Durable before the command leaves: the vault no longer claims a seeded device.
         if let Err(e) = store.update(|v| v.set_current(&name, current.clone(), false, None)) {

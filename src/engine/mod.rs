@@ -735,6 +735,7 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
     }
     outcome.duration_ms = started.elapsed().as_millis() as u64;
     dr.record_outcome(&outcome);
+    crate::failpoint::hit("device-finished");
     outcome
 }
 

@@ -1004,6 +1004,26 @@ impl Fleet {
         Ok(())
     }
 
+    /// Removes every certificate (and so every activation) from a device behind roomkey's
+    /// back; its ClientSecret stays (a test of "a rerun reads the device").
+    pub async fn remove_certificates(&self, name: &str) -> Result<(), SimError> {
+        let rt = self.runtime(name)?;
+        rt.model.lock().await.certificates.clear();
+        Ok(())
+    }
+
+    /// Resets a device to its factory state: no ClientSecret, no certificates, no trusted
+    /// CAs. What the firmware is (its populate reading, its SCEP servers) stays.
+    pub async fn factory_reset(&self, name: &str) -> Result<(), SimError> {
+        let rt = self.runtime(name)?;
+        let mut model = rt.model.lock().await;
+        let mut fresh = model::Device::new(model.name.clone());
+        fresh.scep_servers = std::mem::take(&mut model.scep_servers);
+        fresh.populate_reading = model.populate_reading;
+        *model = fresh;
+        Ok(())
+    }
+
     /// Stops every listener and disconnects every session.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);

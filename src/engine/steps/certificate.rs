@@ -60,10 +60,15 @@ pub(crate) fn show_cmd() -> Result<TshCommand, EncodeError> {
     TshCommand::xcommand("Security Certificates Services Show")
 }
 
+/// `Services Add`: a certificate and key as its body (the identity's as a JWE, a service
+/// certificate's as PEM).
+pub(super) fn services_add() -> Result<TshCommand, EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Add")
+}
+
 /// `Services Add IsEncrypted: True`, awaiting the `add` JWE as its body.
 fn add_header() -> Result<TshCommand, EncodeError> {
-    TshCommand::xcommand("Security Certificates Services Add")
-        .and_then(|c| c.param_literal("IsEncrypted", "True"))
+    services_add().and_then(|c| c.param_literal("IsEncrypted", "True"))
 }
 
 /// `Services Activate|Deactivate Purpose: <p>`, awaiting its `Fingerprint`.

@@ -16,10 +16,12 @@ pub struct ExternalIdentityStatus {
     pub evidence: String,
 }
 
+/// The status subtree the step reads, and the node prefix of every reply line.
+const BASE: &str = "Conference EndToEndEncryption ExternalIdentity";
+
 /// Reads both node forms: the seed's (`Valid`, `Identity`, `CertInfo`) and the newer one
 /// (`Verification`, `Identity`, `Status`, `CertificateChain …`). Pure; tested with fixtures.
 pub fn parse_external_identity(reply: &Reply) -> ExternalIdentityStatus {
-    const BASE: &str = "Conference EndToEndEncryption ExternalIdentity";
     let get = |leaf: &str| reply.get(&format!("{BASE} {leaf}"));
     let truthy = |v: &str| {
         matches!(
@@ -80,7 +82,7 @@ pub(super) async fn verify_external_identity(
 
 /// The whole `ExternalIdentity` subtree: either node form answers it.
 fn external_identity_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
-    TshCommand::xstatus("Conference EndToEndEncryption ExternalIdentity")
+    TshCommand::xstatus(BASE)
 }
 
 pub(super) fn plan(

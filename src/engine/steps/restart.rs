@@ -19,8 +19,11 @@ pub fn restarted_since(before: u64, elapsed: u64, now: u64) -> bool {
     now + UPTIME_SLACK_SECS < before.saturating_add(elapsed)
 }
 
+/// The status node the restart is judged by (the command reads it, the reply carries it).
+const UPTIME: &str = "SystemUnit Uptime";
+
 fn uptime_cmd() -> Result<TshCommand, StepError> {
-    TshCommand::xstatus("SystemUnit Uptime").map_err(local)
+    TshCommand::xstatus(UPTIME).map_err(local)
 }
 
 fn boot_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
@@ -32,9 +35,9 @@ pub(super) async fn uptime_on(session: &mut TshSession) -> Result<u64, StepError
     let reply = session.run(&cmd).await?;
     require_ok(&cmd, &reply)?;
     reply
-        .get("SystemUnit Uptime")
+        .get(UPTIME)
         .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| StepError::Refused("the device reports no SystemUnit Uptime".into()))
+        .ok_or_else(|| StepError::Refused(format!("the device reports no {UPTIME}")))
 }
 
 fn elapsed_secs(since_ms: u64) -> u64 {
@@ -102,9 +105,9 @@ pub async fn restart(
         tokio::time::sleep(poll).await;
         if tokio::time::Instant::now() >= deadline {
             return Err(StepError::Refused(format!(
-                "the device did not come back within {}s after `xCommand SystemUnit Boot` \
-                 (last: {last_error})",
-                timeout.as_secs()
+                "the device did not come back within {}s after `{}` (last: {last_error})",
+                timeout.as_secs(),
+                cmd.redacted_line()
             )));
         }
         let attempt = tokio::time::timeout_at(deadline, TshSession::connect(ctx.connect)).await;

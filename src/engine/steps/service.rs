@@ -16,7 +16,7 @@ pub fn service_add_cmd(
     payload: &Secret,
     key_password: Option<&Secret>,
 ) -> Result<TshCommand, crate::tsh::EncodeError> {
-    let mut cmd = TshCommand::xcommand("Security Certificates Services Add")?;
+    let mut cmd = super::certificate::services_add()?;
     if let Some(p) = key_password {
         cmd = cmd.param_secret("PrivateKeyPassword", p)?;
     }
