@@ -67,7 +67,7 @@ async fn status_json_csv_table_and_openmetrics() {
     let new = &devices[1];
     assert_eq!(new["reach"], "ok", "{out}");
     assert_eq!(new["identity_valid"], false, "{out}");
-    assert_eq!(new["e2ee_mode"].is_string(), true, "{out}");
+    assert!(new["e2ee_mode"].is_string(), "{out}");
     assert_eq!(new["secret_seeded"], false, "{out}");
     assert!(new["last_run"].is_null(), "{out}");
     let r1 = &devices[2];

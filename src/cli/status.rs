@@ -265,7 +265,8 @@ fn open_vault(
         .any(|d| matches!(d.auth, AuthSource::PasswordVault { .. }));
     let have_passphrase = args.passphrase_file.is_some()
         || std::env::var_os(roomkey::vault::PASSPHRASE_ENV).is_some();
-    if !login_needs_it && !(have_passphrase && path.exists()) {
+    let usable = have_passphrase && path.exists();
+    if !(login_needs_it || usable) {
         return Ok(None);
     }
     let passphrase = roomkey::vault::read_passphrase(args.passphrase_file.as_deref())
@@ -359,7 +360,7 @@ fn last_run(state_dir: &Path, device: &str) -> Option<LastRun> {
     let mut best: Option<(u64, LastRun)> = None;
     for entry in std::fs::read_dir(&journal).ok()?.flatten() {
         let key = entry.file_name().to_string_lossy().into_owned();
-        let Ok(steps) = read_steps(&state_dir, &key, device) else {
+        let Ok(steps) = read_steps(state_dir, &key, device) else {
             continue;
         };
         let Some(rec) = steps.get(roomkey::engine::DEVICE_RECORD) else {
