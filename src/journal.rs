@@ -682,9 +682,12 @@ fn fold_into(steps: &mut BTreeMap<String, StepState>, r: &Record) {
         // A reset: the step starts over, and its old outputs must not be reused.
         StepStatus::Pending => s.outputs = StepOutputs::default(),
     }
+    // `changed` is what the step did in its latest run: a run that found it already done
+    // does not inherit an earlier run's change.
+    let same_run = s.run == r.run;
     s.status = r.status;
     s.run = r.run.clone();
-    s.changed = r.changed || (s.changed && r.status != StepStatus::Pending);
+    s.changed = r.changed || (s.changed && same_run && r.status != StepStatus::Pending);
     s.error = r.error.clone();
     s.outputs.merge(&r.outputs);
 }
@@ -847,6 +850,20 @@ mod tests {
         let r = &parsed.records[0];
         assert_eq!(r.outputs.uptime_before, Some(42));
         assert_eq!(r.outputs.ca_fingerprints, vec!["aa", "bb"]);
+    }
+
+    #[test]
+    fn changed_belongs_to_the_run_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = DeviceJournal::open(dir.path(), "pb", "d").unwrap();
+        j.append(rec("a", StepStatus::Done)).unwrap();
+        assert!(j.step("a").changed);
+        let mut later = rec("a", StepStatus::Done);
+        later.run = "r2".into();
+        later.changed = false;
+        j.append(later).unwrap();
+        assert!(!j.step("a").changed, "r2 changed nothing");
+        assert_eq!(j.step("a").run, "r2");
     }
 
     #[test]

@@ -230,10 +230,11 @@ fn target_fingerprint(
         CertificateRef::Previous => ctx.outputs.previous_fingerprint.clone(),
         CertificateRef::Enrolled | CertificateRef::Service => {
             Some(output_for(ctx.outputs, which).ok_or_else(|| {
-                StepError::Refused(format!(
-                    "no earlier step recorded the certificate: put scep_enroll (for `enrolled`) or \
-                     add_service_certificate (for `service`) before this step"
-                ))
+                StepError::Refused(
+                    "no earlier step recorded the certificate: put scep_enroll (for `enrolled`) \
+                     or add_service_certificate (for `service`) before this step"
+                        .into(),
+                )
             })?)
         }
     })

@@ -148,22 +148,6 @@ pub async fn restart(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restart_is_judged_by_uptime() {
-        // Up a day, booted 10 s ago, now up 4 s: restarted.
-        assert!(restarted_since(86_400, 10, 4));
-        // Not restarted: the uptime grew with the clock (give or take rounding).
-        assert!(!restarted_since(86_400, 10, 86_410));
-        assert!(!restarted_since(86_400, 10, 86_408));
-        // A rerun long after the restart still sees it.
-        assert!(restarted_since(600, 7_200, 7_000));
-    }
-}
-
 pub(super) fn plan(
     step: &crate::playbook::Restart,
     notes: &mut Vec<String>,
@@ -189,4 +173,20 @@ pub(super) fn plan(
         "once per run, unless an earlier attempt's boot already restarted it (lower uptime)"
     };
     vec![uptime, planned(boot_cmd(), when)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_is_judged_by_uptime() {
+        // Up a day, booted 10 s ago, now up 4 s: restarted.
+        assert!(restarted_since(86_400, 10, 4));
+        // Not restarted: the uptime grew with the clock (give or take rounding).
+        assert!(!restarted_since(86_400, 10, 86_410));
+        assert!(!restarted_since(86_400, 10, 86_408));
+        // A rerun long after the restart still sees it.
+        assert!(restarted_since(600, 7_200, 7_000));
+    }
 }

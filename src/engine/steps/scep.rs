@@ -74,8 +74,6 @@ fn value<'a>(values: &'a [(&'static str, String)], name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-/// The write-ahead output of `scep_enroll`: the certificates listed before its request.
-
 /// Enrols a certificate over SCEP unless the device already has one for this CN from this
 /// CA; records its fingerprint (`enrolled_fingerprint`) for the activation step.
 pub async fn scep_enroll(
@@ -256,6 +254,59 @@ pub async fn renewal_profile(
     )))
 }
 
+pub(super) fn plan_enroll(
+    pc: &super::PlanContext<'_>,
+    step: &ScepEnroll,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    use super::{placeholder, planned};
+    let Some(StepAsset::Scep(values)) = pc.device.assets.get(&pc.index) else {
+        notes.push("the step's inputs were not resolved for this device".into());
+        return Vec::new();
+    };
+    if let Some(name) = &step.challenge_password {
+        notes.push(format!(
+            "ChallengePassword comes from vault credential '{name}'"
+        ));
+    }
+    let cn = value(values, "CommonName");
+    let challenge = step.challenge_password.as_ref().map(|_| placeholder());
+    vec![
+        planned(super::trust::ca_show_cmd(), "always"),
+        planned(super::certificate::show_cmd(), "always"),
+        planned(
+            scep_cmd(values, challenge.as_ref()),
+            format!(
+                "if no certificate for CN={cn} issued by that CA is listed (the issuer is known \
+                 only if CA Show lists the CA; otherwise it enrols)"
+            ),
+        ),
+        planned(
+            super::certificate::show_cmd(),
+            "after the request: finds the enrolled certificate's fingerprint",
+        ),
+    ]
+}
+
+pub(super) fn plan_profile(p: &ScepRenewalProfile) -> Vec<super::PlannedCommand> {
+    use super::planned;
+    match profile_cmds(p) {
+        Ok(cmds) => cmds
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let when = if i == 0 {
+                    "always"
+                } else {
+                    "if the profile is not already as wanted"
+                };
+                planned(Ok(c), when)
+            })
+            .collect(),
+        Err(e) => vec![planned(Err(e), "never")],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -312,58 +363,5 @@ mod tests {
             "{shown}"
         );
         assert!(cmd.line().contains("s3cret-challenge"));
-    }
-}
-
-pub(super) fn plan_enroll(
-    pc: &super::PlanContext<'_>,
-    step: &ScepEnroll,
-    notes: &mut Vec<String>,
-) -> Vec<super::PlannedCommand> {
-    use super::{placeholder, planned};
-    let Some(StepAsset::Scep(values)) = pc.device.assets.get(&pc.index) else {
-        notes.push("the step's inputs were not resolved for this device".into());
-        return Vec::new();
-    };
-    if let Some(name) = &step.challenge_password {
-        notes.push(format!(
-            "ChallengePassword comes from vault credential '{name}'"
-        ));
-    }
-    let cn = value(values, "CommonName");
-    let challenge = step.challenge_password.as_ref().map(|_| placeholder());
-    vec![
-        planned(super::trust::ca_show_cmd(), "always"),
-        planned(super::certificate::show_cmd(), "always"),
-        planned(
-            scep_cmd(values, challenge.as_ref()),
-            format!(
-                "if no certificate for CN={cn} issued by that CA is listed (the issuer is known \
-                 only if CA Show lists the CA; otherwise it enrols)"
-            ),
-        ),
-        planned(
-            super::certificate::show_cmd(),
-            "after the request: finds the enrolled certificate's fingerprint",
-        ),
-    ]
-}
-
-pub(super) fn plan_profile(p: &ScepRenewalProfile) -> Vec<super::PlannedCommand> {
-    use super::planned;
-    match profile_cmds(p) {
-        Ok(cmds) => cmds
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let when = if i == 0 {
-                    "always"
-                } else {
-                    "if the profile is not already as wanted"
-                };
-                planned(Ok(c), when)
-            })
-            .collect(),
-        Err(e) => vec![planned(Err(e), "never")],
     }
 }

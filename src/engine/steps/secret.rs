@@ -348,6 +348,60 @@ pub(super) async fn rotate_secret(
     }
 }
 
+// ---- The plan: rendered from `populate_command` -----------------------------------------
+
+pub(super) fn plan_populate(
+    pc: &super::PlanContext<'_>,
+    initial: bool,
+    notes: &mut Vec<String>,
+) -> Vec<super::PlannedCommand> {
+    use super::{placeholder, planned, SeedState};
+    let populate = |when: &str| planned(populate_command(&placeholder()), when);
+    match pc.seed {
+        SeedState::Seeded => vec![populate(
+            "always: a no-op populate JWE keyed from the current secret proves the device \
+             holds it (if a rotation is pending, also one under the pending secret)",
+        )],
+        _ if initial => {
+            notes.push(
+                "WARNING: first seeding sends the ClientSecret in PLAINTEXT over the network \
+                 (base64url); do it on an unregistered device or a trusted network"
+                    .into(),
+            );
+            vec![
+                populate(
+                    "if the vault records the device as never seeded: plaintext first seeding",
+                ),
+                populate(
+                    "otherwise, or if refused: a no-op populate JWE under the same secret proves \
+                     the device holds it",
+                ),
+            ]
+        }
+        _ => {
+            notes.push("fails unless the vault records the device as seeded".into());
+            vec![populate(
+                "if seeded: a no-op populate JWE proves the device holds the current secret",
+            )]
+        }
+    }
+}
+
+pub(super) fn plan_rotate() -> Vec<super::PlannedCommand> {
+    use super::{placeholder, planned};
+    vec![
+        planned(
+            populate_command(&placeholder()),
+            "once per run: populate JWE with a new secret, keyed from the current one (the new \
+             one is saved in the vault as pending first)",
+        ),
+        planned(
+            populate_command(&placeholder()),
+            "if refused: populate JWE new-under-new proves an earlier rotation landed",
+        ),
+    ]
+}
+
 #[cfg(test)]
 mod secret_tests {
     use super::*;
@@ -401,58 +455,4 @@ mod secret_tests {
             "The client secret changed; payload rejected"
         ));
     }
-}
-
-// ---- The plan: rendered from `populate_command` -----------------------------------------
-
-pub(super) fn plan_populate(
-    pc: &super::PlanContext<'_>,
-    initial: bool,
-    notes: &mut Vec<String>,
-) -> Vec<super::PlannedCommand> {
-    use super::{placeholder, planned, SeedState};
-    let populate = |when: &str| planned(populate_command(&placeholder()), when);
-    match pc.seed {
-        SeedState::Seeded => vec![populate(
-            "always: a no-op populate JWE keyed from the current secret proves the device \
-             holds it (if a rotation is pending, also one under the pending secret)",
-        )],
-        _ if initial => {
-            notes.push(
-                "WARNING: first seeding sends the ClientSecret in PLAINTEXT over the network \
-                 (base64url); do it on an unregistered device or a trusted network"
-                    .into(),
-            );
-            vec![
-                populate(
-                    "if the vault records the device as never seeded: plaintext first seeding",
-                ),
-                populate(
-                    "otherwise, or if refused: a no-op populate JWE under the same secret proves \
-                     the device holds it",
-                ),
-            ]
-        }
-        _ => {
-            notes.push("fails unless the vault records the device as seeded".into());
-            vec![populate(
-                "if seeded: a no-op populate JWE proves the device holds the current secret",
-            )]
-        }
-    }
-}
-
-pub(super) fn plan_rotate() -> Vec<super::PlannedCommand> {
-    use super::{placeholder, planned};
-    vec![
-        planned(
-            populate_command(&placeholder()),
-            "once per run: populate JWE with a new secret, keyed from the current one (the new \
-             one is saved in the vault as pending first)",
-        ),
-        planned(
-            populate_command(&placeholder()),
-            "if refused: populate JWE new-under-new proves an earlier rotation landed",
-        ),
-    ]
 }

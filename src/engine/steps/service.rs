@@ -60,27 +60,6 @@ pub async fn add_service(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn service_add_sends_the_key_password_as_a_secret() {
-        let payload = Secret::new("-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n");
-        let cmd = service_add_cmd(&payload, Some(&Secret::new("key-pass-9"))).unwrap();
-        assert_eq!(
-            cmd.redacted_text(),
-            "xCommand Security Certificates Services Add PrivateKeyPassword: \"[redacted]\"\n[redacted]\n."
-        );
-        assert!(cmd.line().contains("key-pass-9"));
-        let plain = service_add_cmd(&payload, None).unwrap();
-        assert_eq!(
-            plain.redacted_line(),
-            "xCommand Security Certificates Services Add"
-        );
-    }
-}
-
 pub(super) fn plan(
     pc: &super::PlanContext<'_>,
     key_password: Option<&str>,
@@ -108,4 +87,25 @@ pub(super) fn plan(
             ),
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_add_sends_the_key_password_as_a_secret() {
+        let payload = Secret::new("-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----\n");
+        let cmd = service_add_cmd(&payload, Some(&Secret::new("key-pass-9"))).unwrap();
+        assert_eq!(
+            cmd.redacted_text(),
+            "xCommand Security Certificates Services Add PrivateKeyPassword: \"[redacted]\"\n[redacted]\n."
+        );
+        assert!(cmd.line().contains("key-pass-9"));
+        let plain = service_add_cmd(&payload, None).unwrap();
+        assert_eq!(
+            plain.redacted_line(),
+            "xCommand Security Certificates Services Add"
+        );
+    }
 }
