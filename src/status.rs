@@ -10,14 +10,14 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-use crate::engine::steps::{normalise_fingerprint, parse_external_identity, parse_show};
+use crate::engine::steps::{
+    identity_certificate, normalise_fingerprint, parse_external_identity, parse_show,
+};
 use crate::tsh::Reply;
 
 /// Version of the `status --json` document.
 pub const STATUS_VERSION: u32 = 1;
 
-/// The status node the identity facts are read from.
-pub const EXTERNAL_IDENTITY: &str = "Conference EndToEndEncryption ExternalIdentity";
 /// The configuration that turns end-to-end encryption on.
 pub const E2EE_MODE: &str = "Conference EndToEndEncryption Mode";
 /// The status node naming the software release.
@@ -64,9 +64,9 @@ pub struct DeviceFacts {
 }
 
 /// Reads the facts out of the device's replies. `identity` is the reply to
-/// `xStatus Conference EndToEndEncryption ExternalIdentity`; `show` (optional) the reply to
-/// `xCommand Security Certificates Services Show`, used for the fingerprint when the
-/// device's status tree has no certificate chain (the seed's older node form).
+/// `engine::steps::external_identity_cmd`; `show` (optional) the reply to
+/// `engine::steps::show_cmd`, used for the fingerprint when the device's status tree has no
+/// certificate chain (the seed's older node form).
 pub fn facts_from_replies(
     software: Option<&Reply>,
     identity: Option<&Reply>,
@@ -89,14 +89,12 @@ pub fn facts_from_replies(
         let status = parse_external_identity(reply);
         facts.identity_valid = Some(status.valid);
         facts.identity = status.identity;
-        let leaf = format!("{EXTERNAL_IDENTITY} CertificateChain Certificate 1");
-        facts.fingerprint = reply
-            .get(&format!("{leaf} Fingerprint"))
+        let (fingerprint, not_after) = identity_certificate(reply);
+        facts.fingerprint = fingerprint
+            .as_deref()
             .map(normalise_fingerprint)
             .filter(|f| !f.is_empty());
-        facts.not_after = reply
-            .get(&format!("{leaf} NotAfter"))
-            .and_then(parse_device_time);
+        facts.not_after = not_after.as_deref().and_then(parse_device_time);
     }
     if facts.fingerprint.is_none() {
         if let Some(show) = show.filter(|r| r.is_ok()) {

@@ -326,18 +326,17 @@ async fn probe(opts: &ConnectOptions) -> (Reach, Option<String>, DeviceFacts) {
         };
     let result = async {
         let software = read(TshCommand::xstatus(status::SOFTWARE)).await?;
-        let identity = read(TshCommand::xstatus(status::EXTERNAL_IDENTITY)).await?;
+        let identity = read(roomkey::engine::steps::external_identity_cmd()).await?;
         let e2ee = read(TshCommand::xconfiguration(status::E2EE_MODE)).await?;
-        let chain = identity
-            .get(&format!(
-                "{} CertificateChain Certificate 1 Fingerprint",
-                status::EXTERNAL_IDENTITY
-            ))
-            .is_some();
-        let show = if chain {
+        // The seed's older node form has no certificate chain: the fingerprint then comes
+        // from the certificate list.
+        let show = if roomkey::engine::steps::identity_certificate(&identity)
+            .0
+            .is_some()
+        {
             None
         } else {
-            Some(read(TshCommand::xcommand("Security Certificates Services Show")).await?)
+            Some(read(roomkey::engine::steps::show_cmd()).await?)
         };
         Ok::<_, String>(status::facts_from_replies(
             Some(&software),

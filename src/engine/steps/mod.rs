@@ -18,8 +18,10 @@ mod service;
 mod trust;
 mod xcommand;
 
-pub use certificate::{normalise_fingerprint, parse_show, ShownCertificate};
-pub use identity::{parse_external_identity, ExternalIdentityStatus};
+pub use certificate::{normalise_fingerprint, parse_show, show_cmd, ShownCertificate};
+pub use identity::{
+    external_identity_cmd, identity_certificate, parse_external_identity, ExternalIdentityStatus,
+};
 pub use restart::restarted_since;
 pub use scep::{find_enrolled, parse_profiles, profile_cmds, scep_cmd, subject_cn};
 pub use secret::{classify_populate, is_decrypt_failure, populate_command, PopulateAnswer};
