@@ -641,7 +641,7 @@ pub fn expiry_svg(points: &[ExpiryPoint]) -> String {
 const HTML_STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;color:#222}\
 table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;\
 text-align:left;font-size:14px}th{background:#f0f0f0}tr.bad td{background:#fdecea}\
-tr.warn td{background:#fff8e1}.counts span{margin-right:1.5em}code{font-size:13px}";
+tr.warn td{background:#fff8e1}td:first-child{white-space:nowrap}.counts span{margin-right:1.5em}code{font-size:13px}";
 
 fn html_page(title: &str, body: &str) -> String {
     format!(
