@@ -19,13 +19,20 @@
 //! `certificate`, `key` and `identity` are filled from the device.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::display::escape;
 use crate::engine::rollout::{Window, WindowSpec};
+pub use crate::input::Location;
+use crate::input::{
+    humanize, is_secret_path, key_text, kind, parse_tree, path_string, unknown_key_message,
+    Locator, Seg,
+};
 use crate::jwe::Enc;
+use serde_yaml::{Mapping, Value};
 
 /// How roomkey logs in to a device. Secrets are never literal in the resolved form: they are
 /// fetched from the environment or the vault at connect time.
@@ -72,105 +79,64 @@ pub struct SecretSettings {
 }
 
 /// Settings that may appear in `defaults`, a group or a device; the most specific wins.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Settings {
-    #[serde(default)]
     pub port: Option<u16>,
-    #[serde(default)]
     pub username: Option<String>,
-    #[serde(default)]
     pub auth: Option<AuthSettings>,
-    #[serde(default)]
     pub certificate: Option<String>,
-    #[serde(default)]
     pub key: Option<String>,
-    #[serde(default)]
     pub identity: Option<String>,
-    #[serde(default)]
     pub enc: Option<Enc>,
-    #[serde(default)]
     pub client_secret: Option<SecretSettings>,
     /// A maintenance window overriding the playbook's (sites in other time zones).
-    #[serde(default)]
     pub window: Option<WindowSpec>,
-    #[serde(default)]
     pub vars: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The keys of [`Settings`] as written.
+const SETTINGS_KEYS: &[&str] = &[
+    "port",
+    "username",
+    "auth",
+    "certificate",
+    "key",
+    "identity",
+    "enc",
+    "client_secret",
+    "window",
+    "vars",
+];
+
+#[derive(Debug, Clone, Default)]
 pub struct GroupEntry {
     /// Groups this group belongs to (their settings apply below this group's own).
-    #[serde(default)]
     pub parents: Vec<String>,
-    #[serde(flatten)]
     pub settings: Settings,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default)]
 pub struct DeviceEntry {
     pub host: String,
-    #[serde(default)]
     pub groups: Vec<String>,
-    #[serde(flatten)]
     pub settings: Settings,
     /// Simulator behaviour (faults) for this device; read only by `roomkey sim` and tests.
-    #[serde(default)]
     pub sim: Option<serde_yaml::Value>,
 }
 
-/// The file as written.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The file as written (the parts of it that could be read).
+#[derive(Debug, Clone, Default)]
 pub struct InventoryFile {
-    #[serde(default)]
     pub defaults: Settings,
-    #[serde(default, deserialize_with = "unique_map")]
     pub groups: BTreeMap<String, GroupEntry>,
-    #[serde(deserialize_with = "unique_map")]
     pub devices: BTreeMap<String, DeviceEntry>,
     /// Vault file (relative to the inventory); default `.roomkey/vault` beside it.
-    #[serde(default)]
     pub vault: Option<PathBuf>,
     /// known_hosts file; default `.roomkey/known_hosts` beside the inventory.
-    #[serde(default)]
     pub known_hosts: Option<PathBuf>,
 }
 
-/// Deserializes a map and refuses a key written twice (YAML parsers keep the last one
-/// silently; two entries for `room-301` would hide a typo or a copy-paste error).
-pub(crate) fn unique_map<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    V: Deserialize<'de>,
-{
-    struct Visitor<V>(std::marker::PhantomData<V>);
-    impl<'de, V: Deserialize<'de>> serde::de::Visitor<'de> for Visitor<V> {
-        type Value = BTreeMap<String, V>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a map of names to entries")
-        }
-        fn visit_map<A: serde::de::MapAccess<'de>>(
-            self,
-            mut map: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut out = BTreeMap::new();
-            while let Some(key) = map.next_key::<String>()? {
-                if out.contains_key(&key) {
-                    return Err(serde::de::Error::custom(format!(
-                        "duplicate entry '{key}': each name may appear once"
-                    )));
-                }
-                let value = map.next_value()?;
-                out.insert(key, value);
-            }
-            Ok(out)
-        }
-    }
-    deserializer.deserialize_map(Visitor(std::marker::PhantomData))
-}
+const TOP_KEYS: &[&str] = &["defaults", "groups", "devices", "vault", "known_hosts"];
 
 /// How a device's SSH login is resolved (the secret itself is fetched at connect time).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,22 +211,47 @@ pub struct Inventory {
     pub warnings: Vec<String>,
 }
 
-/// One problem with an inventory, naming the file and the entry.
+/// One problem with an input file (inventory, playbook, or a file they name), naming the
+/// file, where in it (when known), the entry and the fix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub file: PathBuf,
+    pub location: Option<Location>,
     pub entry: String,
     pub message: String,
 }
 
+impl Problem {
+    /// A problem without a position in the file (found after reading it).
+    pub fn new(file: &Path, entry: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            file: file.to_path_buf(),
+            location: None,
+            entry: entry.into(),
+            message: message.into(),
+        }
+    }
+
+    /// `line L, column C: entry: message` (without the file; see [`render_problems`]).
+    fn body(&self) -> String {
+        let loc = self.location.map(|l| format!("{l}: ")).unwrap_or_default();
+        let entry = if self.entry.is_empty() {
+            String::new()
+        } else {
+            format!("{}: ", escape(&self.entry))
+        };
+        format!("{loc}{entry}{}", escape(&self.message))
+    }
+}
+
+/// One line, every part escaped: entries and messages quote names and values from files.
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{}: {}: {}",
-            self.file.display(),
-            self.entry,
-            self.message
+            "{}: {}",
+            escape(&self.file.display().to_string()),
+            self.body()
         )
     }
 }
@@ -276,55 +267,521 @@ pub enum InventoryError {
     Invalid(Vec<Problem>),
 }
 
+/// Every problem, grouped by file (files in the order their first problem was found), one
+/// escaped line each.
 pub fn render_problems(problems: &[Problem]) -> String {
     let mut out = format!(
         "{} problem{} found:",
         problems.len(),
         if problems.len() == 1 { "" } else { "s" }
     );
+    let mut files: Vec<&Path> = Vec::new();
     for p in problems {
-        out.push_str("\n  - ");
-        out.push_str(&p.to_string());
+        if !files.contains(&p.file.as_path()) {
+            files.push(&p.file);
+        }
+    }
+    for file in files {
+        out.push_str(&format!("\n  {}:", escape(&file.display().to_string())));
+        // In file order (problems without a position last, in the order found).
+        let mut in_file: Vec<&Problem> = problems.iter().filter(|p| p.file == file).collect();
+        in_file.sort_by_key(|p| {
+            p.location
+                .map_or((usize::MAX, usize::MAX), |l| (l.line, l.column))
+        });
+        for p in in_file {
+            out.push_str("\n    - ");
+            out.push_str(&p.body());
+        }
     }
     out
 }
 
 /// Reads and resolves an inventory file.
 pub fn load(path: &Path) -> Result<Inventory, InventoryError> {
-    let text = std::fs::read_to_string(path).map_err(|source| InventoryError::Read {
+    let text = crate::input::read_file(path).map_err(|source| InventoryError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     parse(path, &text)
 }
 
-/// Parses and resolves inventory text; `path` names the file in messages and anchors
-/// relative paths.
-pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
-    let file: InventoryFile = serde_yaml::from_str(text).map_err(|e| {
-        InventoryError::Invalid(vec![Problem {
-            file: path.to_path_buf(),
-            entry: yaml_location(&e),
-            message: format!("{e}"),
-        }])
+/// Reads an inventory for `roomkey sim`, which serves its devices: there `port: 0` means
+/// "any free port" (the simulator prints the ports it got). Everything else is as strict
+/// as [`load`], which refuses port 0 (no device listens there).
+pub fn load_for_sim(path: &Path) -> Result<Inventory, InventoryError> {
+    let text = crate::input::read_file(path).map_err(|source| InventoryError::Read {
+        path: path.to_path_buf(),
+        source,
     })?;
-    resolve(path, file)
-}
-
-pub(crate) fn yaml_location(e: &serde_yaml::Error) -> String {
-    match e.location() {
-        Some(loc) => format!("line {}, column {}", loc.line(), loc.column()),
-        None => "(file)".to_string(),
+    let (inventory, problems) = parse_with(path, &text, true);
+    match inventory {
+        Some(inv) if problems.is_empty() => Ok(inv),
+        _ => Err(InventoryError::Invalid(problems)),
     }
 }
 
-fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError> {
+/// Parses and resolves inventory text; `path` names the file in messages and anchors
+/// relative paths. The text is read into a tree first and every entry is checked on its
+/// own, so every problem of the file is reported at once.
+pub fn parse(path: &Path, text: &str) -> Result<Inventory, InventoryError> {
+    let (inventory, problems) = parse_partial(path, text);
+    match inventory {
+        Some(inv) if problems.is_empty() => Ok(inv),
+        _ => Err(InventoryError::Invalid(problems)),
+    }
+}
+
+/// Like [`parse`], but with problems also returns the inventory of the devices whose own
+/// entries have none (`None` when the text is not YAML at all), so that preflight can
+/// check their certificates too and a bad inventory does not hide certificate problems.
+pub fn parse_partial(path: &Path, text: &str) -> (Option<Inventory>, Vec<Problem>) {
+    parse_with(path, text, false)
+}
+
+fn parse_with(path: &Path, text: &str, any_port: bool) -> (Option<Inventory>, Vec<Problem>) {
+    let tree = match parse_tree(text) {
+        Ok(t) => t,
+        Err(e) => {
+            return (
+                None,
+                vec![Problem {
+                    file: path.to_path_buf(),
+                    location: e.location,
+                    entry: String::new(),
+                    message: e.message,
+                }],
+            )
+        }
+    };
+    let mut reader = Reader::new(path, text);
+    reader.any_port = any_port;
+    reader.duplicates(&tree.duplicates);
+    let file = reader.inventory(&tree.root);
+    let (mut inventory, problems) = resolve(path, file, reader);
+    inventory.devices.retain(|d| {
+        let entry = format!("devices.{}", d.name);
+        !problems.iter().any(|p| {
+            p.entry == entry
+                || p.entry
+                    .strip_prefix(entry.as_str())
+                    .is_some_and(|rest| rest.starts_with('.'))
+        })
+    });
+    (Some(inventory), problems)
+}
+
+/// [`parse_partial`] of a file.
+pub fn load_partial(path: &Path) -> Result<(Option<Inventory>, Vec<Problem>), InventoryError> {
+    let text = crate::input::read_file(path).map_err(|source| InventoryError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(parse_partial(path, &text))
+}
+
+/// Reads the tree into an [`InventoryFile`], collecting every problem with its location.
+pub(crate) struct Reader<'a> {
+    file: PathBuf,
+    locator: Locator<'a>,
+    pub(crate) problems: Vec<Problem>,
+    /// `port: 0` is accepted (`roomkey sim`: any free port).
+    any_port: bool,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(file: &Path, text: &'a str) -> Self {
+        Reader {
+            file: file.to_path_buf(),
+            locator: Locator::new(text),
+            problems: Vec::new(),
+            any_port: false,
+        }
+    }
+
+    /// A problem at `path` (entry and location from it).
+    pub(crate) fn problem(&mut self, path: &[Seg], message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            location: self.locator.locate(path),
+            entry: path_string(path),
+            message: message.into(),
+        });
+    }
+
+    /// A problem with its own entry name, located at `at`.
+    pub(crate) fn problem_named(&mut self, entry: &str, at: &[Seg], message: impl Into<String>) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            location: self.locator.locate(at),
+            entry: entry.to_string(),
+            message: message.into(),
+        });
+    }
+
+    /// A problem named by `entry_path` but located at `at` (a key that must not be echoed).
+    fn problem_at(&mut self, entry_path: &[Seg], at: &[Seg], message: String) {
+        self.problems.push(Problem {
+            file: self.file.clone(),
+            location: self.locator.locate(at).or(self.locator.locate(entry_path)),
+            entry: path_string(entry_path),
+            message,
+        });
+    }
+
+    pub(crate) fn duplicates(&mut self, duplicates: &[Vec<Seg>]) {
+        for dup in duplicates {
+            let Some((Seg::Key(last), parent)) = dup.split_last() else {
+                continue;
+            };
+            let message = if is_secret_path(dup) {
+                "a key is written twice here; YAML would keep only one: remove one".to_string()
+            } else if matches!(parent, [Seg::Key(top)] if top == "devices" || top == "groups") {
+                format!("duplicate entry '{last}': each name may appear once")
+            } else {
+                format!("`{last}` is written twice here; YAML would keep only one: remove one")
+            };
+            let entry = if is_secret_path(dup) {
+                parent
+            } else {
+                &dup[..]
+            };
+            self.problems.push(Problem {
+                file: self.file.clone(),
+                location: self.locator.locate_repeat(dup, 1),
+                entry: path_string(entry),
+                message,
+            });
+        }
+    }
+
+    /// `v` as a map; null is an empty map (an entry written without settings). Anything
+    /// else is a problem.
+    pub(crate) fn map<'v>(
+        &mut self,
+        v: &'v Value,
+        path: &[Seg],
+        what: &str,
+    ) -> Option<&'v Mapping> {
+        match v {
+            Value::Mapping(m) => Some(m),
+            Value::Null => None,
+            other => {
+                self.problem(path, format!("expected {what}, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    /// The entries of `m` whose key is in `known`; every other key is a problem (with the
+    /// nearest known key suggested).
+    pub(crate) fn known_entries<'v>(
+        &mut self,
+        m: &'v Mapping,
+        path: &[Seg],
+        known: &[&str],
+    ) -> Vec<(String, &'v Value)> {
+        let mut out = Vec::new();
+        for (k, v) in m {
+            let Value::String(key) = k else {
+                self.problem(path, format!("a key must be a name, found {}", kind(k)));
+                continue;
+            };
+            if known.contains(&key.as_str()) {
+                out.push((key.clone(), v));
+            } else {
+                let secret = is_secret_path(path);
+                let at = child(path, Seg::Key(key.clone()));
+                let message = unknown_key_message(key, known, secret);
+                if secret {
+                    self.problem_at(path, &at, message);
+                } else {
+                    self.problem(&at, message);
+                }
+            }
+        }
+        out
+    }
+
+    /// The names and values of a map of named entries (`devices:`, `groups:`); non-text
+    /// names are problems.
+    pub(crate) fn named<'v>(&mut self, m: &'v Mapping, path: &[Seg]) -> Vec<(String, &'v Value)> {
+        let mut out = Vec::new();
+        for (k, v) in m {
+            match k {
+                Value::String(name) => out.push((name.clone(), v)),
+                Value::Number(_) | Value::Bool(_) => out.push((key_text(k), v)),
+                other => self.problem(path, format!("a name must be text, found {}", kind(other))),
+            }
+        }
+        out
+    }
+
+    /// `v` deserialized as `T`; a failure is a problem in plain words (`expected` describes
+    /// what the key takes).
+    pub(crate) fn typed<T: serde::de::DeserializeOwned>(
+        &mut self,
+        v: &Value,
+        path: &[Seg],
+        expected: Option<&str>,
+    ) -> Option<T> {
+        match serde_yaml::from_value::<T>(v.clone()) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.serde_problem(&e.to_string(), path, expected);
+                None
+            }
+        }
+    }
+
+    /// Reports serde's message about the value at `path` in plain words.
+    pub(crate) fn serde_problem(&mut self, raw: &str, path: &[Seg], expected: Option<&str>) {
+        let message = humanize(raw, path, expected);
+        // Point at the unknown key inside the value, when that is the problem.
+        match raw
+            .strip_prefix("unknown field `")
+            .and_then(|r| r.split('`').next())
+        {
+            Some(field) if !is_secret_path(path) => {
+                self.problem(&child(path, Seg::key(field)), message)
+            }
+            Some(field) => self.problem_at(path, &child(path, Seg::key(field)), message),
+            None => self.problem(path, message),
+        }
+    }
+
+    /// Text; a number or true/false is taken as written (`floor: 3`).
+    pub(crate) fn text(&mut self, v: &Value, path: &[Seg]) -> Option<String> {
+        match v {
+            Value::String(s) => Some(s.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            other => {
+                self.problem(path, format!("expected text, found {}", kind(other)));
+                None
+            }
+        }
+    }
+
+    /// A list of names (`groups: [a, b]`, `parents: [x]`); one name alone is accepted.
+    fn names(&mut self, v: &Value, path: &[Seg]) -> Vec<String> {
+        match v {
+            Value::Sequence(items) => items
+                .iter()
+                .enumerate()
+                .filter_map(|(i, item)| self.text(item, &child(path, Seg::Index(i))))
+                .collect(),
+            Value::Null => Vec::new(),
+            Value::String(s) => vec![s.clone()],
+            other => {
+                self.problem(
+                    path,
+                    format!("expected a list of names, found {}", kind(other)),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// A TCP port: 1 to 65535.
+    fn port(&mut self, v: &Value, path: &[Seg]) -> Option<u16> {
+        match v.as_u64().and_then(|n| u16::try_from(n).ok()) {
+            Some(p) if p > 0 || self.any_port => Some(p),
+            _ => {
+                let found = match v {
+                    Value::Number(_) => "a number outside that range".to_string(),
+                    other => kind(other).to_string(),
+                };
+                self.problem(
+                    path,
+                    format!("expected a port number from 1 to 65535, found {found}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn settings(&mut self, entries: &[(String, &Value)], path: &[Seg]) -> Settings {
+        let mut s = Settings::default();
+        for (key, v) in entries {
+            let at = child(path, Seg::Key(key.clone()));
+            match key.as_str() {
+                "port" => s.port = self.port(v, &at),
+                "username" => s.username = self.text(v, &at),
+                "auth" => {
+                    s.auth = self.typed(
+                        v,
+                        &at,
+                        Some(
+                            "a map with one of `password_env`, `password_vault`, `password`, \
+                             `key_file` or `agent: true`",
+                        ),
+                    )
+                }
+                "certificate" => s.certificate = self.text(v, &at),
+                "key" => s.key = self.text(v, &at),
+                "identity" => s.identity = self.text(v, &at),
+                "enc" => s.enc = self.typed(v, &at, Some("`A128GCM` or `A256GCM`")),
+                "client_secret" => {
+                    s.client_secret = self.typed(v, &at, Some("a map such as `{ env: VAR }`"))
+                }
+                "window" => {
+                    s.window = self.typed(
+                        v,
+                        &at,
+                        Some("a map such as `{ start: \"22:00\", end: \"06:00\", timezone: Europe/Oslo }`"),
+                    )
+                }
+                "vars" => {
+                    if let Some(m) = self.map(v, &at, "a map of names to text") {
+                        for (name, value) in self.named(m, &at) {
+                            let vat = child(&at, Seg::Key(name.clone()));
+                            if let Some(t) = self.text(value, &vat) {
+                                s.vars.insert(name, t);
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+
+    fn inventory(&mut self, root: &Value) -> InventoryFile {
+        let mut file = InventoryFile::default();
+        let Some(top) = (match root {
+            Value::Mapping(m) => Some(m),
+            Value::Null => None,
+            other => {
+                self.problem(
+                    &[],
+                    format!(
+                        "an inventory is a map with `defaults:`, `groups:` and `devices:`, found {}",
+                        kind(other)
+                    ),
+                );
+                return file;
+            }
+        }) else {
+            return file;
+        };
+        for (key, v) in self.known_entries(top, &[], TOP_KEYS) {
+            let at = [Seg::Key(key.clone())];
+            match key.as_str() {
+                "defaults" => {
+                    if let Some(m) = self.map(v, &at, "a map of settings") {
+                        let entries = self.known_entries(m, &at, SETTINGS_KEYS);
+                        file.defaults = self.settings(&entries, &at);
+                    }
+                }
+                "groups" => {
+                    if let Some(m) = self.map(v, &at, "a map of group names to settings") {
+                        for (name, g) in self.named(m, &at) {
+                            let gat = child(&at, Seg::Key(name.clone()));
+                            let mut entry = GroupEntry::default();
+                            if let Some(gm) = self.map(g, &gat, "a map of settings") {
+                                let known: Vec<&str> = std::iter::once("parents")
+                                    .chain(SETTINGS_KEYS.iter().copied())
+                                    .collect();
+                                let entries = self.known_entries(gm, &gat, &known);
+                                for (k, pv) in &entries {
+                                    if k == "parents" {
+                                        entry.parents =
+                                            self.names(pv, &child(&gat, Seg::key("parents")));
+                                    }
+                                }
+                                entry.settings = self.settings(&entries, &gat);
+                            }
+                            file.groups.insert(name, entry);
+                        }
+                    }
+                }
+                "devices" => {
+                    if let Some(m) = self.map(v, &at, "a map of device names to settings") {
+                        for (name, d) in self.named(m, &at) {
+                            let dat = child(&at, Seg::Key(name.clone()));
+                            if let Some(entry) = self.device(d, &dat) {
+                                file.devices.insert(name, entry);
+                            }
+                        }
+                    }
+                }
+                "vault" => file.vault = self.text(v, &at).map(PathBuf::from),
+                "known_hosts" => file.known_hosts = self.text(v, &at).map(PathBuf::from),
+                _ => {}
+            }
+        }
+        file
+    }
+
+    fn device(&mut self, v: &Value, path: &[Seg]) -> Option<DeviceEntry> {
+        let Value::Mapping(m) = v else {
+            self.problem(
+                path,
+                format!(
+                    "expected a map such as `{{ host: 10.0.0.31 }}`, found {}",
+                    kind(v)
+                ),
+            );
+            return None;
+        };
+        let known: Vec<&str> = ["host", "groups", "sim"]
+            .into_iter()
+            .chain(SETTINGS_KEYS.iter().copied())
+            .collect();
+        let entries = self.known_entries(m, path, &known);
+        let mut entry = DeviceEntry::default();
+        let mut host = None;
+        for (k, v) in &entries {
+            let at = child(path, Seg::Key(k.clone()));
+            match k.as_str() {
+                "host" => host = self.text(v, &at),
+                "groups" => entry.groups = self.names(v, &at),
+                // The simulator's own block: checked where it is resolved.
+                "sim" => entry.sim = Some((*v).clone()),
+                _ => {}
+            }
+        }
+        entry.settings = self.settings(&entries, path);
+        match host {
+            Some(h) => entry.host = h,
+            None if !entries.iter().any(|(k, _)| k == "host") => {
+                self.problem(
+                    path,
+                    "missing key `host` (the device's address or DNS name)",
+                );
+                return None;
+            }
+            None => return None,
+        }
+        Some(entry)
+    }
+}
+
+/// `path` extended by `seg`.
+pub(crate) fn child(path: &[Seg], seg: Seg) -> Vec<Seg> {
+    let mut p = path.to_vec();
+    p.push(seg);
+    p
+}
+
+fn seg(k: &str) -> Seg {
+    Seg::key(k)
+}
+
+fn resolve(path: &Path, file: InventoryFile, reader: Reader<'_>) -> (Inventory, Vec<Problem>) {
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
-    let mut problems = Vec::new();
+    let Reader {
+        locator,
+        mut problems,
+        ..
+    } = reader;
     let mut warnings = Vec::new();
-    let problem = |entry: &str, message: String| Problem {
+    let problem = |at: &[Seg], message: String| Problem {
         file: path.to_path_buf(),
-        entry: entry.to_string(),
+        location: locator.locate(at),
+        entry: path_string(at),
         message,
     };
 
@@ -332,14 +789,14 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
     for (gname, group) in &file.groups {
         if !is_safe_name(gname) {
             problems.push(problem(
-                &format!("groups.{gname}"),
+                &[seg("groups"), Seg::Key(gname.clone())],
                 "a group name may contain only letters, digits, '-', '_' and '.'".into(),
             ));
         }
         for parent in &group.parents {
             if !file.groups.contains_key(parent) {
                 problems.push(problem(
-                    &format!("groups.{gname}.parents"),
+                    &[seg("groups"), Seg::Key(gname.clone()), seg("parents")],
                     format!("unknown group '{parent}': define it under `groups:`"),
                 ));
             }
@@ -349,7 +806,7 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
     for gname in file.groups.keys() {
         if let Err(cycle) = group_lineage(&file.groups, gname, &mut Vec::new()) {
             problems.push(problem(
-                &format!("groups.{gname}"),
+                &[seg("groups"), Seg::Key(gname.clone())],
                 format!("group parents form a cycle: {}", cycle.join(" -> ")),
             ));
         } else if let Ok(chain) = group_lineage(&file.groups, gname, &mut Vec::new()) {
@@ -358,20 +815,23 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
     }
 
     if file.devices.is_empty() {
-        problems.push(problem("devices", "the inventory lists no device".into()));
+        problems.push(problem(
+            &[seg("devices")],
+            "the inventory lists no device".into(),
+        ));
     }
 
     let mut devices = Vec::new();
     for (name, entry) in &file.devices {
-        let where_ = format!("devices.{name}");
+        let dev = [seg("devices"), Seg::Key(name.clone())];
         if !is_safe_name(name) {
             problems.push(problem(
-                &where_,
+                &dev,
                 "a device name may contain only letters, digits, '-', '_' and '.'".into(),
             ));
         }
         if let Err(msg) = validate_host(&entry.host) {
-            problems.push(problem(&format!("{where_}.host"), msg));
+            problems.push(problem(&child(&dev, seg("host")), msg));
         }
         // Precedence: device, then its groups in the order listed (each followed by its
         // parents), then defaults.
@@ -389,7 +849,7 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
                     }
                 }
                 None if !file.groups.contains_key(g) => problems.push(problem(
-                    &format!("{where_}.groups"),
+                    &child(&dev, seg("groups")),
                     format!("unknown group '{g}': define it under `groups:`"),
                 )),
                 None => {}
@@ -407,7 +867,7 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
         let username = pick(&|s| s.username.clone()).unwrap_or_else(|| "admin".to_string());
         if !is_safe_name(&username) {
             problems.push(problem(
-                &format!("{where_}.username"),
+                &child(&dev, seg("username")),
                 "a username may contain only letters, digits, '-', '_' and '.'".into(),
             ));
         }
@@ -416,18 +876,18 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
             Some(a) => match auth_source(&a, &base) {
                 Ok((src, warn)) => {
                     if let Some(w) = warn {
-                        warnings.push(format!("{}: {where_}: {w}", path.display()));
+                        warnings.push(format!("{}: {}: {w}", path.display(), path_string(&dev)));
                     }
                     Some(src)
                 }
                 Err(msg) => {
-                    problems.push(problem(&format!("{where_}.auth"), msg));
+                    problems.push(problem(&child(&dev, seg("auth")), msg));
                     None
                 }
             },
             None => {
                 problems.push(problem(
-                    &where_,
+                    &dev,
                     "no `auth:` for this device (set it on the device, a group or `defaults`), \
                      e.g. `auth: { password_env: ROOMKEY_PASSWORD }`"
                         .into(),
@@ -439,7 +899,12 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
             Some(SecretSettings { env: Some(var) }) => {
                 if !is_env_name(&var) {
                     problems.push(problem(
-                        &format!("{where_}.client_secret.env"),
+                        &[
+                            seg("devices"),
+                            Seg::Key(name.clone()),
+                            seg("client_secret"),
+                            seg("env"),
+                        ],
                         format!("'{var}' is not a valid environment variable name"),
                     ));
                 }
@@ -457,7 +922,7 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
             match expand(&value, &ctx) {
                 Ok(v) => Some(v),
                 Err(msg) => {
-                    problems.push(problem(&format!("{where_}.{field}"), msg));
+                    problems.push(problem(&child(&dev, seg(field)), msg));
                     None
                 }
             }
@@ -468,7 +933,7 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
         if let Some(id) = &identity {
             if !is_dns_name(id) {
                 problems.push(problem(
-                    &format!("{where_}.identity"),
+                    &child(&dev, seg("identity")),
                     format!("'{id}' is not a DNS name (letters, digits, '-', '.', '*')"),
                 ));
             }
@@ -477,7 +942,7 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
             Some(spec) => match spec.resolve() {
                 Ok(w) => Some(w),
                 Err(msg) => {
-                    problems.push(problem(&format!("{where_}.window"), msg));
+                    problems.push(problem(&child(&dev, seg("window")), msg));
                     None
                 }
             },
@@ -485,7 +950,9 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
         };
         if let Some(sim) = &entry.sim {
             if let Err(e) = serde_yaml::from_value::<crate::sim::FaultPlan>(sim.clone()) {
-                problems.push(problem(&format!("{where_}.sim"), e.to_string()));
+                let at = child(&dev, seg("sim"));
+                let message = humanize(&e.to_string(), &at, None);
+                problems.push(problem(&at, message));
             }
         }
         let Some(auth) = auth else { continue };
@@ -508,12 +975,14 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
     }
 
     // Two entries for one device (by address) would provision it twice.
+    // Addresses are compared in canonical form (an IPv4-mapped IPv6 address is its IPv4
+    // address); names that resolve to another device's address are caught in preflight.
     let mut by_address: BTreeMap<(String, u16), &str> = BTreeMap::new();
     for d in &devices {
-        let key = (d.host.to_ascii_lowercase(), d.port);
+        let key = (address_key(&d.host), d.port);
         if let Some(other) = by_address.insert(key, &d.name) {
             problems.push(problem(
-                &format!("devices.{}", d.name),
+                &[seg("devices"), Seg::Key(d.name.clone())],
                 format!(
                     "same address {} as device '{other}': each device must be listed once",
                     d.address()
@@ -527,7 +996,7 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
         if let Some(c) = &d.certificate {
             if let Some(other) = by_cert.insert(c.as_path(), &d.name) {
                 problems.push(problem(
-                    &format!("devices.{}.certificate", d.name),
+                    &[seg("devices"), Seg::Key(d.name.clone()), seg("certificate")],
                     format!(
                         "certificate {} is also used by device '{other}': every device needs \
                          its own certificate",
@@ -538,11 +1007,8 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
         }
     }
 
-    if !problems.is_empty() {
-        return Err(InventoryError::Invalid(problems));
-    }
     let state_dir = base.join(".roomkey");
-    Ok(Inventory {
+    let inventory = Inventory {
         path: path.to_path_buf(),
         groups: file.groups.keys().cloned().collect(),
         devices,
@@ -555,7 +1021,8 @@ fn resolve(path: &Path, file: InventoryFile) -> Result<Inventory, InventoryError
             .map(|k| base.join(k))
             .unwrap_or_else(|| state_dir.join("known_hosts")),
         warnings,
-    })
+    };
+    (inventory, problems)
 }
 
 /// A group followed by all its ancestors (depth first, each once); `Err` names a cycle.
@@ -736,15 +1203,139 @@ fn is_dns_name(s: &str) -> bool {
         })
 }
 
-fn validate_host(host: &str) -> Result<(), String> {
-    if host.parse::<IpAddr>().is_ok() || is_dns_name(host) {
+/// The form two device addresses are compared in: an IP address canonical (IPv4-mapped
+/// IPv6 as its IPv4 address), a DNS name in lower case without a trailing dot.
+pub fn address_key(host: &str) -> String {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => ip.to_canonical().to_string(),
+        Err(_) => host.trim_end_matches('.').to_ascii_lowercase(),
+    }
+}
+
+/// A host is an IP address in canonical form or a DNS name. Anything that looks like a
+/// number but is not a canonical address (`127.20.116.010`, `0x7f.1`, `127.1`,
+/// `2130706433`) is refused with the canonical spelling: resolvers read such forms
+/// inet_aton-style (a leading zero means octal), so `010` would reach another room.
+pub fn validate_host(host: &str) -> Result<(), String> {
+    let shown = escape(host);
+    if host.is_empty() {
+        return Err("the host is empty: write an IP address or a DNS name".into());
+    }
+    if let Some(inner) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        if let Ok(ip) = inner.parse::<Ipv6Addr>() {
+            return Err(format!(
+                "'{shown}': write the address without brackets: {}",
+                canonical_v6(ip)
+            ));
+        }
+    }
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        // Rust's parser accepts only the dotted-decimal form; still compare the spelling.
+        return if ip.to_string() == host {
+            Ok(())
+        } else {
+            Err(format!("'{shown}' is not in canonical form: write {ip}"))
+        };
+    }
+    if let Ok(ip) = host.parse::<Ipv6Addr>() {
+        let canonical = canonical_v6(ip);
+        return if canonical == host {
+            Ok(())
+        } else {
+            Err(format!(
+                "'{shown}' is not in canonical form: write {canonical}"
+            ))
+        };
+    }
+    if looks_numeric(host) {
+        return Err(match inet_aton(host) {
+            Some((ip, decimal @ Some(d))) if d != ip => format!(
+                "'{shown}' is not a canonical IPv4 address: a resolver reads it as {ip} \
+                 (a leading zero means octal){}",
+                decimal
+                    .map(|d| format!("; if you mean decimal, write {d}"))
+                    .unwrap_or_default()
+            ),
+            Some((ip, _)) => format!("'{shown}' is not a canonical IPv4 address: write {ip}"),
+            None => format!(
+                "'{shown}' looks like an IPv4 address but is not one: write four numbers from \
+                 0 to 255 separated by dots, e.g. 10.0.0.31"
+            ),
+        });
+    }
+    if is_dns_name(host) {
         Ok(())
     } else {
         Err(format!(
-            "'{}' is not an IP address or a host name",
-            host.escape_debug()
+            "'{shown}' is not an IP address or a host name (letters, digits, '-' and '.')"
         ))
     }
+}
+
+/// An IPv6 address in canonical (RFC 5952) form; an IPv4-mapped one as its IPv4 address.
+fn canonical_v6(ip: Ipv6Addr) -> String {
+    match ip.to_ipv4_mapped() {
+        Some(v4) => v4.to_string(),
+        None => ip.to_string(),
+    }
+}
+
+/// Whether every dot-separated part is a number (decimal, octal or `0x` hex): a host
+/// name never looks like that, an address in a non-canonical spelling does.
+fn looks_numeric(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.split('.').all(|part| {
+            let hex = part.strip_prefix("0x").or_else(|| part.strip_prefix("0X"));
+            match hex {
+                Some(h) => !h.is_empty() && h.chars().all(|c| c.is_ascii_hexdigit()),
+                None => !part.is_empty() && part.chars().all(|c| c.is_ascii_digit()),
+            }
+        })
+}
+
+/// How inet_aton reads a numeric host (1 to 4 parts, each decimal, `0`-octal or `0x`-hex),
+/// and, for comparison, the address when every part is read as decimal (what a spreadsheet
+/// meant by `010`). `None` when it is no address at all.
+fn inet_aton(host: &str) -> Option<(Ipv4Addr, Option<Ipv4Addr>)> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    let parts: Vec<&str> = host.split('.').collect();
+    let read = |p: &str, decimal: bool| -> Option<u64> {
+        if let Some(h) = p.strip_prefix("0x").or_else(|| p.strip_prefix("0X")) {
+            u64::from_str_radix(h, 16).ok()
+        } else if !decimal && p.len() > 1 && p.starts_with('0') {
+            u64::from_str_radix(p, 8).ok()
+        } else {
+            p.parse().ok()
+        }
+    };
+    let assemble = |decimal: bool| -> Option<Ipv4Addr> {
+        let nums: Vec<u64> = parts
+            .iter()
+            .map(|p| read(p, decimal))
+            .collect::<Option<_>>()?;
+        let (last, head) = nums.split_last()?;
+        if head.len() > 3 || head.iter().any(|n| *n > 255) {
+            return None;
+        }
+        let last_bits = 8 * (4 - head.len() as u32);
+        if *last >= 1u64 << last_bits {
+            return None;
+        }
+        let mut v: u64 = 0;
+        for n in head {
+            v = (v << 8) | n;
+        }
+        let v = (v << last_bits) | last;
+        u32::try_from(v).ok().map(Ipv4Addr::from)
+    };
+    let ip = assemble(false)?;
+    let decimal = if parts.len() == 4 {
+        assemble(true)
+    } else {
+        None
+    };
+    Some((ip, decimal))
 }
 
 /// Selects devices by `--limit` patterns: a device name, a glob (`room-1*`), a group name,
@@ -892,9 +1483,202 @@ devices:
     #[test]
     fn unknown_key_is_an_error_with_location() {
         let p = problems("devices:\n  r1: { host: 127.0.0.1, prot: 22 }\n");
+        let all = render_problems(&p);
+        let typo = p.iter().find(|p| p.message.contains("prot")).expect(&all);
+        assert!(
+            typo.message
+                .starts_with("unknown key `prot`: did you mean `port`?"),
+            "{typo}"
+        );
+        assert_eq!(typo.entry, "devices.r1.prot");
+        assert_eq!(
+            typo.location,
+            Some(Location {
+                line: 2,
+                column: 26
+            })
+        );
+    }
+
+    #[test]
+    fn every_problem_of_the_file_at_once_with_lines_and_fixes() {
+        // A typo inside a device entry, a bad port, a zero port, a duplicate address, a
+        // non-canonical host, a wrong type: all reported, each with its line.
+        let text = "\
+defaults:
+  auth: { password_env: P }
+  usernme: admin
+devices:
+  a: { host: 127.20.116.22, prot: 22 }
+  b: { host: 127.20.116.22 }
+  c: { host: \"127.20.116.010\" }
+  d: { host: 10.0.0.4, port: 70000 }
+  e: { host: 10.0.0.5, port: 0 }
+  f: { host: 10.0.0.6, groups: 3, enc: A192GCM }
+";
+        let p = problems(text);
+        let all = render_problems(&p);
+        for (line, needle) in [
+            (
+                3,
+                "defaults.usernme: unknown key `usernme`: did you mean `username`?",
+            ),
+            (
+                5,
+                "devices.a.prot: unknown key `prot`: did you mean `port`?",
+            ),
+            (6, "devices.b: same address 127.20.116.22:22 as device 'a'"),
+            (
+                7,
+                "devices.c.host: '127.20.116.010' is not a canonical IPv4 address",
+            ),
+            (8, "devices.d.port: expected a port number from 1 to 65535"),
+            (9, "devices.e.port: expected a port number from 1 to 65535"),
+            (
+                10,
+                "devices.f.enc: unknown value `A192GCM`: did you mean `A128GCM`?",
+            ),
+        ] {
+            let hit = p
+                .iter()
+                .find(|p| p.to_string().contains(needle))
+                .unwrap_or_else(|| panic!("missing {needle:?} in:\n{all}"));
+            assert_eq!(hit.location.map(|l| l.line), Some(line), "{hit}");
+        }
+        assert!(
+            all.contains("devices.f.groups: expected a list of names"),
+            "{all}"
+        );
+        for internal in ["u16", "usize", "untagged", "Raw", "struct ", "Settings"] {
+            assert!(!all.contains(internal), "{internal} in:\n{all}");
+        }
+        assert!(
+            all.starts_with("8 problems found:\n  inv/lab.yaml:\n    - line "),
+            "{all}"
+        );
+    }
+
+    #[test]
+    fn port_zero_is_only_for_the_simulator() {
+        let text =
+            "defaults: { auth: { agent: true }, port: 0 }\ndevices:\n  a: { host: 127.0.0.1 }\n";
+        let all = render_problems(&problems(text));
+        assert!(
+            all.contains("defaults.port: expected a port number from 1 to 65535"),
+            "{all}"
+        );
+        let (inv, p) = parse_with(Path::new("sim.yaml"), text, true);
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(inv.unwrap().devices[0].port, 0);
+    }
+
+    #[test]
+    fn hosts_must_be_canonical_addresses_or_names() {
+        let check = |host: &str| validate_host(host);
+        for ok in [
+            "10.0.0.1",
+            "127.20.116.10",
+            "::1",
+            "2001:db8::1",
+            "room-1.example.com",
+            "localhost",
+        ] {
+            assert_eq!(check(ok), Ok(()), "{ok}");
+        }
+        for (bad, wants) in [
+            (
+                "127.20.116.010",
+                &["127.20.116.8", "write 127.20.116.10"][..],
+            ),
+            ("127.1", &["write 127.0.0.1"]),
+            ("0x7f.0.0.1", &["write 127.0.0.1"]),
+            ("2130706433", &["write 127.0.0.1"]),
+            ("010.0.0.1", &["8.0.0.1", "write 10.0.0.1"]),
+            ("::FFFF:127.20.116.22", &["write 127.20.116.22"]),
+            ("::ffff:127.20.116.22", &["write 127.20.116.22"]),
+            ("2001:DB8::1", &["write 2001:db8::1"]),
+            ("2001:db8:0:0:0:0:0:1", &["write 2001:db8::1"]),
+            ("[::1]", &["without brackets: ::1"]),
+            ("256.1.1.1", &["four numbers from 0 to 255"]),
+            ("1.2.3.4.5", &["four numbers from 0 to 255"]),
+            ("", &["empty"]),
+            ("room 1", &["not an IP address or a host name"]),
+            ("a\u{1b}[2J", &["\\u{1b}"]),
+        ] {
+            let e = check(bad).expect_err(bad);
+            for w in wants {
+                assert!(e.contains(w), "{bad}: {e}");
+            }
+            assert!(!e.contains('\u{1b}'), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn duplicates_compare_canonical_addresses() {
+        assert_eq!(
+            address_key("127.20.116.22"),
+            address_key("::ffff:127.20.116.22")
+        );
+        assert_eq!(
+            address_key("Room.Example.com."),
+            address_key("room.example.com")
+        );
+        // Written both ways in one file: the mapped form is refused and the pair is
+        // reported as one device.
+        let all = render_problems(&problems(
+            "defaults: { auth: { agent: true } }\ndevices:\n  a: { host: 127.20.116.22 }\n  b: { host: \"::ffff:127.20.116.22\" }\n",
+        ));
+        assert!(all.contains("devices.b.host: '::ffff:127.20.116.22' is not in canonical form: write 127.20.116.22"), "{all}");
+        assert!(all.contains("same address"), "{all}");
+    }
+
+    #[test]
+    fn no_secret_is_echoed_by_any_message() {
+        for text in [
+            "defaults:\n  auth: hunter2\ndevices:\n  a: { host: 1.1.1.1 }\n",
+            "defaults:\n  auth: { password: [hunter2] }\ndevices:\n  a: { host: 1.1.1.1 }\n",
+            "defaults:\n  auth: { hunter2: x }\ndevices:\n  a: { host: 1.1.1.1 }\n",
+            "defaults:\n  auth: { password: hunter2, password: hunter2 }\ndevices:\n  a: { host: 1.1.1.1 }\n",
+            "defaults:\n  auth: { password: \"hunter2 }\ndevices:\n  a: { host: 1.1.1.1 }\n",
+            "defaults:\n  auth: { password: hunter2: x }\n",
+            "defaults:\n  client_secret: { env: hunter2, secret: hunter2 }\ndevices:\n  a: { host: 1.1.1.1 }\n",
+            "defaults:\n  auth: { password: { hunter2: 1 } }\ndevices:\n  a: { host: 1.1.1.1 }\n",
+        ] {
+            let all = render_problems(&problems(text));
+            assert!(!all.contains("hunter2"), "{text}\n{all}");
+        }
+        // The typo is still explained.
+        let all = render_problems(&problems(
+            "defaults:\n  auth: { pasword_env: P }\ndevices:\n  a: { host: 1.1.1.1 }\n",
+        ));
+        assert!(all.contains("did you mean `password_env`?"), "{all}");
+    }
+
+    #[test]
+    fn yaml_syntax_errors_are_explained() {
+        let p = problems("devices:\n\ta: { host: 1.1.1.1 }\n");
         assert_eq!(p.len(), 1);
-        assert!(p[0].message.contains("unknown field `prot`"), "{}", p[0]);
-        assert!(p[0].entry.starts_with("line 2"), "{}", p[0]);
+        assert_eq!(
+            p[0].message,
+            "YAML does not allow tabs for indentation; use spaces"
+        );
+        assert_eq!(p[0].location.map(|l| l.line), Some(2));
+        let all = render_problems(&problems("devices: [unclosed\n"));
+        assert!(all.contains("not valid YAML"), "{all}");
+    }
+
+    #[test]
+    fn control_characters_in_names_are_escaped_when_shown() {
+        let p = problems(
+            "defaults: { auth: { agent: true } }\ndevices:\n  \"a\\e[2Jb\\nc\\0\": { host: 1.1.1.1 }\n",
+        );
+        let all = render_problems(&p);
+        assert!(
+            all.contains("devices.a\\u{1b}[2Jb\\nc\\0: a device name"),
+            "{all}"
+        );
+        assert!(!all.contains('\u{1b}') && !all.contains('\0'), "{all}");
+        assert_eq!(all.lines().count(), 3, "{all}");
     }
 
     #[test]

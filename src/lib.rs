@@ -6,9 +6,11 @@
 //! `sim::server`, `report`); the `engine` sends typed events to a reporter and never prints.
 
 pub mod cert;
+pub mod display;
 pub mod engine;
 pub mod failpoint;
 pub mod fsutil;
+pub mod input;
 pub mod inventory;
 pub mod journal;
 pub mod jwe;

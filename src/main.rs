@@ -5,6 +5,10 @@ use clap::{CommandFactory, Parser, Subcommand};
 
 mod cli;
 
+/// Exit code of a command-line usage error: the same as any other invalid input (see the
+/// README's exit-code table); clap's own default, 2, means "a device failed" here.
+const EXIT_USAGE: u8 = 1;
+
 /// Keeps scrypt's 32 MiB buffer between derivations instead of faulting in fresh pages for
 /// every JWE (see `roomkey::kdf::buffers`).
 #[global_allocator]
@@ -81,7 +85,15 @@ fn init_logging(format: LogFormat, multi: &indicatif::MultiProgress) {
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `--help` and `--version` are not errors; every usage error exits 1 with the other
+        // input errors, so exit 2 keeps its one meaning ("a device failed").
+        Err(e) => {
+            let _ = e.print();
+            return std::process::ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
     let multi = roomkey::report::multi_progress(true);
     init_logging(cli.log_format, &multi);
     let result = match cli.command {
@@ -110,7 +122,11 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // An error can quote a file or a device: nothing in it may drive the terminal.
+            eprintln!(
+                "error: {}",
+                roomkey::display::escape_text(&format!("{err:#}"))
+            );
             std::process::ExitCode::from(1)
         }
     }

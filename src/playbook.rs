@@ -19,8 +19,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::engine::rollout::{Budget, Serial, Window, WindowSpec};
-use crate::inventory::{render_problems, yaml_location, Problem};
+use crate::engine::rollout::{parse_batch_size, BatchSize, Budget, Serial, Window, WindowSpec};
+use crate::input::{kind, parse_tree, suggest, Seg};
+use crate::inventory::{child, render_problems, Problem, Reader};
+use serde_yaml::Value;
 
 /// The purposes a device certificate can be activated for (RoomOS `Purpose:` values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
@@ -468,9 +470,18 @@ impl Default for Policy {
     }
 }
 
+/// A duration as text (`500ms`, `10s`) or a bare number of seconds (`connect_timeout: 0`).
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    parse_duration(&text).map_err(serde::de::Error::custom)
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Seconds(n) => Ok(Duration::from_secs(n)),
+        Raw::Text(text) => parse_duration(&text).map_err(serde::de::Error::custom),
+    }
 }
 
 /// `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
@@ -492,31 +503,295 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The keys of a playbook file.
+const TOP_KEYS: &[&str] = &[
+    "name",
+    "policy",
+    "serial",
+    "max_fail_percentage",
+    "max_failures",
+    "any_errors_fatal",
+    "window",
+    "steps",
+];
+
+/// The keys of `policy:`.
+const POLICY_KEYS: &[&str] = &[
+    "concurrency",
+    "connect_timeout",
+    "auth_timeout",
+    "command_timeout",
+    "keepalive_interval",
+    "retries",
+    "retry_backoff",
+    "host_key_policy",
+    "connection_rate",
+    "device_estimate",
+];
+
+/// Every step name, as written in playbooks (see [`Step::kind`]).
+pub const STEP_KINDS: &[&str] = &[
+    "populate_secret",
+    "rotate_secret",
+    "add_certificate",
+    "show_certificates",
+    "activate_certificate",
+    "deactivate_certificate",
+    "delete_certificate",
+    "set_configuration",
+    "verify_external_identity",
+    "xcommand",
+    "add_ca_certificate",
+    "remove_ca_certificate",
+    "add_service_certificate",
+    "scep_enroll",
+    "scep_renewal_profile",
+    "restart",
+];
+
+/// Longest value of `set_configuration` and of an `xcommand` parameter, in characters. The
+/// device catalogue has no per-setting limits yet; RoomOS string settings are far shorter,
+/// so this documented cap only stops a runaway value (a pasted file) before it is sent.
+pub const MAX_VALUE_LEN: usize = 1024;
+
+/// Longest configuration or command path (`Conference EndToEndEncryption Mode`).
+pub const MAX_PATH_LEN: usize = 256;
+
+/// Longest timeout or wait a playbook may set (a day): a bigger one is a unit mistake.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The file as read (the parts of it that could be read).
+#[derive(Debug, Clone, Default)]
 struct PlaybookFile {
     name: String,
-    #[serde(default)]
     policy: Policy,
     /// Rolling batches: a count, a percentage or a list (`[1, 5, "25%"]`, last repeats).
-    #[serde(default)]
     serial: Serial,
     /// A batch whose failed share exceeds this percentage stops the run.
-    #[serde(default)]
     max_fail_percentage: Option<f64>,
     /// More failed devices than this in the whole run stops it.
-    #[serde(default)]
     max_failures: Option<usize>,
     /// Any failed device stops the run (canaries).
-    #[serde(default)]
     any_errors_fatal: bool,
     /// The maintenance window (inventory groups and devices may override it).
-    #[serde(default)]
     window: Option<WindowSpec>,
-    // serde_yaml writes enums as YAML tags (`!add_certificate`); playbooks use the familiar
-    // one-key map form (`- add_certificate: {}`).
-    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
-    steps: Vec<Step>,
+    /// The steps that could be read, with their index in the file.
+    steps: Vec<(usize, Step)>,
+    /// How many steps the file lists (read or not).
+    step_count: usize,
+}
+
+const SERIAL_EXPECTED: &str = "a number of devices (1 or more), a percentage such as \"25%\", \
+                               or a list of them such as [1, 5, \"25%\"]";
+
+impl Reader<'_> {
+    fn playbook(&mut self, root: &Value) -> PlaybookFile {
+        let mut file = PlaybookFile::default();
+        let top = match root {
+            Value::Mapping(m) => m,
+            other => {
+                self.problem(
+                    &[],
+                    format!(
+                        "a playbook is a map with `name:` and `steps:`, found {}",
+                        kind(other)
+                    ),
+                );
+                return file;
+            }
+        };
+        let entries = self.known_entries(top, &[], TOP_KEYS);
+        if !entries.iter().any(|(k, _)| k == "name") {
+            self.problem(
+                &[],
+                "missing key `name` (the playbook's name, e.g. `name: external identity`)",
+            );
+        }
+        if !entries.iter().any(|(k, _)| k == "steps") {
+            self.problem(&[], "missing key `steps` (the list of steps)");
+        }
+        for (key, v) in entries {
+            let at = [Seg::Key(key.clone())];
+            match key.as_str() {
+                "name" => file.name = self.text(v, &at).unwrap_or_default(),
+                "policy" => file.policy = self.policy(v, &at),
+                "serial" => file.serial = self.serial(v, &at),
+                "max_fail_percentage" => {
+                    file.max_fail_percentage =
+                        self.typed(v, &at, Some("a percentage from 0 to 100"))
+                }
+                "max_failures" => {
+                    file.max_failures = self.typed(v, &at, Some("a number of devices (0 or more)"))
+                }
+                "any_errors_fatal" => {
+                    file.any_errors_fatal =
+                        self.typed(v, &at, Some("true or false")).unwrap_or_default()
+                }
+                "window" => {
+                    file.window = self.typed(
+                        v,
+                        &at,
+                        Some("a map such as `{ start: \"22:00\", end: \"06:00\", timezone: Europe/Oslo }`"),
+                    )
+                }
+                "steps" => match v {
+                    Value::Sequence(items) => {
+                        file.step_count = items.len();
+                        for (i, item) in items.iter().enumerate() {
+                            if let Some(step) = self.step(item, &child(&at, Seg::Index(i))) {
+                                file.steps.push((i, step));
+                            }
+                        }
+                    }
+                    Value::Null => {}
+                    other => self.problem(
+                        &at,
+                        format!(
+                            "expected a list of steps such as `- add_certificate: {{}}`, found {}",
+                            kind(other)
+                        ),
+                    ),
+                },
+                _ => {}
+            }
+        }
+        file
+    }
+
+    fn policy(&mut self, v: &Value, path: &[Seg]) -> Policy {
+        let Some(m) = self.map(v, path, "a map of settings") else {
+            return Policy::default();
+        };
+        let mut good = serde_yaml::Mapping::new();
+        for (key, value) in self.known_entries(m, path, POLICY_KEYS) {
+            let at = child(path, Seg::Key(key.clone()));
+            let expected = match key.as_str() {
+                "concurrency" => Some("a number of devices (1 or more)"),
+                "retries" => Some("a number of attempts (0 or more)"),
+                "connection_rate" => Some("a number of connections per second"),
+                "host_key_policy" => None,
+                _ => Some("a duration such as 500ms, 10s, 5m or 1h"),
+            };
+            // Each key on its own, so every bad one is reported.
+            let mut one = serde_yaml::Mapping::new();
+            one.insert(Value::String(key.clone()), value.clone());
+            if self
+                .typed::<Policy>(&Value::Mapping(one), &at, expected)
+                .is_some()
+            {
+                good.insert(Value::String(key), value.clone());
+            }
+        }
+        self.typed(&Value::Mapping(good), path, None)
+            .unwrap_or_default()
+    }
+
+    fn serial(&mut self, v: &Value, path: &[Seg]) -> Serial {
+        let one = |r: &mut Self, v: &Value, at: &[Seg]| -> Option<BatchSize> {
+            let parsed = match v {
+                Value::Number(n) => match n.as_u64() {
+                    Some(c) if c >= 1 => usize::try_from(c).map(BatchSize::Count).ok(),
+                    _ => None,
+                },
+                Value::String(t) => match parse_batch_size(t) {
+                    Ok(b) => Some(b),
+                    Err(msg) => {
+                        r.problem(at, msg);
+                        return None;
+                    }
+                },
+                _ => None,
+            };
+            if parsed.is_none() {
+                let found = match v {
+                    Value::Number(_) => "a number below 1".to_string(),
+                    other => kind(other).to_string(),
+                };
+                r.problem(at, format!("expected {SERIAL_EXPECTED}, found {found}"));
+            }
+            parsed
+        };
+        match v {
+            Value::Sequence(items) if !items.is_empty() => Serial(
+                items
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, item)| one(self, item, &child(path, Seg::Index(i))))
+                    .collect(),
+            ),
+            Value::Sequence(_) => {
+                self.problem(
+                    path,
+                    format!("expected {SERIAL_EXPECTED}, found an empty list"),
+                );
+                Serial::default()
+            }
+            Value::Null => Serial::default(),
+            other => Serial(one(self, other, path).into_iter().collect()),
+        }
+    }
+
+    fn step(&mut self, item: &Value, path: &[Seg]) -> Option<Step> {
+        const EXAMPLE: &str = "a step such as `- add_certificate: {}`";
+        let m = match item {
+            Value::Mapping(m) => m,
+            Value::String(name) if STEP_KINDS.contains(&name.as_str()) => {
+                self.problem(
+                    path,
+                    format!("write `- {name}: {{}}` (a step is a name followed by `:` and its settings)"),
+                );
+                return None;
+            }
+            other => {
+                self.problem(path, format!("expected {EXAMPLE}, found {}", kind(other)));
+                return None;
+            }
+        };
+        let mut entries = m.iter();
+        let (Some((k, v)), None) = (entries.next(), entries.next()) else {
+            self.problem(
+                path,
+                format!(
+                    "a step is one name with its settings ({EXAMPLE}); this one has {} keys: \
+                     check the indentation of its settings",
+                    m.len()
+                ),
+            );
+            return None;
+        };
+        let Value::String(name) = k else {
+            self.problem(
+                path,
+                format!("expected {EXAMPLE}, found {} as the name", kind(k)),
+            );
+            return None;
+        };
+        if !STEP_KINDS.contains(&name.as_str()) {
+            let message = match suggest(name, STEP_KINDS) {
+                Some(s) => format!("unknown step `{name}`: did you mean `{s}`?"),
+                None => format!(
+                    "unknown step `{name}`: expected one of {}",
+                    STEP_KINDS.join(", ")
+                ),
+            };
+            self.problem(&child(path, Seg::Key(name.clone())), message);
+            return None;
+        }
+        let at = child(path, Seg::Key(name.clone()));
+        let mut single = serde_yaml::Mapping::new();
+        single.insert(k.clone(), v.clone());
+        // serde_yaml writes enums as YAML tags (`!add_certificate`); playbooks use the
+        // familiar one-key map form (`- add_certificate: {}`).
+        match serde_yaml::with::singleton_map_recursive::deserialize::<Step, _>(Value::Mapping(
+            single,
+        )) {
+            Ok(step) => Some(step),
+            Err(e) => {
+                self.serde_problem(&e.to_string(), &at, None);
+                None
+            }
+        }
+    }
 }
 
 /// A validated playbook.
@@ -636,9 +911,7 @@ fn check_step(step: &Step) -> Vec<String> {
                 None => {}
             }
         }
-        Step::Restart(r) if r.timeout.is_zero() => {
-            out.push("`timeout` must be longer than 0".into())
-        }
+        Step::Restart(r) => out.extend(check_timeout("timeout", r.timeout, false)),
         _ => {}
     }
     out
@@ -656,72 +929,117 @@ pub enum PlaybookError {
 }
 
 pub fn load(path: &Path) -> Result<Playbook, PlaybookError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PlaybookError::Read {
+    let text = crate::input::read_file(path).map_err(|source| PlaybookError::Read {
         path: path.to_path_buf(),
         source,
     })?;
     parse(path, &text)
 }
 
+/// A timeout: longer than 0 (a zero timeout fails every device later, not the file now)
+/// and at most [`MAX_TIMEOUT`].
+fn check_timeout(name: &str, d: Duration, zero_ok: bool) -> Option<String> {
+    if d.is_zero() && !zero_ok {
+        Some(format!("`{name}` must be longer than 0 (e.g. 30s)"))
+    } else if d > MAX_TIMEOUT {
+        Some(format!(
+            "`{name}` is longer than a day; the most is 24h (a unit mistake? use ms, s, m or h)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// The text is read into a tree first and every entry is checked on its own, so every
+/// problem of the file is reported at once.
 pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
-    let file: PlaybookFile = serde_yaml::from_str(text).map_err(|e| {
+    let tree = parse_tree(text).map_err(|e| {
         PlaybookError::Invalid(vec![Problem {
             file: path.to_path_buf(),
-            entry: yaml_location(&e),
-            message: format!("{e}"),
+            location: e.location,
+            entry: String::new(),
+            message: e.message,
         }])
     })?;
-    let mut problems = Vec::new();
-    let mut problem = |entry: String, message: String| {
-        problems.push(Problem {
-            file: path.to_path_buf(),
-            entry,
-            message,
-        })
-    };
-    if file.steps.is_empty() {
-        problem("steps".into(), "the playbook has no step".into());
+    let mut reader = Reader::new(path, text);
+    reader.duplicates(&tree.duplicates);
+    let file = reader.playbook(&tree.root);
+    let mut problem = |at: &[Seg], message: String| reader.problem(at, message);
+    let steps_key = [Seg::key("steps")];
+    if file.step_count == 0 {
+        problem(&steps_key, "the playbook has no step".into());
     }
     let window = match file.window.as_ref().map(WindowSpec::resolve).transpose() {
         Ok(w) => w,
         Err(msg) => {
-            problem("window".into(), msg);
+            problem(&[Seg::key("window")], msg);
             None
         }
     };
     if let Some(p) = file.max_fail_percentage {
         if !(0.0..=100.0).contains(&p) {
             problem(
-                "max_fail_percentage".into(),
+                &[Seg::key("max_fail_percentage")],
                 "must be between 0 and 100".into(),
             );
         }
     }
+    let policy_at = |k: &str| [Seg::key("policy"), Seg::key(k)];
     if let Some(r) = file.policy.connection_rate {
         if r.is_nan() || r <= 0.0 {
             problem(
-                "policy.connection_rate".into(),
+                &policy_at("connection_rate"),
                 "must be a positive number of connections per second".into(),
             );
         }
     }
     if file.policy.concurrency == 0 {
         problem(
-            "policy.concurrency".into(),
+            &policy_at("concurrency"),
             "must be at least 1 device".into(),
         );
     }
-    for (i, step) in file.steps.iter().enumerate() {
+    for (name, d, zero_ok) in [
+        ("connect_timeout", file.policy.connect_timeout, false),
+        ("auth_timeout", file.policy.auth_timeout, false),
+        ("command_timeout", file.policy.command_timeout, false),
+        // 0 turns keepalives off.
+        ("keepalive_interval", file.policy.keepalive_interval, true),
+        ("retry_backoff", file.policy.retry_backoff, true),
+        ("device_estimate", file.policy.device_estimate, true),
+    ] {
+        if let Some(message) = check_timeout(name, d, zero_ok) {
+            problem(&policy_at(name), message);
+        }
+    }
+    for (i, step) in &file.steps {
+        let at = [Seg::key("steps"), Seg::Index(*i)];
         let entry = format!("steps[{}] ({})", i + 1, step.kind());
+        let mut step_problem = |message: String| reader.problem_named(&entry, &at, message);
         // Every value that reaches a command line is checked here, before any device is
         // contacted, with the same encoder that will send it.
         match step {
             Step::SetConfiguration(s) => {
+                for m in check_lengths(&[
+                    ("path", &s.path, MAX_PATH_LEN),
+                    ("value", &s.value, MAX_VALUE_LEN),
+                ]) {
+                    step_problem(m);
+                }
                 if let Err(e) = crate::tsh::TshCommand::xconfiguration_set(&s.path, &s.value) {
-                    problem(entry, e.to_string());
+                    step_problem(e.to_string());
                 }
             }
             Step::Xcommand(x) => {
+                let mut fields = vec![("command", x.command.as_str(), MAX_PATH_LEN)];
+                fields.extend(
+                    x.params
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str(), MAX_VALUE_LEN)),
+                );
+                for m in check_lengths(&fields) {
+                    step_problem(m);
+                }
                 let built = crate::tsh::TshCommand::xcommand(&x.command).and_then(|mut c| {
                     for (k, v) in &x.params {
                         c = c.param(k, v)?;
@@ -729,7 +1047,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
                     Ok(c)
                 });
                 if let Err(e) = built {
-                    problem(entry, e.to_string());
+                    step_problem(e.to_string());
                 }
             }
             Step::DeactivateCertificate(CertificateTarget {
@@ -744,26 +1062,32 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
                 certificate: CertificateRef::Fingerprint(fp),
                 ..
             }) if !is_fingerprint(fp) => {
-                problem(
-                    entry,
-                    "a certificate fingerprint is 40 hex digits (SHA-1)".into(),
-                );
+                step_problem("a certificate fingerprint is 40 hex digits (SHA-1)".into());
             }
             other => {
                 for message in check_step(other) {
-                    problem(entry.clone(), message);
+                    step_problem(message);
                 }
             }
         }
     }
-    if !problems.is_empty() {
-        return Err(PlaybookError::Invalid(problems));
+    for (i, message) in check_order(&file.steps) {
+        let at = [Seg::key("steps"), Seg::Index(i)];
+        let kind = file
+            .steps
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map_or("step", |(_, s)| s.kind());
+        reader.problem_named(&format!("steps[{}] ({kind})", i + 1), &at, message);
+    }
+    if !reader.problems.is_empty() {
+        return Err(PlaybookError::Invalid(reader.problems));
     }
     Ok(Playbook {
         path: path.to_path_buf(),
         name: file.name,
         policy: file.policy,
-        steps: file.steps,
+        steps: file.steps.into_iter().map(|(_, s)| s).collect(),
         serial: file.serial,
         budget: Budget {
             max_fail_percentage: file.max_fail_percentage,
@@ -772,6 +1096,76 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
         },
         window,
     })
+}
+
+/// "`value` is 5000000 characters long; the most is 1024" for each field over its cap.
+fn check_lengths(fields: &[(&str, &str, usize)]) -> Vec<String> {
+    fields
+        .iter()
+        .filter_map(|(name, value, max)| {
+            let n = value.chars().count();
+            (n > *max).then(|| {
+                format!("`{name}` is {n} characters long; the most roomkey sends is {max}")
+            })
+        })
+        .collect()
+}
+
+/// Steps that use another step's output must come after it: `certificate: previous`
+/// after `show_certificates`, `enrolled` after `scep_enroll`, `service` after
+/// `add_service_certificate`, and activating (or deactivating) the inventory's
+/// certificate after the `add_certificate` that uploads it. Returns (step index, message).
+fn check_order(steps: &[(usize, Step)]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let position = |kind: &str| {
+        steps
+            .iter()
+            .find(|(_, s)| s.kind() == kind)
+            .map(|(i, _)| *i)
+    };
+    for (i, step) in steps {
+        let target = match step {
+            Step::ActivateCertificate(a) => Some(&a.certificate),
+            Step::DeactivateCertificate(t) | Step::DeleteCertificate(t) => Some(&t.certificate),
+            _ => None,
+        };
+        let Some(target) = target else { continue };
+        let needs = match target {
+            CertificateRef::Previous => Some(("show_certificates", "previous")),
+            CertificateRef::Enrolled => Some(("scep_enroll", "enrolled")),
+            CertificateRef::Service => Some(("add_service_certificate", "service")),
+            CertificateRef::New if matches!(step, Step::ActivateCertificate(_)) => {
+                // Only when the playbook uploads it: a playbook may activate a certificate
+                // added by an earlier run.
+                if let Some(add) = position("add_certificate").filter(|a| a > i) {
+                    out.push((
+                        *i,
+                        format!(
+                            "activates the certificate that `add_certificate` (steps[{}]) \
+                             uploads: move this step after it",
+                            add + 1
+                        ),
+                    ));
+                }
+                None
+            }
+            _ => None,
+        };
+        if let Some((kind, word)) = needs {
+            let before = steps.iter().any(|(j, s)| j < i && s.kind() == kind);
+            if !before {
+                let place = match position(kind) {
+                    Some(p) => format!("move this step after steps[{}] ({kind})", p + 1),
+                    None => format!("add a `{kind}` step before this one"),
+                };
+                out.push((
+                    *i,
+                    format!("`certificate: {word}` uses what `{kind}` finds: {place}"),
+                ));
+            }
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -840,11 +1234,77 @@ steps:
 
     #[test]
     fn unknown_step_and_unknown_field_are_errors() {
-        assert!(problems("name: t\nsteps:\n  - add_certificat: {}\n").contains("unknown variant"));
+        assert!(problems("name: t\nsteps:\n  - add_certificat: {}\n")
+            .contains("unknown step `add_certificat`: did you mean `add_certificate`?"));
+        let all = problems("name: t\nsteps:\n  - populate_secret: { inital: true }\n");
         assert!(
-            problems("name: t\nsteps:\n  - populate_secret: { inital: true }\n")
-                .contains("unknown field `inital`")
+            all.contains("line 3, column 24: steps[1].populate_secret.inital: unknown key `inital`: did you mean `initial`?"),
+            "{all}"
         );
+    }
+
+    #[test]
+    fn every_problem_at_once_in_plain_words() {
+        let all = problems(
+            "name: t\nserial: 0\nmax_failures: -1\npolicy:\n  command_timeout: 0s\n  connect_timeout: 0\n  concurrency: x\n  retires: 2\nsteps:\n  - add_certificate: {}\n  - activate_certifcate: {}\n  - show_certificates: { x: 1 }\n",
+        );
+        for want in [
+            "line 2, column 1: serial: expected a number of devices (1 or more)",
+            "line 3, column 1: max_failures: expected a number of devices (0 or more), found a number",
+            "line 5, column 3: policy.command_timeout: `command_timeout` must be longer than 0",
+            "line 6, column 3: policy.connect_timeout: `connect_timeout` must be longer than 0",
+            "line 7, column 3: policy.concurrency: expected a number of devices (1 or more), found text",
+            "line 8, column 3: policy.retires: unknown key `retires`: did you mean `retries`?",
+            "line 11, column 5: steps[2].activate_certifcate: unknown step `activate_certifcate`: did you mean `activate_certificate`?",
+            "line 12, column 26: steps[3].show_certificates.x: unknown key `x`: this step takes no settings",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        for internal in ["u16", "usize", "u32", "untagged", "Raw", "struct ", "Empty"] {
+            assert!(!all.contains(internal), "{internal} in:\n{all}");
+        }
+        let all = problems(
+            "name: t\npolicy: { command_timeout: 2d }\nsteps:\n  - restart: { timeout: 48h }\n",
+        );
+        assert!(all.contains("unknown unit"), "{all}");
+        assert!(all.contains("`timeout` is longer than a day"), "{all}");
+    }
+
+    #[test]
+    fn steps_that_need_another_steps_output_come_after_it() {
+        let all = problems(
+            "name: t\nsteps:\n  - activate_certificate: {}\n  - add_certificate: {}\n  - deactivate_certificate: { certificate: previous }\n  - activate_certificate: { purpose: HTTPS, certificate: service }\n  - activate_certificate: { purpose: 802.1X, certificate: enrolled }\n  - scep_enroll: { url: http://s, ca_fingerprint: 0123456789abcdef0123456789abcdef01234567, common_name: x }\n",
+        );
+        for want in [
+            "steps[1] (activate_certificate): activates the certificate that `add_certificate` (steps[2]) uploads: move this step after it",
+            "steps[3] (deactivate_certificate): `certificate: previous` uses what `show_certificates` finds: add a `show_certificates` step before this one",
+            "steps[4] (activate_certificate): `certificate: service` uses what `add_service_certificate` finds",
+            "steps[5] (activate_certificate): `certificate: enrolled` uses what `scep_enroll` finds: move this step after steps[6] (scep_enroll)",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in:\n{all}");
+        }
+        // Activating a certificate an earlier run added is fine.
+        parse_ok("name: t\nsteps:\n  - activate_certificate: {}\n");
+    }
+
+    #[test]
+    fn values_are_bounded_before_the_run() {
+        let big = "x".repeat(5 << 20);
+        let all = problems(&format!(
+            "name: t\nsteps:\n  - set_configuration: {{ path: Audio Volume, value: \"{big}\" }}\n  - xcommand: {{ command: Dial, params: {{ Number: \"{}\" }} }}\n",
+            "1".repeat(2000)
+        ));
+        assert!(
+            all.contains("`value` is 5242880 characters long; the most roomkey sends is 1024"),
+            "{}",
+            &all[..all.len().min(2000)]
+        );
+        assert!(
+            all.contains("`Number` is 2000 characters long"),
+            "{}",
+            &all[..all.len().min(2000)]
+        );
+        assert!(all.len() < 4000, "the value itself is not echoed");
     }
 
     #[test]

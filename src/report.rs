@@ -12,6 +12,7 @@ use std::time::Duration;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use crate::display::escape;
 use crate::engine::events::{DeviceStatus, Event, Reporter, RunSummary};
 use crate::journal::StepStatus;
 
@@ -79,7 +80,7 @@ impl ProgressReporter {
                         ProgressStyle::with_template("  {spinner} {prefix:20} {msg}")
                             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                     );
-                    bar.set_prefix(device.to_string());
+                    bar.set_prefix(escape(device).into_owned());
                     bar.enable_steady_tick(Duration::from_millis(120));
                     bar
                 })
@@ -98,7 +99,7 @@ impl Reporter for ProgressReporter {
                 ..
             } => {
                 self.overall.set_length(*devices as u64);
-                self.overall.set_prefix(playbook.clone());
+                self.overall.set_prefix(escape(playbook).into_owned());
                 self.steps
                     .store(*steps, std::sync::atomic::Ordering::Relaxed);
             }
@@ -128,7 +129,7 @@ impl Reporter for ProgressReporter {
                             }
                         })
                         .unwrap_or(0);
-                    b.set_message(step_progress(step, k, n));
+                    b.set_message(escape(&step_progress(step, k, n)).into_owned());
                 }
             }
             Event::Notice { device, message } => {
@@ -136,7 +137,7 @@ impl Reporter for ProgressReporter {
                     Some(d) => format!("{d}: {message}"),
                     None => message.clone(),
                 };
-                self.multi.suspend(|| eprintln!("{line}"));
+                self.multi.suspend(|| eprintln!("{}", escape(&line)));
             }
             Event::DeviceFinished { outcome } => {
                 if let Ok(mut m) = self.started.lock() {
@@ -162,11 +163,13 @@ impl Reporter for ProgressReporter {
                             .map(|r| format!(" — {r}"))
                             .unwrap_or_default()
                     );
-                    self.multi.suspend(|| eprintln!("{line}"));
+                    self.multi.suspend(|| eprintln!("{}", escape(&line)));
                 }
                 self.overall.inc(1);
             }
-            Event::Stopping { reason } => self.overall.set_message(format!("stopping: {reason}")),
+            Event::Stopping { reason } => self
+                .overall
+                .set_message(format!("stopping: {}", escape(reason))),
             Event::RunFinished { .. } => self.overall.finish_and_clear(),
             _ => {}
         }
@@ -232,8 +235,9 @@ impl<W: Write + Send> Reporter for PlainReporter<W> {
             Event::Stopping { reason } => Some(format!("stopping: {reason}")),
             _ => None,
         };
+        // Names, notes and reasons come from files and devices: one escaped line each.
         if let (Some(line), Ok(mut out)) = (line, self.out.lock()) {
-            let _ = writeln!(out, "{line}");
+            let _ = writeln!(out, "{}", escape(&line));
             let _ = out.flush();
         }
     }
@@ -359,7 +363,7 @@ pub fn render_recap(summary: &RunSummary) -> String {
     if let Some(stopped) = &summary.stopped_early {
         out.push_str(&format!(
             "stopped early, resumable: {}\n",
-            crate::status::printable(&stopped.reason)
+            escape(&stopped.reason)
         ));
     }
     let (bad, good): (Vec<_>, Vec<_>) = summary
@@ -374,7 +378,7 @@ pub fn render_recap(summary: &RunSummary) -> String {
     if !listed.is_empty() {
         let width = listed
             .iter()
-            .map(|o| o.device.chars().count())
+            .map(|o| escape(&o.device).chars().count())
             .max()
             .unwrap_or(6)
             .max(6);
@@ -391,9 +395,9 @@ pub fn render_recap(summary: &RunSummary) -> String {
             };
             out.push_str(&format!(
                 "{:width$}  {:16}  {}\n",
-                crate::status::printable(&o.device),
+                escape(&o.device),
                 o.status.as_str(),
-                crate::status::printable(&detail)
+                escape(&detail)
             ));
         }
     }
@@ -559,7 +563,7 @@ pub fn html_escape(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
-            c if c.is_control() => out.push('?'),
+            c if crate::display::is_unsafe(c) => out.push('?'),
             c => out.push(c),
         }
     }

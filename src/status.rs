@@ -277,12 +277,11 @@ impl<'a> StatusDocument<'a> {
     }
 }
 
-/// Device-supplied text made printable: control characters become `?` (a device's reply
-/// never moves the cursor or recolours an operator's terminal).
+/// Device-supplied text made printable with the product's one terminal escaping
+/// (`display::escape`): a device's reply never moves the cursor, recolours an operator's
+/// terminal or splits a line.
 pub fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { '?' } else { c })
-        .collect()
+    crate::display::escape(s).into_owned()
 }
 
 fn opt(s: &Option<String>) -> String {

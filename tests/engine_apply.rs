@@ -221,7 +221,7 @@ async fn bad_input_is_refused_before_anything_is_sent() {
         (
             "unknown-key.yaml",
             good.replace("defaults:", "defaults:\n  prot: 22"),
-            vec!["unknown field `prot`"],
+            vec!["unknown key `prot`: did you mean `port`?"],
         ),
         (
             "missing-cert.yaml",
@@ -300,7 +300,11 @@ async fn bad_input_is_refused_before_anything_is_sent() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("devices.room-01.certificate"), "{stderr}");
     assert!(stderr.contains("RSA"), "{stderr}");
-    assert!(stderr.contains("devices.room-02.certificate"), "{stderr}");
+    // A key that does not match its certificate names the key file (issue 14).
+    assert!(
+        stderr.contains("devices.room-02.key") && stderr.contains("certs/room-02.key"),
+        "{stderr}"
+    );
     assert!(stderr.contains("devices.room-03.certificate"), "{stderr}");
     assert!(stderr.contains("expired"), "{stderr}");
     for name in &lab.names {

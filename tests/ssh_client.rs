@@ -924,3 +924,57 @@ async fn keepalive_detects_a_device_that_drops_off_the_network() {
     );
     assert!(err.is_retryable(), "{err}");
 }
+
+/// A device that never ends its reply is cut off at `MAX_REPLY_BYTES` ("reply too large"),
+/// not buffered without end; the session refuses further commands.
+#[tokio::test]
+async fn endless_reply_is_refused_as_too_large() {
+    let server = support::start(
+        40,
+        Script {
+            respond: Box::new(|_, _, _| {
+                let line = "*r ServicesShowResult Details 1 Fingerprint: \"00\"\n";
+                Action::Send(format!(
+                    "OK\n{}",
+                    line.repeat(roomkey::ssh::MAX_REPLY_BYTES / line.len() + 64)
+                ))
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    trust(&server, &dir);
+    let mut s = TshSession::connect(&opts(&server, &dir, password(), HostKeyPolicy::Strict))
+        .await
+        .unwrap();
+    let cmd = TshCommand::xcommand("Security Certificates Services Show").unwrap();
+    let err = s.run(&cmd).await.unwrap_err();
+    assert!(
+        matches!(&err, SshError::Protocol { detail, .. } if detail.contains("reply too large")),
+        "{err}"
+    );
+    assert!(s.run(&cmd).await.is_err(), "the session is not reused");
+}
+
+/// A banner past `MAX_BANNER_BYTES` before the login is ready fails the connection.
+#[tokio::test]
+async fn endless_banner_is_refused_as_too_large() {
+    let server = support::start(
+        41,
+        Script {
+            banner: "Welcome to the room\n".repeat(roomkey::ssh::MAX_BANNER_BYTES / 20 + 10),
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    trust(&server, &dir);
+    let err = TshSession::connect(&opts(&server, &dir, password(), HostKeyPolicy::Strict))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, SshError::Protocol { detail, .. } if detail.contains("banner too large")),
+        "{err}"
+    );
+}

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
+use roomkey::display::{escape, escape_text};
 use roomkey::engine::events::exit;
 use roomkey::engine::prepare::{prepare, Prepared};
 use roomkey::engine::secrets::{EnvSecrets, SecretStore, VaultSecrets};
@@ -163,18 +164,14 @@ pub struct Loaded {
     pub state_dir: PathBuf,
 }
 
-/// Loads inventory and playbook, reporting every problem of both at once.
+/// Loads inventory and playbook, reporting every problem of both at once — and, when the
+/// inventory has problems but the playbook has none, the preflight problems (certificates,
+/// keys, logins) of the selected devices the inventory describes soundly, so a bad
+/// inventory does not hide them until the next run.
 pub fn load(target: &Target) -> Result<Loaded, String> {
     let inv = inventory::load(&target.inventory);
     let pb = playbook::load(&target.playbook);
-    let mut errors = Vec::new();
-    if let Err(e) = &inv {
-        errors.push(e.to_string());
-    }
-    if let Err(e) = &pb {
-        errors.push(e.to_string());
-    }
-    match (inv, pb) {
+    let (inv, pb) = match (inv, pb) {
         (Ok(inventory), Ok(playbook)) => {
             let state_dir = target.state_dir.clone().unwrap_or_else(|| {
                 inventory
@@ -183,14 +180,46 @@ pub fn load(target: &Target) -> Result<Loaded, String> {
                     .unwrap_or(Path::new("."))
                     .join(".roomkey")
             });
-            Ok(Loaded {
+            return Ok(Loaded {
                 inventory,
                 playbook,
                 state_dir,
-            })
+            });
         }
-        _ => Err(errors.join("\n")),
+        other => other,
+    };
+    let mut problems = Vec::new();
+    let mut errors = Vec::new();
+    match inv {
+        Err(inventory::InventoryError::Invalid(p)) => problems.extend(p),
+        Err(e) => errors.push(e.to_string()),
+        Ok(_) => {}
     }
+    match &pb {
+        Err(playbook::PlaybookError::Invalid(p)) => problems.extend(p.iter().cloned()),
+        Err(e) => errors.push(e.to_string()),
+        Ok(playbook) => {
+            if let Ok((Some(partial), _)) = inventory::load_partial(&target.inventory) {
+                let selected =
+                    inventory::select(&partial, target.limit.as_deref(), &BTreeMap::new());
+                if let Ok(devices) = selected {
+                    if let Err(p) = prepare(
+                        &partial.path,
+                        &devices,
+                        playbook,
+                        None,
+                        time::OffsetDateTime::now_utc(),
+                    ) {
+                        problems.extend(p);
+                    }
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        errors.insert(0, inventory::render_problems(&problems));
+    }
+    Err(errors.join("\n"))
 }
 
 /// `@failed` and `@unfinished` from the journal: how each device's last run ended, and
@@ -289,26 +318,60 @@ pub fn vault_advice(path: &Path, inventory: &Path, from_flag: bool) -> String {
 
 fn select<'a>(loaded: &'a Loaded, limit: Option<&str>) -> Result<Vec<&'a Device>, String> {
     let sets = named_sets(loaded);
+    if limit.is_some_and(names_failed) && !any_previous_run(loaded) {
+        // An empty `@failed` would otherwise read as "nothing failed" and exit 0.
+        return Err(format!(
+            "--limit @failed: no previous run of playbook '{}' is recorded in {}; run it \
+             without `--limit @failed` first",
+            loaded.playbook.name,
+            loaded.state_dir.join("journal").display()
+        ));
+    }
     inventory::select(&loaded.inventory, limit, &sets)
+}
+
+/// Whether a `--limit` value uses the `@failed` set (included or excluded).
+fn names_failed(limit: &str) -> bool {
+    limit
+        .split(',')
+        .map(|p| p.trim().trim_start_matches('!'))
+        .any(|p| p == "@failed")
+}
+
+/// Whether the journal records a run of this playbook (or, for journals from before the
+/// run log, any step of it for a device of the inventory).
+fn any_previous_run(loaded: &Loaded) -> bool {
+    let key = engine::playbook_key(&loaded.playbook);
+    let logged = roomkey::journal::RunLog::open(&loaded.state_dir, &key, true)
+        .ok()
+        .and_then(|log| log.latest())
+        .is_some();
+    logged
+        || loaded.inventory.devices.iter().any(|d| {
+            read_steps(&loaded.state_dir, &key, &d.name).is_ok_and(|steps| !steps.is_empty())
+        })
 }
 
 pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
     let loaded = match load(&args.target) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {e}\nnothing was sent to any device.");
+            eprintln!(
+                "error: {}\nnothing was sent to any device.",
+                escape_text(&e)
+            );
             return Ok(exit::INVALID);
         }
     };
     let devices = match select(&loaded, args.target.limit.as_deref()) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", escape_text(&e));
             return Ok(exit::INVALID);
         }
     };
     for w in &loaded.inventory.warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", escape(w));
     }
     if devices.is_empty() {
         eprintln!("no device selected; nothing to do");
@@ -337,13 +400,13 @@ pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Re
         Err(problems) => {
             eprintln!(
                 "error: {}\nnothing was sent to any device.",
-                inventory::render_problems(&problems)
+                escape_text(&inventory::render_problems(&problems))
             );
             return Ok(exit::INVALID);
         }
     };
     for w in &warnings {
-        eprintln!("warning: {w}");
+        eprintln!("warning: {}", escape(w));
     }
     if args.target.fresh {
         eprintln!(
@@ -462,14 +525,14 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
     let loaded = match load(&args.target) {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", escape_text(&e));
             return Ok(exit::INVALID);
         }
     };
     let devices = match select(&loaded, args.target.limit.as_deref()) {
         Ok(d) => d,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", escape_text(&e));
             return Ok(exit::INVALID);
         }
     };
@@ -497,7 +560,10 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
     ) {
         Ok(p) => p,
         Err(problems) => {
-            eprintln!("error: {}", inventory::render_problems(&problems));
+            eprintln!(
+                "error: {}",
+                escape_text(&inventory::render_problems(&problems))
+            );
             return Ok(exit::INVALID);
         }
     };
@@ -535,9 +601,10 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
         let doc = report::PlanDocument::new(&loaded.playbook.name, &plans);
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
+        // The plan quotes names, paths and values from the inputs.
         print!(
             "{}",
-            roomkey::plan::render(&loaded.playbook, &plans, &warnings)
+            escape_text(&roomkey::plan::render(&loaded.playbook, &plans, &warnings))
         );
     }
     Ok(exit::ALL_DONE)

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use roomkey::cert::{self, TestCa};
+use roomkey::display::escape;
 use time::format_description::well_known::Rfc3339;
 use time::{Duration, OffsetDateTime};
 
@@ -414,18 +415,18 @@ fn check(a: CheckArgs) -> anyhow::Result<i32> {
     } else {
         println!(
             "CN:           {}",
-            c.subject_cn.as_deref().unwrap_or("(none)")
+            escape(c.subject_cn.as_deref().unwrap_or("(none)"))
         );
-        println!("subject:      {}", c.subject);
+        println!("subject:      {}", escape(&c.subject));
         println!(
             "SANs:         {}",
             if c.sans.is_empty() {
                 "(none)".to_string()
             } else {
-                c.sans.join(", ")
+                escape(&c.sans.join(", ")).into_owned()
             }
         );
-        println!("issuer:       {}", c.issuer);
+        println!("issuer:       {}", escape(&c.issuer));
         println!(
             "validity:     {} .. {} ({} days left)",
             fmt_time(c.not_before),
@@ -437,10 +438,10 @@ fn check(a: CheckArgs) -> anyhow::Result<i32> {
         println!("key:          {} (private key: {})", c.key, id.key_kind());
         println!("signature:    {}", c.signature_algorithm);
         for w in &report.warnings {
-            println!("warning:      {w}");
+            println!("warning:      {}", escape(w));
         }
         for e in &report.errors {
-            println!("FAILED:       {e}");
+            println!("FAILED:       {}", escape(e));
         }
         if report.is_ok() {
             println!("result:       OK, ready for the device");

@@ -808,15 +808,16 @@ fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
             eprintln!(
                 "{name}: the device refused `{}`: {}",
                 cmd.redacted_line(),
-                reply.reason().unwrap_or("no reason given")
+                roomkey::display::escape(reply.reason().unwrap_or("no reason given"))
             );
             Ok(2)
         }
         Err(e) => {
             eprintln!(
-                "{name}: the reset's outcome is unknown ({e}); the vault now records the device \
+                "{name}: the reset's outcome is unknown ({}); the vault now records the device \
                  as not seeded — run a playbook with `populate_secret: {{ initial: true }}` to \
-                 settle it"
+                 settle it",
+                roomkey::display::escape(&e.to_string())
             );
             Ok(3)
         }

@@ -110,7 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         .try_init();
     let mut specs = match (&args.inventory, args.count) {
         (Some(path), _) => {
-            let inv = roomkey::inventory::load(path)?;
+            let inv = roomkey::inventory::load_for_sim(path)?;
             sim::specs_from_inventory(&inv)?
         }
         (None, Some(count)) => {

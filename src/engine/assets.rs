@@ -50,6 +50,49 @@ pub enum StepAsset {
 /// Step index → asset, for the steps that have one.
 pub type StepAssets = BTreeMap<usize, StepAsset>;
 
+/// Longest CN roomkey sends a device or expects back (X.520 `ub-common-name`).
+pub const MAX_CN_LEN: usize = 64;
+/// Longest SAN (a DNS name is at most 253 characters; URIs and e-mail addresses get the
+/// same documented cap).
+pub const MAX_SAN_LEN: usize = 253;
+
+/// Problems with the names in a certificate: the CN is compared with what the device
+/// reports and shown in messages, so it must be printable, without a double quote or a
+/// control character (a CR/LF or `"` would end a TSH value or split a line), and of sane
+/// length; the same for every SAN.
+pub fn check_names(cn: Option<&str>, sans: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |what: &str, value: &str, max: usize| {
+        let n = value.chars().count();
+        if n > max {
+            out.push(format!(
+                "the certificate's {what} is {n} characters long; the most is {max}"
+            ));
+        }
+        if value.chars().any(crate::display::is_unsafe) {
+            out.push(format!(
+                "the certificate's {what} '{}' contains control or invisible characters; \
+                 issue a certificate with a plain name",
+                crate::display::escape(value)
+            ));
+        }
+        if value.contains('"') {
+            out.push(format!(
+                "the certificate's {what} '{}' contains a double quote; issue a certificate \
+                 with a plain name",
+                crate::display::escape(value)
+            ));
+        }
+    };
+    if let Some(cn) = cn {
+        check("CN", cn, MAX_CN_LEN);
+    }
+    for san in sans {
+        check("SAN", san, MAX_SAN_LEN);
+    }
+    out
+}
+
 fn fill(template: &str, device: &Device) -> Result<String, String> {
     expand_for(template, device)
 }
@@ -102,6 +145,11 @@ fn service(
     let cert_text = crate::cert::read_secret_file(&cert_path).map_err(|e| e.to_string())?;
     let info = crate::cert::parse_cert_pem(cert_text.expose())
         .map_err(|e| format!("{}: {e}", cert_path.display()))?;
+    // The device shows and reports these names: plain and bounded, as for the identity.
+    let names = check_names(info.subject_cn.as_deref(), &info.sans);
+    if !names.is_empty() {
+        return Err(format!("{}: {}", cert_path.display(), names.join("; ")));
+    }
     let (key_path, key_text) = match &s.key {
         Some(k) => {
             let key_path = resolve_path(base, k, device)?;
@@ -233,6 +281,7 @@ pub fn resolve(
         let mut problem = |message: String| {
             problems.push(Problem {
                 file: playbook.path.clone(),
+                location: None,
                 entry: format!(
                     "steps[{}] ({}) for device {}",
                     i + 1,

@@ -54,6 +54,7 @@ pub fn prepare(
         let mut problem = |field: &str, message: String| {
             problems.push(Problem {
                 file: inventory_path.to_path_buf(),
+                location: None,
                 entry: if field.is_empty() {
                     format!("devices.{}", device.name)
                 } else {
@@ -91,7 +92,28 @@ pub fn prepare(
                     Err(e) => problem("certificate", e.to_string()),
                     Ok(id) => {
                         let report = id.check(now);
+                        let key_path = device.key.as_deref().unwrap_or(cert_path);
                         for e in &report.errors {
+                            if e.starts_with("the private key does not match")
+                                || e.starts_with("key is ")
+                            {
+                                // The key file is the one to fix (or the pairing).
+                                problem(
+                                    "key",
+                                    format!(
+                                        "{}: {e} (certificate {})",
+                                        key_path.display(),
+                                        cert_path.display()
+                                    ),
+                                );
+                            } else {
+                                problem("certificate", format!("{}: {e}", cert_path.display()));
+                            }
+                        }
+                        for e in crate::engine::assets::check_names(
+                            id.cert.subject_cn.as_deref(),
+                            &id.cert.sans,
+                        ) {
                             problem("certificate", format!("{}: {e}", cert_path.display()));
                         }
                         for w in &report.warnings {
@@ -148,6 +170,11 @@ pub fn prepare(
             });
         }
     }
+    problems.extend(duplicate_resolved_addresses(
+        inventory_path,
+        devices,
+        &mut warnings,
+    ));
     if problems.is_empty() {
         Ok(Prepared {
             devices: prepared,
@@ -156,6 +183,67 @@ pub fn prepare(
     } else {
         Err(problems)
     }
+}
+
+/// Devices written with a DNS name are resolved here: a name that resolves to another
+/// device's address (and port) would provision one device twice. A name that does not
+/// resolve now is a warning (the device may be unreachable at run time, exit 3).
+fn duplicate_resolved_addresses(
+    inventory_path: &std::path::Path,
+    devices: &[&Device],
+    warnings: &mut Vec<String>,
+) -> Vec<Problem> {
+    use std::net::{IpAddr, ToSocketAddrs};
+    let mut problems = Vec::new();
+    let mut by_address: BTreeMap<(IpAddr, u16), &str> = BTreeMap::new();
+    // Literal addresses first, so a name is reported against the literal device.
+    let (literal, named): (Vec<&&Device>, Vec<&&Device>) = devices
+        .iter()
+        .partition(|d| d.host.parse::<IpAddr>().is_ok());
+    for d in literal {
+        if let Ok(ip) = d.host.parse::<IpAddr>() {
+            by_address
+                .entry((ip.to_canonical(), d.port))
+                .or_insert(&d.name);
+        }
+    }
+    for d in named {
+        let resolved = match (d.host.as_str(), d.port).to_socket_addrs() {
+            Ok(addrs) => addrs.map(|a| a.ip().to_canonical()).collect::<Vec<_>>(),
+            Err(e) => {
+                warnings.push(format!(
+                    "{}: devices.{}: cannot resolve {} now ({e}); the run will try again",
+                    inventory_path.display(),
+                    d.name,
+                    d.host
+                ));
+                continue;
+            }
+        };
+        let mut reported = false;
+        let mut mine = Vec::new();
+        for ip in resolved {
+            match by_address.get(&(ip, d.port)) {
+                Some(other) if *other != d.name && !reported => {
+                    problems.push(Problem::new(
+                        inventory_path,
+                        format!("devices.{}.host", d.name),
+                        format!(
+                            "{} resolves to {ip}, the address of device '{other}' (port {}): \
+                             each device must be listed once",
+                            d.host, d.port
+                        ),
+                    ));
+                    reported = true;
+                }
+                _ => mine.push(ip),
+            }
+        }
+        for ip in mine {
+            by_address.entry((ip, d.port)).or_insert(&d.name);
+        }
+    }
+    problems
 }
 
 fn method_auth(method: PasswordMethod, secret: Secret) -> ClientAuth {
@@ -207,5 +295,53 @@ fn resolve_auth(device: &Device, secrets: Option<&dyn SecretStore>) -> Result<Cl
             }
             Ok(ClientAuth::Agent)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use crate::engine::assets::check_names;
+
+    #[test]
+    fn certificate_names_must_be_plain_and_bounded() {
+        assert!(check_names(Some("room-1.example.com"), &["room-1.example.com".into()]).is_empty());
+        let bad = check_names(
+            Some("x\" ** end\r\nxCommand SystemUnit Boot"),
+            &["a".repeat(300), "b\u{202e}c".into()],
+        );
+        let all = bad.join("\n");
+        assert!(all.contains("CN"), "{all}");
+        assert!(all.contains("double quote"), "{all}");
+        assert!(all.contains("control or invisible characters"), "{all}");
+        assert!(
+            all.contains("SAN is 300 characters long; the most is 253"),
+            "{all}"
+        );
+        assert!(!all.contains('\r') && !all.contains('\u{202e}'), "{all}");
+        assert!(check_names(Some(&"c".repeat(65)), &[])
+            .join("")
+            .contains("the most is 64"));
+    }
+
+    #[test]
+    fn a_name_resolving_to_another_devices_address_is_refused() {
+        let inv = crate::inventory::parse(
+            std::path::Path::new("inv.yaml"),
+            "defaults: { auth: { agent: true } }\ndevices:\n  a: { host: 127.0.0.1 }\n  b: { host: localhost }\n  c: { host: localhost, port: 2222 }\n",
+        )
+        .unwrap();
+        let devices: Vec<&Device> = inv.devices.iter().collect();
+        let mut warnings = Vec::new();
+        let p = duplicate_resolved_addresses(&inv.path, &devices, &mut warnings);
+        assert_eq!(p.len(), 1, "{p:?} {warnings:?}");
+        assert_eq!(p[0].entry, "devices.b.host");
+        assert!(
+            p[0].message
+                .contains("localhost resolves to 127.0.0.1, the address of device 'a'"),
+            "{}",
+            p[0]
+        );
     }
 }

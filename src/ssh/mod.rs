@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::secret::Secret;
 
-pub use session::TshSession;
+pub use session::{TshSession, MAX_BANNER_BYTES, MAX_REPLY_BYTES};
 
 /// What to do with a host key not yet in `known_hosts`. A *changed* key always fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

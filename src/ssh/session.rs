@@ -29,6 +29,13 @@ const MAX_EVENTS: usize = 256;
 const KEEPALIVE_MAX: usize = 3;
 /// Keyboard-interactive rounds answered before giving up (a device asks once).
 const MAX_KI_ROUNDS: usize = 8;
+/// Most bytes a device may send while one reply is awaited. Generous: the largest real
+/// replies (a certificate list, a status tree) are tens of KiB. Past it the session fails
+/// with "reply too large" instead of buffering without end; other devices go on.
+pub const MAX_REPLY_BYTES: usize = 8 << 20;
+/// Most bytes a device may print before its login is ready (welcome text, release line,
+/// last-login notice: a few hundred bytes on real devices).
+pub const MAX_BANNER_BYTES: usize = 64 << 10;
 
 /// The result of the host key check, kept by the handler for `connect` to report.
 type KeyCheckSlot = Arc<Mutex<Option<SshError>>>;
@@ -357,12 +364,25 @@ impl TshSession {
 
     /// Reads channel messages until the reader completes the pending reply.
     async fn await_reply(&mut self, phase: Phase) -> Result<Reply, SshError> {
+        let mut received = 0usize;
         loop {
             let Some(msg) = self.channel.wait().await else {
                 return Err(self.disconnected(phase));
             };
             match msg {
                 ChannelMsg::Data { data } => {
+                    received = received.saturating_add(data.len());
+                    if received > MAX_REPLY_BYTES {
+                        self.reader.cancel();
+                        return Err(SshError::Protocol {
+                            host: self.host.clone(),
+                            port: self.port,
+                            detail: format!(
+                                "reply too large: more than {} MiB without an end",
+                                MAX_REPLY_BYTES >> 20
+                            ),
+                        });
+                    }
                     let mut reply = None;
                     for ev in self.reader.feed(&data) {
                         match ev {
@@ -460,12 +480,24 @@ async fn open_shell(
         read_only: false,
     };
     let mut banner: Vec<String> = Vec::new();
+    let mut received = 0usize;
     loop {
         let Some(msg) = session.channel.wait().await else {
             return Err(session.disconnected(Phase::Login));
         };
         match msg {
             ChannelMsg::Data { data } => {
+                received = received.saturating_add(data.len());
+                if received > MAX_BANNER_BYTES {
+                    return Err(SshError::Protocol {
+                        host: session.host.clone(),
+                        port: session.port,
+                        detail: format!(
+                            "banner too large: more than {} KiB before the login was ready",
+                            MAX_BANNER_BYTES >> 10
+                        ),
+                    });
+                }
                 let mut ready = false;
                 for ev in session.reader.feed(&data) {
                     match ev {
