@@ -109,5 +109,5 @@ async fn concurrency_flag_overrides_the_playbook_and_logs_stay_plain() {
 
     // A value out of range is refused before anything runs.
     let (code, _, err) = lab.apply(&pb, &["--concurrency", "0"]).await;
-    assert_eq!(code, 2, "clap usage error: {err}");
+    assert_eq!(code, 1, "usage error, invalid input: {err}");
 }

@@ -206,6 +206,6 @@ async fn status_expiring_within_gives_cron_an_exit_code() {
     assert!(err.contains("2 of 2 devices"), "{err}");
     // A bad value is refused before anything is read.
     let (code, _, err) = status(&lab, &["--expiring-within", "soon"]).await;
-    assert_eq!(code, 2, "clap usage error: {err}");
+    assert_eq!(code, 1, "usage error, invalid input: {err}");
     assert!(err.contains("not a number of days"), "{err}");
 }
