@@ -22,5 +22,6 @@ pub mod report;
 pub mod secret;
 pub mod sim;
 pub mod ssh;
+pub mod status;
 pub mod tsh;
 pub mod vault;

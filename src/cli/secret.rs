@@ -15,9 +15,13 @@ use zeroize::Zeroizing;
 /// Which vault, and where its passphrase comes from.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VaultArgs {
-    /// The vault file [default: `.roomkey/vault`, or with `-i` the inventory's `vault:`].
+    /// The vault file [default: with `-i`, the inventory's `vault:` (`.roomkey/vault` beside
+    /// the inventory, where `apply` looks); without, `.roomkey/vault` here].
     #[arg(long, env = "ROOMKEY_VAULT")]
     pub vault: Option<PathBuf>,
+    /// The inventory whose vault this is (and, for `generate` and `reset`, its devices).
+    #[arg(short, long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
     /// Read the vault passphrase from this file (otherwise from ROOMKEY_VAULT_PASSPHRASE,
     /// otherwise a no-echo prompt on the terminal).
     #[arg(long, value_name = "FILE")]
@@ -42,9 +46,6 @@ pub enum Command {
         devices: Vec<String>,
         #[arg(value_name = "DEVICE", conflicts_with = "inventory")]
         names: Vec<String>,
-        /// Take the devices from this inventory (and its `vault:` unless --vault is given).
-        #[arg(short, long, value_name = "FILE")]
-        inventory: Option<PathBuf>,
         /// With --inventory: select devices — names, globs (`room-1*`), groups,
         /// comma-separated; `!pattern` excludes.
         #[arg(short, long, value_name = "PATTERNS", requires = "inventory")]
@@ -76,12 +77,18 @@ pub enum Command {
         #[command(flatten)]
         vault: VaultArgs,
     },
-    /// Import `device,secret` rows from a CSV file or a YAML map (by extension).
+    /// Import `device,secret` rows from a CSV file or a YAML map (by extension), or from
+    /// standard input with `-` (no plaintext file on disk: e.g. `pass show rooms | roomkey
+    /// secret import -i inventory.yaml -`).
     Import {
         #[command(flatten)]
         vault: VaultArgs,
-        /// A `.csv` file of `device,secret` rows or a `.yaml` map of `device: secret`.
+        /// A `.csv` file of `device,secret` rows, a `.yaml` map of `device: secret`, or `-`
+        /// for standard input.
         file: PathBuf,
+        /// The format of standard input (`-`): csv or yaml.
+        #[arg(long, value_enum, default_value = "csv")]
+        stdin_format: StdinFormat,
         /// The devices already hold these secrets.
         #[arg(long)]
         seeded: bool,
@@ -158,10 +165,7 @@ pub struct ChangeArgs {
 pub struct ResetArgs {
     #[command(flatten)]
     pub vault: VaultArgs,
-    /// The inventory holding the device (address, login; its `vault:` unless --vault).
-    #[arg(short, long, value_name = "FILE")]
-    pub inventory: PathBuf,
-    /// The device to reset.
+    /// The device to reset (in the inventory given with -i).
     #[arg(long, value_name = "DEVICE")]
     pub device: String,
     /// Do not ask for confirmation (required when stdin is not a terminal).
@@ -190,11 +194,16 @@ pub enum CredentialCommand {
 }
 
 impl VaultArgs {
-    /// The vault path: `--vault`/`ROOMKEY_VAULT`, else `.roomkey/vault`.
-    pub fn path(&self) -> PathBuf {
-        self.vault
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(".roomkey/vault"))
+    /// The vault path: `--vault`/`ROOMKEY_VAULT`, else the inventory's (`-i`) `vault:`,
+    /// else `.roomkey/vault` in the current directory.
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(v) = &self.vault {
+            return Ok(v.clone());
+        }
+        match &self.inventory {
+            Some(inv) => Ok(roomkey::inventory::load(inv)?.vault),
+            None => Ok(PathBuf::from(".roomkey/vault")),
+        }
     }
 }
 
@@ -205,9 +214,8 @@ pub fn run(cmd: Command) -> anyhow::Result<i32> {
             vault,
             mut devices,
             names,
-            inventory,
             limit,
-        } => match inventory {
+        } => match vault.inventory.clone() {
             Some(inventory) => generate_for_inventory(vault, &inventory, limit.as_deref()),
             None => {
                 devices.extend(names);
@@ -228,9 +236,10 @@ pub fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Import {
             vault,
             file,
+            stdin_format,
             seeded,
             replace,
-        } => import(&vault, &file, seeded, replace),
+        } => import(&vault, &file, stdin_format, seeded, replace),
         Command::Export { vault, file } => export(&vault, &file),
         Command::Credential(CredentialCommand::Set { vault, name }) => {
             credential_set(&vault, &name)
@@ -246,17 +255,17 @@ pub fn run(cmd: Command) -> anyhow::Result<i32> {
 
 fn open(args: &VaultArgs) -> anyhow::Result<Vault> {
     let pass = vault::read_passphrase(args.passphrase_file.as_deref())?;
-    Ok(Vault::open(&args.path(), &pass)?)
+    Ok(Vault::open(&args.path()?, &pass)?)
 }
 
 fn open_read_only(args: &VaultArgs) -> anyhow::Result<Vault> {
     let pass = vault::read_passphrase(args.passphrase_file.as_deref())?;
-    Ok(Vault::open_read_only(&args.path(), &pass)?)
+    Ok(Vault::open_read_only(&args.path()?, &pass)?)
 }
 
 fn init(args: &VaultArgs) -> anyhow::Result<i32> {
+    let path = args.path()?;
     let pass = vault::read_new_passphrase(args.passphrase_file.as_deref())?;
-    let path = args.path();
     Vault::create(&path, &pass)?;
     eprintln!("created an empty vault at {}", path.display());
     Ok(0)
@@ -453,6 +462,13 @@ enum FileKind {
     Yaml,
 }
 
+/// The format of secrets read from standard input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StdinFormat {
+    Csv,
+    Yaml,
+}
+
 fn file_kind(path: &Path) -> anyhow::Result<FileKind> {
     match path
         .extension()
@@ -585,11 +601,38 @@ fn to_yaml(rows: &[(&str, &Secret)]) -> anyhow::Result<Zeroizing<String>> {
     ))
 }
 
-fn import(args: &VaultArgs, file: &Path, seeded: bool, replace: bool) -> anyhow::Result<i32> {
-    let kind = file_kind(file)?;
-    let text = Zeroizing::new(
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?,
-    );
+fn import(
+    args: &VaultArgs,
+    file: &Path,
+    stdin_format: StdinFormat,
+    seeded: bool,
+    replace: bool,
+) -> anyhow::Result<i32> {
+    let from_stdin = file == Path::new("-");
+    let (kind, text) = if from_stdin {
+        let mut text = Zeroizing::new(String::new());
+        std::io::stdin()
+            .lock()
+            .read_to_string(&mut text)
+            .context("cannot read the secrets from standard input")?;
+        let kind = match stdin_format {
+            StdinFormat::Csv => FileKind::Csv,
+            StdinFormat::Yaml => FileKind::Yaml,
+        };
+        (kind, text)
+    } else {
+        let kind = file_kind(file)?;
+        let text = Zeroizing::new(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?,
+        );
+        (kind, text)
+    };
+    let file = if from_stdin {
+        Path::new("(standard input)")
+    } else {
+        file
+    };
     let rows = match kind {
         FileKind::Csv => parse_csv(&text),
         FileKind::Yaml => parse_yaml(&text),
@@ -622,12 +665,14 @@ fn import(args: &VaultArgs, file: &Path, seeded: bool, replace: bool) -> anyhow:
     v.save()?;
     eprintln!(
         "imported {n} device secret(s) into {}",
-        args.path().display()
+        args.path()?.display()
     );
-    eprintln!(
-        "warning: {} holds plaintext secrets; delete it securely now",
-        file.display()
-    );
+    if !from_stdin {
+        eprintln!(
+            "warning: {} holds plaintext secrets; delete it securely now",
+            file.display()
+        );
+    }
     Ok(0)
 }
 
@@ -715,12 +760,15 @@ fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
     use roomkey::inventory::{self, ClientSecretSource};
     use roomkey::ssh::{ConnectOptions, HostKeyPolicy, TshSession};
 
-    let inv = inventory::load(&args.inventory)?;
+    let Some(inventory_path) = args.vault.inventory.clone() else {
+        bail!("name the inventory holding the device with -i/--inventory");
+    };
+    let inv = inventory::load(&inventory_path)?;
     let Some(device) = inv.devices.iter().find(|d| d.name == args.device) else {
         bail!(
             "device {} is not in {}",
             args.device,
-            args.inventory.display()
+            inventory_path.display()
         );
     };
     if let ClientSecretSource::Env(var) = &device.client_secret {

@@ -66,7 +66,7 @@ pub enum VaultError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path}: a file already exists there; refusing to overwrite it")]
     AlreadyExists { path: PathBuf },
-    #[error("{path}: no vault there (create one with `roomkey secret init`)")]
+    #[error("{path}: no vault there (create one with `roomkey secret init --vault {path}`)")]
     NotFound { path: PathBuf },
     #[error("{path}: the vault is in use by another roomkey process (lock {lock})")]
     Locked { path: PathBuf, lock: PathBuf },

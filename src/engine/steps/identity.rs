@@ -228,9 +228,23 @@ pub(super) async fn verify_external_identity(
     })
 }
 
-/// The whole `ExternalIdentity` subtree: either node form answers it.
+/// The whole `ExternalIdentity` subtree: either node form answers it (also what
+/// `roomkey status` reads).
 pub fn external_identity_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
     TshCommand::xstatus(BASE)
+}
+
+/// The certificate the device uses for its external identity, as the newer node form's
+/// chain names it (`CertificateChain Certificate 1`, the leaf): its fingerprint and its
+/// `NotAfter` text as printed. Both `None` in the seed's older form (no chain).
+pub fn identity_certificate(reply: &Reply) -> (Option<String>, Option<String>) {
+    let leaf = |field: &str| {
+        reply
+            .get(&format!("{BASE} CertificateChain Certificate 1 {field}"))
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    (leaf("Fingerprint"), leaf("NotAfter"))
 }
 
 pub(super) fn plan(

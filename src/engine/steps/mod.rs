@@ -18,8 +18,10 @@ mod service;
 pub mod trust;
 mod xcommand;
 
-pub use certificate::{normalise_fingerprint, parse_show, ShownCertificate};
-pub use identity::{parse_external_identity, ExternalIdentityStatus};
+pub use certificate::{normalise_fingerprint, parse_show, show_cmd, ShownCertificate};
+pub use identity::{
+    external_identity_cmd, identity_certificate, parse_external_identity, ExternalIdentityStatus,
+};
 pub use restart::restarted_since;
 pub use scep::{find_enrolled, parse_profiles, profile_cmds, scep_cmd, subject_cn};
 pub use secret::{
@@ -42,7 +44,7 @@ use crate::tsh::{Reply, ReplyStatus, TshCommand};
 
 /// One command a step may send, as `plan` shows it: rendered from the very constructor
 /// the step sends with, secrets and JWEs shown as `[redacted]`.
-#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct PlannedCommand {
     /// The command as it would be sent, secrets shown as `[redacted]`.
     pub text: String,
