@@ -1145,6 +1145,32 @@ impl TestCa {
         Ok((cert.pem(), key_pem_secret(&key)))
     }
 
+    /// Signs a certificate signing request (PEM) as a lab CA would: the request's subject
+    /// and SANs, the given validity, client-auth usage. The key stays with whoever made the
+    /// request (`cert csr`). Returns the certificate PEM.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<String, CertError> {
+        if not_after <= not_before {
+            return Err(CertError::Validity);
+        }
+        let (ca_key, issuer) = self.signer()?;
+        let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CertError::Generate(format!("not a valid CSR: {e}")))?;
+        csr.params.not_before = not_before;
+        csr.params.not_after = not_after;
+        csr.params.serial_number = Some(random_serial());
+        csr.params.is_ca = IsCa::NoCa;
+        csr.params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        csr.params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        csr.params.use_authority_key_identifier_extension = true;
+        let cert = csr.signed_by(&issuer, &ca_key).map_err(gen_err)?;
+        Ok(cert.pem())
+    }
+
     /// [`issue`](Self::issue) with a chosen key kind (P-384 exists to test refusals).
     pub fn issue_with_key_kind(
         &self,

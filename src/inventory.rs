@@ -120,7 +120,9 @@ pub struct DeviceEntry {
     pub host: String,
     pub groups: Vec<String>,
     pub settings: Settings,
-    /// Simulator behaviour (faults) for this device; read only by `roomkey sim` and tests.
+    /// Simulator behaviour (faults, variants) for this device, kept as an opaque value: the
+    /// simulator owns its format and checks it (`sim::specs_from_inventory`), so the
+    /// product does not depend on the simulator.
     pub sim: Option<serde_yaml::Value>,
 }
 
@@ -948,13 +950,6 @@ fn resolve(path: &Path, file: InventoryFile, reader: Reader<'_>) -> (Inventory, 
             },
             None => None,
         };
-        if let Some(sim) = &entry.sim {
-            if let Err(e) = serde_yaml::from_value::<crate::sim::FaultPlan>(sim.clone()) {
-                let at = child(&dev, seg("sim"));
-                let message = humanize(&e.to_string(), &at, None);
-                problems.push(problem(&at, message));
-            }
-        }
         let Some(auth) = auth else { continue };
         devices.push(Device {
             name: name.clone(),

@@ -46,7 +46,7 @@ struct Accounting {
 }
 
 /// A snapshot of [`KdfPool`]'s accounting.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, schemars::JsonSchema)]
 pub struct KdfUsage {
     /// Jobs run on the pool (each one scrypt derivation).
     pub derivations: u64,

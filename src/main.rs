@@ -1,7 +1,7 @@
 //! The `roomkey` binary: parses the command line, sets up logging, dispatches to `cli`,
 //! and maps the outcome to a documented exit code. `anyhow` lives only here and in `cli`.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod cli;
 
@@ -19,7 +19,7 @@ static ALLOCATOR: roomkey::kdf::buffers::ScryptBufferCache =
 /// certificates over SSH.
 #[derive(Debug, Parser)]
 #[command(name = "roomkey", version, about, long_about = None)]
-struct Cli {
+pub struct Cli {
     /// Log format on stderr (filter with RUST_LOG, e.g. RUST_LOG=roomkey=debug).
     #[arg(long, global = true, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -52,9 +52,24 @@ enum Command {
     /// Manage the encrypted ClientSecret vault.
     #[command(subcommand)]
     Secret(cli::secret::Command),
+    /// Compare real devices with the device catalogue, read-only (probe one room of each
+    /// model and software release before a fleet run).
+    Probe(cli::probe::Args),
     /// Measure a fleet run against a simulator in its own process: wall time, controller
     /// CPU and memory, set against the scrypt floor.
     Bench(cli::bench::Args),
+    /// Show the fleet, read-only: reachability, external identity, certificate expiry,
+    /// E2EE mode, seeding, last run (table, JSON, CSV, OpenMetrics, HTML).
+    Status(cli::status::StatusArgs),
+    /// Lay out a site directory: inventory skeleton, playbooks, certs/, .roomkey/, .gitignore.
+    Init(cli::init::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line definition.
+    Man,
 }
 
 fn init_logging(format: LogFormat, multi: &indicatif::MultiProgress) {
@@ -64,6 +79,7 @@ fn init_logging(format: LogFormat, multi: &indicatif::MultiProgress) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        .with_ansi(roomkey::report::colour_stderr())
         .with_target(true);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -92,6 +108,20 @@ fn main() -> std::process::ExitCode {
         Command::Sim(args) => cli::sim::run(args),
         Command::Secret(cmd) => cli::secret::run(cmd),
         Command::Bench(args) => cli::bench::run(args),
+        Command::Probe(args) => cli::probe::run(args),
+        Command::Status(args) => cli::status::run(args),
+        Command::Init(args) => cli::init::run(args),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "roomkey", &mut std::io::stdout());
+            Ok(0)
+        }
+        Command::Man => {
+            let man = clap_mangen::Man::new(Cli::command());
+            man.render(&mut std::io::stdout())
+                .map(|()| 0)
+                .map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(code) => std::process::ExitCode::from(u8::try_from(code).unwrap_or(1)),

@@ -17,7 +17,7 @@ use crate::playbook::{Playbook, Step};
 
 pub use crate::engine::steps::{PlannedCommand, SeedState};
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct PlannedStep {
     /// The step's journal identity (kind + digest of its inputs on this device).
     pub id: String,
@@ -29,7 +29,7 @@ pub struct PlannedStep {
     pub notes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct DevicePlan {
     pub device: String,
     pub address: String,

@@ -527,7 +527,7 @@ async fn plan_shows_the_shipped_certificate_playbooks_redacted() {
         "ChallengePassword: \"[redacted]\" CommonName: \"room-01.example.com\" CountryName: \"US\"",
         "SanDns: \"room-01.example.com\"",
         "xCommand Security Certificates Services Activate Purpose: 802.1X Fingerprint: \"<certificate enrolled by scep_enroll>\"",
-        "xCommand Security Certificates Services Enrollment SCEP Renewal Request Fingerprint:",
+        "xCommand Security Certificates Services Enrollment SCEP Profiles Set Fingerprint:",
         "xStatus SystemUnit Uptime",
         "xCommand SystemUnit Boot",
         "xCommand Security Certificates Services Enrollment Profiles List",

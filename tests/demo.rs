@@ -45,6 +45,21 @@ fn demo_provisions_every_lab_room_and_shows_its_identity() {
         );
         assert_eq!(cols.get(2), Some(&"on"), "{line}");
         assert_eq!(cols.get(3).map(|f| f.len()), Some(40), "{line}");
+        // The rooms start factory-new: every step does its work, set_configuration too
+        // (E2EE starts off), and nothing is merely found already done.
+        for kind in [
+            "populate_secret",
+            "add_certificate",
+            "activate_certificate",
+            "set_configuration",
+        ] {
+            assert!(
+                stderr
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{room}: {kind}")) && l.contains(" changed")),
+                "{room}: {kind} did not change anything:\n{stderr}"
+            );
+        }
     }
     // The demo's vault passphrase and room password are random and never shown.
     assert!(!stdout.contains("PRIVATE KEY") && !stderr.contains("PRIVATE KEY"));

@@ -68,7 +68,9 @@ async fn planned_devices(lab: &Lab, pb: &std::path::Path, limit: &str) -> Vec<St
     let (code, stdout) = lab.plan_with(pb, &["--json", "--limit", limit]).await;
     assert_eq!(code, 0, "{stdout}");
     let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    doc.as_array()
+    assert_eq!(doc["version"], 1);
+    doc["devices"]
+        .as_array()
         .unwrap()
         .iter()
         .map(|p| p["device"].as_str().unwrap().to_string())

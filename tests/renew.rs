@@ -78,7 +78,7 @@ async fn renewal_replaces_the_identity_certificate_and_removes_the_old_one() {
     let (code, stdout) = lab.plan_with(&renew, &["--json"]).await;
     assert_eq!(code, 0, "{stdout}");
     let plans: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let plans = plans.as_array().unwrap();
+    let plans = plans["devices"].as_array().unwrap();
     assert_eq!(plans.len(), lab.names.len());
     for plan in plans {
         for step in plan["steps"].as_array().unwrap() {

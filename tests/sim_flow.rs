@@ -109,10 +109,14 @@ async fn seed_flow_end_to_end() {
             "\r\nOK\r\n",
         )
         .await;
+    // catalogue status.external-identity: the current node form only.
     assert!(status.starts_with(
-        "*s Conference EndToEndEncryption ExternalIdentity Valid: True\r\n\
-         *s Conference EndToEndEncryption ExternalIdentity Identity: \"meeting-room-1.example.com\"\r\n"
+        "*s Conference EndToEndEncryption ExternalIdentity Verification: External\r\n\
+         *s Conference EndToEndEncryption ExternalIdentity Identity: \"meeting-room-1.example.com\"\r\n\
+         *s Conference EndToEndEncryption ExternalIdentity Status: Valid\r\n"
     ), "{status}");
+    assert!(!status.contains("ExternalIdentity Valid:"), "{status}");
+    assert!(!status.contains("CertInfo"), "{status}");
     assert!(status.contains(&format!(
         "*s Conference EndToEndEncryption ExternalIdentity CertificateChain Certificate 1 Fingerprint: \"{fp}\"\r\n"
     )));

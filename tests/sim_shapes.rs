@@ -41,7 +41,9 @@ async fn terminal_reply_shapes() {
     );
     assert_eq!(
         c.cmd("xCommand Foo Bar", "** end\r\n").await,
-        "OK\r\n*r Result (status=Error): \r\n*r Result Reason: \"Unknown command\"\r\n** end\r\n"
+        // catalogue reply.unknown-command
+        "OK\r\n*r Result (status=Error): \r\n*r Result Reason: \"Unknown command\"\r\n\
+         *r Result XPath: \"/Foo/Bar\"\r\n** end\r\n"
     );
     assert_eq!(
         c.cmd("xConfiguration Conference EndToEndEncryption", "\r\nOK\r\n")
@@ -122,11 +124,11 @@ async fn terminal_reply_shapes() {
          {p} IssuerName: \"{}\"\r\n\
          {p} notAfter: \"{}\"\r\n\
          {p} notBefore: \"{}\"\r\n\
-         {p} UsedFor: \"HTTPS\"\r\n\
-         {p} HashingAlgorithm: \"SHA256\"\r\n\
+         {p} UsedFor: \"HTTPS server\"\r\n\
+         {p} HashingAlgorithm: \"ecdsa-with-SHA256\"\r\n\
          {p} PublicKeySize: 256\r\n\
          {p} SerialNumber: \"{}\"\r\n\
-         {p} SignatureAlgorithm: \"ecdsa-with-SHA256\"\r\n\
+         {p} SignatureAlgorithm: \"id-ecPublicKey\"\r\n\
          {p} Version: 3\r\n** end\r\n",
         info.issuer,
         roomkey::sim::model::device_time(info.not_after),
@@ -188,28 +190,36 @@ async fn json_mode_shapes() {
     let fleet = one_device(FaultPlan::default(), None).await;
     let mut c = login(&fleet).await;
     c.cmd("echo off", "OK\r\n").await;
-    assert_eq!(
-        c.cmd("xpreferences outputmode json", "OK\r\n").await,
-        "OK\r\n"
-    );
+    // catalogue reply.json: the switch is not answered in JSON mode; replies are pretty,
+    // framed by lines `{` and `}`, the result id appended before the closing brace.
+    c.send("xpreferences outputmode json\n").await;
     assert_eq!(
         c.cmd(
             "xStatus Conference EndToEndEncryption Availability | resultId=\"j1\"",
-            "}\r\n"
+            "\r\n}\r\n"
         )
         .await,
-        "{\"ResultId\":\"j1\",\"Status\":{\"Conference\":{\"EndToEndEncryption\":{\"Availability\":{\"Value\":\"Available\"}}}}}\r\n"
+        "{\r\n  \"Status\": {\r\n    \"Conference\": {\r\n      \"EndToEndEncryption\": {\r\n        \
+         \"Availability\": {\r\n          \"Value\": \"Available\"\r\n        }\r\n      }\r\n    }\r\n  }\r\n\
+         ,\"ResultId\": \"j1\"\r\n}\r\n"
     );
+    let unknown = c.cmd("xCommand Foo", "\r\n}\r\n").await;
+    let v: serde_json::Value = serde_json::from_str(&unknown).unwrap();
     assert_eq!(
-        c.cmd("xCommand Foo", "}\r\n").await,
-        "{\"CommandResponse\":{\"Result\":{\"Reason\":{\"Value\":\"Unknown command\"},\"status\":\"Error\"}}}\r\n"
+        v,
+        serde_json::json!({"CommandResponse": {"Result": {
+            "status": "Error",
+            "Reason": {"Value": "Unknown command"},
+            "XPath": {"Value": "/Foo"},
+        }}})
     );
     let show = c
-        .cmd("xCommand Security Certificates Services Show", "}\r\n")
+        .cmd("xCommand Security Certificates Services Show", "\r\n}\r\n")
         .await;
+    let v: serde_json::Value = serde_json::from_str(&show).unwrap();
     assert_eq!(
-        show,
-        "{\"CommandResponse\":{\"ServicesShowResult\":{\"status\":\"OK\"}}}\r\n"
+        v,
+        serde_json::json!({"CommandResponse": {"ServicesShowResult": {"status": "OK"}}})
     );
     assert_eq!(
         c.cmd("xpreferences outputmode terminal", "OK\r\n").await,
@@ -253,11 +263,12 @@ async fn feedback_reaches_registered_sessions() {
     let fleet = one_device(FaultPlan::default(), None).await;
     let mut watcher = login(&fleet).await;
     watcher.cmd("echo off", "OK\r\n").await;
+    // catalogue feedback.commands: `** end`, a blank line, `OK`.
     assert_eq!(
         watcher
             .cmd("xFeedback register /Configuration/Conference", "OK\r\n")
             .await,
-        "OK\r\n"
+        "** end\r\n\r\nOK\r\n"
     );
     assert_eq!(
         watcher
@@ -266,11 +277,11 @@ async fn feedback_reaches_registered_sessions() {
                 "OK\r\n"
             )
             .await,
-        "OK\r\n"
+        "** end\r\n\r\nOK\r\n"
     );
     assert_eq!(
         watcher.cmd("xFeedback list", "OK\r\n").await,
-        "/Configuration/Conference\r\n/Status/Conference/EndToEndEncryption\r\nOK\r\n"
+        "/Configuration/Conference\r\n/Status/Conference/EndToEndEncryption\r\n** end\r\n\r\nOK\r\n"
     );
     assert_eq!(
         watcher.cmd("xFeedback register /Bogus/Path", "\r\n").await,
@@ -307,7 +318,7 @@ async fn feedback_reaches_registered_sessions() {
     // Deregistered: a change brings nothing, the next reply is just the reply.
     assert_eq!(
         watcher.cmd("xFeedback deregisterall", "OK\r\n").await,
-        "OK\r\n"
+        "** end\r\n\r\nOK\r\n"
     );
     other
         .cmd(
@@ -315,6 +326,9 @@ async fn feedback_reaches_registered_sessions() {
             "\r\nOK\r\n",
         )
         .await;
-    assert_eq!(watcher.cmd("xFeedback list", "OK\r\n").await, "OK\r\n");
+    assert_eq!(
+        watcher.cmd("xFeedback list", "OK\r\n").await,
+        "** end\r\n\r\nOK\r\n"
+    );
     fleet.shutdown().await;
 }

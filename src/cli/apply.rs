@@ -74,6 +74,12 @@ pub struct ApplyArgs {
     /// Write a versioned JSON report of the run to FILE.
     #[arg(long, value_name = "FILE")]
     pub report: Option<PathBuf>,
+    /// Write a self-contained HTML report of the run to FILE (summary, every device's
+    /// outcome, certificate expiry across the fleet).
+    #[arg(long, value_name = "FILE")]
+    pub report_html: Option<PathBuf>,
+    #[command(flatten)]
+    pub overrides: PolicyOverrides,
     /// Start a new run even though the previous one was interrupted (by default, rerunning
     /// continues the interrupted run: devices it finished are not redone and its once-per-
     /// run actions, such as a rotation, are not repeated).
@@ -83,6 +89,55 @@ pub struct ApplyArgs {
     /// checking the device by hand: the step id the failure names, or a step kind.
     #[arg(long, value_name = "STEP")]
     pub confirm_resend: Vec<String>,
+}
+
+/// Playbook policy overridden from the command line (what Ansible users pass as flags).
+#[derive(Debug, Default, clap::Args)]
+pub struct PolicyOverrides {
+    /// Devices worked on at once (overrides `policy.concurrency`; Ansible's --forks).
+    #[arg(long, visible_alias = "forks", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub concurrency: Option<u32>,
+    /// Extra connection attempts per device (overrides `policy.retries`).
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
+    /// TCP connect + SSH handshake timeout, e.g. 10s (overrides `policy.connect_timeout`).
+    #[arg(long, value_name = "DURATION", value_parser = roomkey::playbook::parse_duration)]
+    pub connect_timeout: Option<std::time::Duration>,
+    /// Per-command timeout, e.g. 30s (overrides `policy.command_timeout`).
+    #[arg(long, value_name = "DURATION", value_parser = roomkey::playbook::parse_duration)]
+    pub command_timeout: Option<std::time::Duration>,
+    /// Stop the run after more than N failed devices (overrides `max_failures`).
+    #[arg(long, value_name = "N")]
+    pub max_failures: Option<usize>,
+    /// Stop the run at the first failed device (overrides `any_errors_fatal`).
+    #[arg(long)]
+    pub any_errors_fatal: bool,
+}
+
+impl PolicyOverrides {
+    /// Applies the flags given to the playbook's policy.
+    pub fn apply(&self, playbook: &mut Playbook) {
+        let policy = &mut playbook.policy;
+        if let Some(n) = self.concurrency {
+            policy.concurrency = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = self.retries {
+            policy.retries = n;
+        }
+        if let Some(d) = self.connect_timeout {
+            policy.connect_timeout = d;
+        }
+        if let Some(d) = self.command_timeout {
+            policy.command_timeout = d;
+        }
+        if let Some(n) = self.max_failures {
+            playbook.budget.max_failures = Some(n);
+        }
+        if self.any_errors_fatal {
+            playbook.budget.any_errors_fatal = true;
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -234,8 +289,31 @@ pub fn open_store(
     } else {
         roomkey::vault::Vault::open(&path, &passphrase)
     }
-    .with_context(|| format!("opening the vault {}", path.display()))?;
+    .with_context(|| vault_advice(&path, &inventory.path, target.vault.is_some()))?;
     Ok(Arc::new(VaultSecrets::new(vault)))
+}
+
+/// Which vault was opened and why that one: every error that names the vault says where
+/// the path came from and the command that creates it there.
+pub fn vault_advice(path: &Path, inventory: &Path, from_flag: bool) -> String {
+    let origin = if from_flag {
+        "from --vault / ROOMKEY_VAULT".to_string()
+    } else {
+        format!(
+            "the inventory's `vault:`, default `.roomkey/vault` beside {} (paths in an \
+             inventory are relative to it)",
+            inventory.display()
+        )
+    };
+    let create = if from_flag {
+        format!("roomkey secret init --vault {}", path.display())
+    } else {
+        format!("roomkey secret init -i {}", inventory.display())
+    };
+    format!(
+        "opening the vault {} ({origin}); to create it there: `{create}`",
+        path.display()
+    )
 }
 
 fn select<'a>(loaded: &'a Loaded, limit: Option<&str>) -> Result<Vec<&'a Device>, String> {
@@ -299,6 +377,8 @@ pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Re
         eprintln!("no device selected; nothing to do");
         return Ok(exit::ALL_DONE);
     }
+    let mut playbook = loaded.playbook.clone();
+    args.overrides.apply(&mut playbook);
     let store = open_store(
         &args.target,
         &loaded.inventory,
@@ -312,7 +392,7 @@ pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Re
     } = match prepare(
         &loaded.inventory.path,
         &devices,
-        &loaded.playbook,
+        &playbook,
         Some(store.as_ref()),
         time::OffsetDateTime::now_utc(),
     ) {
@@ -344,8 +424,9 @@ pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Re
         }
         Output::Auto => Arc::new(report::PlainReporter::new(std::io::stderr())),
     };
+    let expiry = expiry_points(&prepared);
     let config = |stop| RunConfig {
-        playbook: loaded.playbook.clone(),
+        playbook: playbook.clone(),
         devices: prepared.clone(),
         state_dir: loaded.state_dir.clone(),
         known_hosts: loaded.inventory.known_hosts.clone(),
@@ -362,7 +443,36 @@ pub fn run_apply(args: ApplyArgs, multi: indicatif::MultiProgress) -> anyhow::Re
         start_time: None,
     };
     let summary = run_engine(config, reporter)?;
+    if let Some(path) = &args.report_html {
+        report::write_html_report(path, &summary, &expiry)
+            .with_context(|| format!("writing the HTML report {}", path.display()))?;
+    }
     finish(&summary, args.output, args.report.as_deref())
+}
+
+/// Days left of each device's certificate (from preflight, else read from its file), for
+/// the HTML report's expiry picture.
+pub fn expiry_points(prepared: &[engine::PreparedDevice]) -> Vec<report::ExpiryPoint> {
+    let now = time::OffsetDateTime::now_utc();
+    prepared
+        .iter()
+        .map(|p| {
+            let not_after = match &p.identity {
+                Some(id) => Some(id.cert.not_after),
+                None => p
+                    .device
+                    .certificate
+                    .as_ref()
+                    .and_then(|path| std::fs::read_to_string(path).ok())
+                    .and_then(|pem| roomkey::cert::parse_cert_pem(&pem).ok())
+                    .map(|c| c.not_after),
+            };
+            report::ExpiryPoint {
+                device: p.device.name.clone(),
+                days_left: not_after.map(|t| (t - now).whole_days()),
+            }
+        })
+        .collect()
 }
 
 /// Runs the engine on a fresh runtime with Ctrl-C wired to a graceful stop.
@@ -488,7 +598,8 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<i32> {
     let mut warnings = loaded.inventory.warnings.clone();
     warnings.extend(prepared.warnings);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&plans)?);
+        let doc = report::PlanDocument::new(&loaded.playbook.name, &plans);
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         // The plan quotes names, paths and values from the inputs.
         print!(

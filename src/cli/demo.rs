@@ -3,6 +3,8 @@
 //! ports, issues each room a certificate from a throw-away test CA, seeds a vault with a
 //! fresh ClientSecret per room, runs `playbooks/external-identity.yaml` through the real
 //! engine over real SSH, and shows each room's verified identity as the device reports it.
+//! The rooms start factory-new (no secret, no certificate, E2EE off), so every step changes
+//! something.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -80,6 +82,13 @@ pub fn run(args: Args, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
     vault.save()?;
     let store = Arc::new(VaultSecrets::new(vault));
 
+    // Every simulated room starts as a factory-new device would: no ClientSecret, no
+    // certificate, end-to-end encryption off — so every step of the playbook has work to do
+    // (set_configuration turns E2EE on). A kept --dir is left as the last demo made it.
+    let sim_dir = dir.join("sim");
+    for d in &inventory.devices {
+        factory_new(&sim_dir, &d.name)?;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -99,7 +108,7 @@ pub fn run(args: Args, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
     let fleet = runtime.block_on(Fleet::start(
         specs,
         FleetOptions {
-            state_dir: Some(dir.join("sim")),
+            state_dir: Some(sim_dir),
             kdf: KdfPool::per_core(),
             boot_delay: Duration::from_secs(2),
             ..FleetOptions::default()
@@ -176,4 +185,17 @@ pub fn run(args: Args, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
     }
     runtime.block_on(fleet.shutdown());
     Ok(summary.exit_code())
+}
+
+/// Writes a factory-new state for a simulated room that has none yet.
+fn factory_new(sim_dir: &std::path::Path, name: &str) -> anyhow::Result<()> {
+    let store = roomkey::sim::store::Store::open(sim_dir, name)?;
+    if store.load_state()?.is_some() {
+        return Ok(());
+    }
+    let mut state = roomkey::sim::model::PersistedState::default();
+    state.version = 1;
+    state.e2ee_mode_on = false;
+    store.save_state(&state)?;
+    Ok(())
 }

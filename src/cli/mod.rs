@@ -6,9 +6,12 @@ pub mod apply;
 pub mod bench;
 pub mod cert;
 pub mod demo;
+pub mod init;
 pub mod jwe;
+pub mod probe;
 pub mod secret;
 pub mod sim;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 

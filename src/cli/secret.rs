@@ -15,9 +15,13 @@ use zeroize::Zeroizing;
 /// Which vault, and where its passphrase comes from.
 #[derive(Debug, Clone, clap::Args)]
 pub struct VaultArgs {
-    /// The vault file [default: `.roomkey/vault`, or with `-i` the inventory's `vault:`].
+    /// The vault file [default: with `-i`, the inventory's `vault:` (`.roomkey/vault` beside
+    /// the inventory, where `apply` looks); without, `.roomkey/vault` here].
     #[arg(long, env = "ROOMKEY_VAULT")]
     pub vault: Option<PathBuf>,
+    /// The inventory whose vault this is (and, for `generate` and `reset`, its devices).
+    #[arg(short, long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
     /// Read the vault passphrase from this file (otherwise from ROOMKEY_VAULT_PASSPHRASE,
     /// otherwise a no-echo prompt on the terminal).
     #[arg(long, value_name = "FILE")]
@@ -42,9 +46,6 @@ pub enum Command {
         devices: Vec<String>,
         #[arg(value_name = "DEVICE", conflicts_with = "inventory")]
         names: Vec<String>,
-        /// Take the devices from this inventory (and its `vault:` unless --vault is given).
-        #[arg(short, long, value_name = "FILE")]
-        inventory: Option<PathBuf>,
         /// With --inventory: select devices — names, globs (`room-1*`), groups,
         /// comma-separated; `!pattern` excludes.
         #[arg(short, long, value_name = "PATTERNS", requires = "inventory")]
@@ -76,12 +77,18 @@ pub enum Command {
         #[command(flatten)]
         vault: VaultArgs,
     },
-    /// Import `device,secret` rows from a CSV file or a YAML map (by extension).
+    /// Import `device,secret` rows from a CSV file or a YAML map (by extension), or from
+    /// standard input with `-` (no plaintext file on disk: e.g. `pass show rooms | roomkey
+    /// secret import -i inventory.yaml -`).
     Import {
         #[command(flatten)]
         vault: VaultArgs,
-        /// A `.csv` file of `device,secret` rows or a `.yaml` map of `device: secret`.
+        /// A `.csv` file of `device,secret` rows, a `.yaml` map of `device: secret`, or `-`
+        /// for standard input.
         file: PathBuf,
+        /// The format of standard input (`-`): csv or yaml.
+        #[arg(long, value_enum, default_value = "csv")]
+        stdin_format: StdinFormat,
         /// The devices already hold these secrets.
         #[arg(long)]
         seeded: bool,
@@ -103,6 +110,54 @@ pub enum Command {
     /// left with no secret, until the next `populate_secret: { initial: true }` seeds it
     /// again in plaintext. Asks for the device name as confirmation unless --yes.
     Reset(ResetArgs),
+    /// Recover rooms that were factory-reset or replaced: every secret the vault holds for
+    /// them moves to history (nothing is deleted), a fresh secret becomes current, and they
+    /// are marked unseeded, so the next apply of a playbook with `populate_secret: {
+    /// initial: true }` seeds them. Contacts no device. Takes device names, or an
+    /// inventory's devices (optionally --limit'ed).
+    ForgetDevice(ForgetArgs),
+    /// Change one room's ClientSecret to a phrase its owner types at a no-echo prompt (or
+    /// pipes in with --phrase-stdin) — never on the command line. Same guarantees as a
+    /// rotation: the phrase is recorded as pending before it is sent, proofs decide what
+    /// the device holds, and an interruption is resolved by rerunning this command with the
+    /// same phrase or any playbook with `rotate_secret` or `populate_secret`.
+    Change(ChangeArgs),
+}
+
+/// Arguments of `roomkey secret forget-device`.
+#[derive(Debug, clap::Args)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// Devices to forget.
+    #[arg(value_name = "DEVICE", conflicts_with = "inventory")]
+    pub names: Vec<String>,
+    /// Take the devices from this inventory (and its `vault:` unless --vault is given).
+    #[arg(short, long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+    /// With --inventory: select devices — names, globs, groups, comma-separated; `!pattern`
+    /// excludes.
+    #[arg(short, long, value_name = "PATTERNS", requires = "inventory")]
+    pub limit: Option<String>,
+}
+
+/// Arguments of `roomkey secret change`.
+#[derive(Debug, clap::Args)]
+pub struct ChangeArgs {
+    #[command(flatten)]
+    pub vault: VaultArgs,
+    /// The inventory holding the device (address, login; its `vault:` unless --vault).
+    #[arg(short, long, value_name = "FILE")]
+    pub inventory: PathBuf,
+    /// The device whose secret changes.
+    #[arg(long, value_name = "DEVICE")]
+    pub device: String,
+    /// Read the new phrase from stdin (one line) instead of prompting on the terminal.
+    #[arg(long)]
+    pub phrase_stdin: bool,
+    /// Record the host key of a device not yet in known_hosts (otherwise refused).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
 }
 
 /// Arguments of `roomkey secret reset`.
@@ -110,10 +165,7 @@ pub enum Command {
 pub struct ResetArgs {
     #[command(flatten)]
     pub vault: VaultArgs,
-    /// The inventory holding the device (address, login; its `vault:` unless --vault).
-    #[arg(short, long, value_name = "FILE")]
-    pub inventory: PathBuf,
-    /// The device to reset.
+    /// The device to reset (in the inventory given with -i).
     #[arg(long, value_name = "DEVICE")]
     pub device: String,
     /// Do not ask for confirmation (required when stdin is not a terminal).
@@ -142,11 +194,16 @@ pub enum CredentialCommand {
 }
 
 impl VaultArgs {
-    /// The vault path: `--vault`/`ROOMKEY_VAULT`, else `.roomkey/vault`.
-    pub fn path(&self) -> PathBuf {
-        self.vault
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(".roomkey/vault"))
+    /// The vault path: `--vault`/`ROOMKEY_VAULT`, else the inventory's (`-i`) `vault:`,
+    /// else `.roomkey/vault` in the current directory.
+    pub fn path(&self) -> anyhow::Result<PathBuf> {
+        if let Some(v) = &self.vault {
+            return Ok(v.clone());
+        }
+        match &self.inventory {
+            Some(inv) => Ok(roomkey::inventory::load(inv)?.vault),
+            None => Ok(PathBuf::from(".roomkey/vault")),
+        }
     }
 }
 
@@ -157,9 +214,8 @@ pub fn run(cmd: Command) -> anyhow::Result<i32> {
             vault,
             mut devices,
             names,
-            inventory,
             limit,
-        } => match inventory {
+        } => match vault.inventory.clone() {
             Some(inventory) => generate_for_inventory(vault, &inventory, limit.as_deref()),
             None => {
                 devices.extend(names);
@@ -180,9 +236,10 @@ pub fn run(cmd: Command) -> anyhow::Result<i32> {
         Command::Import {
             vault,
             file,
+            stdin_format,
             seeded,
             replace,
-        } => import(&vault, &file, seeded, replace),
+        } => import(&vault, &file, stdin_format, seeded, replace),
         Command::Export { vault, file } => export(&vault, &file),
         Command::Credential(CredentialCommand::Set { vault, name }) => {
             credential_set(&vault, &name)
@@ -191,22 +248,24 @@ pub fn run(cmd: Command) -> anyhow::Result<i32> {
             credential_remove(&vault, &name)
         }
         Command::Reset(args) => reset(args),
+        Command::ForgetDevice(args) => forget_device(args),
+        Command::Change(args) => change(args),
     }
 }
 
 fn open(args: &VaultArgs) -> anyhow::Result<Vault> {
     let pass = vault::read_passphrase(args.passphrase_file.as_deref())?;
-    Ok(Vault::open(&args.path(), &pass)?)
+    Ok(Vault::open(&args.path()?, &pass)?)
 }
 
 fn open_read_only(args: &VaultArgs) -> anyhow::Result<Vault> {
     let pass = vault::read_passphrase(args.passphrase_file.as_deref())?;
-    Ok(Vault::open_read_only(&args.path(), &pass)?)
+    Ok(Vault::open_read_only(&args.path()?, &pass)?)
 }
 
 fn init(args: &VaultArgs) -> anyhow::Result<i32> {
+    let path = args.path()?;
     let pass = vault::read_new_passphrase(args.passphrase_file.as_deref())?;
-    let path = args.path();
     Vault::create(&path, &pass)?;
     eprintln!("created an empty vault at {}", path.display());
     Ok(0)
@@ -226,7 +285,7 @@ fn generate(args: &VaultArgs, devices: &[String]) -> anyhow::Result<i32> {
             eprintln!("{d}: already has a secret; left as is");
             continue;
         }
-        v.set_current(d, vault::generate_secret(), false, Some("generated"))?;
+        v.set_current(d, vault::generate_phrase(), false, Some("generated"))?;
         eprintln!("{d}: generated a new secret");
         made += 1;
     }
@@ -380,6 +439,10 @@ fn list_table(v: &Vault, now: OffsetDateTime) -> String {
     if !creds.is_empty() {
         out.push_str(&format!("credentials: {}\n", creds.join(", ")));
     }
+    // What each release's canary showed about the populate plaintext.
+    for (release, reading) in v.release_readings() {
+        out.push_str(&format!("populate reading of {release}: {reading}\n"));
+    }
     out
 }
 
@@ -395,6 +458,13 @@ fn list(args: &VaultArgs) -> anyhow::Result<i32> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FileKind {
+    Csv,
+    Yaml,
+}
+
+/// The format of secrets read from standard input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StdinFormat {
     Csv,
     Yaml,
 }
@@ -531,11 +601,38 @@ fn to_yaml(rows: &[(&str, &Secret)]) -> anyhow::Result<Zeroizing<String>> {
     ))
 }
 
-fn import(args: &VaultArgs, file: &Path, seeded: bool, replace: bool) -> anyhow::Result<i32> {
-    let kind = file_kind(file)?;
-    let text = Zeroizing::new(
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?,
-    );
+fn import(
+    args: &VaultArgs,
+    file: &Path,
+    stdin_format: StdinFormat,
+    seeded: bool,
+    replace: bool,
+) -> anyhow::Result<i32> {
+    let from_stdin = file == Path::new("-");
+    let (kind, text) = if from_stdin {
+        let mut text = Zeroizing::new(String::new());
+        std::io::stdin()
+            .lock()
+            .read_to_string(&mut text)
+            .context("cannot read the secrets from standard input")?;
+        let kind = match stdin_format {
+            StdinFormat::Csv => FileKind::Csv,
+            StdinFormat::Yaml => FileKind::Yaml,
+        };
+        (kind, text)
+    } else {
+        let kind = file_kind(file)?;
+        let text = Zeroizing::new(
+            std::fs::read_to_string(file)
+                .with_context(|| format!("cannot read {}", file.display()))?,
+        );
+        (kind, text)
+    };
+    let file = if from_stdin {
+        Path::new("(standard input)")
+    } else {
+        file
+    };
     let rows = match kind {
         FileKind::Csv => parse_csv(&text),
         FileKind::Yaml => parse_yaml(&text),
@@ -568,12 +665,14 @@ fn import(args: &VaultArgs, file: &Path, seeded: bool, replace: bool) -> anyhow:
     v.save()?;
     eprintln!(
         "imported {n} device secret(s) into {}",
-        args.path().display()
+        args.path()?.display()
     );
-    eprintln!(
-        "warning: {} holds plaintext secrets; delete it securely now",
-        file.display()
-    );
+    if !from_stdin {
+        eprintln!(
+            "warning: {} holds plaintext secrets; delete it securely now",
+            file.display()
+        );
+    }
     Ok(0)
 }
 
@@ -653,19 +752,23 @@ fn confirm_reset(args: &ResetArgs) -> anyhow::Result<()> {
 /// the current one. Crash-safe bookkeeping: after connecting and before sending, the vault
 /// stops recording the device as seeded (the secret itself stays current), so whatever
 /// happens next, `populate_secret: { initial: true }` settles it — the plaintext seeding
-/// lands on a reset device, or is refused by one that still holds the secret and a no-op
-/// JWE proves it. A refusal (nothing changed on the device) restores the seeded mark.
+/// lands on a reset device, or is refused by one that still holds the secret and a
+/// proof (a Deactivate JWE that changes nothing) shows it. A refusal (nothing changed on
+/// the device) restores the seeded mark.
 fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
     use roomkey::engine::secrets::{SecretStore, VaultSecrets};
     use roomkey::inventory::{self, ClientSecretSource};
     use roomkey::ssh::{ConnectOptions, HostKeyPolicy, TshSession};
 
-    let inv = inventory::load(&args.inventory)?;
+    let Some(inventory_path) = args.vault.inventory.clone() else {
+        bail!("name the inventory holding the device with -i/--inventory");
+    };
+    let inv = inventory::load(&inventory_path)?;
     let Some(device) = inv.devices.iter().find(|d| d.name == args.device) else {
         bail!(
             "device {} is not in {}",
             args.device,
-            args.inventory.display()
+            inventory_path.display()
         );
     };
     if let ClientSecretSource::Env(var) = &device.client_secret {
@@ -771,6 +874,241 @@ fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
                  settle it",
                 roomkey::display::escape(&e.to_string())
             );
+            Ok(3)
+        }
+    }
+}
+
+/// `roomkey secret forget-device`: the rooms were factory-reset or replaced. Every name is
+/// checked before anything is written; the vault is saved once.
+fn forget_device(mut args: ForgetArgs) -> anyhow::Result<i32> {
+    let mut names = args.names.clone();
+    if let Some(inventory) = &args.inventory {
+        let inv = roomkey::inventory::load(inventory)?;
+        let selected = roomkey::inventory::select(&inv, args.limit.as_deref(), &BTreeMap::new())
+            .map_err(anyhow::Error::msg)?;
+        for d in selected {
+            match &d.client_secret {
+                roomkey::inventory::ClientSecretSource::Vault => names.push(d.name.clone()),
+                roomkey::inventory::ClientSecretSource::Env(var) => eprintln!(
+                    "{}: its ClientSecret comes from environment variable {var}; skipped",
+                    d.name
+                ),
+            }
+        }
+        if args.vault.vault.is_none() {
+            args.vault.vault = Some(inv.vault.clone());
+        }
+    }
+    if names.is_empty() {
+        bail!("name at least one device (DEVICE ..., or -i INVENTORY [--limit PATTERNS])");
+    }
+    let mut v = open(&args.vault)?;
+    let missing: Vec<&str> = names
+        .iter()
+        .filter(|n| v.device(n).is_none())
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "not in the vault: {}; nothing was changed",
+            missing.join(", ")
+        );
+    }
+    for name in &names {
+        v.forget_device(name)?;
+    }
+    v.save()?;
+    for name in &names {
+        eprintln!(
+            "{name}: forgotten — its old secrets are kept in the vault's history, a fresh \
+             secret is current and not seeded; the next apply with `populate_secret: {{ \
+             initial: true }}` seeds it (in plaintext: do it on a network you trust)"
+        );
+    }
+    Ok(0)
+}
+
+/// Reads the owner's new phrase: one line from stdin with --phrase-stdin, else a no-echo
+/// prompt asked twice. Never from the command line (it would be in `ps` and the history).
+fn read_owner_phrase(args: &ChangeArgs) -> anyhow::Result<Secret> {
+    if args.phrase_stdin {
+        let mut line = Zeroizing::new(String::new());
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the phrase from stdin")?;
+        return Ok(Secret::from_file_text(line));
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!("no terminal to prompt on: pipe the phrase in with --phrase-stdin");
+    }
+    let first = vault::prompt(&format!("New ClientSecret phrase for {}: ", args.device))?;
+    let again = vault::prompt(&format!(
+        "New ClientSecret phrase for {} (again): ",
+        args.device
+    ))?;
+    if first != again {
+        bail!("the two entries do not match; nothing was changed");
+    }
+    Ok(first)
+}
+
+/// `roomkey secret change`: rotates one device to an owner's phrase with the engine's own
+/// rotation step (pending recorded before sending, candidates, proofs), then proves it.
+fn change(mut args: ChangeArgs) -> anyhow::Result<i32> {
+    use roomkey::engine::secrets::{SecretStore, VaultSecrets};
+    use roomkey::engine::steps::{self, StepContext, StepError};
+    use roomkey::inventory::{self, ClientSecretSource};
+    use roomkey::ssh::{ConnectOptions, HostKeyPolicy, TshSession};
+
+    let inv = inventory::load(&args.inventory)?;
+    let Some(device) = inv.devices.iter().find(|d| d.name == args.device) else {
+        bail!(
+            "device {} is not in {}",
+            args.device,
+            args.inventory.display()
+        );
+    };
+    if let ClientSecretSource::Env(var) = &device.client_secret {
+        bail!(
+            "{}: its ClientSecret comes from environment variable {var}; changing it needs \
+             the vault",
+            device.name
+        );
+    }
+    if args.vault.vault.is_none() {
+        args.vault.vault = Some(inv.vault.clone());
+    }
+    let phrase = read_owner_phrase(&args)?;
+    vault::check_secret(&device.name, &phrase)?;
+    if let Err(why) = vault::phrase::check_owner_phrase(&phrase) {
+        bail!(
+            "{}: the phrase is refused: {why}; nothing was changed",
+            device.name
+        );
+    }
+    let v = open(&args.vault)?;
+    let begin = match v.device(&device.name) {
+        None => bail!("{}: the vault has no ClientSecret for it", device.name),
+        Some(d) if d.current.as_ref().is_some_and(|c| c.secret == phrase) => {
+            bail!("{}: that is already its current secret", device.name)
+        }
+        // Rerun after an interruption with the same phrase: resolve and finish it.
+        Some(d) if d.pending.as_ref().is_some_and(|p| p.secret == phrase) => false,
+        Some(d) if d.pending.is_some() || d.state != vault::SecretState::Ok => bail!(
+            "{}: secret state is {}; resolve it first (rerun the rotation playbook, or this \
+             command with the phrase of the unfinished change)",
+            device.name,
+            d.state
+        ),
+        Some(d) if !d.seeded => bail!(
+            "{}: not recorded as seeded; seed it first (`populate_secret: {{ initial: true }}`)",
+            device.name
+        ),
+        Some(_) => true,
+    };
+    let store = VaultSecrets::new(v);
+    let pb = roomkey::playbook::parse(
+        Path::new("secret-change"),
+        "name: secret-change\nsteps:\n  - rotate_secret: {}\n  - populate_secret: {}\n",
+    )?;
+    let prepared = roomkey::engine::prepare::prepare(
+        &inv.path,
+        &[device],
+        &pb,
+        Some(&store),
+        OffsetDateTime::now_utc(),
+    )
+    .map_err(|p| anyhow::anyhow!(inventory::render_problems(&p)))?;
+    let Some(prepared) = prepared.devices.into_iter().next() else {
+        bail!("{}: preflight produced no device", device.name);
+    };
+    let mut opts = ConnectOptions::new(
+        device.host.clone(),
+        device.username.clone(),
+        prepared.auth.clone(),
+    );
+    opts.port = device.port;
+    opts.known_hosts = inv.known_hosts.clone();
+    if args.accept_new_host_keys {
+        opts.host_key_policy = HostKeyPolicy::AcceptNew;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let name = device.name.clone();
+    let result = runtime.block_on(async {
+        let kdf = roomkey::kdf::KdfPool::new(1);
+        let mut session = TshSession::connect(&opts).await?;
+        if begin {
+            // The write-ahead record: the phrase is pending, on disk, before anything that
+            // could change the device is sent.
+            if let Err(e) = store.update(|v| v.begin_rotation(&name, phrase.clone())) {
+                session.close().await;
+                return Err(anyhow::Error::from(e));
+            }
+        }
+        let outputs = roomkey::journal::StepOutputs::default();
+        let mut notes = Vec::new();
+        let mut outcome = Ok(());
+        // One salt and derivation per session, as the engine does.
+        let keys = roomkey::kdf::SessionKeys::new(kdf.clone(), false);
+        for (index, step) in pb.steps.iter().enumerate() {
+            let mut ctx = StepContext {
+                session: &mut session,
+                prepared: &prepared,
+                kdf: &keys,
+                secrets: &store as &dyn SecretStore,
+                outputs: &outputs,
+                check_mode: false,
+                resuming: false,
+                previously_done: false,
+                changed_earlier: index > 0,
+                step_outputs: &outputs,
+                connect: &opts,
+                index,
+            };
+            // The vault's pending secret and candidates are this command's write-ahead
+            // record; there is no journal to write.
+            match steps::execute(
+                step,
+                &mut ctx,
+                &mut |_: &str, _: roomkey::journal::StepOutputs| Ok(()),
+            )
+            .await
+            {
+                Ok(done) => notes.extend(done.note),
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
+        }
+        session.close().await;
+        Ok::<_, anyhow::Error>((notes, outcome))
+    });
+    match result {
+        Ok((notes, Ok(()))) => {
+            for n in notes {
+                eprintln!("{name}: {n}");
+            }
+            eprintln!("{name}: ClientSecret changed to the owner's phrase");
+            Ok(0)
+        }
+        Ok((_, Err(StepError::Ssh(e)))) => {
+            eprintln!(
+                "{name}: the change's outcome is unknown ({e}); the vault keeps every secret \
+                 the device may hold — rerun this command with the same phrase to settle it"
+            );
+            Ok(3)
+        }
+        Ok((_, Err(e))) => {
+            eprintln!("{name}: {e}");
+            Ok(2)
+        }
+        Err(e) => {
+            eprintln!("{name}: nothing was changed: {e:#}");
             Ok(3)
         }
     }

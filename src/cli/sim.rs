@@ -50,6 +50,12 @@ pub struct Args {
     /// device's `sim:` block (or of the --faults plan).
     #[arg(long, value_name = "READING")]
     pub populate_reading: Option<PopulateReadingArg>,
+    /// A device variant for every device, `KNOB=VALUE` (repeatable), e.g.
+    /// `--variant external_identity=seed --variant config_set=bare_ok`: the alternatives
+    /// `docs/device-catalogue.md` lists as unknown (knobs: see `sim: { variants: … }`).
+    /// Overrides the same knob of every device's `sim:` block.
+    #[arg(long, value_name = "KNOB=VALUE")]
+    pub variant: Vec<String>,
     /// Concurrent scrypt derivations (default: one per core).
     #[arg(long)]
     pub kdf_parallel: Option<usize>,
@@ -148,6 +154,17 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     if let Some(reading) = args.populate_reading {
         for spec in &mut specs {
             spec.faults.populate_reading = reading.into();
+        }
+    }
+    for v in &args.variant {
+        let (key, value) = v
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--variant {v:?}: expected KNOB=VALUE"))?;
+        for spec in &mut specs {
+            spec.faults
+                .variants
+                .set(key.trim(), value.trim())
+                .map_err(|e| anyhow::anyhow!("--variant {v:?}: {e}"))?;
         }
     }
     let kdf = match args.kdf_parallel {

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::journal::StepStatus;
 
 /// How one device ended a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DeviceStatus {
     /// Every step done, nothing changed.
@@ -66,7 +66,7 @@ impl DeviceStatus {
 }
 
 /// One step of one device, as reported.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct StepReport {
     pub id: String,
     pub kind: String,
@@ -80,7 +80,7 @@ pub struct StepReport {
 }
 
 /// How one device ended.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct DeviceOutcome {
     pub device: String,
     pub address: String,
@@ -98,13 +98,13 @@ pub struct DeviceOutcome {
 }
 
 /// Why a run stopped before every selected device was worked on.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct StoppedEarly {
     pub reason: String,
 }
 
 /// The end of a run.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, schemars::JsonSchema)]
 pub struct RunSummary {
     pub playbook: String,
     pub run: String,
@@ -163,7 +163,7 @@ impl RunSummary {
 }
 
 /// What the engine tells its reporter, in order, per device.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, schemars::JsonSchema)]
 #[serde(tag = "event", rename_all = "kebab-case")]
 pub enum Event {
     RunStarted {

@@ -157,6 +157,19 @@ pub fn prepare(
                     }
                 },
             }
+        } else if playbook
+            .steps
+            .iter()
+            .any(|s| matches!(s, crate::playbook::Step::VerifyExternalIdentity(_)))
+        {
+            // A verify-only playbook: the device's certificate, when its files load, tells
+            // the verifier which certificate the device must be using (its fingerprint);
+            // without them the verifier checks validity and CN only, and says so.
+            if let Some(cert_path) = &device.certificate {
+                if let Ok(id) = load_identity(cert_path, device.key.as_deref()) {
+                    identity = Some(Arc::new(id));
+                }
+            }
         }
         let expected_identity = device.identity.clone().or_else(|| {
             identity

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use crate::inventory::{ClientSecretSource, Device};
 use crate::secret::Secret;
+use crate::vault::{Held, Reading};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretStoreError {
@@ -50,6 +51,28 @@ pub trait SecretStore: Send + Sync {
     /// the recorded state, it becomes `ok` and seeded; a pending secret, if any, is kept as
     /// previous (abandoned). Saves only if something changed.
     fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError>;
+    /// Every recorded secret the device may hold, in the order a proof tries them
+    /// (`pending`, its alternates, `current`).
+    fn candidates(&self, device: &Device) -> Result<Vec<(Held, Secret)>, SecretStoreError>;
+    /// Records durably, before a `Populate` carrying the pending secret as `sent_as` is
+    /// sent, every secret the device may hold once it lands.
+    fn record_attempt(&self, device: &Device, sent_as: Reading) -> Result<(), SecretStoreError>;
+    /// The reading holding the pending secret would reveal (the form last sent), if any.
+    fn pending_reading(&self, device: &Device) -> Result<Option<Reading>, SecretStoreError>;
+    /// A proof showed the device holds `held`: promote it (or confirm the current one),
+    /// durably. Returns the reading holding a new secret revealed.
+    fn settle(&self, device: &Device, held: Held) -> Result<Option<Reading>, SecretStoreError>;
+    /// The reading the device's firmware uses, if known: its own record on this release,
+    /// else what the canary of this release showed.
+    fn known_reading(&self, device: &Device, release: &str) -> Option<Reading>;
+    /// Records (durably) the reading a proof showed, for the device and its release (the
+    /// release keeps the first one it learned).
+    fn learn_reading(
+        &self,
+        device: &Device,
+        release: &str,
+        reading: Reading,
+    ) -> Result<(), SecretStoreError>;
     /// Whether the vault flags the device `secret-unknown` (neither secret was accepted).
     fn is_secret_unknown(&self, device: &Device) -> bool;
     /// Neither secret works: keep both and flag the device.
@@ -133,6 +156,38 @@ impl SecretStore for EnvSecrets {
 
     fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError> {
         self.mark_seeded(device)
+    }
+
+    fn candidates(&self, device: &Device) -> Result<Vec<(Held, Secret)>, SecretStoreError> {
+        Ok(vec![(Held::Current, self.current(device)?)])
+    }
+
+    fn record_attempt(&self, device: &Device, _sent_as: Reading) -> Result<(), SecretStoreError> {
+        self.begin_rotation(device).map(|_| ())
+    }
+
+    fn pending_reading(&self, _device: &Device) -> Result<Option<Reading>, SecretStoreError> {
+        Ok(None)
+    }
+
+    fn settle(&self, device: &Device, held: Held) -> Result<Option<Reading>, SecretStoreError> {
+        match held {
+            Held::Current => self.mark_seeded(device).map(|_| None),
+            _ => self.begin_rotation(device).map(|_| None),
+        }
+    }
+
+    fn known_reading(&self, _device: &Device, _release: &str) -> Option<Reading> {
+        None
+    }
+
+    fn learn_reading(
+        &self,
+        _device: &Device,
+        _release: &str,
+        _reading: Reading,
+    ) -> Result<(), SecretStoreError> {
+        Ok(())
     }
 
     fn is_secret_unknown(&self, _device: &Device) -> bool {
@@ -263,7 +318,7 @@ impl SecretStore for VaultSecrets {
         if let Some(p) = self.pending(device)? {
             return Ok(p);
         }
-        let new = crate::vault::generate_secret();
+        let new = crate::vault::generate_phrase();
         let keep = new.clone();
         self.with(|v| {
             v.begin_rotation(&device.name, new)
@@ -296,6 +351,87 @@ impl SecretStore for VaultSecrets {
                 .and_then(|_| v.save())
                 .map_err(vault_err)
         })
+    }
+
+    fn candidates(&self, device: &Device) -> Result<Vec<(Held, Secret)>, SecretStoreError> {
+        if matches!(device.client_secret, ClientSecretSource::Env(_)) {
+            return Ok(vec![(Held::Current, self.current(device)?)]);
+        }
+        self.with(|v| {
+            let d = v
+                .device(&device.name)
+                .ok_or_else(|| SecretStoreError::NoSecret {
+                    device: device.name.clone(),
+                })?;
+            Ok(d.candidates()
+                .into_iter()
+                .map(|(h, s)| (h, s.clone()))
+                .collect())
+        })
+    }
+
+    fn record_attempt(&self, device: &Device, sent_as: Reading) -> Result<(), SecretStoreError> {
+        self.change(|v| v.record_attempt(&device.name, sent_as))
+    }
+
+    fn pending_reading(&self, device: &Device) -> Result<Option<Reading>, SecretStoreError> {
+        self.with(|v| {
+            Ok(v.device(&device.name)
+                .filter(|d| d.pending.is_some())
+                .map(|d| d.pending_reading.unwrap_or(Reading::Raw)))
+        })
+    }
+
+    fn settle(&self, device: &Device, held: Held) -> Result<Option<Reading>, SecretStoreError> {
+        match held {
+            Held::Current => self.confirm_current(device).map(|_| None),
+            Held::Pending => {
+                // A pending secret recorded before readings were tracked was sent raw.
+                let reading = self.pending_reading(device)?.unwrap_or(Reading::Raw);
+                self.promote_pending(device)?;
+                Ok(Some(reading))
+            }
+            Held::Alternate(i) => {
+                let reading = self.with(|v| {
+                    v.device(&device.name)
+                        .and_then(|d| d.alternates.get(i))
+                        .map(|a| a.reading)
+                        .ok_or_else(|| {
+                            SecretStoreError::Vault(format!(
+                                "device {}: no such candidate secret (internal error)",
+                                device.name
+                            ))
+                        })
+                })?;
+                self.change(|v| v.promote_alternate(&device.name, i))?;
+                Ok(Some(reading))
+            }
+        }
+    }
+
+    fn known_reading(&self, device: &Device, release: &str) -> Option<Reading> {
+        self.with(|v| {
+            let own = v
+                .device(&device.name)
+                .and_then(|d| d.firmware.as_ref())
+                .filter(|f| f.release == release)
+                .map(|f| f.reading);
+            Ok(own.or_else(|| v.release_reading(release)))
+        })
+        .ok()
+        .flatten()
+    }
+
+    fn learn_reading(
+        &self,
+        device: &Device,
+        release: &str,
+        reading: Reading,
+    ) -> Result<(), SecretStoreError> {
+        if matches!(device.client_secret, ClientSecretSource::Env(_)) {
+            return Ok(());
+        }
+        self.change(|v| v.learn_reading(&device.name, release, reading).map(|_| ()))
     }
 
     fn is_secret_unknown(&self, device: &Device) -> bool {

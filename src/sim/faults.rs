@@ -97,6 +97,24 @@ pub struct FaultPlan {
     /// Extra lines printed after the banner's `OK` (a variant real devices show, e.g.
     /// `Last login from 10.0.0.5 at 2024-05-10 13:14:47`); clients must cope.
     pub login_notice: Vec<String>,
+    /// The host key types the device offers, in its order (catalogue hostkey.types;
+    /// default: Ed25519 only). Each is persistent like the Ed25519 key.
+    pub host_key_types: Vec<super::store::HostKeyType>,
+    /// Concurrent TSH sessions the device serves (`Security Session MaxTotalSessions`,
+    /// catalogue session.limits; default 8, inferred): one more is told so and closed.
+    pub max_sessions: Option<usize>,
+    /// Failed logins after which the account is locked (`Security Session
+    /// MaxFailedLogins`, catalogue auth.lockout; default 5, inferred; 0 = never).
+    pub max_failed_logins: Option<u32>,
+    /// How long a locked account refuses every login, even a correct one
+    /// (`FailedLoginsLockoutTime`; default 60 s, inferred).
+    pub lockout_secs: Option<u64>,
+    /// How far the device's clock is off, in seconds (a room whose clock is a year ahead
+    /// sees its certificate expired).
+    pub clock_offset_secs: i64,
+    /// The alternatives this device plays where real devices are uncertain (fixed when
+    /// the device starts).
+    pub variants: super::variants::Variants,
     /// How the device's firmware reads a `populate` JWE's plaintext (`raw`, the default, or
     /// `base64url`). Not a fault but a firmware variant: the seed leaves it open, and
     /// roomkey must be safe under both.

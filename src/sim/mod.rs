@@ -4,6 +4,7 @@
 //! - [`model`]: the pure device (secret, certificates, CAs, status/config trees);
 //! - [`tsh_server`]: the pure device side of the TSH line protocol;
 //! - [`faults`]: deterministic fault plans;
+//! - [`variants`]: the alternatives a device can play where real devices are uncertain;
 //! - [`scep`]: simulated SCEP servers (a test CA and a challenge per URL);
 //! - [`store`]: persisted state and host keys (atomic, 0600);
 //! - [`server`]: the russh listeners and sessions ([`Fleet`]).
@@ -14,12 +15,14 @@ pub mod scep;
 pub mod server;
 pub mod store;
 pub mod tsh_server;
+pub mod variants;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use faults::FaultPlan;
 pub use server::{CertSnapshot, DeviceInfo, DeviceSnapshot, Fleet, FleetOptions, LoggedCommand};
+pub use variants::Variants;
 
 use crate::secret::Secret;
 
@@ -110,55 +113,68 @@ pub fn count_specs(
 
 /// The simulated devices of a resolved inventory: each on its `host:port` (host must be an
 /// IP address), with the inventory's username and password (`password_env` or a literal
-/// password; the simulator cannot open the vault) and the faults of its `sim:` block.
+/// password; the simulator cannot open the vault) and the faults and variants of its `sim:`
+/// block. The `sim:` block's format is the simulator's ([`FaultPlan`]); the inventory keeps
+/// it opaque. Every device's problem is reported at once.
 pub fn specs_from_inventory(
     inv: &crate::inventory::Inventory,
 ) -> Result<Vec<SimDeviceSpec>, SimError> {
     use crate::inventory::AuthSource;
-    let ierr = |reason: String| SimError::Inventory {
-        path: inv.path.clone(),
-        reason,
-    };
-    inv.devices
-        .iter()
-        .map(|d| {
-            let ip: std::net::IpAddr = d.host.parse().map_err(|_| {
-                ierr(format!(
-                    "device {}: the simulator needs an IP address as host, not {:?}",
-                    d.name, d.host
-                ))
-            })?;
-            let password = match &d.auth {
-                AuthSource::PasswordEnv { var, .. } => {
-                    Secret::new(std::env::var(var).map_err(|_| {
-                        ierr(format!(
-                            "device {}: environment variable {var} is not set",
-                            d.name
-                        ))
-                    })?)
+    let mut problems = Vec::new();
+    let mut specs = Vec::new();
+    for d in &inv.devices {
+        let mut problem = |what: String| problems.push(format!("devices.{}: {what}", d.name));
+        let ip: Option<std::net::IpAddr> = d.host.parse().ok();
+        if ip.is_none() {
+            problem(format!(
+                "the simulator needs an IP address as host, not {:?}",
+                d.host
+            ));
+        }
+        let password = match &d.auth {
+            AuthSource::PasswordEnv { var, .. } => match std::env::var(var) {
+                Ok(v) => Some(Secret::new(v)),
+                Err(_) => {
+                    problem(format!("environment variable {var} is not set"));
+                    None
                 }
-                AuthSource::PasswordLiteral { value, .. } => value.clone(),
-                _ => {
-                    return Err(ierr(format!(
-                        "device {}: the simulator needs auth.password_env (or a literal password)",
-                        d.name
-                    )))
+            },
+            AuthSource::PasswordLiteral { value, .. } => Some(value.clone()),
+            _ => {
+                problem(
+                    "the simulator needs auth.password_env (or a literal password)".to_string(),
+                );
+                None
+            }
+        };
+        let faults = match &d.sim {
+            Some(v) => match serde_yaml::from_value::<FaultPlan>(v.clone()) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    problem(format!("sim: {e}"));
+                    None
                 }
-            };
-            let faults = match &d.sim {
-                Some(v) => serde_yaml::from_value::<FaultPlan>(v.clone())
-                    .map_err(|e| ierr(format!("device {}: sim: {e}", d.name)))?,
-                None => FaultPlan::default(),
-            };
-            Ok(SimDeviceSpec {
+            },
+            None => Some(FaultPlan::default()),
+        };
+        if let (Some(ip), Some(password), Some(faults)) = (ip, password, faults) {
+            specs.push(SimDeviceSpec {
                 name: d.name.clone(),
                 addr: SocketAddr::new(ip, d.port),
                 username: d.username.clone(),
                 password,
                 faults,
-            })
+            });
+        }
+    }
+    if problems.is_empty() {
+        Ok(specs)
+    } else {
+        Err(SimError::Inventory {
+            path: inv.path.clone(),
+            reason: problems.join("; "),
         })
-        .collect()
+    }
 }
 
 #[cfg(test)]
@@ -191,10 +207,17 @@ mod tests {
         assert_eq!(a.password.expose(), "pw2");
         assert_eq!(a.faults.latency_ms, 5);
         assert_eq!(a.faults.drop_after.len(), 1);
+        // The `sim:` block is the simulator's: the inventory keeps it opaque, the simulator
+        // refuses an unknown key (naming file and device) along with every other problem.
         let bad = "defaults: { auth: { password_env: ROOMKEY_SIM_TEST_PW_2 } }\n\
-                   devices:\n  room-a: { host: 127.0.0.21, sim: { bogus: 1 } }\n";
-        // The inventory itself refuses an unknown fault, before the simulator sees it.
-        let err = crate::inventory::parse(std::path::Path::new("inv.yaml"), bad).unwrap_err();
-        assert!(err.to_string().contains("devices.room-a.sim"), "{err}");
+                   devices:\n  room-a: { host: 127.0.0.21, sim: { bogus: 1 } }\n  \
+                   room-b: { host: 127.0.0.22, sim: { variants: { external_identity: seed } } }\n  \
+                   room-c: { host: 127.0.0.23, sim: { variants: { config_set: maybe } } }\n";
+        let inv = crate::inventory::parse(std::path::Path::new("inv.yaml"), bad).unwrap();
+        let err = specs_from_inventory(&inv).unwrap_err().to_string();
+        assert!(err.contains("inv.yaml"), "{err}");
+        assert!(err.contains("devices.room-a: sim:"), "{err}");
+        assert!(err.contains("devices.room-c: sim:"), "{err}");
+        assert!(!err.contains("room-b"), "{err}");
     }
 }

@@ -241,6 +241,15 @@ impl Purpose {
         }
     }
 
+    /// How `Services Show` words the purpose in `UsedFor` (catalogue `show.used-for`:
+    /// `HTTPS server` is seen on a real Room Kit; the others are printed as named).
+    pub fn shown(self) -> &'static str {
+        match self {
+            Purpose::Https => "HTTPS server",
+            p => p.as_str(),
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Purpose> {
         Purpose::ALL
             .into_iter()
@@ -264,8 +273,13 @@ pub struct CertMeta {
     pub not_after: OffsetDateTime,
     /// Upper-case hex of the serial number.
     pub serial: String,
+    /// OpenSSL short name of the signature algorithm, e.g. `sha256WithRSAEncryption`.
     pub signature_algorithm: String,
+    /// What `Services Show` prints as `HashingAlgorithm`: on a real Room Kit the signature
+    /// algorithm's name, `sha256WithRSAEncryption` (catalogue `show.fields`).
     pub hashing_algorithm: String,
+    /// OpenSSL short name of the key type, e.g. `rsaEncryption`, `id-ecPublicKey`.
+    pub public_key_algorithm: String,
     pub public_key_bits: usize,
     pub version: u32,
     /// The certificate alone, PEM.
@@ -277,6 +291,8 @@ pub struct CertMeta {
 #[derive(Clone)]
 pub struct ServiceCert {
     pub meta: CertMeta,
+    /// Intermediates uploaded with the certificate (listed by `Show` as further items).
+    pub chain: Vec<CertMeta>,
     pub key_pem: Secret,
     pub used_for: BTreeSet<Purpose>,
 }
@@ -363,12 +379,11 @@ pub fn parse_cert_der(der: &[u8]) -> Result<CertMeta, CertError> {
     let signature_algorithm = x509_parser::objects::oid2sn(sig_oid, registry)
         .map(str::to_string)
         .unwrap_or_else(|_| sig_oid.to_id_string());
-    let lower = signature_algorithm.to_ascii_lowercase();
-    let hashing_algorithm = ["sha512", "sha384", "sha256", "sha1"]
-        .into_iter()
-        .find(|h| lower.contains(h))
-        .map(|h| h.to_ascii_uppercase())
-        .unwrap_or_else(|| "Unknown".to_string());
+    let hashing_algorithm = signature_algorithm.clone();
+    let key_oid = &cert.public_key().algorithm.algorithm;
+    let public_key_algorithm = x509_parser::objects::oid2sn(key_oid, registry)
+        .map(str::to_string)
+        .unwrap_or_else(|_| key_oid.to_id_string());
     let public_key_bits = cert
         .public_key()
         .parsed()
@@ -390,6 +405,7 @@ pub fn parse_cert_der(der: &[u8]) -> Result<CertMeta, CertError> {
             .to_ascii_uppercase(),
         signature_algorithm,
         hashing_algorithm,
+        public_key_algorithm,
         public_key_bits,
         version: cert.version().0 + 1,
         pem,
@@ -409,6 +425,21 @@ pub fn parse_cert_bundle(text: &str) -> Result<Vec<CertMeta>, CertError> {
         return Err(CertError::NoCertificate);
     }
     Ok(certs)
+}
+
+/// The certificates of a PEM text other than `leaf` (an uploaded chain's intermediates), in
+/// order; unparsable blocks are skipped (the leaf and key were already checked).
+fn intermediates(text: &str, leaf: &CertMeta) -> Vec<CertMeta> {
+    pem::parse_many(text.as_bytes())
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter(|p| p.tag() == "CERTIFICATE")
+                .filter_map(|p| parse_cert_der(p.contents()).ok())
+                .filter(|m| m.fingerprint != leaf.fingerprint)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// Parses `certificate PEM + private key PEM`, checking the key is P-256 and matches.
@@ -548,6 +579,12 @@ pub struct Device {
     pub renewal_profiles: Vec<RenewalProfile>,
     /// When the device last booted; set on first use to `now - INITIAL_UPTIME_SECS`.
     pub booted_at: Option<OffsetDateTime>,
+    /// The alternatives this device plays (set by the fleet, not persisted).
+    pub variants: super::variants::Variants,
+    /// A SCEP enrolment accepted but not yet complete (variant `scep_completion: delayed`):
+    /// when it completes, the certificate and key it installs. Not persisted (a restart of
+    /// the simulator loses it, as a reboot would abort a real one).
+    pub pending_enrolment: Option<(OffsetDateTime, ServiceCert)>,
     /// How this device's firmware reads a `populate` JWE's plaintext (set by the fleet from
     /// the device's `sim:` block, not persisted: it is the firmware, not the state).
     pub populate_reading: PopulateReading,
@@ -591,6 +628,8 @@ impl Device {
             scep_servers: Vec::new(),
             renewal_profiles: Vec::new(),
             booted_at: None,
+            variants: super::variants::Variants::default(),
+            pending_enrolment: None,
             populate_reading: PopulateReading::default(),
         }
     }
@@ -608,16 +647,18 @@ impl Device {
         self.secret.as_ref()
     }
 
-    /// Does this command take a multi-line body?
-    pub fn takes_body(kind: Kind, path: &[String]) -> bool {
+    /// Does this command take a multi-line body? (catalogue `command.multi-line`,
+    /// `command.populate-form`)
+    pub fn takes_body(kind: Kind, path: &[String], v: &super::variants::Variants) -> bool {
         let lower: Vec<String> = path.iter().map(|w| w.to_ascii_lowercase()).collect();
         let l: Vec<&str> = lower.iter().map(String::as_str).collect();
         kind == Kind::Command
-            && matches!(
+            && (matches!(
                 l.as_slice(),
                 ["security", "certificates", "services", "add"]
                     | ["security", "certificates", "ca", "add"]
-            )
+            ) || (v.populate_form == super::variants::PopulateForm::MultiLine
+                && l.as_slice() == ["security", "clientsecret", "populate"]))
     }
 
     /// The JWE this request carries that must be opened with the device's current secret,
@@ -628,9 +669,13 @@ impl Device {
         }
         let secret = self.secret.clone()?;
         let compact = if req.path_is(&["Security", "ClientSecret", "Populate"]) {
-            req.param("Secret")
-                .filter(|v| looks_like_jwe(v))?
-                .to_string()
+            let value: String = match self.variants.populate_form {
+                super::variants::PopulateForm::OneLine => req.param("Secret")?.to_string(),
+                super::variants::PopulateForm::MultiLine => {
+                    req.body.as_ref()?.split_whitespace().collect()
+                }
+            };
+            Some(value).filter(|v| looks_like_jwe(v))?
         } else if req.path_is(&["Security", "Certificates", "Services", "Add"]) {
             if !req
                 .param("IsEncrypted")
@@ -668,6 +713,7 @@ impl Device {
     ) -> Outcome {
         // Uptime starts counting at the first request a device ever sees.
         self.uptime(now);
+        self.complete_enrolment(now);
         match req.kind {
             Kind::Command => self.command(req, decrypted, now),
             Kind::Status => self.status(req, now),
@@ -784,15 +830,33 @@ impl Device {
         ]) {
             return self.scep_request(name, req, now);
         }
-        if req.path_is(&[
-            "Security",
-            "Certificates",
-            "Services",
-            "Enrollment",
-            "SCEP",
-            "Renewal",
-            "Request",
-        ]) {
+        // catalogue scep.commands: current devices know `SCEP Profiles Set`, older ones
+        // `SCEP Renewal Request` (variant `scep_verbs`).
+        let older = self.variants.scep_verbs == super::variants::ScepVerbs::Older;
+        if older
+            && req.path_is(&[
+                "Security",
+                "Certificates",
+                "Services",
+                "Enrollment",
+                "SCEP",
+                "Renewal",
+                "Request",
+            ])
+        {
+            return self.renewal_request(name, req);
+        }
+        if !older
+            && req.path_is(&[
+                "Security",
+                "Certificates",
+                "Services",
+                "Enrollment",
+                "SCEP",
+                "Profiles",
+                "Set",
+            ])
+        {
             return self.renewal_request(name, req);
         }
         if req.path_is(&[
@@ -849,10 +913,20 @@ impl Device {
                 reboot: true,
             };
         }
+        Self::unknown_command(req)
+    }
+
+    /// `Unknown command` with the path it did not know (catalogue `reply.unknown-command`,
+    /// jsxapi's tests: `XPath` `/Dila`).
+    fn unknown_command(req: &Request) -> Outcome {
+        let xpath: String = req.path.iter().map(|w| format!("/{w}")).collect();
         Outcome::reply(Response::Result {
             name: "Result".to_string(),
             status: ResultStatus::Error,
-            fields: vec![leaf(&["Reason"], Value::Str("Unknown command".to_string()))],
+            fields: vec![
+                leaf(&["Reason"], Value::Str("Unknown command".to_string())),
+                leaf(&["XPath"], Value::Str(xpath)),
+            ],
         })
     }
 
@@ -860,6 +934,13 @@ impl Device {
     /// the SCEP server at `URL` and installs the certificate it gets back.
     fn scep_request(&mut self, name: &str, req: &Request, now: OffsetDateTime) -> Outcome {
         use super::scep::{parse_request, EnrolError};
+        if self.pending_enrolment.is_some() {
+            return err(
+                name,
+                ResultStatus::Error,
+                "An enrollment is already in progress",
+            );
+        }
         let (url, fingerprint, challenge, issue) = match parse_request(&req.params) {
             Ok(v) => v,
             Err(EnrolError::Parameter(m)) => return err(name, ResultStatus::ParameterError, &m),
@@ -878,12 +959,35 @@ impl Device {
             Ok(v) => v,
             Err(e) => return err(name, ResultStatus::Error, &e.to_string()),
         };
-        self.certificates.push(ServiceCert {
+        let cert = ServiceCert {
             meta,
+            chain: Vec::new(),
             key_pem,
             used_for: BTreeSet::new(),
-        });
+        };
+        // catalogue scep.completion: at once, or later (pending in between).
+        match self.variants.scep_completion {
+            super::variants::ScepCompletion::Immediate => self.certificates.push(cert),
+            super::variants::ScepCompletion::Delayed => {
+                let delay = time::Duration::try_from(self.variants.scep_delay())
+                    .unwrap_or(time::Duration::ZERO);
+                self.pending_enrolment = Some((now + delay, cert));
+            }
+        }
         Outcome::changed(ok(name, vec![]))
+    }
+
+    /// Installs a pending enrolment's certificate once its time has come.
+    fn complete_enrolment(&mut self, now: OffsetDateTime) {
+        if self
+            .pending_enrolment
+            .as_ref()
+            .is_some_and(|(due, _)| now >= *due)
+        {
+            if let Some((_, cert)) = self.pending_enrolment.take() {
+                self.certificates.push(cert);
+            }
+        }
     }
 
     fn renewal_request(&mut self, name: &str, req: &Request) -> Outcome {
@@ -913,9 +1017,30 @@ impl Device {
         req: &Request,
         decrypted: Option<Result<Decrypted, ()>>,
     ) -> Outcome {
-        let Some(value) = req.param("Secret") else {
-            return err(name, ResultStatus::ParameterError, "Missing Secret");
+        // catalogue command.populate-form: one line (`Secret: "…"`) or a multi-line body.
+        let value: String = match self.variants.populate_form {
+            super::variants::PopulateForm::OneLine => match req.param("Secret") {
+                Some(v) => v.to_string(),
+                None => return err(name, ResultStatus::ParameterError, "Missing Secret"),
+            },
+            super::variants::PopulateForm::MultiLine => {
+                let body: String = req
+                    .body
+                    .as_ref()
+                    .map(|b| b.split_whitespace().collect())
+                    .unwrap_or_default();
+                if req.param("Secret").is_some() || body.is_empty() {
+                    return err(
+                        name,
+                        ResultStatus::ParameterError,
+                        "The secret is given as the command's body",
+                    );
+                }
+                body
+            }
         };
+        let value = Zeroizing::new(value);
+        let value = value.as_str();
         if self.secret.is_none() {
             // First seeding: base64url of the phrase, in plaintext.
             let trimmed = value.trim_end_matches('=');
@@ -1019,8 +1144,10 @@ impl Device {
             // Re-adding an installed certificate keeps the one entry (and its activations).
             return Outcome::reply(ok(name, vec![]));
         }
+        let chain = intermediates(&text, &meta);
         self.certificates.push(ServiceCert {
             meta,
+            chain,
             key_pem,
             used_for: BTreeSet::new(),
         });
@@ -1043,6 +1170,12 @@ impl Device {
             }
             n += 1;
             fields.extend(cert_fields(n, &c.meta, Some(&c.used_for), sha256));
+            // catalogue show.chain: an uploaded chain's intermediates are further items
+            // with the same UsedFor.
+            for i in &c.chain {
+                n += 1;
+                fields.extend(cert_fields(n, i, Some(&c.used_for), sha256));
+            }
         }
         ok(name, fields)
     }
@@ -1181,121 +1314,120 @@ impl Device {
             path.extend(rest.iter().map(|s| s.to_string()));
             path
         };
-        match ext {
-            Some(c) => {
-                let m = &c.meta;
-                let valid = now >= m.not_before && now <= m.not_after;
-                let validity = if now > m.not_after {
-                    "Expired"
-                } else if now < m.not_before {
-                    "NotYetValid"
-                } else {
-                    "Valid"
-                };
-                let info = serde_json::json!({
-                    "subject": m.subject,
-                    "issuer": m.issuer,
-                    "serialNumber": m.serial,
-                    "notBefore": device_time(m.not_before),
-                    "notAfter": device_time(m.not_after),
-                    "fingerprint": m.fingerprint,
-                    "subjectAltNames": m.sans,
-                })
-                .to_string();
-                let tf = if valid { "True" } else { "False" };
-                v.push(Leaf {
-                    path: p(&["Valid"]),
-                    value: Value::Literal(tf.into()),
-                });
-                v.push(Leaf {
-                    path: p(&["Identity"]),
-                    value: Value::Str(m.common_name.clone()),
-                });
-                v.push(Leaf {
-                    path: p(&["CertInfo"]),
-                    value: Value::Str(info),
-                });
-                v.push(Leaf {
-                    path: p(&["Verification"]),
-                    value: Value::Literal(if valid { "Verified" } else { "Unverified" }.into()),
-                });
-                v.push(Leaf {
-                    path: p(&["Status"]),
-                    value: Value::Literal(validity.into()),
-                });
-                // The chain: the leaf, then trusted CAs (CA Add) up the issuer links.
-                let mut chain: Vec<&CertMeta> = vec![m];
-                while chain.len() < 5 {
-                    let Some(last) = chain.last() else { break };
-                    if last.subject == last.issuer {
-                        break;
+        let leaf_at = |path: Vec<String>, value: Value| Leaf { path, value };
+        match self.variants.external_identity {
+            // catalogue status.external-identity (current RoomOS docs)
+            super::variants::IdentityForm::Current => match ext {
+                Some(c) => {
+                    let m = &c.meta;
+                    v.push(leaf_at(
+                        p(&["Verification"]),
+                        Value::Literal("External".into()),
+                    ));
+                    v.push(leaf_at(p(&["Identity"]), Value::Str(m.common_name.clone())));
+                    v.push(leaf_at(
+                        p(&["Status"]),
+                        Value::Literal(validity_word(m, now).into()),
+                    ));
+                    // The chain: the leaf, its uploaded intermediates, then trusted CAs
+                    // (CA Add) up the issuer links.
+                    let mut chain: Vec<&CertMeta> = vec![m];
+                    chain.extend(c.chain.iter());
+                    while chain.len() < 5 {
+                        let Some(last) = chain.last() else { break };
+                        if last.subject == last.issuer {
+                            break;
+                        }
+                        let Some(ca) = self.cas.iter().find(|ca| {
+                            ca.subject == last.issuer
+                                && !chain.iter().any(|x| x.fingerprint == ca.fingerprint)
+                        }) else {
+                            break;
+                        };
+                        chain.push(ca);
                     }
-                    let Some(ca) = self.cas.iter().find(|c| {
-                        c.subject == last.issuer
-                            && !chain.iter().any(|x| x.fingerprint == c.fingerprint)
-                    }) else {
-                        break;
-                    };
-                    chain.push(ca);
+                    for (i, c) in chain.iter().enumerate() {
+                        let n = (i + 1).to_string();
+                        let cc = |f: &[&str]| {
+                            let mut r = vec!["CertificateChain", "Certificate", n.as_str()];
+                            r.extend_from_slice(f);
+                            p(&r)
+                        };
+                        v.extend([
+                            leaf_at(cc(&["Fingerprint"]), Value::Str(c.fingerprint.clone())),
+                            leaf_at(cc(&["NotAfter"]), Value::Str(device_time(c.not_after))),
+                            leaf_at(cc(&["NotBefore"]), Value::Str(device_time(c.not_before))),
+                            leaf_at(cc(&["PrimaryName"]), Value::Str(c.common_name.clone())),
+                            leaf_at(
+                                cc(&["PublicKeyAlgorithm"]),
+                                Value::Str(c.public_key_algorithm.clone()),
+                            ),
+                            leaf_at(cc(&["SerialNumber"]), Value::Str(c.serial.clone())),
+                            leaf_at(
+                                cc(&["SignatureAlgorithm"]),
+                                Value::Str(c.signature_algorithm.clone()),
+                            ),
+                            leaf_at(cc(&["Subject", "1", "Name"]), Value::Str(c.subject.clone())),
+                            leaf_at(
+                                cc(&["Validity"]),
+                                Value::Literal(validity_word(c, now).into()),
+                            ),
+                        ]);
+                    }
                 }
-                let mut fields: Vec<(Vec<String>, Value)> = Vec::new();
-                for (i, c) in chain.iter().enumerate() {
-                    let n = (i + 1).to_string();
-                    let cc = |f: &[&str]| {
-                        let mut r = vec!["CertificateChain", "Certificate", n.as_str()];
-                        r.extend_from_slice(f);
-                        p(&r)
-                    };
-                    let validity = if now > c.not_after {
-                        "Expired"
-                    } else if now < c.not_before {
-                        "NotYetValid"
-                    } else {
-                        "Valid"
-                    };
-                    fields.extend([
-                        (cc(&["Fingerprint"]), Value::Str(c.fingerprint.clone())),
-                        (cc(&["NotAfter"]), Value::Str(device_time(c.not_after))),
-                        (cc(&["NotBefore"]), Value::Str(device_time(c.not_before))),
-                        (cc(&["PrimaryName"]), Value::Str(c.common_name.clone())),
-                        (cc(&["SerialNumber"]), Value::Str(c.serial.clone())),
-                        (cc(&["Subject", "1", "Name"]), Value::Str(c.subject.clone())),
-                        (cc(&["Validity"]), Value::Literal(validity.into())),
-                    ]);
+                None => {
+                    v.push(leaf_at(p(&["Verification"]), Value::Literal("None".into())));
+                    v.push(leaf_at(p(&["Identity"]), Value::Str(String::new())));
+                    v.push(leaf_at(
+                        p(&["Status"]),
+                        Value::Literal("NotConfigured".into()),
+                    ));
                 }
-                v.extend(fields.into_iter().map(|(path, value)| Leaf { path, value }));
-            }
-            None => {
-                v.push(Leaf {
-                    path: p(&["Valid"]),
-                    value: Value::Literal("False".into()),
-                });
-                v.push(Leaf {
-                    path: p(&["Identity"]),
-                    value: Value::Str(String::new()),
-                });
-                v.push(Leaf {
-                    path: p(&["CertInfo"]),
-                    value: Value::Str(String::new()),
-                });
-                v.push(Leaf {
-                    path: p(&["Verification"]),
-                    value: Value::Literal("Unverified".into()),
-                });
-                v.push(Leaf {
-                    path: p(&["Status"]),
-                    value: Value::Literal("NotConfigured".into()),
-                });
-            }
+            },
+            // catalogue status.external-identity-seed (seed 000's older text)
+            super::variants::IdentityForm::Seed => match ext {
+                Some(c) => {
+                    let m = &c.meta;
+                    let valid = validity_word(m, now) == "Valid";
+                    let info = serde_json::json!({
+                        "subject": m.subject,
+                        "issuer": m.issuer,
+                        "serialNumber": m.serial,
+                        "notBefore": device_time(m.not_before),
+                        "notAfter": device_time(m.not_after),
+                        "fingerprint": m.fingerprint,
+                        "subjectAltNames": m.sans,
+                    })
+                    .to_string();
+                    let tf = if valid { "True" } else { "False" };
+                    v.push(leaf_at(p(&["Valid"]), Value::Literal(tf.into())));
+                    v.push(leaf_at(p(&["Identity"]), Value::Str(m.common_name.clone())));
+                    v.push(leaf_at(p(&["CertInfo"]), Value::Str(info)));
+                }
+                None => {
+                    v.push(leaf_at(p(&["Valid"]), Value::Literal("False".into())));
+                    v.push(leaf_at(p(&["Identity"]), Value::Str(String::new())));
+                    v.push(leaf_at(p(&["CertInfo"]), Value::Str(String::new())));
+                }
+            },
         }
-        for (field, value) in [
-            ("Valid", Value::Literal("False".into())),
-            ("Identity", Value::Str(String::new())),
-            ("CertInfo", Value::Str(String::new())),
-            ("Verification", Value::Literal("Unverified".into())),
-            ("Status", Value::Literal("NotConfigured".into())),
-        ] {
-            v.push(leaf(&[base[0], base[1], "InternalIdentity", field], value));
+        let internal: &[(&str, Value)] = match self.variants.external_identity {
+            super::variants::IdentityForm::Current => &[
+                ("Verification", Value::Literal("None".into())),
+                ("Identity", Value::Str(String::new())),
+                ("Status", Value::Literal("NotConfigured".into())),
+            ],
+            super::variants::IdentityForm::Seed => &[
+                ("Valid", Value::Literal("False".into())),
+                ("Identity", Value::Str(String::new())),
+                ("CertInfo", Value::Str(String::new())),
+            ],
+        };
+        for (field, value) in internal {
+            v.push(leaf(
+                &[base[0], base[1], "InternalIdentity", field],
+                value.clone(),
+            ));
         }
         v
     }
@@ -1400,7 +1532,10 @@ impl Device {
                 .certificates
                 .iter()
                 .map(|c| PersistedCert {
-                    cert_pem: c.meta.pem.clone(),
+                    cert_pem: std::iter::once(&c.meta)
+                        .chain(c.chain.iter())
+                        .map(|m| m.pem.as_str())
+                        .collect(),
                     key_pem: c.key_pem.expose().to_string(),
                     used_for: c.used_for.iter().map(|p| p.as_str().to_string()).collect(),
                 })
@@ -1423,6 +1558,7 @@ impl Device {
             text.push('\n');
             text.push_str(&pc.key_pem);
             let (meta, key_pem) = parse_cert_and_key(&text)?;
+            let chain = intermediates(&pc.cert_pem, &meta);
             let used_for = pc
                 .used_for
                 .iter()
@@ -1430,6 +1566,7 @@ impl Device {
                 .collect();
             d.certificates.push(ServiceCert {
                 meta,
+                chain,
                 key_pem,
                 used_for,
             });
@@ -1442,6 +1579,17 @@ impl Device {
         d.boot_count = state.boot_count;
         d.renewal_profiles = state.renewal_profiles.clone();
         Ok(d)
+    }
+}
+
+/// A certificate's validity at `now` as the status tree words it.
+fn validity_word(m: &CertMeta, now: OffsetDateTime) -> &'static str {
+    if now > m.not_after {
+        "Expired"
+    } else if now < m.not_before {
+        "NotYetValid"
+    } else {
+        "Valid"
     }
 }
 
@@ -1483,7 +1631,8 @@ fn cert_fields(
         f("notBefore", Value::Str(device_time(m.not_before))),
     ];
     if let Some(u) = used_for {
-        let s: Vec<&str> = u.iter().map(|p| p.as_str()).collect();
+        // catalogue show.used-for: a real Room Kit prints `SIP, HTTPS server`.
+        let s: Vec<&str> = u.iter().map(|p| p.shown()).collect();
         v.push(f("UsedFor", Value::Str(s.join(", "))));
     }
     v.extend([
@@ -1495,7 +1644,7 @@ fn cert_fields(
         f("SerialNumber", Value::Str(m.serial.clone())),
         f(
             "SignatureAlgorithm",
-            Value::Str(m.signature_algorithm.clone()),
+            Value::Str(m.public_key_algorithm.clone()),
         ),
         f("Version", Value::Literal(m.version.to_string())),
     ]);
@@ -1522,6 +1671,7 @@ fn canonical_word(w: &str) -> String {
         "Request",
         "Profiles",
         "List",
+        "Set",
         "SystemUnit",
         "Boot",
     ];
@@ -1809,12 +1959,54 @@ mod tests {
             .to_vec(),
             value: Value::Str("meeting-room-1.example.com".into())
         }));
-        assert!(
+        // catalogue status.external-identity: the current form only, never the seed's too.
+        let last = |name: &str| {
             leaves
                 .iter()
-                .any(|l| l.path.last().unwrap() == "Valid"
-                    && l.value == Value::Literal("True".into()))
+                .find(|l| l.path.get(3).map(String::as_str) == Some(name))
+                .map(|l| l.value.clone())
+        };
+        assert_eq!(last("Status"), Some(Value::Literal("Valid".into())));
+        assert_eq!(
+            last("Verification"),
+            Some(Value::Literal("External".into()))
         );
+        assert_eq!(last("Valid"), None);
+        assert_eq!(last("CertInfo"), None);
+        assert!(leaves.iter().any(|l| l.path.ends_with(&[
+            "CertificateChain".to_string(),
+            "Certificate".to_string(),
+            "1".to_string(),
+            "Fingerprint".to_string()
+        ])));
+        // The seed's older form as a variant: Valid/Identity/CertInfo, nothing else.
+        let mut seed = d.clone();
+        seed.variants.external_identity = super::super::variants::IdentityForm::Seed;
+        let Response::Status(old) = seed.handle(&st, None, now()).response else {
+            panic!()
+        };
+        let names: Vec<&str> = old.iter().map(|l| l.path[3].as_str()).collect();
+        assert_eq!(names, ["Valid", "Identity", "CertInfo"]);
+        assert_eq!(old[0].value, Value::Literal("True".into()));
+        // A device whose clock is outside the validity (rcgen: 1975..4096) says so.
+        let Response::Status(late) = d
+            .clone()
+            .handle(&st, None, OffsetDateTime::UNIX_EPOCH)
+            .response
+        else {
+            panic!()
+        };
+        assert!(late.contains(&Leaf {
+            path: [
+                "Conference",
+                "EndToEndEncryption",
+                "ExternalIdentity",
+                "Status"
+            ]
+            .map(String::from)
+            .to_vec(),
+            value: Value::Literal("NotYetValid".into())
+        }));
         // PreferredDomain refused while the external identity is active.
         let set = Request {
             kind: Kind::Configuration,
@@ -2025,15 +2217,29 @@ mod tests {
         );
         assert_eq!(status_of(&o), ResultStatus::ParameterError);
 
-        // Renewal profiles: set (twice = one), list, delete.
-        let set = cmd(
+        // Renewal profiles: set (twice = one), list, delete. A current device knows only the
+        // current name, an older one only the older name (catalogue scep.commands).
+        let older_set = cmd(
             "Security Certificates Services Enrollment SCEP Renewal Request",
+            &[("Fingerprint", &fp), ("URL", "http://scep")],
+            None,
+        );
+        assert!(reason(&d.handle(&older_set, None, now())).contains("Unknown command"));
+        let set = cmd(
+            "Security Certificates Services Enrollment SCEP Profiles Set",
             &[("Fingerprint", &fp), ("URL", "http://scep")],
             None,
         );
         d.handle(&set, None, now());
         d.handle(&set, None, now());
         assert_eq!(d.renewal_profiles.len(), 1);
+        let mut older = d.clone();
+        older.variants.scep_verbs = super::super::variants::ScepVerbs::Older;
+        assert!(reason(&older.handle(&set, None, now())).contains("Unknown command"));
+        assert_eq!(
+            status_of(&older.handle(&older_set, None, now())),
+            ResultStatus::Ok
+        );
         let list = d.handle(
             &cmd(
                 "Security Certificates Services Enrollment Profiles List",

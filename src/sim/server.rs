@@ -33,6 +33,14 @@ use super::{SimDeviceSpec, SimError};
 use crate::kdf::KdfPool;
 use crate::secret::Secret;
 
+/// Concurrent sessions a simulated device serves unless its plan says otherwise
+/// (catalogue session.limits: the real default is not public).
+pub const DEFAULT_MAX_SESSIONS: usize = 8;
+/// Failed logins before the account locks (catalogue auth.lockout; inferred).
+pub const DEFAULT_MAX_FAILED_LOGINS: u32 = 5;
+/// How long a locked account stays locked (catalogue auth.lockout; inferred).
+pub const DEFAULT_LOCKOUT_SECS: u64 = 60;
+
 /// Options shared by every device of a fleet.
 #[derive(Clone, Debug)]
 pub struct FleetOptions {
@@ -69,6 +77,8 @@ pub struct DeviceInfo {
     pub host_key: PublicKey,
     /// `SHA256:…` fingerprint of `host_key`.
     pub host_key_fingerprint: String,
+    /// Every host key the device has, one per type, in the order it offers them.
+    pub host_keys: Vec<PublicKey>,
     /// The key actually presented (differs under the `wrong_host_key` fault).
     pub presented_host_key: PublicKey,
 }
@@ -159,6 +169,17 @@ struct DeviceRuntime {
     logins: AtomicU64,
     latency: Duration,
     refuse_auth: bool,
+    /// Fixed at start (also held by the model, which plays the command-level ones).
+    variants: super::variants::Variants,
+    /// The device's clock offset (fault `clock_offset_secs`).
+    clock_offset: time::Duration,
+    /// Failed logins counted and, once locked, until when.
+    failed_logins: StdMutex<(u32, Option<tokio::time::Instant>)>,
+    max_failed_logins: u32,
+    lockout: Duration,
+    /// Open TSH sessions, and how many the device serves at once.
+    sessions: std::sync::atomic::AtomicUsize,
+    max_sessions: usize,
     login_notice: Vec<String>,
     /// Status and configuration leaves changed by a command, for sessions that registered
     /// `xFeedback` (any session's change reaches every registered session, as on a device).
@@ -199,8 +220,31 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 impl DeviceRuntime {
+    /// Checks a login, counting failures towards the lockout: once `max_failed_logins`
+    /// failures are counted, every login (a correct one too) is refused until the lockout
+    /// time has passed (catalogue auth.lockout).
     fn credentials_ok(&self, user: &str, password: &[u8]) -> bool {
-        !self.refuse_auth && user == self.username && same(password, self.password.as_bytes())
+        let mut lock_state = lock(&self.failed_logins);
+        let now = tokio::time::Instant::now();
+        if let Some(until) = lock_state.1 {
+            if now < until {
+                tracing::info!(device = %self.name, "login refused: account locked");
+                return false;
+            }
+            *lock_state = (0, None);
+        }
+        let ok =
+            !self.refuse_auth && user == self.username && same(password, self.password.as_bytes());
+        if ok {
+            lock_state.0 = 0;
+        } else {
+            lock_state.0 = lock_state.0.saturating_add(1);
+            if self.max_failed_logins > 0 && lock_state.0 >= self.max_failed_logins {
+                tracing::info!(device = %self.name, "too many failed logins: account locked");
+                lock_state.1 = Some(now + self.lockout);
+            }
+        }
+        ok
     }
 
     fn is_down(&self) -> bool {
@@ -269,7 +313,9 @@ impl DeviceRuntime {
             }),
         };
         let mut m = self.model.lock().await;
-        let now = OffsetDateTime::now_utc();
+        let now = OffsetDateTime::now_utc()
+            .checked_add(self.clock_offset)
+            .unwrap_or_else(OffsetDateTime::now_utc);
         // The trees are only compared when some session listens for feedback.
         let before =
             (self.feedback.receiver_count() > 0).then(|| (m.status_tree(now), m.config_tree()));
@@ -340,6 +386,8 @@ enum Flow {
 struct SessionState {
     echo: bool,
     mode: OutputMode,
+    /// The client requested a pty: output goes through the line discipline (`\r\n`).
+    pty: bool,
     /// `xFeedback register` expressions of this session.
     feedback: Vec<FeedbackPath>,
 }
@@ -365,8 +413,8 @@ impl SessionState {
         out
     }
 
-    /// Runs an `xFeedback` subcommand; returns the reply.
-    fn feedback_command(&mut self, cmd: FeedbackCmd) -> String {
+    /// Runs an `xFeedback` subcommand; returns the paths to list (for `list`).
+    fn feedback_command(&mut self, cmd: FeedbackCmd) -> Option<Vec<String>> {
         match cmd {
             FeedbackCmd::Register(p) => {
                 if !self.feedback.contains(&p) {
@@ -375,17 +423,9 @@ impl SessionState {
             }
             FeedbackCmd::Deregister(p) => self.feedback.retain(|f| f != &p),
             FeedbackCmd::DeregisterAll => self.feedback.clear(),
-            FeedbackCmd::List => {
-                let mut s = String::new();
-                for f in &self.feedback {
-                    s.push_str(&f.text());
-                    s.push_str(tsh::EOL);
-                }
-                s.push_str(&tsh::ok_line());
-                return s;
-            }
+            FeedbackCmd::List => return Some(self.feedback.iter().map(|f| f.text()).collect()),
         }
-        tsh::ok_line()
+        None
     }
 }
 
@@ -413,13 +453,15 @@ async fn process_frame(
         Parsed::Echo(on) => format!("echo {}", if *on { "on" } else { "off" }),
         Parsed::OutputMode(m) => format!("xpreferences outputmode {m:?}").to_ascii_lowercase(),
         Parsed::BadPreference => "xpreferences ?".into(),
-        Parsed::Feedback(_) => "xFeedback".into(),
+        Parsed::Feedback { .. } => "xFeedback".into(),
         Parsed::Bye => "bye".into(),
         Parsed::Syntax { kind, .. } => format!("{kind:?} <syntax error>"),
         Parsed::NotRecognized | Parsed::Empty => "<not recognized>".into(),
     };
     let result_id = match &parsed {
-        Parsed::X { result_id, .. } | Parsed::Syntax { result_id, .. } => result_id.clone(),
+        Parsed::X { result_id, .. }
+        | Parsed::Syntax { result_id, .. }
+        | Parsed::Feedback { result_id, .. } => result_id.clone(),
         _ => None,
     };
     match action {
@@ -452,7 +494,12 @@ async fn process_frame(
                     xpath: String::new(),
                 },
             };
-            return Flow::Reply(tsh::render(&resp, st.mode, result_id.as_deref()));
+            return Flow::Reply(tsh::render(
+                &resp,
+                st.mode,
+                result_id.as_deref(),
+                &rt.variants,
+            ));
         }
         faults::Action::Normal | faults::Action::DropAfter => {}
     }
@@ -477,19 +524,31 @@ async fn process_frame(
         }
         Parsed::OutputMode(m) => {
             st.mode = m;
-            finish(Flow::Reply(tsh::ok_line()), "ok")
+            // catalogue reply.json: in JSON mode a device prints JSON documents only; the
+            // switch itself is not answered there (jsxapi feeds everything after it to
+            // its JSON parser, which would report an `OK` line as an error).
+            let reply = match m {
+                OutputMode::Terminal => tsh::ok_line(),
+                OutputMode::Json => String::new(),
+            };
+            finish(Flow::Reply(reply), "ok")
         }
         Parsed::BadPreference | Parsed::NotRecognized => {
             finish(Flow::Reply(tsh::not_recognized()), "not-recognized")
         }
-        Parsed::Feedback(Ok(cmd)) => finish(Flow::Reply(st.feedback_command(cmd)), "ok"),
-        Parsed::Feedback(Err(_)) => finish(Flow::Reply(format!("ERROR{}", tsh::EOL)), "error"),
+        Parsed::Feedback { cmd, .. } => {
+            let ok = cmd.is_ok();
+            let outcome = cmd.map(|c| st.feedback_command(c));
+            let text = tsh::feedback_reply(outcome, st.mode, result_id.as_deref());
+            finish(Flow::Reply(text), if ok { "ok" } else { "error" })
+        }
         Parsed::Bye => finish(Flow::Close, "ok"),
         Parsed::Syntax { kind, reason, .. } => finish(
             Flow::Reply(tsh::render(
                 &tsh::syntax_error(kind, &reason),
                 st.mode,
                 result_id.as_deref(),
+                &rt.variants,
             )),
             "error",
         ),
@@ -501,7 +560,12 @@ async fn process_frame(
                 Response::NodeError { .. } => false,
                 _ => true,
             };
-            let text = tsh::render(&outcome.response, st.mode, result_id.as_deref());
+            let text = tsh::render(
+                &outcome.response,
+                st.mode,
+                result_id.as_deref(),
+                &rt.variants,
+            );
             let flow = if outcome.reboot {
                 Flow::ReplyThenReboot(text)
             } else {
@@ -515,11 +579,21 @@ async fn process_frame(
     }
 }
 
-async fn send(channel: &Channel<Msg>, text: &str) -> bool {
+/// Counts one open session for as long as it lives.
+struct SessionSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for SessionSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Sends device output; with a pty through the line discipline (`\n` → `\r\n`).
+async fn send(channel: &Channel<Msg>, text: &str, pty: bool) -> bool {
     if text.is_empty() {
         return true;
     }
-    channel.data(text.as_bytes()).await.is_ok()
+    channel.data(tsh::onlcr(text, pty).as_bytes()).await.is_ok()
 }
 
 /// The next feedback message, or never when the session has not registered any.
@@ -539,13 +613,32 @@ async fn run_tsh(
     handle: russh::server::Handle,
     tcp: Option<Arc<std::net::TcpStream>>,
 ) {
-    // Wait for the shell; pty/env requests are answered by the handler.
+    // Wait for the shell; pty/env requests are answered by the handler, and a pty
+    // request decides the line ends (catalogue framing.line-ends).
+    let mut pty = false;
     loop {
         match channel.wait().await {
             Some(ChannelMsg::RequestShell { .. }) => break,
+            Some(ChannelMsg::RequestPty { .. }) => pty = true,
             Some(ChannelMsg::Eof) | Some(ChannelMsg::Close) | None => return,
             Some(_) => {}
         }
+    }
+    // catalogue session.limits: one session more than the device serves is told so and
+    // closed before the banner.
+    let open = rt.sessions.fetch_add(1, Ordering::SeqCst);
+    let _session = SessionSlot(&rt.sessions);
+    if open >= rt.max_sessions {
+        tracing::info!(device = %rt.name, "session refused: too many sessions");
+        let _ = send(
+            &channel,
+            &format!("Maximum number of sessions reached{}", tsh::EOL),
+            pty,
+        )
+        .await;
+        let _ = channel.eof().await;
+        let _ = channel.close().await;
+        return;
     }
     rt.logins.fetch_add(1, Ordering::Relaxed);
     let mut banner = tsh::banner(&rt.name);
@@ -553,13 +646,14 @@ async fn run_tsh(
         banner.push_str(line);
         banner.push_str(tsh::EOL);
     }
-    if !send(&channel, &banner).await {
+    if !send(&channel, &banner, pty).await {
         return;
     }
-    let mut splitter = Splitter::default();
+    let mut splitter = Splitter::new(rt.variants.clone());
     let mut st = SessionState {
         echo: true,
         mode: OutputMode::Terminal,
+        pty,
         feedback: Vec::new(),
     };
     // Subscribed only while the session has feedback registered, so devices nobody
@@ -578,7 +672,7 @@ async fn run_tsh(
                 // Lagged: feedback is best effort, as on a device.
                 if let Ok(change) = change {
                     let text = st.feedback_text(&change);
-                    if !hung && !send(&channel, &text).await {
+                    if !hung && !send(&channel, &text, st.pty).await {
                         return;
                     }
                 }
@@ -610,7 +704,7 @@ async fn run_tsh(
             }
             match input {
                 Input::Echo(line) => {
-                    if st.echo && !send(&channel, &format!("{line}{}", tsh::EOL)).await {
+                    if st.echo && !send(&channel, &format!("{line}{}", tsh::EOL), st.pty).await {
                         return;
                     }
                 }
@@ -621,12 +715,12 @@ async fn run_tsh(
                     }
                     match flow {
                         Flow::Reply(text) => {
-                            if !send(&channel, &text).await {
+                            if !send(&channel, &text, st.pty).await {
                                 return;
                             }
                         }
                         Flow::ReplyThenReboot(text) => {
-                            let _ = send(&channel, &text).await;
+                            let _ = send(&channel, &text, st.pty).await;
                             rt.reboot();
                             return;
                         }
@@ -859,11 +953,12 @@ async fn accept_loop(
     }
 }
 
-/// Loads (or creates) a device's persisted state and host key.
+/// Loads (or creates) a device's persisted state and host keys (one per type).
 fn load_device(
     dir: &std::path::Path,
     name: &str,
-) -> Result<(Option<Store>, Device, PrivateKey), SimError> {
+    types: &[store::HostKeyType],
+) -> Result<(Option<Store>, Device, Vec<PrivateKey>), SimError> {
     let st = Store::open(dir, name)?;
     let device = match st.load_state()? {
         Some(p) => Device::from_persisted(name, &p).map_err(|e| SimError::State {
@@ -872,8 +967,24 @@ fn load_device(
         })?,
         None => Device::new(name),
     };
-    let key = st.host_key()?;
-    Ok((Some(st), device, key))
+    let keys = types
+        .iter()
+        .map(|t| st.host_key_of(*t))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((Some(st), device, keys))
+}
+
+/// Fresh keys of the given types (in-memory devices, the `wrong_host_key` fault).
+fn random_keys(name: &str, types: &[store::HostKeyType]) -> Result<Vec<PrivateKey>, SimError> {
+    types
+        .iter()
+        .map(|t| {
+            t.random().map_err(|reason| SimError::State {
+                device: name.to_string(),
+                reason: format!("host key: {reason}"),
+            })
+        })
+        .collect()
 }
 
 impl Fleet {
@@ -890,25 +1001,44 @@ impl Fleet {
             if !names.insert(spec.name.clone()) {
                 return Err(SimError::DuplicateName(spec.name));
             }
-            let (store, mut device, host_key) = match opts.state_dir.clone() {
+            let types: Vec<store::HostKeyType> = if spec.faults.host_key_types.is_empty() {
+                vec![store::HostKeyType::Ed25519]
+            } else {
+                spec.faults.host_key_types.clone()
+            };
+            let (store, mut device, host_keys) = match opts.state_dir.clone() {
                 Some(dir) => {
                     let name = spec.name.clone();
+                    let types = types.clone();
                     // File I/O (and key parsing) off the executor.
-                    tokio::task::spawn_blocking(move || load_device(&dir, &name))
+                    tokio::task::spawn_blocking(move || load_device(&dir, &name, &types))
                         .await
                         .map_err(|_| SimError::State {
                             device: spec.name.clone(),
                             reason: "loading state panicked".into(),
                         })??
                 }
-                None => (None, Device::new(&spec.name), store::random_host_key()),
+                None => (
+                    None,
+                    Device::new(&spec.name),
+                    random_keys(&spec.name, &types)?,
+                ),
             };
             device.scep_servers = opts.scep_servers.clone();
+            device.variants = spec.faults.variants.clone();
             device.populate_reading = spec.faults.populate_reading;
-            let presented: PrivateKey = if spec.faults.wrong_host_key {
-                store::random_host_key()
+            let presented: Vec<PrivateKey> = if spec.faults.wrong_host_key {
+                random_keys(&spec.name, &types)?
             } else {
-                host_key.clone()
+                host_keys.clone()
+            };
+            let (Some(host_key), Some(first_presented)) =
+                (host_keys.first().cloned(), presented.first().cloned())
+            else {
+                return Err(SimError::Config(format!(
+                    "device {}: no host key",
+                    spec.name
+                )));
             };
             let listener = TcpListener::bind(spec.addr)
                 .await
@@ -928,7 +1058,7 @@ impl Fleet {
                 ),
                 auth_rejection_time: opts.auth_rejection_time,
                 auth_rejection_time_initial: Some(Duration::ZERO),
-                keys: vec![presented.clone()],
+                keys: presented.clone(),
                 inactivity_timeout: Some(Duration::from_secs(3600)),
                 nodelay: true,
                 ..Default::default()
@@ -940,6 +1070,18 @@ impl Fleet {
                 password: spec.password.clone(),
                 model: tokio::sync::Mutex::new(device),
                 latency: spec.faults.latency(),
+                variants: spec.faults.variants.clone(),
+                clock_offset: time::Duration::seconds(spec.faults.clock_offset_secs),
+                failed_logins: StdMutex::new((0, None)),
+                max_failed_logins: spec
+                    .faults
+                    .max_failed_logins
+                    .unwrap_or(DEFAULT_MAX_FAILED_LOGINS),
+                lockout: Duration::from_secs(
+                    spec.faults.lockout_secs.unwrap_or(DEFAULT_LOCKOUT_SECS),
+                ),
+                sessions: std::sync::atomic::AtomicUsize::new(0),
+                max_sessions: spec.faults.max_sessions.unwrap_or(DEFAULT_MAX_SESSIONS),
                 refuse_auth: spec.faults.refuse_auth,
                 login_notice: spec
                     .faults
@@ -963,7 +1105,8 @@ impl Fleet {
                 addr,
                 host_key_fingerprint: fingerprint(host_key.public_key()),
                 host_key: host_key.public_key().clone(),
-                presented_host_key: presented.public_key().clone(),
+                host_keys: host_keys.iter().map(|k| k.public_key().clone()).collect(),
+                presented_host_key: first_presented.public_key().clone(),
             };
             tracing::info!(device = %spec.name, %addr, "device listening");
             fleet.tasks.push(tokio::spawn(accept_loop(

@@ -51,6 +51,93 @@ pub fn write_atomic_private(path: &Path, data: &[u8]) -> Result<(), StoreError> 
 }
 
 /// A new random ed25519 host key.
+/// The host key types a simulated device can have (catalogue hostkey.types; devices choose
+/// with `NetworkServices SSH HostKeyAlgorithm`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HostKeyType {
+    #[default]
+    Ed25519,
+    /// ECDSA on NIST P-256 (`ecdsa-sha2-nistp256`).
+    Ecdsa,
+}
+
+impl HostKeyType {
+    /// The file the persistent key of this type lives in.
+    fn file(self) -> &'static str {
+        match self {
+            HostKeyType::Ed25519 => HOST_KEY_FILE,
+            HostKeyType::Ecdsa => "host_key_ecdsa",
+        }
+    }
+
+    /// A fresh key of this type.
+    pub fn random(self) -> Result<PrivateKey, String> {
+        match self {
+            HostKeyType::Ed25519 => Ok(random_host_key()),
+            HostKeyType::Ecdsa => random_ecdsa_host_key(),
+        }
+    }
+}
+
+/// Appends an SSH `string` (u32 length, bytes).
+fn ssh_string(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), String> {
+    let len = u32::try_from(bytes.len()).map_err(|_| "field too long".to_string())?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    Ok(())
+}
+
+/// A fresh ECDSA P-256 host key, built as the OpenSSH private key format (PROTOCOL.key) and
+/// read back with the same parser as a stored key.
+fn random_ecdsa_host_key() -> Result<PrivateKey, String> {
+    use base64::Engine as _;
+    use p256::elliptic_curve::sec1::ToEncodedPoint as _;
+    let sk = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let q = sk.public_key().to_encoded_point(false);
+    let d = Zeroizing::new(sk.to_bytes().to_vec());
+    let mut public = Vec::new();
+    ssh_string(&mut public, b"ecdsa-sha2-nistp256")?;
+    ssh_string(&mut public, b"nistp256")?;
+    ssh_string(&mut public, q.as_bytes())?;
+    let mut private = Zeroizing::new(Vec::new());
+    let check = rand::RngCore::next_u32(&mut rand::rngs::OsRng).to_be_bytes();
+    private.extend_from_slice(&check);
+    private.extend_from_slice(&check);
+    ssh_string(&mut private, b"ecdsa-sha2-nistp256")?;
+    ssh_string(&mut private, b"nistp256")?;
+    ssh_string(&mut private, q.as_bytes())?;
+    // mpint: no leading zeros, a zero byte first if the top bit is set.
+    let start = d.iter().position(|b| *b != 0).unwrap_or(d.len());
+    let mut mpint = Zeroizing::new(Vec::new());
+    if d.get(start).is_some_and(|b| b & 0x80 != 0) {
+        mpint.push(0);
+    }
+    mpint.extend_from_slice(d.get(start..).unwrap_or_default());
+    ssh_string(&mut private, &mpint)?;
+    ssh_string(&mut private, b"")?;
+    let mut pad = 1u8;
+    while private.len() % 8 != 0 {
+        private.push(pad);
+        pad = pad.wrapping_add(1);
+    }
+    let mut blob = Zeroizing::new(b"openssh-key-v1\0".to_vec());
+    ssh_string(&mut blob, b"none")?;
+    ssh_string(&mut blob, b"none")?;
+    ssh_string(&mut blob, b"")?;
+    blob.extend_from_slice(&1u32.to_be_bytes());
+    ssh_string(&mut blob, &public)?;
+    ssh_string(&mut blob, &private)?;
+    let b64 = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*blob));
+    let mut text = Zeroizing::new(String::from("-----BEGIN OPENSSH PRIVATE KEY-----\n"));
+    for chunk in b64.as_bytes().chunks(70) {
+        text.push_str(&String::from_utf8_lossy(chunk));
+        text.push('\n');
+    }
+    text.push_str("-----END OPENSSH PRIVATE KEY-----\n");
+    PrivateKey::from_openssh(text.as_bytes()).map_err(|e| e.to_string())
+}
+
 pub fn random_host_key() -> PrivateKey {
     let mut seed = Zeroizing::new([0u8; 32]);
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, seed.as_mut());
@@ -116,9 +203,14 @@ impl Store {
         write_atomic_private(&path, &bytes)
     }
 
-    /// The device's persistent host key (created on first use).
+    /// The device's persistent (Ed25519) host key (created on first use).
     pub fn host_key(&self) -> Result<PrivateKey, StoreError> {
-        let path = self.dir.join(HOST_KEY_FILE);
+        self.host_key_of(HostKeyType::Ed25519)
+    }
+
+    /// The device's persistent host key of one type (created on first use).
+    pub fn host_key_of(&self, kind: HostKeyType) -> Result<PrivateKey, StoreError> {
+        let path = self.dir.join(kind.file());
         let herr = |reason: String| StoreError::HostKey {
             path: path.clone(),
             reason,
@@ -129,7 +221,7 @@ impl Store {
                 PrivateKey::from_openssh(&*bytes).map_err(|e| herr(e.to_string()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = random_host_key();
+                let key = kind.random().map_err(herr)?;
                 let text = key
                     .to_openssh(russh::keys::ssh_key::LineEnding::LF)
                     .map_err(|e| herr(e.to_string()))?;
@@ -161,6 +253,12 @@ mod tests {
         let k1 = s.host_key().unwrap();
         let k2 = s.host_key().unwrap();
         assert_eq!(k1.public_key(), k2.public_key());
+        // An ECDSA P-256 key besides it, persisted the same way.
+        let e1 = s.host_key_of(HostKeyType::Ecdsa).unwrap();
+        let e2 = s.host_key_of(HostKeyType::Ecdsa).unwrap();
+        assert_eq!(e1.public_key(), e2.public_key());
+        assert_eq!(e1.algorithm().as_str(), "ecdsa-sha2-nistp256");
+        assert_ne!(e1.public_key(), k1.public_key());
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;

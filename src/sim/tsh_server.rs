@@ -1,16 +1,33 @@
 //! The device side of the TSH line protocol, pure: splitting the received byte stream into
 //! lines and frames (a command line plus its dot-terminated or length-prefixed `{N} ` body),
 //! parsing a command line into a [`model::Request`], and rendering a [`model::Response`]
-//! exactly as a RoomOS device prints it (terminal or JSON output mode, `\r\n` line ends,
-//! `OK` before an xCommand's `*r` block, `** end` / blank / `OK` after xStatus and
+//! exactly as a RoomOS device prints it (terminal or pretty-printed JSON output mode, `OK`
+//! before an xCommand's `*r` block, `** end` / blank / `OK` after xStatus and
 //! xConfiguration, `** resultId: "…"` correlation). Also the log redaction of command lines.
+//!
+//! Everything is rendered with `\n` line ends, as a device writes them; a session that
+//! requested a pty gets them through [`onlcr`], the terminal line discipline's `\r\n`
+//! (catalogue `framing.line-ends`). Each shape names its catalogue entry
+//! (`docs/device-catalogue.md`).
 
 use zeroize::Zeroizing;
 
 use super::model::{self, Kind, Leaf, Request, Response, Value};
+use super::variants::{CommandErrorStart, ConfigSetReply, Variants};
 
-/// Line end of everything the device prints.
-pub const EOL: &str = "\r\n";
+/// Line end of everything the device prints (before a pty's line discipline).
+pub const EOL: &str = "\n";
+
+/// What a pty's line discipline (`ONLCR`) makes of the device's output: every `\n` becomes
+/// `\r\n`. Without a pty the bytes pass unchanged (jsxapi splits on `\n` and waits for a
+/// line exactly `OK`; catalogue `framing.line-ends`).
+pub fn onlcr(text: &str, pty: bool) -> std::borrow::Cow<'_, str> {
+    if pty && text.contains('\n') {
+        std::borrow::Cow::Owned(text.replace('\n', "\r\n"))
+    } else {
+        std::borrow::Cow::Borrowed(text)
+    }
+}
 
 /// The greeting printed after login.
 pub fn banner(name: &str) -> String {
@@ -70,13 +87,24 @@ enum State {
 pub struct Splitter {
     pending: Zeroizing<Vec<u8>>,
     state: State,
+    /// Which commands take a dot-terminated body depends on the variant
+    /// (`populate_form: multi_line`).
+    variants: Variants,
 }
 
 impl Default for Splitter {
     fn default() -> Self {
+        Splitter::new(Variants::default())
+    }
+}
+
+impl Splitter {
+    /// A splitter for a device playing `variants`.
+    pub fn new(variants: Variants) -> Self {
         Splitter {
             pending: Zeroizing::new(Vec::new()),
             state: State::Lines,
+            variants,
         }
     }
 }
@@ -91,9 +119,9 @@ fn counted_prefix(line: &str) -> Option<(usize, &str)> {
     Some((n, after))
 }
 
-fn needs_body(line: &str) -> bool {
+fn needs_body(line: &str, v: &Variants) -> bool {
     match parse_line(line) {
-        Parsed::X { req, .. } => model::Device::takes_body(req.kind, &req.path),
+        Parsed::X { req, .. } => model::Device::takes_body(req.kind, &req.path, v),
         _ => false,
     }
 }
@@ -162,7 +190,7 @@ impl Splitter {
                         continue;
                     }
                     out.push(Input::Echo(line.clone()));
-                    if needs_body(&line) {
+                    if needs_body(&line, &self.variants) {
                         self.state = State::Body {
                             line,
                             body: Zeroizing::new(String::new()),
@@ -214,7 +242,10 @@ pub enum Parsed {
     /// `xpreferences` with an unsupported argument.
     BadPreference,
     /// `xFeedback register|deregister|deregisterall|list`; an unusable path is `Err`.
-    Feedback(Result<FeedbackCmd, String>),
+    Feedback {
+        cmd: Result<FeedbackCmd, String>,
+        result_id: Option<String>,
+    },
     Bye,
     X {
         req: Request,
@@ -380,7 +411,12 @@ pub fn parse_line(line: &str) -> Parsed {
                 _ => Parsed::BadPreference,
             };
         }
-        "xfeedback" => return Parsed::Feedback(parse_feedback(rest)),
+        "xfeedback" => {
+            return Parsed::Feedback {
+                cmd: parse_feedback(rest),
+                result_id,
+            }
+        }
         "bye" | "exit" | "quit" => return Parsed::Bye,
         _ => return Parsed::NotRecognized,
     };
@@ -517,8 +553,42 @@ pub fn render_feedback(kind: Kind, leaves: &[Leaf], mode: OutputMode) -> String 
         }
         OutputMode::Json => {
             let doc = serde_json::json!({ node_name(kind): serde_json::Value::Object(json_tree(leaves)) });
-            format!("{doc}{EOL}")
+            json_text(&doc, None)
         }
+    }
+}
+
+/// The reply to an `xFeedback` subcommand (catalogue `feedback.commands`): in terminal mode
+/// the registered paths (for `list`), `** end`, a blank line and `OK`; in JSON mode the
+/// result id alone (as jsxapi's tests show for `register`), the paths under `Feedback` for
+/// `list`; an unusable path is an error.
+pub fn feedback_reply(
+    outcome: Result<Option<Vec<String>>, String>,
+    mode: OutputMode,
+    result_id: Option<&str>,
+) -> String {
+    let rid = result_id_line(result_id);
+    match (mode, outcome) {
+        (OutputMode::Terminal, Ok(paths)) => {
+            let mut s = String::new();
+            for p in paths.unwrap_or_default() {
+                s.push_str(&format!("{p}{EOL}"));
+            }
+            s.push_str(&format!("{rid}** end{EOL}{EOL}OK{EOL}"));
+            s
+        }
+        (OutputMode::Terminal, Err(_)) => format!("{rid}ERROR{EOL}"),
+        (OutputMode::Json, Ok(None)) => json_text(&serde_json::json!({}), result_id),
+        (OutputMode::Json, Ok(Some(paths))) => {
+            json_text(&serde_json::json!({ "Feedback": paths }), result_id)
+        }
+        (OutputMode::Json, Err(reason)) => json_text(
+            &serde_json::json!({ "CommandResponse": { "Result": {
+                "status": "Error",
+                "Reason": { "Value": reason },
+            } } }),
+            result_id,
+        ),
     }
 }
 
@@ -605,16 +675,25 @@ fn node_name(kind: Kind) -> &'static str {
     }
 }
 
-/// Renders a reply in terminal mode.
-pub fn render_terminal(resp: &Response, result_id: Option<&str>) -> String {
+/// Renders a reply in terminal mode. `v` picks the alternatives the catalogue leaves open
+/// (a failing xCommand starting `ERROR`, a configuration set answered by a bare `OK`).
+pub fn render_terminal(resp: &Response, result_id: Option<&str>, v: &Variants) -> String {
     let rid = result_id_line(result_id);
     match resp {
+        // catalogue reply.command, reply.command-error
         Response::Result {
             name,
             status,
             fields,
         } => {
-            let mut s = format!("OK{EOL}*r {name} (status={}): {EOL}", status.as_str());
+            let first = if *status != model::ResultStatus::Ok
+                && v.command_error == CommandErrorStart::Error
+            {
+                "ERROR"
+            } else {
+                "OK"
+            };
+            let mut s = format!("{first}{EOL}*r {name} (status={}): {EOL}", status.as_str());
             for f in fields {
                 s.push_str(&format!(
                     "*r {name} {}: {}{EOL}",
@@ -626,6 +705,7 @@ pub fn render_terminal(resp: &Response, result_id: Option<&str>) -> String {
             s.push_str(&format!("** end{EOL}"));
             s
         }
+        // catalogue reply.status
         Response::Status(leaves) => {
             let mut s = String::new();
             for l in leaves {
@@ -652,7 +732,12 @@ pub fn render_terminal(resp: &Response, result_id: Option<&str>) -> String {
             s.push_str(&format!("** end{EOL}{EOL}OK{EOL}"));
             s
         }
-        Response::ConfigurationSet => format!("{rid}** end{EOL}{EOL}OK{EOL}"),
+        // catalogue reply.config-set
+        Response::ConfigurationSet => match v.config_set {
+            ConfigSetReply::Block => format!("{rid}** end{EOL}{EOL}OK{EOL}"),
+            ConfigSetReply::BareOk => format!("OK{EOL}"),
+        },
+        // catalogue reply.node-error
         Response::NodeError {
             kind,
             reason,
@@ -667,6 +752,27 @@ pub fn render_terminal(resp: &Response, result_id: Option<&str>) -> String {
             )
         }
     }
+}
+
+/// A JSON reply as a device prints it (catalogue `reply.json`): pretty-printed over several
+/// lines, a line exactly `{` first and `}` last, the result id appended to the top-level
+/// object on its own line as `,"ResultId": "…"` before the closing brace.
+pub fn json_text(doc: &serde_json::Value, result_id: Option<&str>) -> String {
+    let empty = doc.as_object().is_some_and(|m| m.is_empty());
+    let id = result_id.map(|id| serde_json::Value::String(id.to_string()).to_string());
+    let mut s = match (empty, id) {
+        (true, Some(id)) => format!("{{{EOL}\"ResultId\": {id}{EOL}}}"),
+        (true, None) => format!("{{{EOL}}}"),
+        (false, id) => {
+            let pretty = serde_json::to_string_pretty(doc).unwrap_or_else(|_| "{}".into());
+            match (id, pretty.strip_suffix("\n}")) {
+                (Some(id), Some(head)) => format!("{head}{EOL},\"ResultId\": {id}{EOL}}}"),
+                _ => pretty,
+            }
+        }
+    };
+    s.push_str(EOL);
+    s
 }
 
 fn json_insert(obj: &mut serde_json::Map<String, serde_json::Value>, path: &[String], v: &Value) {
@@ -718,10 +824,10 @@ fn json_tree(leaves: &[Leaf]) -> serde_json::Map<String, serde_json::Value> {
     m
 }
 
-/// Renders a reply in JSON mode: one document, no trailing `OK`.
+/// Renders a reply in JSON mode: one pretty-printed document, no trailing `OK`.
 pub fn render_json(resp: &Response, result_id: Option<&str>) -> String {
     use serde_json::{json, Value as J};
-    let mut doc = match resp {
+    let doc = match resp {
         Response::Result {
             name,
             status,
@@ -735,29 +841,26 @@ pub fn render_json(resp: &Response, result_id: Option<&str>) -> String {
         Response::Configuration(leaves) => {
             json!({ "Configuration": J::Object(json_tree(leaves)) })
         }
-        Response::ConfigurationSet => {
-            json!({ "CommandResponse": { "Configuration": { "status": "OK" } } })
-        }
+        // catalogue reply.json: a configuration set answers the result id alone.
+        Response::ConfigurationSet => json!({}),
+        // catalogue reply.json-error: the current form, without a CommandResponse wrapper.
         Response::NodeError {
             kind,
             reason,
             xpath,
-        } => json!({ "CommandResponse": { node_name(*kind): {
+        } => json!({ node_name(*kind): {
             "status": "Error",
             "Reason": { "Value": reason },
             "XPath": { "Value": xpath },
-        } } }),
+        } }),
     };
-    if let (Some(id), J::Object(m)) = (result_id, &mut doc) {
-        m.insert("ResultId".into(), J::String(id.to_string()));
-    }
-    format!("{doc}{EOL}")
+    json_text(&doc, result_id)
 }
 
 /// Renders in the selected mode.
-pub fn render(resp: &Response, mode: OutputMode, result_id: Option<&str>) -> String {
+pub fn render(resp: &Response, mode: OutputMode, result_id: Option<&str>, v: &Variants) -> String {
     match mode {
-        OutputMode::Terminal => render_terminal(resp, result_id),
+        OutputMode::Terminal => render_terminal(resp, result_id, v),
         OutputMode::Json => render_json(resp, result_id),
     }
 }
@@ -874,20 +977,55 @@ mod tests {
             fields: vec![],
         };
         assert_eq!(
-            render_terminal(&r, Some("r1")),
-            "OK\r\n*r ServicesAddResult (status=OK): \r\n** resultId: \"r1\"\r\n** end\r\n"
+            render_terminal(&r, Some("r1"), &Variants::default()),
+            "OK\n*r ServicesAddResult (status=OK): \n** resultId: \"r1\"\n** end\n"
+        );
+        // With a pty, the line discipline makes every line end `\r\n` (framing.line-ends).
+        assert_eq!(
+            onlcr(&render_terminal(&r, None, &Variants::default()), true),
+            "OK\r\n*r ServicesAddResult (status=OK): \r\n** end\r\n"
         );
         let s = Response::Status(vec![Leaf {
             path: vec!["Audio".into(), "Volume".into()],
             value: Value::Literal("50".into()),
         }]);
         assert_eq!(
-            render_terminal(&s, None),
-            "*s Audio Volume: 50\r\n** end\r\n\r\nOK\r\n"
+            render_terminal(&s, None, &Variants::default()),
+            "*s Audio Volume: 50\n** end\n\nOK\n"
+        );
+        // catalogue reply.json: pretty, the result id appended before the closing brace.
+        assert_eq!(
+            render_json(&s, Some("request-1")),
+            "{\n  \"Status\": {\n    \"Audio\": {\n      \"Volume\": {\n        \"Value\": \"50\"\n      }\n    }\n  }\n,\"ResultId\": \"request-1\"\n}\n"
         );
         assert_eq!(
-            render_json(&s, None),
-            "{\"Status\":{\"Audio\":{\"Volume\":{\"Value\":\"50\"}}}}\r\n"
+            render_json(&Response::ConfigurationSet, Some("request-2")),
+            "{\n\"ResultId\": \"request-2\"\n}\n"
+        );
+        let e = Response::NodeError {
+            kind: Kind::Status,
+            reason: "No match on address expression.".into(),
+            xpath: "Status/Foo".into(),
+        };
+        let v: serde_json::Value = serde_json::from_str(&render_json(&e, None)).unwrap();
+        assert_eq!(v["Status"]["status"], "Error");
+        assert_eq!(v["Status"]["XPath"]["Value"], "Status/Foo");
+        // Variants: a failing command starting ERROR, a configuration set as a bare OK.
+        let fail = Response::Result {
+            name: "Result".into(),
+            status: model::ResultStatus::Error,
+            fields: vec![],
+        };
+        let alt = Variants {
+            command_error: crate::sim::variants::CommandErrorStart::Error,
+            config_set: crate::sim::variants::ConfigSetReply::BareOk,
+            ..Variants::default()
+        };
+        assert!(render_terminal(&fail, None, &alt).starts_with("ERROR\n*r Result (status=Error)"));
+        assert!(render_terminal(&fail, None, &Variants::default()).starts_with("OK\n"));
+        assert_eq!(
+            render_terminal(&Response::ConfigurationSet, Some("x"), &alt),
+            "OK\n"
         );
     }
 
@@ -922,19 +1060,24 @@ mod tests {
             value: Value::Str("say \"hi\" \\ bye".into()),
         }]);
         assert_eq!(
-            render_terminal(&s, None),
-            "*s A: \"say \\\"hi\\\" \\\\ bye\"\r\n** end\r\n\r\nOK\r\n"
+            render_terminal(&s, None, &Variants::default()),
+            "*s A: \"say \\\"hi\\\" \\\\ bye\"\n** end\n\nOK\n"
         );
     }
 
     #[test]
     fn feedback_commands_and_paths() {
-        let Parsed::Feedback(Ok(FeedbackCmd::Register(p))) =
-            parse_line("xFeedback register /Status/Conference/EndToEndEncryption")
+        let Parsed::Feedback {
+            cmd: Ok(FeedbackCmd::Register(p)),
+            result_id,
+        } = parse_line(
+            "xFeedback register /Status/Conference/EndToEndEncryption | resultId=\"f1\"",
+        )
         else {
             panic!("register not parsed");
         };
         assert_eq!(p.text(), "/Status/Conference/EndToEndEncryption");
+        assert_eq!(result_id.as_deref(), Some("f1"));
         let leaf_path: Vec<String> = [
             "conference",
             "EndToEndEncryption",
@@ -948,19 +1091,25 @@ mod tests {
         assert!(!p.covers(Kind::Status, &leaf_path[..1]));
         assert!(matches!(
             parse_line("xfeedback deregisterall"),
-            Parsed::Feedback(Ok(FeedbackCmd::DeregisterAll))
+            Parsed::Feedback {
+                cmd: Ok(FeedbackCmd::DeregisterAll),
+                ..
+            }
         ));
         assert!(matches!(
             parse_line("xFeedback list"),
-            Parsed::Feedback(Ok(FeedbackCmd::List))
+            Parsed::Feedback {
+                cmd: Ok(FeedbackCmd::List),
+                ..
+            }
         ));
         assert!(matches!(
             parse_line("xFeedback register /Nowhere/X"),
-            Parsed::Feedback(Err(_))
+            Parsed::Feedback { cmd: Err(_), .. }
         ));
         assert!(matches!(
             parse_line("xFeedback register /Status/A\"B"),
-            Parsed::Feedback(Err(_))
+            Parsed::Feedback { cmd: Err(_), .. }
         ));
         let leaves = vec![Leaf {
             path: vec!["Audio".into(), "Volume".into()],
@@ -968,11 +1117,20 @@ mod tests {
         }];
         assert_eq!(
             render_feedback(Kind::Status, &leaves, OutputMode::Terminal),
-            "*s Audio Volume: 60\r\n** end\r\n"
+            "*s Audio Volume: 60\n** end\n"
         );
         assert_eq!(
             render_feedback(Kind::Status, &leaves, OutputMode::Json),
-            "{\"Status\":{\"Audio\":{\"Volume\":{\"Value\":\"60\"}}}}\r\n"
+            "{\n  \"Status\": {\n    \"Audio\": {\n      \"Volume\": {\n        \"Value\": \"60\"\n      }\n    }\n  }\n}\n"
+        );
+        // catalogue feedback.commands
+        assert_eq!(
+            feedback_reply(Ok(None), OutputMode::Terminal, Some("f1")),
+            "** resultId: \"f1\"\n** end\n\nOK\n"
+        );
+        assert_eq!(
+            feedback_reply(Ok(None), OutputMode::Json, Some("f1")),
+            "{\n\"ResultId\": \"f1\"\n}\n"
         );
     }
 

@@ -329,6 +329,41 @@ pub fn check_path(path: &Path, host: &str, port: u16, key: &PublicKey) -> std::i
     with_index(path, |index| index.check(host, port, key))
 }
 
+/// The host key algorithms to offer when connecting to `host:port`, most preferred first:
+/// the types of the keys already pinned for it, then the rest of `defaults` in their order
+/// — as OpenSSH does, so a device pinned with its RSA key that also offers Ed25519 is not
+/// reported as changed (catalogue hostkey.types).
+pub fn preferred_algorithms(
+    text: &str,
+    host: &str,
+    port: u16,
+    defaults: &[russh::keys::Algorithm],
+) -> Vec<russh::keys::Algorithm> {
+    use russh::keys::Algorithm;
+    let pattern = host_pattern(host, port);
+    let pinned: Vec<Algorithm> = KnownHosts::parse(text)
+        .entries
+        .iter()
+        .filter(|e| !e.revoked && hosts_match(&e.hosts, &pattern))
+        .filter_map(|e| e.key().map(|k| k.algorithm()))
+        .collect();
+    let same_family = |a: &Algorithm, p: &Algorithm| match (a, p) {
+        (Algorithm::Rsa { .. }, Algorithm::Rsa { .. }) => true,
+        _ => a == p,
+    };
+    let mut out: Vec<Algorithm> = defaults
+        .iter()
+        .filter(|a| pinned.iter().any(|p| same_family(a, p)))
+        .cloned()
+        .collect();
+    for a in defaults {
+        if !out.contains(a) {
+            out.push(a.clone());
+        }
+    }
+    out
+}
+
 /// The line appended for an accepted key: `<pattern> <type> <base64>`.
 pub fn entry_line(host: &str, port: u16, key: &PublicKey) -> Result<String, String> {
     let bare = PublicKey::new(key.key_data().clone(), "");
@@ -625,5 +660,28 @@ mod tests {
             check_path(&path, "room-a.example", 22, &a).unwrap(),
             Verdict::Changed { line: 2, .. }
         ));
+    }
+
+    #[test]
+    fn pinned_key_types_are_preferred() {
+        use russh::keys::Algorithm;
+        let defaults = russh::Preferred::DEFAULT.key.to_vec();
+        let ecdsa = crate::sim::store::HostKeyType::Ecdsa.random().unwrap();
+        let line = entry_line("10.0.0.5", 22, ecdsa.public_key()).unwrap();
+        let order = preferred_algorithms(&line, "10.0.0.5", 22, &defaults);
+        assert_eq!(
+            order.first().map(Algorithm::as_str),
+            Some("ecdsa-sha2-nistp256")
+        );
+        assert_eq!(order.len(), defaults.len());
+        // Another host, or nothing pinned: the defaults unchanged.
+        assert_eq!(
+            preferred_algorithms(&line, "10.0.0.6", 22, &defaults),
+            defaults
+        );
+        assert_eq!(
+            preferred_algorithms("", "10.0.0.5", 22, &defaults),
+            defaults
+        );
     }
 }

@@ -204,7 +204,18 @@ impl TshSession {
             policy: opts.host_key_policy,
             rejection: rejection.clone(),
         };
-        let config = Arc::new(client_config(opts));
+        let mut config = client_config(opts);
+        // Offer first the host key types already pinned for this device (as OpenSSH does).
+        if let Ok(text) = known_hosts::read(&opts.known_hosts) {
+            config.preferred.key = known_hosts::preferred_algorithms(
+                &text,
+                &host,
+                port,
+                &russh::Preferred::DEFAULT.key,
+            )
+            .into();
+        }
+        let config = Arc::new(config);
 
         let handshake = async {
             let tcp = TcpStream::connect((host.as_str(), port))
@@ -557,19 +568,32 @@ async fn authenticate(
     let user = opts.username.as_str();
     match &opts.auth {
         ClientAuth::Password(pw) => {
+            // Ask which methods the device offers (`none` checks no credential), then give
+            // the password once, by one method: `password` if offered, else
+            // keyboard-interactive (RoomOS offers that). Trying the same secret by a second
+            // method after a refusal would count another failed login against the
+            // device's lockout (catalogue auth.lockout, auth.prompts) — and a server may
+            // drop `password` from the methods it lists after refusing it.
+            let offered = handle
+                .authenticate_none(user)
+                .await
+                .map_err(|e| proto(opts, e))?;
+            let remaining = match offered {
+                client::AuthResult::Success => return Ok(true),
+                client::AuthResult::Failure {
+                    remaining_methods, ..
+                } => remaining_methods,
+            };
+            if !remaining.contains(&MethodKind::Password)
+                && remaining.contains(&MethodKind::KeyboardInteractive)
+            {
+                return keyboard_interactive(handle, opts, pw).await;
+            }
             let r = handle
                 .authenticate_password(user, pw.expose())
                 .await
                 .map_err(|e| proto(opts, e))?;
-            match r {
-                client::AuthResult::Success => Ok(true),
-                client::AuthResult::Failure {
-                    remaining_methods, ..
-                } if remaining_methods.contains(&MethodKind::KeyboardInteractive) => {
-                    keyboard_interactive(handle, opts, pw).await
-                }
-                client::AuthResult::Failure { .. } => Ok(false),
-            }
+            Ok(r.success())
         }
         ClientAuth::KeyboardInteractive(pw) => keyboard_interactive(handle, opts, pw).await,
         ClientAuth::KeyFile { path, passphrase } => {
@@ -643,11 +667,21 @@ async fn keyboard_interactive(
         .authenticate_keyboard_interactive_start(opts.username.as_str(), None::<String>)
         .await
         .map_err(|e| proto(opts, e))?;
+    // The password is given once per connection: a device that prompts again after it was
+    // answered has refused it, and every further answer would be one more failed login
+    // towards its lockout (catalogue auth.prompts, auth.lockout).
+    let mut answered = false;
     for _ in 0..MAX_KI_ROUNDS {
         match resp {
             KeyboardInteractiveAuthResponse::Success => return Ok(true),
             KeyboardInteractiveAuthResponse::Failure { .. } => return Ok(false),
             KeyboardInteractiveAuthResponse::InfoRequest { prompts, .. } => {
+                if !prompts.is_empty() {
+                    if answered {
+                        return Ok(false);
+                    }
+                    answered = true;
+                }
                 let answers = prompts.iter().map(|_| pw.expose().to_string()).collect();
                 resp = handle
                     .authenticate_keyboard_interactive_respond(answers)

@@ -44,8 +44,11 @@ impl fmt::Display for Verb {
 pub enum ReplyShape {
     /// `xCommand`: an optional `OK` first, then a `*r` block ending in `** end`.
     Command,
-    /// `xStatus` / `xConfiguration` (read or set): a block, `** end`, a blank line, `OK`/`ERROR`.
+    /// `xStatus` / `xConfiguration` read: a block, `** end`, a blank line, `OK`/`ERROR`.
     Status,
+    /// `xConfiguration <path>: <value>`: as [`ReplyShape::Status`], or a bare `OK`
+    /// (catalogue `reply.config-set`: which one a device prints is unknown).
+    ConfigSet,
     /// Session commands such as `echo off`: a single `OK` (or `ERROR`).
     Plain,
 }
@@ -411,6 +414,7 @@ impl TshCommand {
     pub fn reply_shape(&self) -> ReplyShape {
         match self.verb {
             Verb::XCommand => ReplyShape::Command,
+            Verb::XConfiguration if self.set_value.is_some() => ReplyShape::ConfigSet,
             Verb::XStatus | Verb::XConfiguration => ReplyShape::Status,
         }
     }
@@ -706,7 +710,7 @@ mod tests {
             "xConfiguration Conference EndToEndEncryption Mode: On"
         );
         assert!(!c.is_read_only());
-        assert_eq!(c.reply_shape(), ReplyShape::Status);
+        assert_eq!(c.reply_shape(), ReplyShape::ConfigSet);
         let c = TshCommand::xconfiguration_set("SystemUnit Name", "Room 301").unwrap();
         assert_eq!(
             c.line().as_str(),

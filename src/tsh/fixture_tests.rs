@@ -306,6 +306,90 @@ fn not_recognized_and_bare_error_end_any_shape() {
     }
 }
 
+/// A failing xCommand that starts `ERROR` instead of `OK` (catalogue reply.command-error,
+/// variant `command_error: error`): for a tagged command the block is the reply; a
+/// configuration set answered by a bare `OK` (reply.config-set, `config_set: bare_ok`).
+#[test]
+fn error_first_command_and_bare_ok_config_set() {
+    for bytes in [
+        include_bytes!("fixtures/command_error_first.txt").to_vec(),
+        crlf(include_bytes!("fixtures/command_error_first.txt")),
+    ] {
+        let mut r = ReplyReader::new();
+        r.feed(LOGIN);
+        r.expect_id(ReplyShape::Command, &ResultId::new("r7").unwrap());
+        let reply = reply_of(&feed_bytewise(&mut r, &bytes));
+        assert_eq!(
+            reply.status,
+            ReplyStatus::Error {
+                reason: Some("No certificate with that fingerprint".into())
+            }
+        );
+        assert_eq!(reply.result_id.as_deref(), Some("r7"));
+    }
+    let r = reply_of(&run(
+        include_bytes!("fixtures/config_set_bare_ok.txt"),
+        ReplyShape::ConfigSet,
+    ));
+    assert_eq!(r.status, ReplyStatus::Ok);
+    let block = reply_of(&run(
+        include_bytes!("fixtures/config_set.txt"),
+        ReplyShape::ConfigSet,
+    ));
+    assert_eq!(block.status, ReplyStatus::Ok);
+    assert_eq!(block.result_id.as_deref(), Some("r5"));
+}
+
+/// Services Show as a real Room Kit Plus prints it: `UsedFor: "SIP, HTTPS server"`, the
+/// chain's intermediate as a second item (catalogue show.used-for, show.chain).
+#[test]
+fn show_as_a_room_kit_prints_it() {
+    use crate::engine::steps::parse_show;
+    let r = reply_of(&run(
+        include_bytes!("fixtures/command_show_roomkit.txt"),
+        ReplyShape::Command,
+    ));
+    let shown = parse_show(&r);
+    assert_eq!(shown.len(), 2);
+    assert!(shown[0].used_for.iter().any(|u| u == "HTTPS"), "{shown:?}");
+    assert!(shown[0].used_for.iter().any(|u| u == "SIP"), "{shown:?}");
+    assert_eq!(shown[1].subject, "/C=US/O=Let's Encrypt/CN=R3");
+}
+
+/// Every fixture file is listed in `fixtures/INDEX.md` with a catalogue entry that exists
+/// in `docs/device-catalogue.md`.
+#[test]
+fn every_fixture_names_a_catalogue_entry() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/tsh/fixtures");
+    let index = std::fs::read_to_string(dir.join("INDEX.md")).unwrap();
+    let catalogue = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/device-catalogue.md"),
+    )
+    .unwrap();
+    let entries: std::collections::BTreeMap<String, String> = index
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let file = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            let id = cells.get(2)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((file.to_string(), id.to_string()))
+        })
+        .collect();
+    for f in std::fs::read_dir(&dir).unwrap() {
+        let name = f.unwrap().file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".txt") {
+            continue;
+        }
+        let id = entries
+            .get(&name)
+            .unwrap_or_else(|| panic!("fixture {name} is not in fixtures/INDEX.md"));
+        assert!(
+            catalogue.contains(&format!("| `{id}` ")),
+            "fixture {name} names {id}, which the catalogue does not have"
+        );
+    }
+}
+
 #[test]
 fn events_interleaved_do_not_end_or_join_the_reply() {
     let ev = run(
@@ -382,39 +466,58 @@ fn external_identity_both_forms() {
 }
 
 /// The verifier's reading of both node forms, each on its own, and of a device that says
-/// its external identity is not valid.
+/// its external identity is not valid (catalogue status.external-identity,
+/// status.external-identity-seed).
 #[test]
 fn external_identity_verdicts_in_either_form() {
+    use crate::engine::steps::identity::{judge, Expected};
     use crate::engine::steps::parse_external_identity;
+    let now = time::macros::datetime!(2026-01-01 00:00 UTC);
+    let want = Expected {
+        identity: Some("meeting-room-1.example.com"),
+        fingerprint: Some("ce4e"),
+    };
     let newer = parse_external_identity(&reply_of(&run(
         include_bytes!("fixtures/status_external_identity_new.txt"),
         ReplyShape::Status,
     )));
-    assert!(newer.valid, "{newer:?}");
+    assert_eq!(newer.status.as_deref(), Some("Valid"));
+    assert_eq!(newer.leaf_fingerprint.as_deref(), Some("ce4e"));
     assert_eq!(
         newer.identity.as_deref(),
         Some("meeting-room-1.example.com")
     );
-    assert_eq!(newer.evidence, "Verification=Valid, Status=Valid");
+    assert!(judge(&newer, &want, now).is_ok());
+    let other = Expected {
+        fingerprint: Some("9f9f"),
+        ..want.clone()
+    };
+    assert!(
+        judge(&newer, &other, now).is_err(),
+        "the intermediate is not the leaf"
+    );
 
     let seed = parse_external_identity(&reply_of(&run(
         include_bytes!("fixtures/status_external_identity_seed.txt"),
         ReplyShape::Status,
     )));
-    assert!(seed.valid, "{seed:?}");
+    assert_eq!(seed.valid.as_deref(), Some("True"));
     assert_eq!(seed.identity.as_deref(), Some("meeting-room-1.example.com"));
+    // The seed fixture's CertInfo is not JSON: no fingerprint to compare, identity checked.
+    assert!(judge(&seed, &want, now).is_ok());
 
     let invalid = b"*s Conference EndToEndEncryption ExternalIdentity Identity: \"\"\n\
 *s Conference EndToEndEncryption ExternalIdentity Status: \"Invalid\"\n\
 *s Conference EndToEndEncryption ExternalIdentity Verification: \"Unverified\"\n** end\n\nOK\n";
     let invalid = parse_external_identity(&reply_of(&run(invalid, ReplyShape::Status)));
-    assert!(!invalid.valid);
     assert_eq!(invalid.identity, None);
-    assert_eq!(invalid.evidence, "Verification=Unverified, Status=Invalid");
+    let err = judge(&invalid, &want, now).unwrap_err();
+    assert!(err.contains("Status=Invalid"), "{err}");
 
     let empty = parse_external_identity(&reply_of(&run(b"** end\n\nOK\n", ReplyShape::Status)));
-    assert!(!empty.valid);
-    assert_eq!(empty.evidence, "no validity node");
+    assert!(judge(&empty, &want, now)
+        .unwrap_err()
+        .contains("no external identity"));
 }
 
 #[test]

@@ -14,6 +14,8 @@
 //! - [`ReplyShape::Status`] (`xStatus`, `xConfiguration` read or set): the block, `** end`,
 //!   then the reply ends at the next `OK` or `ERROR` line (blank lines skipped). An `OK`
 //!   before `** end` is noise.
+//! - [`ReplyShape::ConfigSet`] (`xConfiguration` set): as `Status`, but an `OK` before
+//!   anything else is the whole reply (devices may answer a set with a bare `OK`).
 //! - [`ReplyShape::Plain`] (`echo off`): the reply ends at `OK` or `ERROR`.
 //! - Any shape: `Command not recognized.` ends the reply; a bare `ERROR` outside a status
 //!   trailer ends it as [`ReplyStatus::BareError`].
@@ -440,8 +442,32 @@ fn step(p: &mut Pending, line: String) -> Option<Reply> {
         }
         return done.map(|trailer| finish(acc, trailer));
     }
-    if t == "ERROR" {
+    if p.shape == ReplyShape::ConfigSet
+        && t == "OK"
+        && acc.fields.is_empty()
+        && acc.result_id.is_none()
+        && acc.header.is_none()
+    {
+        // catalogue reply.config-set: a bare `OK`.
         acc.raw.push(line);
+        return Some(finish(acc, None));
+    }
+    if t == "ERROR" {
+        // catalogue reply.command-error: a failing xCommand may start `ERROR` where others
+        // start `OK`, its `*r` block following. For a command tagged with a resultId the
+        // block (which carries the tag) is awaited; untagged, `ERROR` ends the reply.
+        let error_first = p.shape == ReplyShape::Command
+            && p.expected_id.is_some()
+            && !acc.saw_r
+            && acc.result_id.is_none()
+            && acc
+                .raw
+                .iter()
+                .all(|l| l.trim().is_empty() || l.trim() == "OK");
+        acc.raw.push(line);
+        if error_first {
+            return None;
+        }
         return Some(finish(acc, Some(ReplyStatus::BareError)));
     }
     if t.is_empty() {
@@ -450,7 +476,7 @@ fn step(p: &mut Pending, line: String) -> Option<Reply> {
     if t == "** end" {
         acc.raw.push(line);
         match p.shape {
-            ReplyShape::Status => {
+            ReplyShape::Status | ReplyShape::ConfigSet => {
                 p.phase = Phase::AwaitTrailer;
                 return None;
             }
@@ -471,7 +497,7 @@ fn step(p: &mut Pending, line: String) -> Option<Reply> {
         }
     }
     if let Some(rest) = line.strip_prefix("** resultId:") {
-        acc.result_id = Some(unquote(rest.trim()).to_string());
+        acc.result_id = Some(unquote(rest.trim()));
         acc.raw.push(line);
         return None;
     }
@@ -544,19 +570,40 @@ fn finish(acc: &mut Acc, terminator: Option<ReplyStatus>) -> Reply {
     }
 }
 
-fn unquote(v: &str) -> &str {
-    if v.len() >= 2 && v.starts_with('"') && v.ends_with('"') {
-        v.get(1..v.len() - 1).unwrap_or(v)
-    } else {
-        v
+/// A value without its surrounding quotes; inside quotes `\"` and `\\` stand for `"` and
+/// `\` (catalogue `reply.value-quoting`: the command syntax's escapes, as the simulator
+/// prints them; a JSON text such as the seed form's `CertInfo` depends on it).
+fn unquote(v: &str) -> String {
+    let Some(inner) = v
+        .strip_prefix('"')
+        .and_then(|r| r.strip_suffix('"'))
+        .filter(|_| v.len() >= 2)
+    else {
+        return v.to_string();
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(n @ ('"' | '\\')) => out.push(n),
+                Some(n) => {
+                    out.push('\\');
+                    out.push(n);
+                }
+                None => out.push('\\'),
+            },
+            c => out.push(c),
+        }
     }
+    out
 }
 
 /// Splits `Path words: value` at the first colon. Path words never contain a colon.
 fn split_field(text: &str) -> Option<(Vec<String>, String)> {
     let (head, value) = text.split_once(':')?;
     let words = head.split_whitespace().map(str::to_string).collect();
-    Some((words, unquote(value.trim()).to_string()))
+    Some((words, unquote(value.trim())))
 }
 
 /// Parses the text after `*r `, `*s ` or `*c `.

@@ -18,6 +18,7 @@ mod format;
 mod fsio;
 mod model;
 mod passphrase;
+pub mod phrase;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -32,12 +33,14 @@ use crate::secret::Secret;
 pub use format::{KdfParams, FORMAT_VERSION};
 pub use fsio::{lock_path, write_atomic, write_new};
 pub use model::{
-    check_name, check_secret, BookkeepingError, DeviceSecrets, SecretRecord, SecretState,
+    check_name, check_secret, Alternate, BookkeepingError, DeviceSecrets, Firmware, Held,
+    SecretRecord, SecretState,
 };
 pub use passphrase::{
     passphrase_source, prompt, read_new_passphrase, read_passphrase, PassphraseSource,
     PASSPHRASE_ENV,
 };
+pub use phrase::{generate_phrase, Reading};
 
 use format::{FormatError, Header, NONCE_LEN, SALT_LEN};
 use model::Document;
@@ -63,7 +66,7 @@ pub enum VaultError {
     Corrupt { path: PathBuf, reason: String },
     #[error("{path}: a file already exists there; refusing to overwrite it")]
     AlreadyExists { path: PathBuf },
-    #[error("{path}: no vault there (create one with `roomkey secret init`)")]
+    #[error("{path}: no vault there (create one with `roomkey secret init --vault {path}`)")]
     NotFound { path: PathBuf },
     #[error("{path}: the vault is in use by another roomkey process (lock {lock})")]
     Locked { path: PathBuf, lock: PathBuf },
@@ -370,6 +373,60 @@ impl Vault {
         Ok(())
     }
 
+    /// Records (before the command is sent; save afterwards) every secret the device may
+    /// hold once a `Populate` carrying its pending secret as `sent_as` lands.
+    pub fn record_attempt(&mut self, device: &str, sent_as: Reading) -> Result<(), VaultError> {
+        self.device_mut(device)?
+            .record_attempt(device, sent_as, now())?;
+        Ok(())
+    }
+
+    /// A proof showed the device holds alternate `index`: promote it.
+    pub fn promote_alternate(&mut self, device: &str, index: usize) -> Result<(), VaultError> {
+        self.device_mut(device)?
+            .promote_alternate(device, index, now())?;
+        Ok(())
+    }
+
+    /// The device was factory-reset or replaced: every secret it had moves to history, a
+    /// fresh one becomes current (not seeded), so the next apply seeds it.
+    pub fn forget_device(&mut self, device: &str) -> Result<(), VaultError> {
+        let t = now();
+        let fresh = SecretRecord::new(generate_phrase(), t, Some("generated after forget"));
+        self.device_mut(device)?.forget(fresh, t);
+        Ok(())
+    }
+
+    /// How the firmware of `release` reads a `populate` plaintext, if a canary taught it.
+    pub fn release_reading(&self, release: &str) -> Option<Reading> {
+        self.doc.readings.get(release).copied()
+    }
+
+    /// Every release with its learned reading.
+    pub fn release_readings(&self) -> impl Iterator<Item = (&str, Reading)> {
+        self.doc.readings.iter().map(|(k, v)| (k.as_str(), *v))
+    }
+
+    /// A proof showed `device`, running `release`, reads the plaintext as `reading`: the
+    /// device records it; the release learns it if it had not yet (the first device to
+    /// show it is the canary). Returns the release's reading as it stands afterwards.
+    pub fn learn_reading(
+        &mut self,
+        device: &str,
+        release: &str,
+        reading: Reading,
+    ) -> Result<Reading, VaultError> {
+        self.device_mut(device)?.firmware = Some(Firmware {
+            release: release.to_owned(),
+            reading,
+        });
+        Ok(*self
+            .doc
+            .readings
+            .entry(release.to_owned())
+            .or_insert(reading))
+    }
+
     fn device_mut(&mut self, device: &str) -> Result<&mut DeviceSecrets, VaultError> {
         self.doc.devices.get_mut(device).ok_or_else(|| {
             BookkeepingError::NoSuchDevice {
@@ -425,8 +482,10 @@ fn serialize(doc: &Document) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
     Ok(buf)
 }
 
-/// A fresh ClientSecret: 32 bytes from the OS RNG as unpadded base64url (43 printable
-/// ASCII characters from `A-Za-z0-9-_`: no quotes, spaces or shell metacharacters).
+/// A fresh random password or passphrase: 32 bytes from the OS RNG as unpadded base64url
+/// (43 printable ASCII characters from `A-Za-z0-9-_`: no quotes, spaces or shell
+/// metacharacters). ClientSecrets use [`generate_phrase`] instead, which no firmware reading
+/// of a `populate` plaintext can confuse.
 pub fn generate_secret() -> Secret {
     let mut bytes = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(bytes.as_mut_slice());

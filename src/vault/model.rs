@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use super::phrase::Reading;
 use crate::secret::Secret;
 
 /// Where a device's ClientSecret stands.
@@ -83,6 +84,31 @@ impl SecretRecord {
     }
 }
 
+/// Another secret a device may hold after the in-flight `Populate`: what the other reading
+/// of its plaintext makes of it (see [`super::phrase::outcomes`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Alternate {
+    pub record: SecretRecord,
+    /// The reading a device holding this secret has revealed.
+    pub reading: Reading,
+}
+
+/// A device's firmware reading of the `populate` plaintext, as a proof showed it, with the
+/// software release it was running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Firmware {
+    pub release: String,
+    pub reading: Reading,
+}
+
+/// Which recorded secret a proof showed the device holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Held {
+    Current,
+    Pending,
+    Alternate(usize),
+}
+
 /// Everything the vault knows about one device's ClientSecret.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct DeviceSecrets {
@@ -91,6 +117,17 @@ pub struct DeviceSecrets {
     /// Recorded (and saved) before a rotation command is sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<SecretRecord>,
+    /// The reading a device holding `pending` has revealed: the plaintext form of the last
+    /// `Populate` that carried it (recorded before that command was sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_reading: Option<Reading>,
+    /// The other secrets the device may hold after the `Populate`s sent for `pending`
+    /// (recorded before each was sent); a proof decides between them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alternates: Vec<Alternate>,
+    /// The firmware reading this device revealed, and the release it ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firmware: Option<Firmware>,
     /// Superseded secrets, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub previous: Vec<SecretRecord>,
@@ -164,12 +201,7 @@ impl DeviceSecrets {
         seeded: bool,
         now: OffsetDateTime,
     ) -> Result<(), BookkeepingError> {
-        if let Some(pending) = self.pending.take() {
-            self.previous.insert(
-                0,
-                pending.retire(now, Some("pending rotation superseded by a manual set")),
-            );
-        }
+        self.retire_candidates(now, "superseded by a manual set");
         match self.current.take() {
             Some(old) if old.secret == record.secret => {
                 // Same value: keep its original record (and date).
@@ -228,6 +260,8 @@ impl DeviceSecrets {
                 device: device.to_owned(),
             });
         };
+        self.retire_alternates(now, "not adopted: the device holds the chosen secret");
+        self.pending_reading = None;
         if let Some(old) = self.current.take() {
             self.previous.insert(0, old.retire(now, None));
         }
@@ -237,6 +271,107 @@ impl DeviceSecrets {
         Ok(())
     }
 
+    /// Moves every alternate to `previous` (nothing is deleted).
+    fn retire_alternates(&mut self, now: OffsetDateTime, why: &str) {
+        for alt in std::mem::take(&mut self.alternates) {
+            self.previous.insert(0, alt.record.retire(now, Some(why)));
+        }
+    }
+
+    /// Moves `pending` and every alternate to `previous`.
+    fn retire_candidates(&mut self, now: OffsetDateTime, why: &str) {
+        self.retire_alternates(now, why);
+        self.pending_reading = None;
+        if let Some(pending) = self.pending.take() {
+            self.previous.insert(0, pending.retire(now, Some(why)));
+        }
+    }
+
+    /// Records, before a `Populate` carrying `pending` as `plaintext(pending, sent_as)` is
+    /// sent, every secret the device may hold once it lands: holding `pending` will mean
+    /// the firmware reads `sent_as`; what the other reading makes of the plaintext joins
+    /// the alternates (which accumulate until the rotation is resolved).
+    pub fn record_attempt(
+        &mut self,
+        device: &str,
+        sent_as: Reading,
+        now: OffsetDateTime,
+    ) -> Result<(), BookkeepingError> {
+        let Some(pending) = &self.pending else {
+            return Err(BookkeepingError::NoPendingRotation {
+                device: device.to_owned(),
+            });
+        };
+        let outcomes = super::phrase::outcomes(&pending.secret, sent_as);
+        for (secret, reading) in outcomes.into_iter().skip(1) {
+            let known = self.alternates.iter().any(|a| a.record.secret == secret)
+                || self.current.as_ref().is_some_and(|c| c.secret == secret);
+            if !known {
+                self.alternates.push(Alternate {
+                    record: SecretRecord::new(secret, now, Some("other reading of a populate")),
+                    reading,
+                });
+            }
+        }
+        self.pending_reading = Some(sent_as);
+        Ok(())
+    }
+
+    /// Every secret the device may hold, in the order a proof should try them: `pending`,
+    /// the alternates, then `current` (after a `Populate` the new secrets are likelier).
+    pub fn candidates(&self) -> Vec<(Held, &Secret)> {
+        let mut out = Vec::new();
+        if let Some(p) = &self.pending {
+            out.push((Held::Pending, &p.secret));
+        }
+        for (i, a) in self.alternates.iter().enumerate() {
+            out.push((Held::Alternate(i), &a.record.secret));
+        }
+        if let Some(c) = &self.current {
+            out.push((Held::Current, &c.secret));
+        }
+        out
+    }
+
+    /// A proof showed the device holds alternate `index`: it becomes current; the old
+    /// current, `pending` and the other alternates move to `previous`.
+    pub fn promote_alternate(
+        &mut self,
+        device: &str,
+        index: usize,
+        now: OffsetDateTime,
+    ) -> Result<(), BookkeepingError> {
+        if index >= self.alternates.len() {
+            return Err(BookkeepingError::NoPendingRotation {
+                device: device.to_owned(),
+            });
+        }
+        let chosen = self.alternates.remove(index);
+        self.retire_candidates(now, "not adopted: the device holds another reading of it");
+        if let Some(old) = self.current.take() {
+            self.previous.insert(0, old.retire(now, None));
+        }
+        self.current = Some(chosen.record);
+        self.seeded = true;
+        self.state = SecretState::Ok;
+        Ok(())
+    }
+
+    /// The device was factory-reset or replaced: it holds no secret. Every recorded secret
+    /// moves to `previous`; `fresh` becomes current, not seeded, so the next apply seeds it;
+    /// the learned firmware reading is dropped (a replacement may run another release).
+    pub fn forget(&mut self, fresh: SecretRecord, now: OffsetDateTime) {
+        let why = "device forgotten (factory reset or replaced)";
+        self.retire_candidates(now, why);
+        if let Some(old) = self.current.take() {
+            self.previous.insert(0, old.retire(now, Some(why)));
+        }
+        self.current = Some(fresh);
+        self.seeded = false;
+        self.state = SecretState::Ok;
+        self.firmware = None;
+    }
+
     /// The device is proven to still hold `current`: the rotation is dropped. The pending
     /// secret is kept in `previous` (marked abandoned) rather than deleted.
     pub fn abandon_pending(
@@ -244,13 +379,12 @@ impl DeviceSecrets {
         device: &str,
         now: OffsetDateTime,
     ) -> Result<(), BookkeepingError> {
-        let Some(pending) = self.pending.take() else {
+        if self.pending.is_none() {
             return Err(BookkeepingError::NoPendingRotation {
                 device: device.to_owned(),
             });
-        };
-        self.previous
-            .insert(0, pending.retire(now, Some("rotation abandoned")));
+        }
+        self.retire_candidates(now, "rotation abandoned");
         self.seeded = true;
         self.state = SecretState::Ok;
         Ok(())
@@ -288,6 +422,10 @@ impl DeviceSecrets {
 pub struct Document {
     #[serde(default)]
     pub devices: BTreeMap<String, DeviceSecrets>,
+    /// Software release → how its firmware reads a `populate` plaintext, learned from the
+    /// first device (the canary) a proof settled on that release.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub readings: BTreeMap<String, Reading>,
     /// Named credentials (device SSH passwords) referenced from the inventory.
     #[serde(default)]
     pub credentials: BTreeMap<String, SecretRecord>,
@@ -476,6 +614,61 @@ mod tests {
         d.set_current(rec("a", T2), true, T2).unwrap();
         assert!(d.previous.is_empty());
         assert_eq!(d.current.unwrap().created, T0);
+    }
+
+    #[test]
+    fn candidates_are_recorded_before_a_populate_and_a_proof_promotes_one() {
+        let mut d = seeded("old");
+        let p = crate::vault::phrase::generate_phrase();
+        d.begin_rotation("r1", SecretRecord::new(p.clone(), T1, None))
+            .unwrap();
+        // Sent raw: a decoding firmware refuses a generated phrase, no alternate.
+        d.record_attempt("r1", Reading::Raw, T1).unwrap();
+        assert!(d.alternates.is_empty());
+        assert_eq!(d.pending_reading, Some(Reading::Raw));
+        // Then as base64url: a raw firmware would hold the base64url text.
+        d.record_attempt("r1", Reading::Base64url, T1).unwrap();
+        d.record_attempt("r1", Reading::Base64url, T1).unwrap();
+        assert_eq!(d.alternates.len(), 1);
+        assert_eq!(d.alternates[0].reading, Reading::Raw);
+        assert_eq!(d.pending_reading, Some(Reading::Base64url));
+        let order: Vec<Held> = d.candidates().into_iter().map(|(h, _)| h).collect();
+        assert_eq!(order, [Held::Pending, Held::Alternate(0), Held::Current]);
+        // The device holds the alternate: it becomes current, nothing is lost.
+        let alt = d.alternates[0].record.secret.clone();
+        d.promote_alternate("r1", 0, T2).unwrap();
+        assert_eq!(d.current.as_ref().unwrap().secret, alt);
+        assert!(d.pending.is_none() && d.alternates.is_empty() && d.pending_reading.is_none());
+        let prev: Vec<&Secret> = d.previous.iter().map(|r| &r.secret).collect();
+        assert!(prev.contains(&&p) && prev.contains(&&Secret::new("old")));
+        assert!(d.promote_alternate("r1", 0, T2).is_err());
+        // Promoting the pending secret retires the alternates.
+        d.begin_rotation("r1", rec("third", T2)).unwrap();
+        d.record_attempt("r1", Reading::Base64url, T2).unwrap();
+        d.promote_pending("r1", T2).unwrap();
+        assert!(d.alternates.is_empty());
+        assert_eq!(d.previous.len(), 4);
+    }
+
+    #[test]
+    fn forget_keeps_every_secret_in_history_and_unseeds() {
+        let mut d = seeded("a");
+        d.begin_rotation("r1", rec("b", T1)).unwrap();
+        d.record_attempt("r1", Reading::Base64url, T1).unwrap();
+        d.mark_secret_unknown();
+        d.firmware = Some(Firmware {
+            release: "RoomOS 11".into(),
+            reading: Reading::Raw,
+        });
+        d.forget(rec("fresh", T2), T2);
+        assert_eq!(d.state, SecretState::Ok);
+        assert!(!d.seeded);
+        assert!(d.firmware.is_none());
+        assert_eq!(d.current.as_ref().unwrap().secret.expose(), "fresh");
+        let prev: Vec<&str> = d.previous.iter().map(|r| r.secret.expose()).collect();
+        assert_eq!(prev.len(), 3);
+        assert!(prev.contains(&"a") && prev.contains(&"b"));
+        assert!(d.previous.iter().all(|r| r.retired == Some(T2)));
     }
 
     #[test]

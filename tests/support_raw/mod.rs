@@ -64,7 +64,16 @@ impl RawClient {
         user: &str,
         password: &str,
     ) -> Result<Self, ConnectError> {
-        Self::connect_with(addr, user, password, false).await
+        Self::connect_with(addr, user, password, false, true).await
+    }
+
+    /// Connects with password auth and opens a shell with no pty (as jsxapi does).
+    pub async fn connect_no_pty(
+        addr: SocketAddr,
+        user: &str,
+        password: &str,
+    ) -> Result<Self, ConnectError> {
+        Self::connect_with(addr, user, password, false, false).await
     }
 
     /// Connects with keyboard-interactive auth (answering every prompt with the password).
@@ -73,7 +82,7 @@ impl RawClient {
         user: &str,
         password: &str,
     ) -> Result<Self, ConnectError> {
-        Self::connect_with(addr, user, password, true).await
+        Self::connect_with(addr, user, password, true, true).await
     }
 
     async fn connect_with(
@@ -81,6 +90,7 @@ impl RawClient {
         user: &str,
         password: &str,
         kbd: bool,
+        pty: bool,
     ) -> Result<Self, ConnectError> {
         let key = Arc::new(Mutex::new(None));
         let mut handle = client::connect(config(), addr, KeyRecorder(key.clone())).await?;
@@ -110,9 +120,11 @@ impl RawClient {
             return Err(ConnectError::AuthRefused);
         }
         let channel = handle.channel_open_session().await?;
-        channel
-            .request_pty(true, "vt100", 200, 50, 0, 0, &[])
-            .await?;
+        if pty {
+            channel
+                .request_pty(true, "vt100", 200, 50, 0, 0, &[])
+                .await?;
+        }
         channel.request_shell(true).await?;
         let server_key = key.lock().unwrap().clone().expect("server key seen");
         Ok(RawClient {

@@ -56,7 +56,7 @@ pub fn parse_show(reply: &Reply) -> Vec<ShownCertificate> {
 }
 
 /// `Services Show`: every certificate on the device, with its fingerprint and purposes.
-pub(crate) fn show_cmd() -> Result<TshCommand, EncodeError> {
+pub fn show_cmd() -> Result<TshCommand, EncodeError> {
     TshCommand::xcommand("Security Certificates Services Show")
 }
 

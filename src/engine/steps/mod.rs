@@ -8,21 +8,26 @@
 //! This module owns the contract (context, outcome, errors, the write-ahead hook) and the
 //! helpers every step uses; each step family lives in a module of its own.
 
-mod certificate;
+pub mod certificate;
 mod configuration;
-mod identity;
-mod restart;
-mod scep;
+pub mod identity;
+pub mod restart;
+pub mod scep;
 mod secret;
 mod service;
-mod trust;
+pub mod trust;
 mod xcommand;
 
-pub use certificate::{normalise_fingerprint, parse_show, ShownCertificate};
-pub use identity::{parse_external_identity, ExternalIdentityStatus};
+pub use certificate::{normalise_fingerprint, parse_show, show_cmd, ShownCertificate};
+pub use identity::{
+    external_identity_cmd, identity_certificate, parse_external_identity, ExternalIdentityStatus,
+};
 pub use restart::restarted_since;
 pub use scep::{find_enrolled, parse_profiles, profile_cmds, scep_cmd, subject_cn};
-pub use secret::{classify_populate, is_decrypt_failure, populate_command, PopulateAnswer};
+pub use secret::{
+    classify_probe, is_decrypt_failure, populate_command, probe_command, release_of, ProbeAnswer,
+    PROBE_FINGERPRINT,
+};
 pub use service::service_add_cmd;
 pub use trust::{ca_add_cmd, parse_ca_show};
 
@@ -39,7 +44,7 @@ use crate::tsh::{Reply, ReplyStatus, TshCommand};
 
 /// One command a step may send, as `plan` shows it: rendered from the very constructor
 /// the step sends with, secrets and JWEs shown as `[redacted]`.
-#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq, schemars::JsonSchema)]
 pub struct PlannedCommand {
     /// The command as it would be sent, secrets shown as `[redacted]`.
     pub text: String,
@@ -186,6 +191,22 @@ pub trait WriteAheadLog: Send {
         what: &'a str,
         outputs: StepOutputs,
     ) -> futures::future::BoxFuture<'a, Result<(), String>>;
+}
+
+/// A plain closure is a write-ahead hook that completes at once (for callers that keep no
+/// journal, e.g. a one-off CLI session).
+impl<F> WriteAheadLog for F
+where
+    F: FnMut(&str, StepOutputs) -> Result<(), String> + Send,
+{
+    fn in_flight<'a>(
+        &'a mut self,
+        what: &'a str,
+        outputs: StepOutputs,
+    ) -> futures::future::BoxFuture<'a, Result<(), String>> {
+        let result = self(what, outputs);
+        Box::pin(std::future::ready(result))
+    }
 }
 
 /// What steps receive: the engine's write-ahead hook.

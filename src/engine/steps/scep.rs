@@ -130,29 +130,30 @@ pub async fn scep_enroll(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    let listed: Vec<String> = shown.iter().map(|c| c.fingerprint.clone()).collect();
+    // The certificates that were there before this enrolment: an earlier attempt's list
+    // when resuming (its request may be pending on the device), else today's.
+    let before: Vec<String> = if ctx.resuming && !ctx.step_outputs.listed_before.is_empty() {
+        ctx.step_outputs.listed_before.clone()
+    } else {
+        shown.iter().map(|c| c.fingerprint.clone()).collect()
+    };
     write_ahead
         .in_flight(
             "scep enroll",
             StepOutputs {
-                listed_before: listed,
+                listed_before: before.clone(),
                 ..StepOutputs::default()
             },
         )
         .await?;
     let reply = send(ctx, &cmd).await?;
     crate::failpoint::hit("scep-after-reply");
-    require_ok(&cmd, &reply)?;
-    let after = show(ctx).await?;
-    let fresh: Vec<ShownCertificate> = after
-        .into_iter()
-        .filter(|c| !shown.iter().any(|o| o.fingerprint == c.fingerprint))
-        .collect();
-    let Some(enrolled) = find_enrolled(&fresh, &cn, None) else {
-        return Err(StepError::Refused(format!(
-            "the device accepted the SCEP request but lists no new certificate for CN={cn}"
-        )));
-    };
+    // catalogue scep.completion: an enrolment may still be pending from an earlier attempt;
+    // the device refuses a second request then, and roomkey waits for the first.
+    if !(ctx.resuming && enrolment_in_progress(&reply)) {
+        require_ok(&cmd, &reply)?;
+    }
+    let enrolled = wait_for_enrolment(ctx, &before, &cn).await?;
     Ok(StepDone {
         changed: true,
         outputs: StepOutputs {
@@ -166,19 +167,80 @@ pub async fn scep_enroll(
     })
 }
 
+/// How long `scep_enroll` waits for an accepted enrolment's certificate to appear (devices
+/// may complete it asynchronously), and how often it looks.
+const ENROL_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const ENROL_POLL: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether the device refused a SCEP request because one is already in progress (pure).
+pub fn enrolment_in_progress(reply: &Reply) -> bool {
+    !reply.is_ok()
+        && reply
+            .reason()
+            .is_some_and(|r| r.to_ascii_lowercase().contains("in progress"))
+}
+
+/// Reads `Services Show` until a certificate for `cn` that was not listed `before` appears
+/// and is valid now (catalogue scep.completion), or [`ENROL_WAIT`] has passed.
+async fn wait_for_enrolment(
+    ctx: &mut StepContext<'_>,
+    before: &[String],
+    cn: &str,
+) -> Result<ShownCertificate, StepError> {
+    let deadline = tokio::time::Instant::now() + ENROL_WAIT;
+    loop {
+        let after = show(ctx).await?;
+        let fresh: Vec<ShownCertificate> = after
+            .into_iter()
+            .filter(|c| !before.contains(&c.fingerprint))
+            .collect();
+        if let Some(enrolled) = find_enrolled(&fresh, cn, None) {
+            return Ok(enrolled.clone());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StepError::Refused(format!(
+                "the device accepted the SCEP request but lists no new certificate for \
+                 CN={cn} after {}s (enrolment still pending?); a rerun waits for it without \
+                 requesting again",
+                ENROL_WAIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(ENROL_POLL).await;
+    }
+}
+
 /// The renewal profiles `Enrollment Profiles List` shows: (CA fingerprint, URL) (pure).
 pub fn parse_profiles(reply: &Reply) -> Vec<(String, String)> {
     fingerprint_items(reply, "Profile", "URL")
 }
 
+/// The current name of the renewal-profile set (catalogue scep.commands).
+const PROFILE_SET: &str = "Security Certificates Services Enrollment SCEP Profiles Set";
+/// The older name, sent only when the device does not know the current one.
+const PROFILE_SET_OLDER: &str = "Security Certificates Services Enrollment SCEP Renewal Request";
+
+/// Whether a reply says the device does not know the command (pure).
+pub fn unknown_command(reply: &Reply) -> bool {
+    matches!(reply.status, crate::tsh::ReplyStatus::NotRecognized)
+        || (!reply.is_ok()
+            && reply
+                .reason()
+                .is_some_and(|r| r.eq_ignore_ascii_case("Unknown command")))
+}
+
 /// The commands of `scep_renewal_profile` (the list, then the change if any).
+/// `Enrollment Profiles List` (read-only).
+pub fn profiles_list_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Enrollment Profiles List")
+}
+
 pub fn profile_cmds(p: &ScepRenewalProfile) -> Result<Vec<TshCommand>, crate::tsh::EncodeError> {
-    let list = TshCommand::xcommand("Security Certificates Services Enrollment Profiles List")?;
+    let list = profiles_list_cmd()?;
     let fp = p.ca_fingerprint.as_deref().unwrap_or_default();
     let change = match p.action {
         ProfileAction::List => None,
         ProfileAction::Set => Some(
-            TshCommand::xcommand("Security Certificates Services Enrollment SCEP Renewal Request")?
+            TshCommand::xcommand(PROFILE_SET)?
                 .param("Fingerprint", fp)?
                 .param("URL", p.url.as_deref().unwrap_or_default())?,
         ),
@@ -245,7 +307,25 @@ pub async fn renewal_profile(
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    change(ctx, &cmd, "renewal profile", write_ahead).await?;
+    if p.action == ProfileAction::Set {
+        write_ahead
+            .in_flight("renewal profile", StepOutputs::default())
+            .await?;
+        let reply = send(ctx, &cmd).await?;
+        if unknown_command(&reply) {
+            // An older release: the same profile under the older command name.
+            let older = TshCommand::xcommand(PROFILE_SET_OLDER)
+                .and_then(|c| c.param("Fingerprint", &fp))
+                .and_then(|c| c.param("URL", p.url.as_deref().unwrap_or_default()))
+                .map_err(local)?;
+            let reply = send(ctx, &older).await?;
+            require_ok(&older, &reply)?;
+        } else {
+            require_ok(&cmd, &reply)?;
+        }
+    } else {
+        change(ctx, &cmd, "renewal profile", write_ahead).await?;
+    }
     Ok(changed(format!(
         "renewal profile for {fp} {}",
         if p.action == ProfileAction::Set {

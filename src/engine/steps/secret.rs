@@ -1,16 +1,40 @@
-//! The ClientSecret steps: `populate_secret` (the first, plaintext seeding and the proof
-//! that a seeded device holds the vault's secret) and `rotate_secret` (crash-safe rotation,
-//! the new secret recorded as pending before it is sent).
-
-use crate::journal::StepOutputs;
+//! The ClientSecret steps: `populate_secret` (the first, plaintext seeding, and the proof
+//! that a seeded device holds a secret the vault names) and `rotate_secret` (crash-safe
+//! rotation under either reading of a `populate` JWE's plaintext).
+//!
+//! Two rules make a secret impossible to lose, whatever the firmware does:
+//!
+//! - **Proofs change nothing.** Which secret a device holds is proven with a `Deactivate`
+//!   JWE (`Purpose: WebexIdentity`) for a fingerprint no certificate has ([`PROBE_FINGERPRINT`]),
+//!   keyed from a candidate secret: a device that cannot decrypt it answers with a decrypt
+//!   failure, one that can looks the fingerprint up and answers "no such certificate" —
+//!   either way nothing is deactivated. No proof, check or resume path sends `Populate`.
+//! - **Candidates before commands.** Before a rotation's `Populate` leaves, the vault
+//!   records (fsynced) every secret the device may hold once it lands — the current one,
+//!   the new phrase, and what the other reading of the plaintext makes of it
+//!   ([`crate::vault::phrase::outcomes`]). A proof decides between them; only then is one
+//!   promoted.
+//!
+//! The firmware's reading is learned once per software release: the first device of a
+//! rotation (the canary) tries the raw phrase, then its base64url form, and a proof shows
+//! which one it adopted; the vault records it per device and per release, and later devices
+//! on that release send only that form. A device that refuses both, or answers otherwise
+//! than its release taught, stops with the reason and nothing changed afterwards.
 
 use super::{
     changed, local, refusal, send, unchanged, StepContext, StepDone, StepError, WriteAhead,
     SECRET_UNKNOWN_PREFIX,
 };
+use crate::journal::StepOutputs;
 use crate::jwe::{self, Action};
 use crate::secret::Secret;
 use crate::tsh::{Reply, ReplyStatus, TshCommand};
+use crate::vault::{phrase, Held, Reading};
+
+/// The fingerprint a proof asks the device to deactivate. No certificate has it: a SHA-1 of
+/// all zeros would be a preimage. A device that can decrypt the JWE therefore answers "no
+/// such certificate" and deactivates nothing.
+pub const PROBE_FINGERPRINT: &str = "0000000000000000000000000000000000000000";
 
 /// `ClientSecret Populate Secret: "…"` — plaintext (base64url) the first time, a JWE after.
 pub fn populate_command(value: &Secret) -> Result<TshCommand, crate::tsh::EncodeError> {
@@ -22,18 +46,27 @@ fn populate_cmd(value: Secret) -> Result<TshCommand, StepError> {
     populate_command(&value).map_err(local)
 }
 
-/// What a device answered to a populate JWE.
+/// The proof: `Services Deactivate Purpose: WebexIdentity Fingerprint: "<JWE>"`, the JWE
+/// carrying [`PROBE_FINGERPRINT`] keyed from a candidate secret.
+/// Marked as a secret proof: the session sends it even under `apply --check`.
+pub fn probe_command(jwe: &Secret) -> Result<TshCommand, crate::tsh::EncodeError> {
+    TshCommand::xcommand("Security Certificates Services Deactivate")
+        .and_then(|c| c.param_literal("Purpose", "WebexIdentity"))
+        .and_then(|c| c.param_secret("Fingerprint", jwe))
+        .map(TshCommand::into_secret_proof)
+}
+
+/// What a device answered to a proof (a `Deactivate` JWE for [`PROBE_FINGERPRINT`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PopulateAnswer {
-    /// Accepted: the device holds the secret the JWE was keyed from (and now the one it
-    /// carried).
-    Accepted,
-    /// Refused because the payload could not be decrypted: the device does not hold the
-    /// secret the JWE was keyed from. The message names the command by its redacted line.
-    DecryptFailed(String),
-    /// Refused for another reason (no secret at all, a busy device, …): proves nothing
-    /// about which secret the device holds.
-    Refused(String),
+pub enum ProbeAnswer {
+    /// It decrypted the JWE: the device holds the secret it was keyed from.
+    Holds,
+    /// It could not decrypt the JWE: the device does not hold that secret.
+    DoesNotHold(String),
+    /// It has no ClientSecret at all (factory-reset, or never seeded).
+    NoSecret(String),
+    /// Any other answer: proves nothing (the message names the command redacted).
+    Inconclusive(String),
 }
 
 /// Whether a refusal reason says the payload could not be decrypted (pure). Devices word
@@ -44,129 +77,227 @@ pub fn is_decrypt_failure(reason: &str) -> bool {
     reason.to_ascii_lowercase().contains("decrypt")
 }
 
-/// Classifies the reply to a populate JWE (pure; tested with fixtures).
-pub fn classify_populate(cmd: &TshCommand, reply: &Reply) -> PopulateAnswer {
+/// Classifies the reply to a proof (pure; tested with the simulator's reply shapes: the
+/// decrypt failure, "No certificate with that fingerprint", "No client secret has been
+/// populated" — device catalogue `command.jwe` and `secret.populate`; how a real device
+/// words these refusals is not seen publicly, so only a reason that names decryption counts
+/// as "does not hold", only one that names a certificate or fingerprint as "holds", and
+/// anything else proves nothing and stops the step).
+pub fn classify_probe(cmd: &TshCommand, reply: &Reply) -> ProbeAnswer {
     if reply.is_ok() {
-        PopulateAnswer::Accepted
-    } else if matches!(reply.status, ReplyStatus::NotRecognized) {
-        PopulateAnswer::Refused(refusal(cmd, reply))
-    } else if reply.reason().is_some_and(is_decrypt_failure) {
-        PopulateAnswer::DecryptFailed(refusal(cmd, reply))
+        // It decrypted the JWE (and had nothing to deactivate).
+        return ProbeAnswer::Holds;
+    }
+    if matches!(reply.status, ReplyStatus::NotRecognized) {
+        return ProbeAnswer::Inconclusive(refusal(cmd, reply));
+    }
+    let reason = reply.reason().unwrap_or_default().to_ascii_lowercase();
+    if is_decrypt_failure(&reason) {
+        ProbeAnswer::DoesNotHold(refusal(cmd, reply))
+    } else if reason.contains("no client secret") || reason.contains("not been populated") {
+        ProbeAnswer::NoSecret(refusal(cmd, reply))
+    } else if reason.contains("certificate") || reason.contains("fingerprint") {
+        ProbeAnswer::Holds
     } else {
-        PopulateAnswer::Refused(refusal(cmd, reply))
+        ProbeAnswer::Inconclusive(refusal(cmd, reply))
     }
 }
 
-impl PopulateAnswer {
-    fn message(&self) -> &str {
-        match self {
-            PopulateAnswer::Accepted => "accepted",
-            PopulateAnswer::DecryptFailed(m) | PopulateAnswer::Refused(m) => m,
-        }
-    }
-}
-
-/// Sends `Populate` with a `populate` JWE carrying `new`, keyed from `under`. With
-/// `new == under` this changes nothing and proves the device holds `under`.
-pub(super) async fn populate_jwe(
-    ctx: &mut StepContext<'_>,
-    under: &Secret,
-    new: &Secret,
-) -> Result<PopulateAnswer, StepError> {
+/// Sends one proof keyed from `secret`. Changes nothing on the device.
+async fn probe(ctx: &mut StepContext<'_>, secret: &Secret) -> Result<ProbeAnswer, StepError> {
     let enc = ctx.prepared.device.enc;
     let jwe = ctx
         .kdf
-        .seal(Action::Populate, enc, under, jwe::populate_plaintext(new))
+        .seal(
+            Action::Deactivate,
+            enc,
+            secret,
+            zeroize::Zeroizing::new(PROBE_FINGERPRINT.as_bytes().to_vec()),
+        )
         .await
         .map_err(local)?;
-    let cmd = populate_cmd(Secret::new(jwe))?;
+    let cmd = probe_command(&Secret::new(jwe)).map_err(local)?;
     let reply = send(ctx, &cmd).await?;
-    Ok(classify_populate(&cmd, &reply))
+    Ok(classify_probe(&cmd, &reply))
 }
 
-/// Flags the device `secret-unknown` in the vault (both secrets kept) and returns the
+/// What a series of proofs showed.
+enum Proof {
+    Holds(Held),
+    /// Every candidate's JWE failed to decrypt.
+    Neither(String),
+    NoSecret(String),
+}
+
+/// Proves which of the vault's candidates the device holds, trying them in the vault's
+/// order. An inconclusive answer stops with an error (nothing changed, nothing settled).
+async fn prove(ctx: &mut StepContext<'_>) -> Result<Proof, StepError> {
+    let device = &ctx.prepared.device;
+    let candidates = ctx.secrets.candidates(device).map_err(local)?;
+    let mut last = String::from("no candidate secret on record");
+    for (held, secret) in candidates {
+        match probe(ctx, &secret).await? {
+            ProbeAnswer::Holds => return Ok(Proof::Holds(held)),
+            ProbeAnswer::DoesNotHold(m) => last = m,
+            ProbeAnswer::NoSecret(m) => return Ok(Proof::NoSecret(m)),
+            ProbeAnswer::Inconclusive(m) => {
+                return Err(StepError::Refused(format!(
+                    "could not prove which ClientSecret the device holds: {m}; nothing was \
+                     changed and every candidate secret is kept in the vault"
+                )))
+            }
+        }
+    }
+    Ok(Proof::Neither(last))
+}
+
+/// The recovery advice every "secret unknown" or "no secret" message carries.
+fn recovery(name: &str) -> String {
+    format!(
+        "if you know the secret it holds, record it with `roomkey secret set --device {name} \
+         --seeded`; if the room was factory-reset or replaced, run `roomkey secret \
+         forget-device {name}` and apply the seeding playbook again"
+    )
+}
+
+/// Flags the device `secret-unknown` in the vault (every candidate kept) and returns the
 /// refusal that makes the engine report it so, with the recovery advice.
 fn secret_unknown(
     ctx: &StepContext<'_>,
     what: &str,
-    evidence: &PopulateAnswer,
+    evidence: &str,
 ) -> Result<StepDone, StepError> {
     let name = &ctx.prepared.device.name;
     ctx.secrets
         .mark_secret_unknown(&ctx.prepared.device)
         .map_err(local)?;
     Err(StepError::Refused(format!(
-        "{SECRET_UNKNOWN_PREFIX} the device accepts {what} ({}); every secret is kept in the \
-         vault. If you know the secret it holds, record it with `roomkey secret set --device \
-         {name} --seeded`; otherwise factory-reset the device and seed it again",
-        evidence.message()
+        "{SECRET_UNKNOWN_PREFIX} the device decrypts no JWE keyed from {what} ({evidence}); \
+         every secret is kept in the vault. {}",
+        recovery(name)
     )))
 }
 
-/// Proves which recorded secret the device holds without changing it (no-op populate JWEs:
-/// `current` under `current`, then `pending` under `pending`), and settles the vault:
-/// `current` proven → `ok` (an unfinished rotation is abandoned, its secret kept as
-/// previous); `pending` proven → promoted; neither (both decryption failures) →
-/// `secret-unknown`.
-pub(super) async fn prove_held(
-    ctx: &mut StepContext<'_>,
-    current: &Secret,
-    pending: Option<&Secret>,
-) -> Result<StepDone, StepError> {
-    let device = &ctx.prepared.device;
-    let first = populate_jwe(ctx, current, current).await?;
-    if first == PopulateAnswer::Accepted {
-        ctx.secrets.confirm_current(device).map_err(local)?;
-        return Ok(unchanged(if pending.is_some() {
-            "the device proved it still holds the current ClientSecret; the unfinished \
-             rotation is abandoned (its secret kept as previous)"
-        } else {
-            "the device proved it holds the ClientSecret on record"
-        }));
+fn no_secret(ctx: &StepContext<'_>, evidence: &str) -> StepError {
+    StepError::Refused(format!(
+        "the device holds no ClientSecret ({evidence}); the vault is unchanged. {}",
+        recovery(&ctx.prepared.device.name)
+    ))
+}
+
+/// The software release in a login banner (`Cisco Codec Release RoomOS 11.14.1.5 a1b2c3d`
+/// → `RoomOS 11.14.1.5 a1b2c3d`), printable and bounded; `unknown release` without one.
+pub fn release_of(banner: &str) -> String {
+    let found = banner.lines().find_map(|l| {
+        l.split_once("Release ")
+            .map(|(_, r)| r.trim())
+            .filter(|r| !r.is_empty())
+    });
+    match found {
+        Some(r) => r
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(80)
+            .collect::<String>(),
+        None => "unknown release".to_string(),
     }
-    let Some(pending) = pending else {
-        return match first {
-            PopulateAnswer::DecryptFailed(_) => {
-                secret_unknown(ctx, "no JWE keyed from the ClientSecret on record", &first)
-            }
-            _ => Err(StepError::Refused(format!(
-                "could not prove the device holds the ClientSecret on record: {}",
-                first.message()
-            ))),
-        };
+}
+
+/// Settles the vault on what a proof showed (promotes a candidate, or confirms the
+/// current secret). Returns the reading holding a new secret revealed (`None` when the
+/// device holds the current one).
+fn settle(ctx: &StepContext<'_>, held: Held) -> Result<Option<Reading>, StepError> {
+    ctx.secrets
+        .settle(&ctx.prepared.device, held)
+        .map_err(local)
+}
+
+/// After a new secret was proven and promoted: checks the reading it revealed against the
+/// one expected (the release's learned reading, or the form just sent) and records it for
+/// the device and its release. A device that adopted another reading than expected has
+/// been settled — the vault names the secret it holds — but the step fails, so a canary
+/// stops the run before other devices are rotated under a wrong assumption.
+fn learn(
+    ctx: &StepContext<'_>,
+    reading: Option<Reading>,
+    expected: Option<Reading>,
+) -> Result<(), StepError> {
+    let Some(reading) = reading else {
+        return Ok(());
     };
-    let second = populate_jwe(ctx, pending, pending).await?;
-    match (&first, &second) {
-        (_, PopulateAnswer::Accepted) => {
-            ctx.secrets.promote_pending(device).map_err(local)?;
+    let release = release_of(ctx.session.banner());
+    if let Some(e) = expected.filter(|e| *e != reading) {
+        return Err(StepError::Refused(format!(
+            "the device adopted the new ClientSecret reading the populate plaintext as \
+             {reading}, where {e} was expected (release {release}); the vault names the \
+             secret it holds now, and the step stops so no other device is rotated under a \
+             wrong assumption"
+        )));
+    }
+    ctx.secrets
+        .learn_reading(&ctx.prepared.device, &release, reading)
+        .map_err(local)?;
+    Ok(())
+}
+
+/// Proves which recorded secret the device holds and settles the vault, changing nothing
+/// on the device: the current one → `ok` (an unfinished rotation is abandoned, its
+/// secrets kept as previous); a new one → promoted; none → `secret-unknown`.
+async fn prove_and_settle(ctx: &mut StepContext<'_>) -> Result<StepDone, StepError> {
+    let had_pending = ctx
+        .secrets
+        .pending(&ctx.prepared.device)
+        .map_err(local)?
+        .is_some();
+    match prove(ctx).await? {
+        Proof::Holds(Held::Current) => {
+            settle(ctx, Held::Current)?;
+            Ok(unchanged(if had_pending {
+                "the device proved it still holds the current ClientSecret; the unfinished \
+                 rotation is abandoned (its secrets kept as previous)"
+            } else {
+                "the device proved it holds the ClientSecret on record"
+            }))
+        }
+        Proof::Holds(held) => {
+            let expected = expected_reading(ctx, held);
+            let reading = settle(ctx, held)?;
+            learn(ctx, reading, expected)?;
             Ok(unchanged(
-                "the device proved it holds the pending ClientSecret: the interrupted \
-                 rotation is complete",
+                "the device proved it holds the new ClientSecret: the interrupted rotation \
+                 is complete",
             ))
         }
-        (PopulateAnswer::DecryptFailed(_), PopulateAnswer::DecryptFailed(_)) => secret_unknown(
-            ctx,
-            "neither the current nor the pending ClientSecret",
-            &second,
-        ),
-        _ => Err(StepError::Refused(format!(
-            "could not prove which ClientSecret the device holds (current: {}; pending: {}); \
-             both are kept in the vault",
-            first.message(),
-            second.message()
+        Proof::Neither(evidence) => secret_unknown(ctx, "any secret on record", &evidence),
+        Proof::NoSecret(evidence) => Err(no_secret(ctx, &evidence)),
+    }
+}
+
+/// `apply --check`: the same proofs as a real run (they change nothing, and the session lets
+/// only them through), but the vault is not touched — it is open read-only. Fails where the
+/// real run would: no recorded secret decrypts, or the device has none.
+async fn check_proof(ctx: &mut StepContext<'_>) -> Result<(), StepError> {
+    let name = ctx.prepared.device.name.clone();
+    match prove(ctx).await? {
+        Proof::Holds(_) => Ok(()),
+        Proof::Neither(evidence) => Err(StepError::Refused(format!(
+            "{SECRET_UNKNOWN_PREFIX} the device decrypts no JWE keyed from any secret on \
+             record ({evidence}); check mode changed nothing. {}",
+            recovery(&name)
         ))),
+        Proof::NoSecret(evidence) => Err(no_secret(ctx, &evidence)),
     }
 }
 
 /// Seeds the device's ClientSecret from the vault, or proves it holds it.
 ///
 /// - Recorded as seeded (or with an unresolved rotation, or `secret-unknown`): nothing is
-///   changed; a no-op populate JWE proves which recorded secret the device holds (see
-///   [`prove_held`]) — this is also how a playbook verifies a rotation.
-/// - Never seeded: the plaintext first seeding, only with `initial: true`. If the device
-///   refuses it (it already has a secret), a no-op JWE proves the secret is ours. When the
-///   journal says an earlier attempt was in flight, the proof comes first, so the plaintext
-///   is not sent a second time if it had landed.
+///   changed; proofs show which recorded secret the device holds (see [`prove_and_settle`])
+///   — this is also how a playbook verifies a rotation, and what every rerun does.
+/// - Never seeded: the plaintext first seeding (base64url of the phrase — unambiguous),
+///   only with `initial: true`. If the device refuses it (it already has a secret), a proof
+///   shows whether it is ours. When the journal says an earlier attempt was in flight, the
+///   proof comes first, so the plaintext is not sent a second time if it had landed.
 pub(super) async fn populate_secret(
     ctx: &mut StepContext<'_>,
     initial: bool,
@@ -179,11 +310,11 @@ pub(super) async fn populate_secret(
         ctx.secrets.is_seeded(device) || pending.is_some() || ctx.secrets.is_secret_unknown(device);
     if recorded {
         if ctx.check_mode {
-            return Ok(unchanged(
-                "would prove the device holds the ClientSecret on record (a no-op populate JWE)",
-            ));
+            return check_proof(ctx)
+                .await
+                .map(|()| unchanged("the device proved it holds the ClientSecret on record"));
         }
-        return prove_held(ctx, &current, pending.as_ref()).await;
+        return prove_and_settle(ctx).await;
     }
     if !initial {
         return Err(StepError::Refused(
@@ -198,18 +329,23 @@ pub(super) async fn populate_secret(
         ));
     }
     if ctx.resuming {
-        match populate_jwe(ctx, &current, &current).await? {
-            PopulateAnswer::Accepted => {
+        match probe(ctx, &current).await? {
+            ProbeAnswer::Holds => {
                 ctx.secrets.confirm_current(device).map_err(local)?;
                 return Ok(unchanged(
                     "an earlier attempt had seeded the device; it proved the ClientSecret",
                 ));
             }
-            answer @ PopulateAnswer::DecryptFailed(_) => {
-                return secret_unknown(ctx, "no JWE keyed from the ClientSecret on record", &answer)
+            ProbeAnswer::DoesNotHold(m) => {
+                return secret_unknown(ctx, "the ClientSecret on record", &m)
             }
-            // Most likely no secret yet (the earlier attempt did not land): seed it.
-            PopulateAnswer::Refused(_) => {}
+            // No secret yet (the earlier attempt did not land): seed it.
+            ProbeAnswer::NoSecret(_) => {}
+            ProbeAnswer::Inconclusive(m) => {
+                return Err(StepError::Refused(format!(
+                    "could not tell whether an earlier seeding landed: {m}; nothing was sent"
+                )))
+            }
         }
     }
     write_ahead
@@ -224,36 +360,37 @@ pub(super) async fn populate_secret(
     }
     // Refused: the device most likely has a secret already. Prove it is ours.
     let plaintext_refusal = refusal(&cmd, &reply);
-    match populate_jwe(ctx, &current, &current).await? {
-        PopulateAnswer::Accepted => {
+    match probe(ctx, &current).await? {
+        ProbeAnswer::Holds => {
             ctx.secrets.confirm_current(device).map_err(local)?;
             Ok(unchanged("the device already holds this ClientSecret"))
         }
-        answer @ PopulateAnswer::DecryptFailed(_) => {
-            secret_unknown(ctx, "no JWE keyed from the ClientSecret on record", &answer)
+        ProbeAnswer::DoesNotHold(m) => secret_unknown(ctx, "the ClientSecret on record", &m),
+        ProbeAnswer::NoSecret(m) | ProbeAnswer::Inconclusive(m) => {
+            Err(StepError::Refused(format!(
+                "the device refused the first seeding ({plaintext_refusal}) and the proof of \
+                 the secret on record was not conclusive ({m})"
+            )))
         }
-        answer @ PopulateAnswer::Refused(_) => Err(StepError::Refused(format!(
-            "the device refused the first seeding ({plaintext_refusal}) and a populate JWE \
-             under the secret on record ({})",
-            answer.message()
-        ))),
     }
 }
 
-/// Crash-safe rotation (`Populate` with a `populate` JWE carrying a new secret, keyed from
-/// the current one):
+/// Crash-safe rotation (`Populate` with a `populate` JWE keyed from the current secret):
 ///
-/// 1. The new secret is recorded as pending and saved (fsynced) before anything is sent; an
+/// 1. Proofs first: the device must hold a recorded secret before any `Populate`. If it
+///    holds a candidate left by an earlier attempt, that is promoted and the step is done
+///    — a step never rotates twice.
+/// 2. The new secret is recorded as pending (fsynced) before anything is sent; an
 ///    unresolved rotation's pending secret is reused, never replaced.
-/// 2. The rotation is sent under the current secret; the device's acceptance promotes the
-///    pending secret (the old one is kept as previous).
-/// 3. Otherwise — an earlier attempt may have landed — the new secret is proven with a
-///    no-op rotation (new under new); only its acceptance promotes it.
-/// 4. Both refused as decryption failures: `secret-unknown`, both secrets kept. Any other
-///    refusal leaves the rotation pending for the next run.
+/// 3. For each plaintext form to try — the form the device's release is known to read, or
+///    for a canary the raw phrase, then its base64url form — every secret the device may
+///    hold once it lands is recorded (fsynced), the `Populate` is sent, and proofs decide;
+///    a new secret proven is promoted and the reading it revealed recorded.
+/// 4. The device still holds the current secret after every form: the rotation is dropped
+///    (its secrets kept as previous) and the step fails with the reason — nothing changed.
 ///
-/// An unknown outcome (crash, dropped connection, timeout) leaves the pending secret in the
-/// vault, so the next attempt resolves it from the device by the same steps 2–4.
+/// An unknown outcome (crash, dropped connection, timeout) leaves the candidates in the
+/// vault, so the next attempt resolves them from the device by step 1.
 pub(super) async fn rotate_secret(
     ctx: &mut StepContext<'_>,
     write_ahead: &mut WriteAhead<'_>,
@@ -265,7 +402,6 @@ pub(super) async fn rotate_secret(
              vault (remove `client_secret: {{ env: ... }}` from the inventory)"
         )));
     }
-    let current = ctx.secrets.current(device).map_err(local)?;
     let pending = ctx.secrets.pending(device).map_err(local)?;
     let unknown = ctx.secrets.is_secret_unknown(device);
     if pending.is_none() && !unknown && !ctx.secrets.is_seeded(device) {
@@ -277,82 +413,159 @@ pub(super) async fn rotate_secret(
         ));
     }
     if ctx.check_mode {
+        check_proof(ctx).await?;
         return Ok(changed(if pending.is_some() {
             "would resolve the unfinished rotation, then the device holds the new ClientSecret"
         } else {
             "would rotate the ClientSecret"
         }));
     }
-    if pending.is_none() && (ctx.resuming || unknown) {
-        // Resuming with nothing pending: the earlier attempt got as far as promoting (it
-        // crashed before the journal said done) — prove it rather than rotate twice. A
-        // `secret-unknown` device must prove the current secret before a new rotation.
-        let answer = populate_jwe(ctx, &current, &current).await?;
-        match answer {
-            PopulateAnswer::Accepted => {
-                ctx.secrets.confirm_current(device).map_err(local)?;
-                if ctx.resuming {
-                    return Ok(unchanged(
-                        "an earlier attempt completed the rotation; the device proved the \
-                         current ClientSecret",
-                    ));
+    {
+        // Before any Populate, the device proves which recorded secret it holds: an earlier
+        // attempt may have landed, or promoted already (it crashed before the journal said
+        // done); the device may be `secret-unknown`, or factory-reset — and a populate JWE
+        // must never reach a device without a secret, which might take it for a plaintext
+        // first seeding.
+        match prove(ctx).await? {
+            Proof::Holds(Held::Current) => {
+                if pending.is_none() {
+                    settle(ctx, Held::Current)?;
+                    if ctx.resuming {
+                        return Ok(unchanged(
+                            "an earlier attempt completed the rotation; the device proved \
+                             the current ClientSecret",
+                        ));
+                    }
                 }
+                // Pending but not landed: rotate with the same pending secret below.
             }
-            PopulateAnswer::DecryptFailed(_) => {
-                return secret_unknown(ctx, "no JWE keyed from the ClientSecret on record", &answer)
+            Proof::Holds(held) => {
+                let expected = expected_reading(ctx, held);
+                let reading = settle(ctx, held)?;
+                learn(ctx, reading, expected)?;
+                return Ok(changed(
+                    "an earlier attempt had landed: the device proved the new ClientSecret",
+                ));
             }
-            PopulateAnswer::Refused(m) => {
-                return Err(StepError::Refused(format!(
-                    "could not prove the device holds the ClientSecret on record: {m}"
-                )))
+            Proof::Neither(evidence) => {
+                return secret_unknown(ctx, "any secret on record", &evidence)
             }
+            Proof::NoSecret(evidence) => return Err(no_secret(ctx, &evidence)),
         }
     }
-    let fresh = pending.is_none();
-    let new = match pending {
-        Some(p) => p,
-        None => ctx.secrets.begin_rotation(device).map_err(local)?,
-    };
+    let device = &ctx.prepared.device;
+    let current = ctx.secrets.current(device).map_err(local)?;
+    let new = ctx.secrets.begin_rotation(device).map_err(local)?;
     crate::failpoint::hit("rotate-after-pending-saved");
     write_ahead
         .in_flight("rotate", StepOutputs::default())
         .await?;
-    let first = populate_jwe(ctx, &current, &new).await?;
-    if first == PopulateAnswer::Accepted {
+    let release = release_of(ctx.session.banner());
+    let known = known_reading(ctx);
+    let forms: &[Reading] = match known {
+        Some(Reading::Raw) => &[Reading::Raw],
+        Some(Reading::Base64url) => &[Reading::Base64url],
+        None => &[Reading::Raw, Reading::Base64url],
+    };
+    let mut answers = Vec::new();
+    for &form in forms {
+        // Every secret the device may hold once this command lands, on disk first.
+        ctx.secrets
+            .record_attempt(&ctx.prepared.device, form)
+            .map_err(local)?;
+        crate::failpoint::hit("rotate-after-candidates-saved");
+        crate::failpoint::hit(&format!("rotate-after-candidates-saved-{form}"));
+        let enc = ctx.prepared.device.enc;
+        let jwe = ctx
+            .kdf
+            .seal(
+                Action::Populate,
+                enc,
+                &current,
+                phrase::plaintext(&new, form),
+            )
+            .await
+            .map_err(local)?;
+        let cmd = populate_cmd(Secret::new(jwe))?;
+        let reply = send(ctx, &cmd).await?;
         crate::failpoint::hit("rotate-after-reply");
-        ctx.secrets.promote_pending(device).map_err(local)?;
-        crate::failpoint::hit("rotate-after-promote");
-        return Ok(changed(if fresh {
-            "ClientSecret rotated"
+        crate::failpoint::hit(&format!("rotate-after-reply-{form}"));
+        // Either reading may answer OK: only a proof says what the device now holds.
+        answers.push(if reply.is_ok() {
+            format!("{form}: accepted")
         } else {
-            "rotation completed (resent under the old secret)"
-        }));
-    }
-    // Not taken under the old secret: perhaps an earlier attempt had landed. Prove the new
-    // secret with a no-op rotation before believing it.
-    let second = populate_jwe(ctx, &new, &new).await?;
-    match (&first, &second) {
-        (_, PopulateAnswer::Accepted) => {
-            ctx.secrets.promote_pending(device).map_err(local)?;
-            Ok(changed(
-                "an earlier attempt had landed: the device proved the new ClientSecret",
-            ))
+            format!("{form}: {}", refusal(&cmd, &reply))
+        });
+        match prove(ctx).await? {
+            Proof::Holds(Held::Current) => continue,
+            Proof::Holds(held) => {
+                let reading = settle(ctx, held)?;
+                crate::failpoint::hit("rotate-after-promote");
+                // Holding the phrase means the device read the form just sent; holding
+                // the other reading of it means it did not (after refusing the raw phrase,
+                // or against its release's learned reading).
+                learn(ctx, reading, Some(form))?;
+                return Ok(changed(match (known, reading) {
+                    (Some(_), _) => "ClientSecret rotated".to_string(),
+                    (None, Some(r)) => format!(
+                        "ClientSecret rotated; this device showed its release reads the \
+                         populate plaintext as {r} (recorded for the devices after it)"
+                    ),
+                    (None, None) => "ClientSecret rotated".to_string(),
+                }));
+            }
+            Proof::Neither(evidence) => {
+                return secret_unknown(ctx, "any secret on record", &evidence)
+            }
+            Proof::NoSecret(evidence) => return Err(no_secret(ctx, &evidence)),
         }
-        (PopulateAnswer::DecryptFailed(_), PopulateAnswer::DecryptFailed(_)) => secret_unknown(
-            ctx,
-            "neither the current nor the pending ClientSecret",
-            &first,
-        ),
-        _ => Err(StepError::Refused(format!(
-            "the rotation was not confirmed (under the current secret: {}; proof of the new \
-             one: {}); the new secret stays pending in the vault and the next run resolves it",
-            first.message(),
-            second.message()
-        ))),
     }
+    // Proven to hold the current secret after every form: nothing changed. Drop the
+    // rotation (its secrets stay in the vault's history) and stop.
+    ctx.secrets
+        .confirm_current(&ctx.prepared.device)
+        .map_err(local)?;
+    Err(StepError::Refused(format!(
+        "the device did not take the new ClientSecret {} ({}); a proof shows it still holds \
+         the current one, nothing was changed, and the new secret is kept in the vault's \
+         history",
+        match known {
+            Some(r) => format!(
+                "in the form its release ({release}) was learned to read ({r}) — it reads \
+                 the populate plaintext otherwise than the canary did"
+            ),
+            None => "under either reading of the populate plaintext".to_string(),
+        },
+        answers.join("; ")
+    )))
 }
 
-// ---- The plan: rendered from `populate_command` -----------------------------------------
+/// The reading a proof of `held` should reveal: the release's known one; without it, for
+/// an alternate, the form it was sent in — an alternate is what the *other* reading makes
+/// of a plaintext, so holding one after the form was refused is a surprise too.
+fn expected_reading(ctx: &StepContext<'_>, held: Held) -> Option<Reading> {
+    known_reading(ctx).or_else(|| match held {
+        Held::Alternate(_) => ctx
+            .secrets
+            .pending_reading(&ctx.prepared.device)
+            .ok()
+            .flatten(),
+        _ => None,
+    })
+}
+
+/// The reading the device's release is known to use (from this device's own record on the
+/// same release, or from the canary of that release).
+fn known_reading(ctx: &StepContext<'_>) -> Option<Reading> {
+    let release = release_of(ctx.session.banner());
+    ctx.secrets.known_reading(&ctx.prepared.device, &release)
+}
+
+// ---- The plan: rendered from `populate_command` and `probe_command` ----------------------
+
+const PROOF_WHEN: &str = "a proof that changes nothing: a Deactivate JWE for a fingerprint no \
+     certificate has, keyed from each secret the vault records for the device (current, or \
+     an unfinished rotation's candidates) until one decrypts";
 
 pub(super) fn plan_populate(
     pc: &super::PlanContext<'_>,
@@ -360,12 +573,9 @@ pub(super) fn plan_populate(
     notes: &mut Vec<String>,
 ) -> Vec<super::PlannedCommand> {
     use super::{placeholder, planned, SeedState};
-    let populate = |when: &str| planned(populate_command(&placeholder()), when);
+    let proof = |when: &str| planned(probe_command(&placeholder()), when);
     match pc.seed {
-        SeedState::Seeded => vec![populate(
-            "always: a no-op populate JWE keyed from the current secret proves the device \
-             holds it (if a rotation is pending, also one under the pending secret)",
-        )],
+        SeedState::Seeded => vec![proof(&format!("always: {PROOF_WHEN}"))],
         _ if initial => {
             notes.push(
                 "WARNING: first seeding sends the ClientSecret in PLAINTEXT over the network \
@@ -373,20 +583,16 @@ pub(super) fn plan_populate(
                     .into(),
             );
             vec![
-                populate(
+                planned(
+                    populate_command(&placeholder()),
                     "if the vault records the device as never seeded: plaintext first seeding",
                 ),
-                populate(
-                    "otherwise, or if refused: a no-op populate JWE under the same secret proves \
-                     the device holds it",
-                ),
+                proof(&format!("if refused, or resuming: {PROOF_WHEN}")),
             ]
         }
         _ => {
             notes.push("fails unless the vault records the device as seeded".into());
-            vec![populate(
-                "if seeded: a no-op populate JWE proves the device holds the current secret",
-            )]
+            vec![proof(&format!("if seeded: {PROOF_WHEN}"))]
         }
     }
 }
@@ -395,13 +601,18 @@ pub(super) fn plan_rotate() -> Vec<super::PlannedCommand> {
     use super::{placeholder, planned};
     vec![
         planned(
-            populate_command(&placeholder()),
-            "once per run: populate JWE with a new secret, keyed from the current one (the new \
-             one is saved in the vault as pending first)",
+            probe_command(&placeholder()),
+            format!("first: {PROOF_WHEN}; a candidate an earlier attempt left is promoted"),
         ),
         planned(
             populate_command(&placeholder()),
-            "if refused: populate JWE new-under-new proves an earlier rotation landed",
+            "once per run: populate JWE with a new secret, keyed from the current one, in the \
+             form the device's release reads (a canary tries the raw phrase, then its \
+             base64url form); every secret it may hold afterwards is saved in the vault first",
+        ),
+        planned(
+            probe_command(&placeholder()),
+            format!("after each populate: {PROOF_WHEN}; only then is one promoted"),
         ),
     ]
 }
@@ -415,48 +626,70 @@ mod secret_tests {
         Reply {
             result_id: None,
             status,
-            result_name: Some("ClientSecretPopulateResult".into()),
+            result_name: Some("ServicesDeactivateResult".into()),
             fields: Vec::new(),
             raw: Vec::new(),
         }
     }
 
+    fn error(reason: &str) -> Reply {
+        reply(ReplyStatus::Error {
+            reason: Some(reason.into()),
+        })
+    }
+
     #[test]
-    fn populate_replies_are_classified_by_reason() {
-        let cmd = populate_cmd(Secret::new("a.b.c.d.e")).unwrap();
+    fn probe_replies_are_classified_by_reason() {
+        let cmd = TshCommand::xcommand("Security Certificates Services Deactivate")
+            .and_then(|c| c.param_literal("Purpose", "WebexIdentity"))
+            .and_then(|c| c.param_secret("Fingerprint", &Secret::new("a.b.c.d.e")))
+            .unwrap();
+        // The simulator's reply shapes.
         assert_eq!(
-            classify_populate(&cmd, &reply(ReplyStatus::Ok)),
-            PopulateAnswer::Accepted
+            classify_probe(&cmd, &error("No certificate with that fingerprint")),
+            ProbeAnswer::Holds
         );
-        let decrypt = classify_populate(
-            &cmd,
-            &reply(ReplyStatus::Error {
-                reason: Some(crate::sim::model::DECRYPT_FAILED.into()),
-            }),
+        assert_eq!(
+            classify_probe(&cmd, &reply(ReplyStatus::Ok)),
+            ProbeAnswer::Holds
         );
-        assert!(matches!(decrypt, PopulateAnswer::DecryptFailed(_)));
+        let decrypt = classify_probe(&cmd, &error(crate::sim::model::DECRYPT_FAILED));
+        assert!(matches!(decrypt, ProbeAnswer::DoesNotHold(_)));
+        let ProbeAnswer::DoesNotHold(m) = decrypt else {
+            unreachable!()
+        };
         // The message names the command by its redacted line only.
-        assert!(
-            !decrypt.message().contains("a.b.c.d.e"),
-            "{}",
-            decrypt.message()
-        );
+        assert!(!m.contains("a.b.c.d.e"), "{m}");
+        assert!(matches!(
+            classify_probe(&cmd, &error("No client secret has been populated")),
+            ProbeAnswer::NoSecret(_)
+        ));
         for other in [
-            reply(ReplyStatus::Error {
-                reason: Some("Secret is not valid base64url".into()),
-            }),
+            error("The client secret changed; payload rejected"),
+            error("Unexpected cisco-action in the payload"),
             reply(ReplyStatus::Error { reason: None }),
             reply(ReplyStatus::NotRecognized),
             reply(ReplyStatus::BareError),
         ] {
-            assert!(matches!(
-                classify_populate(&cmd, &other),
-                PopulateAnswer::Refused(_)
-            ));
+            assert!(
+                matches!(classify_probe(&cmd, &other), ProbeAnswer::Inconclusive(_)),
+                "{other:?}"
+            );
         }
         assert!(is_decrypt_failure("Decryption failed"));
-        assert!(!is_decrypt_failure(
-            "The client secret changed; payload rejected"
-        ));
+    }
+
+    #[test]
+    fn releases_from_banners() {
+        assert_eq!(
+            release_of("Welcome to room-301\nCisco Codec Release RoomOS 11.14.1.5 a1b2c3d\nSW Release Date: 2024-05-10"),
+            "RoomOS 11.14.1.5 a1b2c3d"
+        );
+        assert_eq!(release_of("custom banner"), "unknown release");
+        assert_eq!(release_of("Release \u{1b}[2Jx"), "[2Jx");
+        assert_eq!(
+            release_of(&format!("Release {}", "9".repeat(200))).len(),
+            80
+        );
     }
 }

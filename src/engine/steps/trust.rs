@@ -17,7 +17,7 @@ pub fn parse_ca_show(reply: &Reply) -> Vec<(String, String)> {
 }
 
 /// `CA Show`: the trusted CAs, duplicates included.
-pub(super) fn ca_show_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
+pub fn ca_show_cmd() -> Result<TshCommand, crate::tsh::EncodeError> {
     TshCommand::xcommand("Security Certificates CA Show")
 }
 
