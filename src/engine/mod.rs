@@ -958,7 +958,14 @@ impl DeviceRun<'_> {
             // had used before and was refused, once per session fall back to a fresh salt
             // per JWE and run the step again. It reads the device first, like any rerun, and
             // is resumed (its write-ahead record may be on the journal).
+            // The ClientSecret steps are not retried: a populate may have changed the secret,
+            // and they have their own candidate and reading logic.
+            let secret_step = matches!(
+                step,
+                crate::playbook::Step::PopulateSecret(_) | crate::playbook::Step::RotateSecret(_)
+            );
             if matches!(result, Err(steps::StepError::Refused(_)))
+                && !secret_step
                 && keys.sealed() > sealed_before
                 && keys.fall_back_to_per_jwe()
             {
