@@ -74,8 +74,10 @@ async fn a_rerun_reads_every_device_and_puts_right_what_changed_behind_its_back(
     let out = format!("{stdout}{stderr}");
     let room2: Vec<&str> = out.lines().filter(|l| l.starts_with("room-02:")).collect();
     assert!(
-        room2.iter().any(|l| l.contains("secret")),
-        "room-02's reason names its secret: {room2:?}"
+        room2
+            .iter()
+            .any(|l| l.contains("secret") && l.contains("roomkey secret forget-device")),
+        "room-02's reason names its secret and the recovery command: {room2:?}"
     );
     assert!(lab.snapshot("room-02").await.certificates.is_empty());
 }
