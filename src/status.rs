@@ -10,6 +10,7 @@ use serde::Serialize;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::engine::steps::identity::{judge, Expected};
 use crate::engine::steps::{
     identity_certificate, normalise_fingerprint, parse_external_identity, parse_show,
 };
@@ -87,13 +88,11 @@ pub fn facts_from_replies(
     };
     if let Some(reply) = identity.filter(|r| r.is_ok()) {
         let status = parse_external_identity(reply);
-        // Every validity node the device prints (`Status`, the seed's `Valid`) must say valid.
-        let words: Vec<&String> = status.status.iter().chain(status.valid.iter()).collect();
-        facts.identity_valid = (!words.is_empty()).then(|| {
-            words
-                .iter()
-                .all(|w| crate::engine::steps::identity::says_valid(w))
-        });
+        // Whether the device says its external identity is valid (Status / Valid; never
+        // Verification). The certificate's dates are judged separately (days left), so
+        // the verdict is taken without a clock or an expected certificate.
+        let verdict = judge(&status, &Expected::default(), OffsetDateTime::UNIX_EPOCH);
+        facts.identity_valid = Some(verdict.is_ok());
         facts.identity = status.identity;
         let (fingerprint, not_after) = identity_certificate(reply);
         facts.fingerprint = fingerprint

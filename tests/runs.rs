@@ -74,8 +74,10 @@ async fn a_rerun_reads_every_device_and_puts_right_what_changed_behind_its_back(
     let out = format!("{stdout}{stderr}");
     let room2: Vec<&str> = out.lines().filter(|l| l.starts_with("room-02:")).collect();
     assert!(
-        room2.iter().any(|l| l.contains("secret")),
-        "room-02's reason names its secret: {room2:?}"
+        room2
+            .iter()
+            .any(|l| l.contains("secret") && l.contains("roomkey secret forget-device")),
+        "room-02's reason names its secret and the recovery command: {room2:?}"
     );
     assert!(lab.snapshot("room-02").await.certificates.is_empty());
 }
@@ -463,4 +465,31 @@ fn every_step_command_is_spelled_once() {
             places.join("\n")
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_in_use_is_deleted_only_with_force() {
+    let lab = Lab::start(1, 158, |_| FaultPlan::default()).await;
+    let pb = playbook(lab.path(), "flow", TEST_POLICY, FULL_FLOW);
+    apply_ok(&lab, &pb, &[]).await;
+    let delete = playbook(
+        lab.path(),
+        "delete",
+        TEST_POLICY,
+        "  - delete_certificate: {}\n",
+    );
+    let (code, stdout, stderr) = lab.apply(&delete, &[]).await;
+    let out = format!("{stdout}{stderr}");
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("is in use for WebexIdentity"), "{out}");
+    assert_eq!(lab.snapshot("room-01").await.certificates.len(), 1);
+    let forced = playbook(
+        lab.path(),
+        "delete-forced",
+        TEST_POLICY,
+        "  - delete_certificate: { force: true }\n",
+    );
+    let out = apply_ok(&lab, &forced, &[]).await;
+    assert!(out.contains("changed=1"), "{out}");
+    assert!(lab.snapshot("room-01").await.certificates.is_empty());
 }

@@ -231,7 +231,14 @@ async fn shipped_playbooks_against_every_variant() {
                 status == "changed" || !reason.is_empty(),
                 "{key}: {status} without a reason"
             ),
-            _ => assert_eq!(status, "changed", "{key}: {got:#?}"),
+            // The shipped rotation stops the run (`any_errors_fatal`) when a device of the
+            // canary's release reads the populate plaintext otherwise (the base64url
+            // device above): the devices it had not reached yet are left interrupted —
+            // safely, every secret named by the vault (checked above).
+            _ => assert!(
+                status == "changed" || status == "interrupted",
+                "{key}: {got:#?}"
+            ),
         }
     }
     lab.fleet.unwrap().shutdown().await;

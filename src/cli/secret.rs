@@ -129,12 +129,9 @@ pub enum Command {
 pub struct ForgetArgs {
     #[command(flatten)]
     pub vault: VaultArgs,
-    /// Devices to forget.
+    /// Devices to forget (or, with -i, the inventory's devices, optionally --limit'ed).
     #[arg(value_name = "DEVICE", conflicts_with = "inventory")]
     pub names: Vec<String>,
-    /// Take the devices from this inventory (and its `vault:` unless --vault is given).
-    #[arg(short, long, value_name = "FILE")]
-    pub inventory: Option<PathBuf>,
     /// With --inventory: select devices — names, globs, groups, comma-separated; `!pattern`
     /// excludes.
     #[arg(short, long, value_name = "PATTERNS", requires = "inventory")]
@@ -144,11 +141,10 @@ pub struct ForgetArgs {
 /// Arguments of `roomkey secret change`.
 #[derive(Debug, clap::Args)]
 pub struct ChangeArgs {
+    /// `-i` (required here): the inventory holding the device (address, login; its
+    /// `vault:` unless --vault).
     #[command(flatten)]
     pub vault: VaultArgs,
-    /// The inventory holding the device (address, login; its `vault:` unless --vault).
-    #[arg(short, long, value_name = "FILE")]
-    pub inventory: PathBuf,
     /// The device whose secret changes.
     #[arg(long, value_name = "DEVICE")]
     pub device: String,
@@ -883,7 +879,7 @@ fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
 /// checked before anything is written; the vault is saved once.
 fn forget_device(mut args: ForgetArgs) -> anyhow::Result<i32> {
     let mut names = args.names.clone();
-    if let Some(inventory) = &args.inventory {
+    if let Some(inventory) = &args.vault.inventory {
         let inv = roomkey::inventory::load(inventory)?;
         let selected = roomkey::inventory::select(&inv, args.limit.as_deref(), &BTreeMap::new())
             .map_err(anyhow::Error::msg)?;
@@ -961,12 +957,15 @@ fn change(mut args: ChangeArgs) -> anyhow::Result<i32> {
     use roomkey::inventory::{self, ClientSecretSource};
     use roomkey::ssh::{ConnectOptions, HostKeyPolicy, TshSession};
 
-    let inv = inventory::load(&args.inventory)?;
+    let Some(inventory_path) = args.vault.inventory.clone() else {
+        bail!("`roomkey secret change` needs the inventory holding the device: -i FILE");
+    };
+    let inv = inventory::load(&inventory_path)?;
     let Some(device) = inv.devices.iter().find(|d| d.name == args.device) else {
         bail!(
             "device {} is not in {}",
             args.device,
-            args.inventory.display()
+            inventory_path.display()
         );
     };
     if let ClientSecretSource::Env(var) = &device.client_secret {
