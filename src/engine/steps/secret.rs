@@ -79,7 +79,7 @@ pub fn is_decrypt_failure(reason: &str) -> bool {
 
 /// Classifies the reply to a proof (pure; tested with the simulator's reply shapes: the
 /// decrypt failure, "No certificate with that fingerprint", "No client secret has been
-/// populated" — device catalogue `command.jwe` and `secret.populate`; how a real device
+/// populated" — device catalogue `secret.proof-replies` (and `command.jwe`); how a real device
 /// words these refusals is not seen publicly, so only a reason that names decryption counts
 /// as "does not hold", only one that names a certificate or fingerprint as "holds", and
 /// anything else proves nothing and stops the step).
