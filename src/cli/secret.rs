@@ -744,6 +744,70 @@ fn confirm_reset(args: &ResetArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The inventory (`-i`, required: `missing_inventory` says so) and the one device a
+/// single-device secret command acts on, refused unless its ClientSecret is kept in the
+/// vault (`env_refusal` says why); the vault path defaults to the inventory's.
+fn vault_device(
+    vault: &mut VaultArgs,
+    name: &str,
+    missing_inventory: &str,
+    env_refusal: &str,
+) -> anyhow::Result<(roomkey::inventory::Inventory, roomkey::inventory::Device)> {
+    let Some(inventory_path) = vault.inventory.clone() else {
+        bail!("{missing_inventory}");
+    };
+    let inv = roomkey::inventory::load(&inventory_path)?;
+    let Some(device) = inv.devices.iter().find(|d| d.name == name).cloned() else {
+        bail!("device {name} is not in {}", inventory_path.display());
+    };
+    if let roomkey::inventory::ClientSecretSource::Env(var) = &device.client_secret {
+        bail!(
+            "{}: its ClientSecret comes from environment variable {var}; {env_refusal}",
+            device.name
+        );
+    }
+    if vault.vault.is_none() {
+        vault.vault = Some(inv.vault.clone());
+    }
+    Ok((inv, device))
+}
+
+/// Preflight of one device for a one-step playbook, and how to connect to it.
+fn prepare_one(
+    inv: &roomkey::inventory::Inventory,
+    device: &roomkey::inventory::Device,
+    pb: &roomkey::playbook::Playbook,
+    store: &roomkey::engine::secrets::VaultSecrets,
+    accept_new_host_keys: bool,
+) -> anyhow::Result<(
+    roomkey::engine::PreparedDevice,
+    roomkey::ssh::ConnectOptions,
+)> {
+    use roomkey::ssh::{ConnectOptions, HostKeyPolicy};
+    let prepared = roomkey::engine::prepare::prepare(
+        &inv.path,
+        &[device],
+        pb,
+        Some(store),
+        OffsetDateTime::now_utc(),
+    )
+    .map_err(|p| anyhow::anyhow!(roomkey::inventory::render_problems(&p)))?;
+    let Some(prepared) = prepared.devices.into_iter().next() else {
+        bail!("{}: preflight produced no device", device.name);
+    };
+    let mut opts = ConnectOptions::new(
+        device.host.clone(),
+        device.username.clone(),
+        prepared.auth.clone(),
+    );
+    opts.port = device.port;
+    opts.known_hosts = inv.known_hosts.clone();
+    if accept_new_host_keys {
+        opts.host_key_policy = HostKeyPolicy::AcceptNew;
+    }
+    Ok((prepared, opts))
+}
+
 /// `roomkey secret reset`: empties the device's ClientSecret with a populate JWE keyed from
 /// the current one. Crash-safe bookkeeping: after connecting and before sending, the vault
 /// stops recording the device as seeded (the secret itself stays current), so whatever
@@ -753,30 +817,15 @@ fn confirm_reset(args: &ResetArgs) -> anyhow::Result<()> {
 /// the device) restores the seeded mark.
 fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
     use roomkey::engine::secrets::{SecretStore, VaultSecrets};
-    use roomkey::inventory::{self, ClientSecretSource};
-    use roomkey::ssh::{ConnectOptions, HostKeyPolicy, TshSession};
+    use roomkey::ssh::TshSession;
 
-    let Some(inventory_path) = args.vault.inventory.clone() else {
-        bail!("name the inventory holding the device with -i/--inventory");
-    };
-    let inv = inventory::load(&inventory_path)?;
-    let Some(device) = inv.devices.iter().find(|d| d.name == args.device) else {
-        bail!(
-            "device {} is not in {}",
-            args.device,
-            inventory_path.display()
-        );
-    };
-    if let ClientSecretSource::Env(var) = &device.client_secret {
-        bail!(
-            "{}: its ClientSecret comes from environment variable {var}; reset works on \
-             secrets kept in the vault",
-            device.name
-        );
-    }
-    if args.vault.vault.is_none() {
-        args.vault.vault = Some(inv.vault.clone());
-    }
+    let (inv, device) = vault_device(
+        &mut args.vault,
+        &args.device,
+        "name the inventory holding the device with -i/--inventory",
+        "reset works on secrets kept in the vault",
+    )?;
+    let device = &device;
     let v = open(&args.vault)?;
     match v.device(&device.name) {
         None => bail!("{}: the vault has no ClientSecret for it", device.name),
@@ -799,23 +848,7 @@ fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
         Path::new("secret-reset"),
         "name: secret-reset\nsteps:\n  - rotate_secret: {}\n",
     )?;
-    let prepared = roomkey::engine::prepare::prepare(
-        &inv.path,
-        &[device],
-        &pb,
-        Some(&store),
-        OffsetDateTime::now_utc(),
-    )
-    .map_err(|p| anyhow::anyhow!(inventory::render_problems(&p)))?;
-    let Some(prepared) = prepared.devices.into_iter().next() else {
-        bail!("{}: preflight produced no device", device.name);
-    };
-    let mut opts = ConnectOptions::new(device.host.clone(), device.username.clone(), prepared.auth);
-    opts.port = device.port;
-    opts.known_hosts = inv.known_hosts.clone();
-    if args.accept_new_host_keys {
-        opts.host_key_policy = HostKeyPolicy::AcceptNew;
-    }
+    let (_prepared, opts) = prepare_one(&inv, device, &pb, &store, args.accept_new_host_keys)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -954,30 +987,15 @@ fn read_owner_phrase(args: &ChangeArgs) -> anyhow::Result<Secret> {
 fn change(mut args: ChangeArgs) -> anyhow::Result<i32> {
     use roomkey::engine::secrets::{SecretStore, VaultSecrets};
     use roomkey::engine::steps::{self, StepContext, StepError};
-    use roomkey::inventory::{self, ClientSecretSource};
-    use roomkey::ssh::{ConnectOptions, HostKeyPolicy, TshSession};
+    use roomkey::ssh::TshSession;
 
-    let Some(inventory_path) = args.vault.inventory.clone() else {
-        bail!("`roomkey secret change` needs the inventory holding the device: -i FILE");
-    };
-    let inv = inventory::load(&inventory_path)?;
-    let Some(device) = inv.devices.iter().find(|d| d.name == args.device) else {
-        bail!(
-            "device {} is not in {}",
-            args.device,
-            inventory_path.display()
-        );
-    };
-    if let ClientSecretSource::Env(var) = &device.client_secret {
-        bail!(
-            "{}: its ClientSecret comes from environment variable {var}; changing it needs \
-             the vault",
-            device.name
-        );
-    }
-    if args.vault.vault.is_none() {
-        args.vault.vault = Some(inv.vault.clone());
-    }
+    let (inv, device) = vault_device(
+        &mut args.vault,
+        &args.device,
+        "`roomkey secret change` needs the inventory holding the device: -i FILE",
+        "changing it needs the vault",
+    )?;
+    let device = &device;
     let phrase = read_owner_phrase(&args)?;
     vault::check_secret(&device.name, &phrase)?;
     if let Err(why) = vault::phrase::check_owner_phrase(&phrase) {
@@ -1011,27 +1029,7 @@ fn change(mut args: ChangeArgs) -> anyhow::Result<i32> {
         Path::new("secret-change"),
         "name: secret-change\nsteps:\n  - rotate_secret: {}\n  - populate_secret: {}\n",
     )?;
-    let prepared = roomkey::engine::prepare::prepare(
-        &inv.path,
-        &[device],
-        &pb,
-        Some(&store),
-        OffsetDateTime::now_utc(),
-    )
-    .map_err(|p| anyhow::anyhow!(inventory::render_problems(&p)))?;
-    let Some(prepared) = prepared.devices.into_iter().next() else {
-        bail!("{}: preflight produced no device", device.name);
-    };
-    let mut opts = ConnectOptions::new(
-        device.host.clone(),
-        device.username.clone(),
-        prepared.auth.clone(),
-    );
-    opts.port = device.port;
-    opts.known_hosts = inv.known_hosts.clone();
-    if args.accept_new_host_keys {
-        opts.host_key_policy = HostKeyPolicy::AcceptNew;
-    }
+    let (prepared, opts) = prepare_one(&inv, device, &pb, &store, args.accept_new_host_keys)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
