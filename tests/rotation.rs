@@ -7,6 +7,7 @@
 //! and a proof that changes nothing (a fresh `populate_secret` run, which sends no
 //! `Populate`) must agree.
 
+#[macro_use]
 mod support;
 
 use std::path::{Path, PathBuf};
@@ -18,27 +19,6 @@ use roomkey::sim::model::PopulateReading;
 use roomkey::sim::FaultPlan;
 use roomkey::vault::{Reading, SecretState};
 use support::{playbook, Lab, TEST_POLICY};
-
-/// Runs a scenario `async fn NAME(reading, subnet)` as two tests, `NAME::raw` and
-/// `NAME::base64url`, each on its own loopback range.
-macro_rules! both_readings {
-    ($name:ident, $subnet:expr) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn raw() {
-                super::$name(roomkey::sim::model::PopulateReading::Raw, $subnet).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn base64url() {
-                super::$name(
-                    roomkey::sim::model::PopulateReading::Base64url,
-                    $subnet + 100,
-                )
-                .await
-            }
-        }
-    };
-}
 
 /// One device at a time, so a failpoint abort leaves exactly one device mid-rotation.
 const SERIAL_POLICY: &str = "concurrency: 1, connect_timeout: 5s, auth_timeout: 5s, command_timeout: 10s, retries: 2, retry_backoff: 100ms, host_key_policy: accept-new";

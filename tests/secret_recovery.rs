@@ -7,6 +7,7 @@
 //! - `roomkey secret change --device NAME`: a room owner's phrase, from a prompt or
 //!   `--phrase-stdin`, never the command line, with the rotation's guarantees.
 
+#[macro_use]
 mod support;
 
 use std::process::Stdio;
@@ -16,25 +17,6 @@ use roomkey::sim::FaultPlan;
 use roomkey::vault::SecretState;
 use support::{playbook, Lab, TEST_POLICY};
 use tokio::io::AsyncWriteExt as _;
-
-macro_rules! both_readings {
-    ($name:ident, $subnet:expr) => {
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn raw() {
-                super::$name(roomkey::sim::model::PopulateReading::Raw, $subnet).await
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn base64url() {
-                super::$name(
-                    roomkey::sim::model::PopulateReading::Base64url,
-                    $subnet + 100,
-                )
-                .await
-            }
-        }
-    };
-}
 
 const SEED: &str = "  - populate_secret: { initial: true }\n";
 const ROTATE: &str = "  - rotate_secret: {}\n  - populate_secret: {}\n";

@@ -4,6 +4,28 @@
 //! 127.N.x.y range, so tests never share a listener.
 #![allow(dead_code)]
 
+/// Runs a scenario `async fn NAME(reading, subnet)` as two tests, `NAME::raw` and
+/// `NAME::base64url`, each on its own loopback range.
+#[allow(unused_macros)] // used by the test files that run a scenario under both readings
+macro_rules! both_readings {
+    ($name:ident, $subnet:expr) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn raw() {
+                super::$name(roomkey::sim::model::PopulateReading::Raw, $subnet).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn base64url() {
+                super::$name(
+                    roomkey::sim::model::PopulateReading::Base64url,
+                    $subnet + 100,
+                )
+                .await
+            }
+        }
+    };
+}
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
