@@ -867,7 +867,10 @@ fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
         let cmd = roomkey::engine::steps::populate_command(&Secret::new(jwe))?;
         let mut session = TshSession::connect(&opts).await?;
         // Durable before the command leaves: the vault no longer claims a seeded device.
-        if let Err(e) = store.update(|v| v.set_current(&name, current.clone(), false, None)) {
+        if let Err(e) = store
+            .update(|v| v.set_current(&name, current.clone(), false, None))
+            .await
+        {
             session.close().await;
             return Err(anyhow::Error::from(e));
         }
@@ -888,7 +891,7 @@ fn reset(mut args: ResetArgs) -> anyhow::Result<i32> {
         }
         Ok(reply) => {
             // A refusal changed nothing on the device: it is as seeded as it was.
-            store.update(|v| v.mark_seeded(&name))?;
+            runtime.block_on(store.update(|v| v.mark_seeded(&name)))?;
             eprintln!(
                 "{name}: the device refused `{}`: {}",
                 cmd.redacted_line(),
@@ -1041,7 +1044,10 @@ fn change(mut args: ChangeArgs) -> anyhow::Result<i32> {
         if begin {
             // The write-ahead record: the phrase is pending, on disk, before anything that
             // could change the device is sent.
-            if let Err(e) = store.update(|v| v.begin_rotation(&name, phrase.clone())) {
+            if let Err(e) = store
+                .update(|v| v.begin_rotation(&name, phrase.clone()))
+                .await
+            {
                 session.close().await;
                 return Err(anyhow::Error::from(e));
             }

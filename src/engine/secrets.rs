@@ -1,10 +1,20 @@
 //! Where the engine gets secrets: device ClientSecrets (and their seeding / rotation
 //! bookkeeping) and SSH passwords. `SecretStore` is the seam between the engine and the
 //! vault; the environment-variable store serves labs without a vault. Every write that a
-//! crash must not lose (pending secret, promotion) is durable before the call returns.
+//! crash must not lose (pending secret, promotion) is durable before the call's future
+//! completes.
+//!
+//! Vault saves are group commits: a change is applied to the in-memory vault under a short
+//! lock, and the caller awaits the save that includes it. One writer thread per open vault
+//! does every save (serialize, encrypt with the key derived at open — no scrypt —, write,
+//! fsync, rename) off the async workers; changes that arrive while a save is being written
+//! go together into the next one, so a fleet seeding at once costs a handful of saves, not
+//! one whole-vault rewrite per change (which grew with the square of the fleet). A failed
+//! save fails every caller whose change it carried, and they do not proceed.
 
 use std::collections::BTreeSet;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 
 use crate::inventory::{ClientSecretSource, Device};
 use crate::secret::Secret;
@@ -31,43 +41,53 @@ pub enum SecretStoreError {
 }
 
 /// The secret bookkeeping a run needs. Implementations are shared by all device tasks.
+/// Reads answer from memory; every change is async and completes only once it is durable.
+#[async_trait::async_trait]
 pub trait SecretStore: Send + Sync {
     /// The secret the device is believed to hold (or should be seeded with).
     fn current(&self, device: &Device) -> Result<Secret, SecretStoreError>;
     /// Whether the device is known to hold `current` already.
     fn is_seeded(&self, device: &Device) -> bool;
     /// Records (durably) that the device holds `current`.
-    fn mark_seeded(&self, device: &Device) -> Result<(), SecretStoreError>;
+    async fn mark_seeded(&self, device: &Device) -> Result<(), SecretStoreError>;
     /// The pending secret of an unfinished rotation, if any.
     fn pending(&self, device: &Device) -> Result<Option<Secret>, SecretStoreError>;
     /// Starts (or continues) a rotation: makes sure a pending secret is durably recorded and
     /// returns it. Called before the rotation command is sent.
-    fn begin_rotation(&self, device: &Device) -> Result<Secret, SecretStoreError>;
+    async fn begin_rotation(&self, device: &Device) -> Result<Secret, SecretStoreError>;
     /// The device confirmed the pending secret: it becomes current, the old one previous.
-    fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError>;
+    async fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError>;
     /// The device was proven to still hold `current`: drop the pending secret.
-    fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError>;
+    async fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError>;
     /// The device proved (a JWE under it was accepted) that it holds `current`: whatever
     /// the recorded state, it becomes `ok` and seeded; a pending secret, if any, is kept as
     /// previous (abandoned). Saves only if something changed.
-    fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError>;
+    async fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError>;
     /// Every recorded secret the device may hold, in the order a proof tries them
     /// (`pending`, its alternates, `current`).
     fn candidates(&self, device: &Device) -> Result<Vec<(Held, Secret)>, SecretStoreError>;
     /// Records durably, before a `Populate` carrying the pending secret as `sent_as` is
     /// sent, every secret the device may hold once it lands.
-    fn record_attempt(&self, device: &Device, sent_as: Reading) -> Result<(), SecretStoreError>;
+    async fn record_attempt(
+        &self,
+        device: &Device,
+        sent_as: Reading,
+    ) -> Result<(), SecretStoreError>;
     /// The reading holding the pending secret would reveal (the form last sent), if any.
     fn pending_reading(&self, device: &Device) -> Result<Option<Reading>, SecretStoreError>;
     /// A proof showed the device holds `held`: promote it (or confirm the current one),
     /// durably. Returns the reading holding a new secret revealed.
-    fn settle(&self, device: &Device, held: Held) -> Result<Option<Reading>, SecretStoreError>;
+    async fn settle(
+        &self,
+        device: &Device,
+        held: Held,
+    ) -> Result<Option<Reading>, SecretStoreError>;
     /// The reading the device's firmware uses, if known: its own record on this release,
     /// else what the canary of this release showed.
     fn known_reading(&self, device: &Device, release: &str) -> Option<Reading>;
     /// Records (durably) the reading a proof showed, for the device and its release (the
     /// release keeps the first one it learned).
-    fn learn_reading(
+    async fn learn_reading(
         &self,
         device: &Device,
         release: &str,
@@ -76,7 +96,7 @@ pub trait SecretStore: Send + Sync {
     /// Whether the vault flags the device `secret-unknown` (neither secret was accepted).
     fn is_secret_unknown(&self, device: &Device) -> bool;
     /// Neither secret works: keep both and flag the device.
-    fn mark_secret_unknown(&self, device: &Device) -> Result<(), SecretStoreError>;
+    async fn mark_secret_unknown(&self, device: &Device) -> Result<(), SecretStoreError>;
     /// A named credential (SSH password) from the vault.
     fn credential(&self, device: &Device, name: &str) -> Result<Secret, SecretStoreError>;
 }
@@ -110,6 +130,7 @@ pub fn env_secret(
         })
 }
 
+#[async_trait::async_trait]
 impl SecretStore for EnvSecrets {
     fn current(&self, device: &Device) -> Result<Secret, SecretStoreError> {
         match &device.client_secret {
@@ -128,7 +149,7 @@ impl SecretStore for EnvSecrets {
             .unwrap_or(false)
     }
 
-    fn mark_seeded(&self, device: &Device) -> Result<(), SecretStoreError> {
+    async fn mark_seeded(&self, device: &Device) -> Result<(), SecretStoreError> {
         if let Ok(mut s) = self.seeded.lock() {
             s.insert(device.name.clone());
         }
@@ -139,41 +160,49 @@ impl SecretStore for EnvSecrets {
         Ok(None)
     }
 
-    fn begin_rotation(&self, device: &Device) -> Result<Secret, SecretStoreError> {
+    async fn begin_rotation(&self, device: &Device) -> Result<Secret, SecretStoreError> {
         Err(SecretStoreError::NoVault {
             device: device.name.clone(),
             what: "rotating its ClientSecret",
         })
     }
 
-    fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
-        self.begin_rotation(device).map(|_| ())
+    async fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.begin_rotation(device).await.map(|_| ())
     }
 
-    fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
-        self.begin_rotation(device).map(|_| ())
+    async fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.begin_rotation(device).await.map(|_| ())
     }
 
-    fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError> {
-        self.mark_seeded(device)
+    async fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.mark_seeded(device).await
     }
 
     fn candidates(&self, device: &Device) -> Result<Vec<(Held, Secret)>, SecretStoreError> {
         Ok(vec![(Held::Current, self.current(device)?)])
     }
 
-    fn record_attempt(&self, device: &Device, _sent_as: Reading) -> Result<(), SecretStoreError> {
-        self.begin_rotation(device).map(|_| ())
+    async fn record_attempt(
+        &self,
+        device: &Device,
+        _sent_as: Reading,
+    ) -> Result<(), SecretStoreError> {
+        self.begin_rotation(device).await.map(|_| ())
     }
 
     fn pending_reading(&self, _device: &Device) -> Result<Option<Reading>, SecretStoreError> {
         Ok(None)
     }
 
-    fn settle(&self, device: &Device, held: Held) -> Result<Option<Reading>, SecretStoreError> {
+    async fn settle(
+        &self,
+        device: &Device,
+        held: Held,
+    ) -> Result<Option<Reading>, SecretStoreError> {
         match held {
-            Held::Current => self.mark_seeded(device).map(|_| None),
-            _ => self.begin_rotation(device).map(|_| None),
+            Held::Current => self.mark_seeded(device).await.map(|_| None),
+            _ => self.begin_rotation(device).await.map(|_| None),
         }
     }
 
@@ -181,7 +210,7 @@ impl SecretStore for EnvSecrets {
         None
     }
 
-    fn learn_reading(
+    async fn learn_reading(
         &self,
         _device: &Device,
         _release: &str,
@@ -194,7 +223,7 @@ impl SecretStore for EnvSecrets {
         false
     }
 
-    fn mark_secret_unknown(&self, _device: &Device) -> Result<(), SecretStoreError> {
+    async fn mark_secret_unknown(&self, _device: &Device) -> Result<(), SecretStoreError> {
         Ok(())
     }
 
@@ -206,11 +235,40 @@ impl SecretStore for EnvSecrets {
     }
 }
 
-/// Secrets from the encrypted vault. Every change is saved (atomically, fsynced) before the
-/// call returns, so the engine may act on it: a pending secret is on disk before the
-/// rotation command leaves, a promotion is on disk before the step is journalled done.
+/// Secrets from the encrypted vault. A change completes only once the save that carries it
+/// is on disk (atomically, fsynced), so the engine may act on it: a pending secret is on
+/// disk before the rotation command leaves, a promotion before the step is journalled done.
+/// Saves are group commits done by one writer thread (see the module header).
 pub struct VaultSecrets {
-    vault: Mutex<crate::vault::Vault>,
+    shared: Arc<Shared>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// What the callers and the writer thread share.
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the writer: a change was made, or the store is closing.
+    wake: Condvar,
+    /// How far the saves got; callers wait on it for their change.
+    committed: tokio::sync::watch::Sender<Committed>,
+    saves: AtomicU64,
+}
+
+struct State {
+    vault: crate::vault::Vault,
+    /// Changes applied so far (a change's ticket is this count right after it).
+    changes: u64,
+    closing: bool,
+}
+
+/// The writer's progress. A change with ticket `t` is durable once `durable >= t`; it is
+/// lost to its caller (who must not proceed) if `failed_upto >= t` while `durable < t`.
+#[derive(Debug, Clone, Default)]
+struct Committed {
+    durable: u64,
+    failed_upto: u64,
+    /// The last failure, for the callers it failed (no secret in it: `VaultError` has none).
+    error: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for VaultSecrets {
@@ -220,10 +278,43 @@ impl std::fmt::Debug for VaultSecrets {
 }
 
 impl VaultSecrets {
+    /// Takes the open vault and starts its writer thread.
     pub fn new(vault: crate::vault::Vault) -> Self {
-        VaultSecrets {
-            vault: Mutex::new(vault),
+        let (committed, _) = tokio::sync::watch::channel(Committed::default());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                vault,
+                changes: 0,
+                closing: false,
+            }),
+            wake: Condvar::new(),
+            committed,
+            saves: AtomicU64::new(0),
+        });
+        let for_writer = Arc::clone(&shared);
+        let writer = std::thread::Builder::new()
+            .name("roomkey-vault-writer".into())
+            .spawn(move || writer_loop(&for_writer))
+            .ok();
+        if writer.is_none() {
+            // No thread, no saves: every change fails rather than waiting forever.
+            shared.committed.send_modify(|c| {
+                c.failed_upto = u64::MAX;
+                c.error = Some(Arc::from("cannot start the vault writer thread"));
+            });
         }
+        VaultSecrets {
+            shared,
+            writer: Mutex::new(writer),
+        }
+    }
+
+    /// How many saves (whole-vault writes) were done, and how many changes they carried —
+    /// for tests and benchmarks: group commit makes the first far smaller than the second
+    /// when many devices change the vault at once.
+    pub fn save_counts(&self) -> (u64, u64) {
+        let changes = self.shared.state.lock().map(|s| s.changes).unwrap_or(0);
+        (self.shared.saves.load(Ordering::Relaxed), changes)
     }
 
     fn with<T>(
@@ -231,20 +322,125 @@ impl VaultSecrets {
         f: impl FnOnce(&mut crate::vault::Vault) -> Result<T, SecretStoreError>,
     ) -> Result<T, SecretStoreError> {
         let mut guard = self
-            .vault
+            .shared
+            .state
             .lock()
             .map_err(|_| SecretStoreError::Vault("vault lock poisoned".into()))?;
-        f(&mut guard)
+        f(&mut guard.vault)
     }
 
-    fn change(
+    /// Applies `f` to the in-memory vault and, if it changed anything (`Ok(true)`), waits
+    /// for the save that carries the change. The lock is held only for `f`.
+    async fn commit<T>(
+        &self,
+        f: impl FnOnce(&mut crate::vault::Vault) -> Result<(T, bool), SecretStoreError>,
+    ) -> Result<T, SecretStoreError> {
+        let (value, ticket) = {
+            let mut guard = self
+                .shared
+                .state
+                .lock()
+                .map_err(|_| SecretStoreError::Vault("vault lock poisoned".into()))?;
+            let (value, changed) = f(&mut guard.vault)?;
+            if !changed {
+                return Ok(value);
+            }
+            guard.changes += 1;
+            (value, guard.changes)
+        };
+        self.shared.wake.notify_one();
+        self.durable(ticket).await?;
+        Ok(value)
+    }
+
+    /// Waits until the change with `ticket` is on disk, or the save carrying it failed.
+    async fn durable(&self, ticket: u64) -> Result<(), SecretStoreError> {
+        let mut rx = self.shared.committed.subscribe();
+        let seen = rx
+            .wait_for(|c| c.durable >= ticket || c.failed_upto >= ticket)
+            .await
+            .map_err(|_| SecretStoreError::Vault("the vault writer stopped".into()))?;
+        if seen.durable >= ticket {
+            return Ok(());
+        }
+        Err(SecretStoreError::Vault(format!(
+            "saving the vault failed, so this change is not recorded: {}",
+            seen.error.as_deref().unwrap_or("unknown error")
+        )))
+    }
+
+    /// Applies a vault change and waits for the save that carries it.
+    async fn change(
         &self,
         f: impl FnOnce(&mut crate::vault::Vault) -> Result<(), crate::vault::VaultError>,
     ) -> Result<(), SecretStoreError> {
-        self.with(|v| {
-            f(v).and_then(|_| v.save())
-                .map_err(|e| SecretStoreError::Vault(e.to_string()))
-        })
+        self.commit(|v| f(v).map(|()| ((), true)).map_err(vault_err))
+            .await
+    }
+}
+
+/// Marks every change not yet saved as failed when the writer ends for any reason (a
+/// panic included), so no caller waits forever.
+struct FailRemaining<'a>(&'a Shared);
+
+impl Drop for FailRemaining<'_> {
+    fn drop(&mut self) {
+        self.0.committed.send_modify(|c| {
+            c.failed_upto = u64::MAX;
+            if c.error.is_none() {
+                c.error = Some(Arc::from("the vault writer stopped"));
+            }
+        });
+    }
+}
+
+/// The writer thread: whenever changes are waiting, snapshot the vault (a copy, under the
+/// lock), then seal and write it with the lock released, so callers keep changing the
+/// vault meanwhile — those changes are the next save's batch. Ends once the store is
+/// dropped and every change is saved.
+fn writer_loop(shared: &Shared) {
+    let _guard = FailRemaining(shared);
+    let mut saved = 0u64;
+    loop {
+        let (snapshot, upto) = {
+            let Ok(mut st) = shared.state.lock() else {
+                return;
+            };
+            while st.changes == saved && !st.closing {
+                st = match shared.wake.wait(st) {
+                    Ok(st) => st,
+                    Err(_) => return,
+                };
+            }
+            if st.changes == saved {
+                return; // closing, nothing left to save
+            }
+            (st.vault.snapshot(), st.changes)
+        };
+        let result = snapshot.and_then(crate::vault::Snapshot::write);
+        saved = upto;
+        shared.saves.fetch_add(1, Ordering::Relaxed);
+        shared.committed.send_modify(|c| match &result {
+            Ok(()) => c.durable = upto,
+            Err(e) => {
+                c.failed_upto = upto;
+                c.error = Some(Arc::from(e.to_string()));
+            }
+        });
+    }
+}
+
+impl Drop for VaultSecrets {
+    fn drop(&mut self) {
+        if let Ok(mut st) = self.shared.state.lock() {
+            st.closing = true;
+        }
+        self.shared.wake.notify_one();
+        let handle = self.writer.get_mut().ok().and_then(Option::take);
+        if let Some(handle) = handle {
+            // The last changes are written before the vault (and its lock) is released.
+            let _ = handle.join();
+        }
     }
 }
 
@@ -257,13 +453,13 @@ impl VaultSecrets {
         self.with(|v| Ok(f(v)))
     }
 
-    /// Changes the vault and saves it durably before returning (for bookkeeping the trait
+    /// Changes the vault and returns once the change is durable (for bookkeeping the trait
     /// does not cover, e.g. `roomkey secret reset`).
-    pub fn update(
+    pub async fn update(
         &self,
         f: impl FnOnce(&mut crate::vault::Vault) -> Result<(), crate::vault::VaultError>,
     ) -> Result<(), SecretStoreError> {
-        self.change(f)
+        self.change(f).await
     }
 }
 
@@ -271,6 +467,7 @@ fn vault_err(e: crate::vault::VaultError) -> SecretStoreError {
     SecretStoreError::Vault(e.to_string())
 }
 
+#[async_trait::async_trait]
 impl SecretStore for VaultSecrets {
     fn current(&self, device: &Device) -> Result<Secret, SecretStoreError> {
         if let ClientSecretSource::Env(var) = &device.client_secret {
@@ -290,14 +487,18 @@ impl SecretStore for VaultSecrets {
             .unwrap_or(false)
     }
 
-    fn mark_seeded(&self, device: &Device) -> Result<(), SecretStoreError> {
-        if self.is_seeded(device) {
-            return Ok(());
-        }
+    async fn mark_seeded(&self, device: &Device) -> Result<(), SecretStoreError> {
         if matches!(device.client_secret, ClientSecretSource::Env(_)) {
             return Ok(());
         }
-        self.change(|v| v.mark_seeded(&device.name))
+        self.commit(|v| {
+            if v.device(&device.name).is_some_and(|d| d.seeded) {
+                return Ok(((), false));
+            }
+            v.mark_seeded(&device.name).map_err(vault_err)?;
+            Ok(((), true))
+        })
+        .await
     }
 
     fn pending(&self, device: &Device) -> Result<Option<Secret>, SecretStoreError> {
@@ -308,49 +509,51 @@ impl SecretStore for VaultSecrets {
         })
     }
 
-    fn begin_rotation(&self, device: &Device) -> Result<Secret, SecretStoreError> {
+    async fn begin_rotation(&self, device: &Device) -> Result<Secret, SecretStoreError> {
         if let ClientSecretSource::Env(var) = &device.client_secret {
             return Err(SecretStoreError::RotationNeedsVault {
                 device: device.name.clone(),
                 var: var.clone(),
             });
         }
-        if let Some(p) = self.pending(device)? {
-            return Ok(p);
-        }
-        let new = crate::vault::generate_phrase();
-        let keep = new.clone();
-        self.with(|v| {
-            v.begin_rotation(&device.name, new)
-                .and_then(|_| v.save())
-                .map_err(vault_err)
-        })?;
-        Ok(keep)
+        self.commit(|v| {
+            // An unresolved rotation's pending secret is reused, never replaced. It may
+            // still be on its way to disk (another call's batch): waiting for the ticket
+            // of this call is enough, since it is later than that change's.
+            if let Some(p) = v.device(&device.name).and_then(|d| d.pending.as_ref()) {
+                return Ok((p.secret.clone(), false));
+            }
+            let new = crate::vault::generate_phrase();
+            v.begin_rotation(&device.name, new.clone())
+                .map_err(vault_err)?;
+            Ok((new, true))
+        })
+        .await
     }
 
-    fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
-        self.change(|v| v.promote_pending(&device.name))
+    async fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.change(|v| v.promote_pending(&device.name)).await
     }
 
-    fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
-        self.change(|v| v.abandon_pending(&device.name))
+    async fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.change(|v| v.abandon_pending(&device.name)).await
     }
 
-    fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError> {
+    async fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError> {
         if matches!(device.client_secret, ClientSecretSource::Env(_)) {
             return Ok(());
         }
-        self.with(|v| {
+        self.commit(|v| {
             let settled = v.device(&device.name).is_some_and(|d| {
                 d.seeded && d.pending.is_none() && d.state == crate::vault::SecretState::Ok
             });
             if settled {
-                return Ok(());
+                return Ok(((), false));
             }
-            v.confirm_current(&device.name)
-                .and_then(|_| v.save())
-                .map_err(vault_err)
+            v.confirm_current(&device.name).map_err(vault_err)?;
+            Ok(((), true))
         })
+        .await
     }
 
     fn candidates(&self, device: &Device) -> Result<Vec<(Held, Secret)>, SecretStoreError> {
@@ -370,8 +573,13 @@ impl SecretStore for VaultSecrets {
         })
     }
 
-    fn record_attempt(&self, device: &Device, sent_as: Reading) -> Result<(), SecretStoreError> {
+    async fn record_attempt(
+        &self,
+        device: &Device,
+        sent_as: Reading,
+    ) -> Result<(), SecretStoreError> {
         self.change(|v| v.record_attempt(&device.name, sent_as))
+            .await
     }
 
     fn pending_reading(&self, device: &Device) -> Result<Option<Reading>, SecretStoreError> {
@@ -382,13 +590,17 @@ impl SecretStore for VaultSecrets {
         })
     }
 
-    fn settle(&self, device: &Device, held: Held) -> Result<Option<Reading>, SecretStoreError> {
+    async fn settle(
+        &self,
+        device: &Device,
+        held: Held,
+    ) -> Result<Option<Reading>, SecretStoreError> {
         match held {
-            Held::Current => self.confirm_current(device).map(|_| None),
+            Held::Current => self.confirm_current(device).await.map(|_| None),
             Held::Pending => {
                 // A pending secret recorded before readings were tracked was sent raw.
                 let reading = self.pending_reading(device)?.unwrap_or(Reading::Raw);
-                self.promote_pending(device)?;
+                self.promote_pending(device).await?;
                 Ok(Some(reading))
             }
             Held::Alternate(i) => {
@@ -403,7 +615,8 @@ impl SecretStore for VaultSecrets {
                             ))
                         })
                 })?;
-                self.change(|v| v.promote_alternate(&device.name, i))?;
+                self.change(|v| v.promote_alternate(&device.name, i))
+                    .await?;
                 Ok(Some(reading))
             }
         }
@@ -422,7 +635,7 @@ impl SecretStore for VaultSecrets {
         .flatten()
     }
 
-    fn learn_reading(
+    async fn learn_reading(
         &self,
         device: &Device,
         release: &str,
@@ -432,6 +645,7 @@ impl SecretStore for VaultSecrets {
             return Ok(());
         }
         self.change(|v| v.learn_reading(&device.name, release, reading).map(|_| ()))
+            .await
     }
 
     fn is_secret_unknown(&self, device: &Device) -> bool {
@@ -442,8 +656,8 @@ impl SecretStore for VaultSecrets {
         .unwrap_or(false)
     }
 
-    fn mark_secret_unknown(&self, device: &Device) -> Result<(), SecretStoreError> {
-        self.change(|v| v.mark_secret_unknown(&device.name))
+    async fn mark_secret_unknown(&self, device: &Device) -> Result<(), SecretStoreError> {
+        self.change(|v| v.mark_secret_unknown(&device.name)).await
     }
 
     fn credential(&self, device: &Device, name: &str) -> Result<Secret, SecretStoreError> {
@@ -473,8 +687,8 @@ mod tests {
         .devices
     }
 
-    #[test]
-    fn vault_bookkeeping_is_saved_and_never_drops_a_secret() {
+    #[tokio::test]
+    async fn vault_bookkeeping_is_saved_and_never_drops_a_secret() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vault");
         let pass = Secret::new("unit test passphrase");
@@ -488,15 +702,15 @@ mod tests {
 
         // Rotation needs the vault: an env-sourced device is refused, nothing recorded.
         assert!(matches!(
-            store.begin_rotation(r2),
+            store.begin_rotation(r2).await,
             Err(SecretStoreError::RotationNeedsVault { .. })
         ));
 
-        store.confirm_current(r1).unwrap();
+        store.confirm_current(r1).await.unwrap();
         assert!(store.is_seeded(r1));
         // begin_rotation is durable and idempotent: the same pending secret until resolved.
-        let p = store.begin_rotation(r1).unwrap();
-        assert_eq!(store.begin_rotation(r1).unwrap(), p);
+        let p = store.begin_rotation(r1).await.unwrap();
+        assert_eq!(store.begin_rotation(r1).await.unwrap(), p);
         let on_disk = Vault::open_read_only(&path, &pass).unwrap();
         assert_eq!(
             on_disk
@@ -511,9 +725,9 @@ mod tests {
 
         // Neither secret worked, then the device proved the current one: the pending
         // secret is kept as previous.
-        store.mark_secret_unknown(r1).unwrap();
+        store.mark_secret_unknown(r1).await.unwrap();
         assert!(store.is_secret_unknown(r1));
-        store.confirm_current(r1).unwrap();
+        store.confirm_current(r1).await.unwrap();
         assert!(!store.is_secret_unknown(r1));
         let on_disk = Vault::open_read_only(&path, &pass).unwrap();
         let d = on_disk.device("r1").unwrap();
@@ -523,12 +737,96 @@ mod tests {
         assert_eq!(d.current.as_ref().unwrap().secret.expose(), "first secret");
 
         // A promoted rotation: the old current becomes previous.
-        let p2 = store.begin_rotation(r1).unwrap();
-        store.promote_pending(r1).unwrap();
+        let p2 = store.begin_rotation(r1).await.unwrap();
+        store.promote_pending(r1).await.unwrap();
         assert_eq!(store.current(r1).unwrap(), p2);
         let on_disk = Vault::open_read_only(&path, &pass).unwrap();
         let d = on_disk.device("r1").unwrap();
         assert_eq!(d.previous.len(), 2);
         assert_eq!(d.previous[0].secret.expose(), "first secret");
+    }
+
+    /// A vault with `n` unseeded devices `d0`..`d{n-1}`, and their inventory entries.
+    fn fleet(dir: &std::path::Path, n: usize) -> (std::path::PathBuf, VaultSecrets, Vec<Device>) {
+        let path = dir.join("sub").join("vault");
+        let mut v = Vault::create(&path, &Secret::new("unit test passphrase")).unwrap();
+        let mut yaml = String::from("defaults:\n  auth: { password_env: PW }\ndevices:\n");
+        for i in 0..n {
+            v.set_current(
+                &format!("d{i}"),
+                crate::vault::generate_phrase(),
+                false,
+                None,
+            )
+            .unwrap();
+            yaml.push_str(&format!("  d{i}: {{ host: 127.230.0.{} }}\n", i + 1));
+        }
+        v.save().unwrap();
+        let devices = crate::inventory::parse(std::path::Path::new("inv.yaml"), &yaml)
+            .unwrap()
+            .devices;
+        (path, VaultSecrets::new(v), devices)
+    }
+
+    /// Many devices changing the vault at once share saves, and each change is on disk
+    /// when its call returns.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_that_arrive_together_share_a_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, store, devices) = fleet(dir.path(), 50);
+        let store = Arc::new(store);
+        // Hold the writer (the vault lock) so every change is applied before any save.
+        let held = store.shared.state.lock().unwrap();
+        let tasks: Vec<_> = devices
+            .iter()
+            .cloned()
+            .map(|d| {
+                let (store, path) = (Arc::clone(&store), path.clone());
+                tokio::spawn(async move {
+                    store.confirm_current(&d).await.unwrap();
+                    // Durable when the call returns: a fresh read of the file has it.
+                    let on_disk =
+                        Vault::open_read_only(&path, &Secret::new("unit test passphrase")).unwrap();
+                    assert!(on_disk.device(&d.name).unwrap().seeded, "{}", d.name);
+                })
+            })
+            .collect();
+        drop(held);
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (saves, changes) = store.save_counts();
+        assert_eq!(changes, 50);
+        assert!(saves < 50 / 4, "{saves} saves for {changes} changes");
+        let on_disk = Vault::open_read_only(&path, &Secret::new("unit test passphrase")).unwrap();
+        assert!(devices
+            .iter()
+            .all(|d| on_disk.device(&d.name).unwrap().seeded));
+    }
+
+    /// A failed save fails every caller whose change it carried (none proceeds believing
+    /// its change durable); the next save that works carries them all.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_save_reaches_every_waiting_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, store, devices) = fleet(dir.path(), 20);
+        let store = Arc::new(store);
+        // The vault's directory disappears (as root, permissions would not stop a write).
+        std::fs::remove_dir_all(path.parent().unwrap()).unwrap();
+        let results = futures::future::join_all(devices.iter().map(|d| {
+            let store = Arc::clone(&store);
+            async move { store.begin_rotation(d).await }
+        }))
+        .await;
+        for (d, r) in devices.iter().zip(&results) {
+            let e = r.as_ref().expect_err(&d.name);
+            assert!(e.to_string().contains("saving the vault failed"), "{e}");
+        }
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        store.confirm_current(&devices[0]).await.unwrap();
+        let on_disk = Vault::open_read_only(&path, &Secret::new("unit test passphrase")).unwrap();
+        // The pending secrets applied in memory went to disk with the save that worked:
+        // more is recorded than was acted on, never less.
+        assert!(on_disk.device("d1").unwrap().pending.is_some());
     }
 }

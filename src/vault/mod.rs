@@ -264,27 +264,28 @@ impl Vault {
     }
 
     /// Encrypts (fresh nonce) and writes the vault atomically; returns only once the new
-    /// file and its directory entry are fsynced.
+    /// file and its directory entry are fsynced. The file key was derived when the vault was
+    /// opened: a save never runs the passphrase's scrypt again.
     pub fn save(&mut self) -> Result<(), VaultError> {
+        self.snapshot()?.write()
+    }
+
+    /// A copy of the document as it stands, with what saving it needs (the derived key,
+    /// never the passphrase), to be sealed and written later — by `engine::secrets`'s
+    /// writer thread, without holding up the callers that keep changing the vault.
+    pub fn snapshot(&self) -> Result<Snapshot, VaultError> {
         if self.lock.is_none() {
             return Err(VaultError::ReadOnly {
                 path: self.path.clone(),
             });
         }
-        let plain = serialize(&self.doc).map_err(|_| VaultError::Corrupt {
+        Ok(Snapshot {
             path: self.path.clone(),
-            reason: "cannot serialize the vault".to_owned(),
-        })?;
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let header = Header {
+            doc: self.doc.clone(),
+            key: self.key.clone(),
             kdf: self.kdf,
             salt: self.salt,
-            nonce,
-        };
-        let bytes = format::seal(&self.key, &header, &plain)
-            .map_err(|e| VaultError::format(&self.path, e))?;
-        write_atomic(&self.path, &bytes).map_err(VaultError::io(&self.path, "write the vault"))
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -459,6 +460,45 @@ impl Vault {
     /// Removes a named credential; returns whether it existed.
     pub fn remove_credential(&mut self, name: &str) -> bool {
         self.doc.credentials.remove(name).is_some()
+    }
+}
+
+/// The vault's content at one moment, ready to be saved (see [`Vault::snapshot`]). Its
+/// secrets are zeroized when it is dropped (`Secret`, and the key is `Zeroizing`).
+pub struct Snapshot {
+    path: PathBuf,
+    doc: Document,
+    key: Zeroizing<[u8; 32]>,
+    kdf: KdfParams,
+    salt: [u8; SALT_LEN],
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    /// Serializes, encrypts (fresh nonce) and writes it atomically; returns only once the
+    /// new file and its directory entry are fsynced. Blocking: call it off the async workers.
+    pub fn write(self) -> Result<(), VaultError> {
+        let plain = serialize(&self.doc).map_err(|_| VaultError::Corrupt {
+            path: self.path.clone(),
+            reason: "cannot serialize the vault".to_owned(),
+        })?;
+        let mut nonce = [0u8; NONCE_LEN];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let header = Header {
+            kdf: self.kdf,
+            salt: self.salt,
+            nonce,
+        };
+        let bytes = format::seal(&self.key, &header, &plain)
+            .map_err(|e| VaultError::format(&self.path, e))?;
+        write_atomic(&self.path, &bytes).map_err(VaultError::io(&self.path, "write the vault"))
     }
 }
 

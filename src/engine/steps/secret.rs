@@ -162,7 +162,7 @@ fn recovery(name: &str) -> String {
 
 /// Flags the device `secret-unknown` in the vault (every candidate kept) and returns the
 /// refusal that makes the engine report it so, with the recovery advice.
-fn secret_unknown(
+async fn secret_unknown(
     ctx: &StepContext<'_>,
     what: &str,
     evidence: &str,
@@ -170,6 +170,7 @@ fn secret_unknown(
     let name = &ctx.prepared.device.name;
     ctx.secrets
         .mark_secret_unknown(&ctx.prepared.device)
+        .await
         .map_err(local)?;
     Err(StepError::Refused(format!(
         "{SECRET_UNKNOWN_PREFIX} the device decrypts no JWE keyed from {what} ({evidence}); \
@@ -206,9 +207,10 @@ pub fn release_of(banner: &str) -> String {
 /// Settles the vault on what a proof showed (promotes a candidate, or confirms the
 /// current secret). Returns the reading holding a new secret revealed (`None` when the
 /// device holds the current one).
-fn settle(ctx: &StepContext<'_>, held: Held) -> Result<Option<Reading>, StepError> {
+async fn settle(ctx: &StepContext<'_>, held: Held) -> Result<Option<Reading>, StepError> {
     ctx.secrets
         .settle(&ctx.prepared.device, held)
+        .await
         .map_err(local)
 }
 
@@ -217,7 +219,7 @@ fn settle(ctx: &StepContext<'_>, held: Held) -> Result<Option<Reading>, StepErro
 /// the device and its release. A device that adopted another reading than expected has
 /// been settled — the vault names the secret it holds — but the step fails, so a canary
 /// stops the run before other devices are rotated under a wrong assumption.
-fn learn(
+async fn learn(
     ctx: &StepContext<'_>,
     reading: Option<Reading>,
     expected: Option<Reading>,
@@ -236,6 +238,7 @@ fn learn(
     }
     ctx.secrets
         .learn_reading(&ctx.prepared.device, &release, reading)
+        .await
         .map_err(local)?;
     Ok(())
 }
@@ -251,7 +254,7 @@ async fn prove_and_settle(ctx: &mut StepContext<'_>) -> Result<StepDone, StepErr
         .is_some();
     match prove(ctx).await? {
         Proof::Holds(Held::Current) => {
-            settle(ctx, Held::Current)?;
+            settle(ctx, Held::Current).await?;
             Ok(unchanged(if had_pending {
                 "the device proved it still holds the current ClientSecret; the unfinished \
                  rotation is abandoned (its secrets kept as previous)"
@@ -261,14 +264,14 @@ async fn prove_and_settle(ctx: &mut StepContext<'_>) -> Result<StepDone, StepErr
         }
         Proof::Holds(held) => {
             let expected = expected_reading(ctx, held);
-            let reading = settle(ctx, held)?;
-            learn(ctx, reading, expected)?;
+            let reading = settle(ctx, held).await?;
+            learn(ctx, reading, expected).await?;
             Ok(unchanged(
                 "the device proved it holds the new ClientSecret: the interrupted rotation \
                  is complete",
             ))
         }
-        Proof::Neither(evidence) => secret_unknown(ctx, "any secret on record", &evidence),
+        Proof::Neither(evidence) => secret_unknown(ctx, "any secret on record", &evidence).await,
         Proof::NoSecret(evidence) => Err(no_secret(ctx, &evidence)),
     }
 }
@@ -331,13 +334,13 @@ pub(super) async fn populate_secret(
     if ctx.resuming {
         match probe(ctx, &current).await? {
             ProbeAnswer::Holds => {
-                ctx.secrets.confirm_current(device).map_err(local)?;
+                ctx.secrets.confirm_current(device).await.map_err(local)?;
                 return Ok(unchanged(
                     "an earlier attempt had seeded the device; it proved the ClientSecret",
                 ));
             }
             ProbeAnswer::DoesNotHold(m) => {
-                return secret_unknown(ctx, "the ClientSecret on record", &m)
+                return secret_unknown(ctx, "the ClientSecret on record", &m).await
             }
             // No secret yet (the earlier attempt did not land): seed it.
             ProbeAnswer::NoSecret(_) => {}
@@ -355,17 +358,17 @@ pub(super) async fn populate_secret(
     let reply = send(ctx, &cmd).await?;
     if reply.is_ok() {
         crate::failpoint::hit("populate-after-reply");
-        ctx.secrets.confirm_current(device).map_err(local)?;
+        ctx.secrets.confirm_current(device).await.map_err(local)?;
         return Ok(changed("ClientSecret seeded (plaintext first seeding)"));
     }
     // Refused: the device most likely has a secret already. Prove it is ours.
     let plaintext_refusal = refusal(&cmd, &reply);
     match probe(ctx, &current).await? {
         ProbeAnswer::Holds => {
-            ctx.secrets.confirm_current(device).map_err(local)?;
+            ctx.secrets.confirm_current(device).await.map_err(local)?;
             Ok(unchanged("the device already holds this ClientSecret"))
         }
-        ProbeAnswer::DoesNotHold(m) => secret_unknown(ctx, "the ClientSecret on record", &m),
+        ProbeAnswer::DoesNotHold(m) => secret_unknown(ctx, "the ClientSecret on record", &m).await,
         ProbeAnswer::NoSecret(m) | ProbeAnswer::Inconclusive(m) => {
             Err(StepError::Refused(format!(
                 "the device refused the first seeding ({plaintext_refusal}) and the proof of \
@@ -429,7 +432,7 @@ pub(super) async fn rotate_secret(
         match prove(ctx).await? {
             Proof::Holds(Held::Current) => {
                 if pending.is_none() {
-                    settle(ctx, Held::Current)?;
+                    settle(ctx, Held::Current).await?;
                     if ctx.resuming {
                         return Ok(unchanged(
                             "an earlier attempt completed the rotation; the device proved \
@@ -441,21 +444,21 @@ pub(super) async fn rotate_secret(
             }
             Proof::Holds(held) => {
                 let expected = expected_reading(ctx, held);
-                let reading = settle(ctx, held)?;
-                learn(ctx, reading, expected)?;
+                let reading = settle(ctx, held).await?;
+                learn(ctx, reading, expected).await?;
                 return Ok(changed(
                     "an earlier attempt had landed: the device proved the new ClientSecret",
                 ));
             }
             Proof::Neither(evidence) => {
-                return secret_unknown(ctx, "any secret on record", &evidence)
+                return secret_unknown(ctx, "any secret on record", &evidence).await
             }
             Proof::NoSecret(evidence) => return Err(no_secret(ctx, &evidence)),
         }
     }
     let device = &ctx.prepared.device;
     let current = ctx.secrets.current(device).map_err(local)?;
-    let new = ctx.secrets.begin_rotation(device).map_err(local)?;
+    let new = ctx.secrets.begin_rotation(device).await.map_err(local)?;
     crate::failpoint::hit("rotate-after-pending-saved");
     write_ahead
         .in_flight("rotate", StepOutputs::default())
@@ -472,6 +475,7 @@ pub(super) async fn rotate_secret(
         // Every secret the device may hold once this command lands, on disk first.
         ctx.secrets
             .record_attempt(&ctx.prepared.device, form)
+            .await
             .map_err(local)?;
         crate::failpoint::hit("rotate-after-candidates-saved");
         crate::failpoint::hit(&format!("rotate-after-candidates-saved-{form}"));
@@ -499,12 +503,12 @@ pub(super) async fn rotate_secret(
         match prove(ctx).await? {
             Proof::Holds(Held::Current) => continue,
             Proof::Holds(held) => {
-                let reading = settle(ctx, held)?;
+                let reading = settle(ctx, held).await?;
                 crate::failpoint::hit("rotate-after-promote");
                 // Holding the phrase means the device read the form just sent; holding
                 // the other reading of it means it did not (after refusing the raw phrase,
                 // or against its release's learned reading).
-                learn(ctx, reading, Some(form))?;
+                learn(ctx, reading, Some(form)).await?;
                 return Ok(changed(match (known, reading) {
                     (Some(_), _) => "ClientSecret rotated".to_string(),
                     (None, Some(r)) => format!(
@@ -515,7 +519,7 @@ pub(super) async fn rotate_secret(
                 }));
             }
             Proof::Neither(evidence) => {
-                return secret_unknown(ctx, "any secret on record", &evidence)
+                return secret_unknown(ctx, "any secret on record", &evidence).await
             }
             Proof::NoSecret(evidence) => return Err(no_secret(ctx, &evidence)),
         }
@@ -524,6 +528,7 @@ pub(super) async fn rotate_secret(
     // rotation (its secrets stay in the vault's history) and stop.
     ctx.secrets
         .confirm_current(&ctx.prepared.device)
+        .await
         .map_err(local)?;
     Err(StepError::Refused(format!(
         "the device did not take the new ClientSecret {} ({}); a proof shows it still holds \
