@@ -220,10 +220,21 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
     let key = playbook_key(&config.playbook);
     // The run log is read-only in check mode: a check neither starts nor continues a run,
     // but it judges devices as the real rerun would (continuing an interrupted run).
-    let opened = RunLog::open(&config.state_dir, &key, config.check_mode).and_then(|mut log| {
-        let current = log.begin(&run_id(), config.new_run)?;
-        Ok((log, current))
-    });
+    // Opened, repaired and appended to (fsync) on the blocking pool: the async workers
+    // never wait on a disk.
+    let opened = {
+        let (state_dir, read_only, new_run) =
+            (config.state_dir.clone(), config.check_mode, config.new_run);
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || {
+            RunLog::open(&state_dir, &key, read_only).and_then(|mut log| {
+                let current = log.begin(&run_id(), new_run)?;
+                Ok((log, current))
+            })
+        })
+        .await
+        .unwrap_or_else(|e| Err(blocking_failed(&config.state_dir, "the run log", &e)))
+    };
     let (mut run_log, run, run_error) = match opened {
         Ok((log, current)) => {
             if current.resumed {
@@ -253,7 +264,7 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
         total_ms: AtomicU64::new(0),
         count: AtomicU64::new(0),
     };
-    for d in journal_durations(&config) {
+    for d in journal_durations(&config).await {
         estimator.record(d);
     }
     let shared = Arc::new(Shared {
@@ -368,13 +379,17 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
     };
     // A run that reached every selected device is over; the next invocation is a new run.
     let reached_all = outcomes.iter().all(|o| !o.status.is_unfinished());
-    if let (Some(log), false, None, true) = (
-        run_log.as_mut(),
+    if let (Some(mut log), false, None, true) = (
+        run_log.take(),
         shared.config.check_mode,
         &stopped_early,
         reached_all,
     ) {
-        if let Err(e) = log.finish(&run) {
+        let id = run.clone();
+        let finished = tokio::task::spawn_blocking(move || log.finish(&id))
+            .await
+            .unwrap_or_else(|e| Err(blocking_failed(&shared.config.state_dir, "the run log", &e)));
+        if let Err(e) = finished {
             shared.reporter.event(&Event::Notice {
                 device: None,
                 message: format!("could not record the run as finished: {e}"),
@@ -488,14 +503,39 @@ fn window_refusal(prepared: &PreparedDevice, reason: String) -> DeviceOutcome {
 
 /// Durations of devices that completed the playbook in earlier runs (from the journal):
 /// from a run's first record of the device to its device-level `done` record.
-fn journal_durations(config: &RunConfig) -> Vec<Duration> {
+/// A blocking-pool task that did not complete (it panicked, or the runtime is shutting
+/// down), as a journal error naming what it was doing.
+fn blocking_failed(
+    state_dir: &std::path::Path,
+    what: &str,
+    e: &tokio::task::JoinError,
+) -> crate::journal::JournalError {
+    crate::journal::JournalError::Io {
+        path: state_dir.to_path_buf(),
+        source: std::io::Error::other(format!("writing {what} failed: {e}")),
+    }
+}
+
+/// How long earlier runs took per device (for the ETA), read from the journals on the
+/// blocking pool: one file per device.
+async fn journal_durations(config: &RunConfig) -> Vec<Duration> {
     let key = playbook_key(&config.playbook);
-    config
+    let state_dir = config.state_dir.clone();
+    let names: Vec<String> = config
         .devices
         .iter()
-        .filter_map(|d| {
-            let journal =
-                DeviceJournal::open_read_only(&config.state_dir, &key, &d.device.name).ok()?;
+        .map(|d| d.device.name.clone())
+        .collect();
+    tokio::task::spawn_blocking(move || journal_durations_of(&state_dir, &key, &names))
+        .await
+        .unwrap_or_default()
+}
+
+fn journal_durations_of(state_dir: &std::path::Path, key: &str, names: &[String]) -> Vec<Duration> {
+    names
+        .iter()
+        .filter_map(|name| {
+            let journal = DeviceJournal::open_read_only(state_dir, key, name).ok()?;
             let records = journal.records();
             let done = records
                 .iter()

@@ -193,6 +193,31 @@ impl KnownHosts {
     }
 }
 
+impl KnownHosts {
+    /// The algorithms of the keys pinned for `host:port` (not revoked), in line order,
+    /// found through the index (the host's exact entries and the patterned ones).
+    pub fn pinned_algorithms(&self, host: &str, port: u16) -> Vec<russh::keys::Algorithm> {
+        let pattern = host_pattern(host, port);
+        let mut candidates: Vec<usize> = self
+            .exact
+            .get(&pattern)
+            .map(|v| v.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .chain(&self.patterned)
+            .copied()
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates
+            .iter()
+            .filter_map(|&i| self.entries.get(i))
+            .filter(|e| !e.revoked && hosts_match(&e.hosts, &pattern))
+            .filter_map(|e| e.key().map(|k| k.algorithm()))
+            .collect()
+    }
+}
+
 fn glob(pattern: &[u8], text: &[u8]) -> bool {
     match pattern.split_first() {
         None => text.is_empty(),
@@ -339,14 +364,31 @@ pub fn preferred_algorithms(
     port: u16,
     defaults: &[russh::keys::Algorithm],
 ) -> Vec<russh::keys::Algorithm> {
+    order_algorithms(
+        &KnownHosts::parse(text).pinned_algorithms(host, port),
+        defaults,
+    )
+}
+
+/// [`preferred_algorithms`] for the file at `path` (missing: empty), through the
+/// process-wide index: the file is parsed once per process, not once per connection.
+/// Blocking (it checks the file's stamp): call it on the blocking pool.
+pub fn preferred_algorithms_at(
+    path: &Path,
+    host: &str,
+    port: u16,
+    defaults: &[russh::keys::Algorithm],
+) -> std::io::Result<Vec<russh::keys::Algorithm>> {
+    let pinned = with_index(path, |index| index.pinned_algorithms(host, port))?;
+    Ok(order_algorithms(&pinned, defaults))
+}
+
+/// `defaults` with the families of `pinned` first, each group in `defaults`' order.
+fn order_algorithms(
+    pinned: &[russh::keys::Algorithm],
+    defaults: &[russh::keys::Algorithm],
+) -> Vec<russh::keys::Algorithm> {
     use russh::keys::Algorithm;
-    let pattern = host_pattern(host, port);
-    let pinned: Vec<Algorithm> = KnownHosts::parse(text)
-        .entries
-        .iter()
-        .filter(|e| !e.revoked && hosts_match(&e.hosts, &pattern))
-        .filter_map(|e| e.key().map(|k| k.algorithm()))
-        .collect();
     let same_family = |a: &Algorithm, p: &Algorithm| match (a, p) {
         (Algorithm::Rsa { .. }, Algorithm::Rsa { .. }) => true,
         _ => a == p,
@@ -681,6 +723,23 @@ mod tests {
         );
         assert_eq!(
             preferred_algorithms("", "10.0.0.5", 22, &defaults),
+            defaults
+        );
+        // From a file, through the process-wide index: the same answers, a missing file
+        // gives the defaults, and a key pinned later is seen.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("known_hosts");
+        assert_eq!(
+            preferred_algorithms_at(&path, "10.0.0.5", 22, &defaults).unwrap(),
+            defaults
+        );
+        std::fs::write(&path, &line).unwrap();
+        assert_eq!(
+            preferred_algorithms_at(&path, "10.0.0.5", 22, &defaults).unwrap(),
+            order
+        );
+        assert_eq!(
+            preferred_algorithms_at(&path, "10.0.0.6", 22, &defaults).unwrap(),
             defaults
         );
     }

@@ -205,15 +205,22 @@ impl TshSession {
             rejection: rejection.clone(),
         };
         let mut config = client_config(opts);
-        // Offer first the host key types already pinned for this device (as OpenSSH does).
-        if let Ok(text) = known_hosts::read(&opts.known_hosts) {
-            config.preferred.key = known_hosts::preferred_algorithms(
-                &text,
-                &host,
-                port,
-                &russh::Preferred::DEFAULT.key,
-            )
-            .into();
+        // Offer first the host key types already pinned for this device (as OpenSSH does),
+        // from the process-wide known_hosts index, on the blocking pool (it stats the file).
+        let preferred = {
+            let (path, host) = (opts.known_hosts.clone(), host.clone());
+            tokio::task::spawn_blocking(move || {
+                known_hosts::preferred_algorithms_at(
+                    &path,
+                    &host,
+                    port,
+                    &russh::Preferred::DEFAULT.key,
+                )
+            })
+            .await
+        };
+        if let Ok(Ok(order)) = preferred {
+            config.preferred.key = order.into();
         }
         let config = Arc::new(config);
 
@@ -597,12 +604,22 @@ async fn authenticate(
         }
         ClientAuth::KeyboardInteractive(pw) => keyboard_interactive(handle, opts, pw).await,
         ClientAuth::KeyFile { path, passphrase } => {
-            let key = russh::keys::load_secret_key(path, passphrase.as_ref().map(Secret::expose))
-                .map_err(|e| SshError::Key {
+            // Read and decrypted (an OpenSSH key's bcrypt KDF is CPU-heavy) on the blocking
+            // pool, not on the async worker that other devices' sessions share.
+            let loaded = {
+                let (path, passphrase) = (path.clone(), passphrase.clone());
+                tokio::task::spawn_blocking(move || {
+                    russh::keys::load_secret_key(&path, passphrase.as_ref().map(Secret::expose))
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("loading the key failed: {e}")))
+            };
+            let key = loaded.map_err(|detail| SshError::Key {
                 host: opts.host.clone(),
                 port: opts.port,
                 path: path.clone(),
-                detail: e.to_string(),
+                detail,
             })?;
             let hash = if key.algorithm().is_rsa() {
                 handle
