@@ -138,6 +138,19 @@ impl KdfPool {
             .await
     }
 
+    /// [`jwe::derive_key`] off the executor, bounded (the simulator's key cache derives
+    /// once and opens many JWEs with the key).
+    pub async fn derive(
+        &self,
+        secret: &Secret,
+        salt: Vec<u8>,
+        enc: Enc,
+    ) -> Result<Zeroizing<Vec<u8>>, JweError> {
+        let secret = secret.clone();
+        self.run_bounded(move || jwe::derive_key(secret.as_bytes(), &salt, enc))
+            .await
+    }
+
     /// [`jwe::open`] off the executor, bounded. The JWE is parsed first, so a malformed one
     /// fails at once without taking a slot.
     pub async fn open(

@@ -59,6 +59,17 @@ pub struct Args {
     /// Concurrent scrypt derivations (default: one per core).
     #[arg(long)]
     pub kdf_parallel: Option<usize>,
+    /// Device time each scrypt derivation takes on top of this machine's, in
+    /// milliseconds (a Room Kit's CPU is much slower): waited, not spent on a core.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub device_scrypt_ms: u64,
+    /// Reuse a device's derived JWE key when a JWE repeats the (secret, salt) of a recent
+    /// one, so one controller session costs the device one derivation. Off by default
+    /// (whether real devices cache is unknown); `roomkey bench` turns it on so the
+    /// simulator, which shares the cores with the controller, spends what the bench
+    /// models rather than a derivation per JWE.
+    #[arg(long)]
+    pub cache_jwe_keys: bool,
     /// Serve a simulated SCEP server at this URL (what `scep_enroll` names); its CA is
     /// `--scep-ca`, its challenge password comes from ROOMKEY_SIM_SCEP_CHALLENGE.
     #[arg(long, value_name = "URL", requires = "scep_ca")]
@@ -172,11 +183,18 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         None => roomkey::kdf::KdfPool::per_core(),
     };
     let usage = kdf.clone();
+    let device_cpu = sim::device_cpu::DeviceCpu {
+        cache_keys: args.cache_jwe_keys,
+        derivation_delay: Duration::from_millis(args.device_scrypt_ms),
+        account: std::sync::Arc::default(),
+    };
+    let device_time = std::sync::Arc::clone(&device_cpu.account);
     let opts = FleetOptions {
         state_dir: args.state_dir.clone(),
         kdf,
         boot_delay: Duration::from_secs(args.boot_delay),
         scep_servers: scep_servers(&args)?,
+        device_cpu,
         ..FleetOptions::default()
     };
     let rt = tokio::runtime::Runtime::new().context("starting the async runtime")?;
@@ -196,6 +214,12 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         println!(
             "scrypt: {} derivations, {} ms CPU",
             used.derivations, used.cpu_ms
+        );
+        // The simulated device time (read by `roomkey bench` for the devices' floor).
+        let dt = device_time.usage();
+        println!(
+            "device time: {} ms latency, {} ms derivation delay, {} derivations, {} keys reused",
+            dt.latency_ms, dt.derivation_delay_ms, dt.derivations, dt.reused
         );
         Ok::<_, anyhow::Error>(())
     })?;

@@ -4,11 +4,13 @@
 //! - [`model`]: the pure device (secret, certificates, CAs, status/config trees);
 //! - [`tsh_server`]: the pure device side of the TSH line protocol;
 //! - [`faults`]: deterministic fault plans;
+//! - [`device_cpu`]: what opening a JWE costs a device (bench settings, device time);
 //! - [`variants`]: the alternatives a device can play where real devices are uncertain;
 //! - [`scep`]: simulated SCEP servers (a test CA and a challenge per URL);
 //! - [`store`]: persisted state and host keys (atomic, 0600);
 //! - [`server`]: the russh listeners and sessions ([`Fleet`]).
 
+pub mod device_cpu;
 pub mod faults;
 pub mod model;
 pub mod scep;

@@ -54,6 +54,8 @@ pub struct FleetOptions {
     pub auth_rejection_time: Duration,
     /// The SCEP servers every device can reach (by URL).
     pub scep_servers: Vec<super::scep::ScepServer>,
+    /// What opening a JWE costs a device (bench settings; default: no delay, no cache).
+    pub device_cpu: super::device_cpu::DeviceCpu,
 }
 
 impl Default for FleetOptions {
@@ -64,6 +66,7 @@ impl Default for FleetOptions {
             boot_delay: Duration::from_secs(5),
             auth_rejection_time: Duration::from_millis(200),
             scep_servers: Vec::new(),
+            device_cpu: super::device_cpu::DeviceCpu::default(),
         }
     }
 }
@@ -163,6 +166,9 @@ struct DeviceRuntime {
     log: StdMutex<Vec<LoggedCommand>>,
     store: Option<Store>,
     kdf: KdfPool,
+    /// JWE opening cost settings, and this device's derived keys (used only if cached).
+    cpu: super::device_cpu::DeviceCpu,
+    keys: super::device_cpu::KeyCache,
     boot: watch::Sender<u64>,
     down_until: StdMutex<Option<tokio::time::Instant>>,
     boot_delay: Duration,
@@ -286,7 +292,7 @@ impl DeviceRuntime {
                 return Err(crate::jwe::JweError::Authentication);
             }
         }
-        self.kdf.open(job.compact.clone(), &job.secret).await
+        super::device_cpu::open(&self.cpu, &self.keys, &self.kdf, &job.compact, &job.secret).await
     }
 
     /// Opens the request's JWE (if any) off the executor, then applies it to the model and
@@ -712,6 +718,7 @@ async fn run_tsh(
                     let flow = process_frame(&rt, &mut st, &line, body).await;
                     if !rt.latency.is_zero() {
                         tokio::time::sleep(rt.latency).await;
+                        rt.cpu.account.add_latency(rt.latency);
                     }
                     match flow {
                         Flow::Reply(text) => {
@@ -1094,6 +1101,8 @@ impl Fleet {
                 log: StdMutex::new(Vec::new()),
                 store,
                 kdf: opts.kdf.clone(),
+                cpu: opts.device_cpu.clone(),
+                keys: super::device_cpu::KeyCache::default(),
                 boot,
                 down_until: StdMutex::new(None),
                 boot_delay: opts.boot_delay,
