@@ -584,6 +584,11 @@ pub struct Policy {
     pub device_estimate: Duration,
     /// JWE salts: `per-session` (default) or `per-jwe` (see [`KdfSalt`]).
     pub kdf_salt: KdfSalt,
+    /// How long `ClientSecret Populate` waits for the first byte of its reply before
+    /// roomkey ends a body the device may be waiting for (catalogue
+    /// `command.populate-form`); capped at half the command timeout.
+    #[serde(deserialize_with = "duration")]
+    pub body_wait: Duration,
 }
 
 impl Default for Policy {
@@ -600,6 +605,8 @@ impl Default for Policy {
             connection_rate: None,
             device_estimate: Duration::from_secs(120),
             kdf_salt: KdfSalt::PerSession,
+            // The session's own default (`ssh::DEFAULT_BODY_WAIT`).
+            body_wait: Duration::from_secs(5),
         }
     }
 }
@@ -662,6 +669,7 @@ const POLICY_KEYS: &[&str] = &[
     "connection_rate",
     "device_estimate",
     "kdf_salt",
+    "body_wait",
 ];
 
 /// Every step name, as written in playbooks (see [`Step::kind`]).
@@ -1162,6 +1170,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
         ("keepalive_interval", file.policy.keepalive_interval, true),
         ("retry_backoff", file.policy.retry_backoff, true),
         ("device_estimate", file.policy.device_estimate, true),
+        ("body_wait", file.policy.body_wait, false),
     ] {
         if let Some(message) = check_timeout(name, d, zero_ok) {
             problem(&policy_at(name), message);
