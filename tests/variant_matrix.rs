@@ -95,7 +95,7 @@ async fn shipped_playbooks_against_every_variant() {
     let all = format!("exit {code}\n{stdout}\n{stderr}\n{got:#?}");
     for (key, _) in &variants {
         let name = name_of(key);
-        let (status, reason) = &got[&name];
+        let (status, _) = &got[&name];
         match *key {
             // catalogue command.populate-form: a device that reads Populate as a
             // multi-line command waits for a body after roomkey's one-line Populate; after

@@ -42,6 +42,26 @@ pub const MAX_VALUE_LEN: usize = 128;
 /// How long an enrolled certificate is valid (the request asks for one year).
 pub const VALIDITY_DAYS: i64 = 365;
 
+/// What a simulated SCEP server's CA issues (a fault of the CA, not of the device): what
+/// roomkey must not count as an enrolment (engine `scep::judge_enrolled`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScepIssue {
+    /// A certificate for the requested CN, valid from a minute ago for a year.
+    #[default]
+    Valid,
+    /// One that expired a month ago (a CA with a wrong clock or validity template).
+    Expired,
+    /// One valid only from a month from now.
+    NotYetValid,
+    /// One for a CN the CA assigns itself ([`CA_ASSIGNED_CN`]) instead of the requested one
+    /// (a CA template that overrides the subject).
+    OtherCommonName,
+}
+
+/// The CN a [`ScepIssue::OtherCommonName`] CA puts in every certificate.
+pub const CA_ASSIGNED_CN: &str = "ca-assigned-device";
+
 /// One simulated SCEP server.
 #[derive(Clone)]
 pub struct ScepServer {
@@ -50,6 +70,8 @@ pub struct ScepServer {
     /// Lower-case hex SHA-1 of the CA certificate (what a request's `Fingerprint` names).
     pub ca_fingerprint: String,
     pub challenge: Secret,
+    /// What its CA issues (default: valid certificates).
+    pub issue: ScepIssue,
 }
 
 impl std::fmt::Debug for ScepServer {
@@ -58,6 +80,7 @@ impl std::fmt::Debug for ScepServer {
             .field("url", &self.url)
             .field("ca_fingerprint", &self.ca_fingerprint)
             .field("challenge", &self.challenge)
+            .field("issue", &self.issue)
             .finish()
     }
 }
@@ -84,6 +107,7 @@ impl ScepServer {
             ca,
             ca_fingerprint,
             challenge,
+            issue: ScepIssue::Valid,
         })
     }
 
@@ -118,12 +142,27 @@ impl ScepServer {
                 "Enrollment rejected by the SCEP server: wrong challenge password".into(),
             ));
         }
+        let year = Duration::days(VALIDITY_DAYS);
+        let month = Duration::days(30);
+        let (not_before, not_after) = match self.issue {
+            ScepIssue::Expired => (now - year - month, now - month),
+            ScepIssue::NotYetValid => (now + month, now + month + year),
+            ScepIssue::Valid | ScepIssue::OtherCommonName => {
+                (now - Duration::minutes(1), now + year)
+            }
+        };
+        let overridden;
+        let req = if self.issue == ScepIssue::OtherCommonName {
+            overridden = IssueRequest {
+                common_name: CA_ASSIGNED_CN.to_string(),
+                ..req.clone()
+            };
+            &overridden
+        } else {
+            req
+        };
         self.ca
-            .issue_request(
-                req,
-                now - Duration::minutes(1),
-                now + Duration::days(VALIDITY_DAYS),
-            )
+            .issue_request(req, not_before, not_after)
             .map_err(|e| EnrolError::Refused(format!("The SCEP server could not issue: {e}")))
     }
 }

@@ -20,6 +20,10 @@ pub struct ShownCertificate {
     pub subject: String,
     pub issuer: String,
     pub used_for: Vec<String>,
+    /// `notBefore` / `notAfter` as the device prints them (catalogue `show.fields`,
+    /// `show.time-format`); empty when not shown.
+    pub not_before: String,
+    pub not_after: String,
 }
 
 /// Normalises a fingerprint as devices and tools print it (`AB:CD…`, `abcd…`).
@@ -50,6 +54,8 @@ pub fn parse_show(reply: &Reply) -> Vec<ShownCertificate> {
                 subject: item.get("SubjectName").unwrap_or_default().to_string(),
                 issuer: item.get("IssuerName").unwrap_or_default().to_string(),
                 used_for,
+                not_before: item.get("notBefore").unwrap_or_default().to_string(),
+                not_after: item.get("notAfter").unwrap_or_default().to_string(),
             })
         })
         .collect()
