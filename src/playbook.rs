@@ -440,6 +440,9 @@ pub struct RawXCommand {
 pub struct Empty {}
 
 /// One built-in step.
+// `scep_enroll` carries every SCEP request parameter (a few hundred bytes); a playbook
+// holds a handful of steps, read once per run, so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
