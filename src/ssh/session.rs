@@ -668,7 +668,7 @@ impl TshSession {
 
 /// The read sent to bring a session back in step after a line the device may have
 /// answered on its own (catalogue `status.uptime`).
-const RESYNC_MARKER: &str = "SystemUnit Uptime";
+const RESYNC_MARKER: &str = crate::tsh::UPTIME;
 
 /// Which form of a command that may take a body the device took.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

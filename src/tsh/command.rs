@@ -14,6 +14,10 @@ use zeroize::Zeroizing;
 
 use crate::secret::{Secret, REDACTED};
 
+/// `xStatus SystemUnit Uptime` (catalogue `status.uptime`): the `restart` step judges a
+/// boot by it, and the session reads it as a harmless marker to get back in step.
+pub const UPTIME: &str = "SystemUnit Uptime";
+
 /// The three TSH verbs roomkey speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verb {

@@ -471,13 +471,15 @@ pub(super) fn plan_enroll(
         planned(
             scep_cmd(values, challenge.as_ref()),
             format!(
-                "if no certificate for CN={cn} issued by that CA is listed (the issuer is known \
-                 only if CA Show lists the CA; otherwise it enrols)"
+                "if no valid certificate for CN={cn} (within its dates) issued by that CA is \
+                 listed (the issuer is known only if CA Show lists the CA; otherwise it \
+                 enrols), and no request of an earlier attempt is pending"
             ),
         ),
         planned(
             super::certificate::show_cmd(),
-            "after the request: finds the enrolled certificate's fingerprint",
+            "after the request, until it appears (at most 60 s): the new certificate counts \
+             only if valid for the CN; otherwise the device stops with the reason",
         ),
     ]
 }
