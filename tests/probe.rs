@@ -100,3 +100,70 @@ async fn probe_matches_the_catalogue_and_names_a_variant() {
     );
     lab.fleet.unwrap().shutdown().await;
 }
+
+/// A device whose login is kept in the vault (`auth: { password_vault: NAME }`) is probed
+/// with that password, resolved as `apply` resolves it: no password in the environment, and
+/// the vault opened read-only (it works while another process holds the vault's lock).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_logs_in_with_a_vault_held_password() {
+    let lab = Lab::start(1, 210, |_| FaultPlan::default()).await;
+    lab.set_credentials(&[("room-login", PASSWORD)]);
+    let text = std::fs::read_to_string(&lab.inventory).unwrap();
+    let vaulted = text.replace(
+        "auth: { password_env: ROOMKEY_SIM_PASSWORD }",
+        "auth: { password_vault: room-login }",
+    );
+    assert_ne!(text, vaulted);
+    let inv = lab.path().join("inventory-vault.yaml");
+    std::fs::write(&inv, vaulted).unwrap();
+    // Someone else holds the vault's writer lock for the whole probe.
+    let held =
+        roomkey::vault::Vault::open(&lab.vault, &roomkey::secret::Secret::new(PASSPHRASE)).unwrap();
+    let before = std::fs::read(&lab.vault).unwrap();
+    let transcript = lab.path().join("probe-vault.txt");
+    let out = lab
+        .roomkey(&[
+            "probe",
+            "-i",
+            inv.to_str().unwrap(),
+            "--accept-new-host-keys",
+            "--transcript",
+            transcript.to_str().unwrap(),
+        ])
+        .env_remove("ROOMKEY_SIM_PASSWORD")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(!stdout.contains("not probed"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("login.banner") && l.contains("matches")),
+        "{stdout}"
+    );
+    let text = std::fs::read_to_string(&transcript).unwrap();
+    assert!(!text.contains(PASSWORD), "no password in the transcript");
+    assert!(!stdout.contains(PASSWORD) && !stderr.contains(PASSWORD));
+    drop(held);
+    assert_eq!(
+        std::fs::read(&lab.vault).unwrap(),
+        before,
+        "vault untouched"
+    );
+
+    // A wrong vault-held password: the device is not probed, and the reason says so.
+    lab.set_credentials(&[("room-login", "not the password")]);
+    let out = lab
+        .roomkey(&["probe", "-i", inv.to_str().unwrap()])
+        .env_remove("ROOMKEY_SIM_PASSWORD")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("not probed"), "{stdout}");
+    lab.fleet.unwrap().shutdown().await;
+}
