@@ -974,17 +974,31 @@ fn load_device(
     Ok((Some(st), device, keys))
 }
 
-/// Fresh keys of the given types (in-memory devices, the `wrong_host_key` fault).
-fn random_keys(name: &str, types: &[store::HostKeyType]) -> Result<Vec<PrivateKey>, SimError> {
-    types
-        .iter()
-        .map(|t| {
-            t.random().map_err(|reason| SimError::State {
-                device: name.to_string(),
-                reason: format!("host key: {reason}"),
-            })
-        })
-        .collect()
+/// Fresh keys of the given types (in-memory devices, the `wrong_host_key` fault), made on
+/// a blocking thread: an RSA key takes a noticeable time to generate.
+async fn random_keys(
+    name: &str,
+    types: &[store::HostKeyType],
+) -> Result<Vec<PrivateKey>, SimError> {
+    let owned = types.to_vec();
+    let made = tokio::task::spawn_blocking(move || {
+        owned
+            .iter()
+            .map(|t| t.random())
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await;
+    match made {
+        Ok(Ok(keys)) => Ok(keys),
+        Ok(Err(reason)) => Err(SimError::State {
+            device: name.to_string(),
+            reason: format!("host key: {reason}"),
+        }),
+        Err(_) => Err(SimError::State {
+            device: name.to_string(),
+            reason: "host key generation panicked".into(),
+        }),
+    }
 }
 
 impl Fleet {
@@ -1021,14 +1035,14 @@ impl Fleet {
                 None => (
                     None,
                     Device::new(&spec.name),
-                    random_keys(&spec.name, &types)?,
+                    random_keys(&spec.name, &types).await?,
                 ),
             };
             device.scep_servers = opts.scep_servers.clone();
             device.variants = spec.faults.variants.clone();
             device.populate_reading = spec.faults.populate_reading;
             let presented: Vec<PrivateKey> = if spec.faults.wrong_host_key {
-                random_keys(&spec.name, &types)?
+                random_keys(&spec.name, &types).await?
             } else {
                 host_keys.clone()
             };
