@@ -13,6 +13,7 @@ async fn probe_matches_the_catalogue_and_names_a_variant() {
         variants: if i == 1 {
             Variants {
                 external_identity: roomkey::sim::variants::IdentityForm::Seed,
+                populate_form: roomkey::sim::variants::PopulateForm::MultiLine,
                 ..Variants::default()
             }
         } else {
@@ -45,6 +46,11 @@ async fn probe_matches_the_catalogue_and_names_a_variant() {
         "status.uptime",
         "status.external-identity",
         "show.fields",
+        "help.populate",
+        "help.services-add",
+        "help.services-activate",
+        "help.services-show",
+        "help.scep-request",
         "reply.unknown-command",
     ] {
         assert!(
@@ -60,9 +66,18 @@ async fn probe_matches_the_catalogue_and_names_a_variant() {
     assert!(
         text.contains("< *s Conference EndToEndEncryption ExternalIdentity Status: NotConfigured")
     );
+    assert!(text.contains("> xCommand Security ClientSecret Populate ?"));
+    assert!(text.contains("< *h xCommand Security ClientSecret Populate"));
     assert!(!text.contains(PASSWORD), "no secret in the transcript");
     // Only read-only commands reached the device.
     let snap = lab.snapshot("room-01").await;
+    assert!(
+        snap.commands
+            .iter()
+            .any(|c| c.line == "xCommand Security ClientSecret Populate ?"),
+        "{:?}",
+        snap.commands
+    );
     assert!(
         snap.commands.iter().all(|c| {
             let l = c.line.to_ascii_lowercase();
@@ -70,6 +85,7 @@ async fn probe_matches_the_catalogue_and_names_a_variant() {
                 || l.starts_with("xstatus")
                 || l.contains("show")
                 || l.contains("list")
+                || l.ends_with(" ?")
         }),
         "{:?}",
         snap.commands
@@ -96,6 +112,19 @@ async fn probe_matches_the_catalogue_and_names_a_variant() {
             .any(|l| l.starts_with("status.external-identity")
                 && l.contains("differs")
                 && l.contains("older")),
+        "{stdout}"
+    );
+    // The multi-line Populate form shows in its help: no Secret parameter.
+    assert!(
+        stdout.lines().any(|l| l.starts_with("help.populate")
+            && l.contains("differs")
+            && l.contains("Secret")),
+        "{stdout}"
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("help.services-add") && l.contains("matches")),
         "{stdout}"
     );
     lab.fleet.unwrap().shutdown().await;

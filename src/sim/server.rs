@@ -429,6 +429,11 @@ impl SessionState {
     }
 }
 
+/// The device's help for `path` (read under the model's lock; changes nothing).
+async fn lock_model_help(rt: &DeviceRuntime, kind: Kind, path: &[String]) -> Option<Vec<String>> {
+    rt.model.lock().await.help(kind, path)
+}
+
 async fn process_frame(
     rt: &DeviceRuntime,
     st: &mut SessionState,
@@ -455,6 +460,7 @@ async fn process_frame(
         Parsed::BadPreference => "xpreferences ?".into(),
         Parsed::Feedback { .. } => "xFeedback".into(),
         Parsed::Bye => "bye".into(),
+        Parsed::Help { kind, path } => format!("x{kind:?} {} ?", path.join(" ")),
         Parsed::Syntax { kind, .. } => format!("{kind:?} <syntax error>"),
         Parsed::NotRecognized | Parsed::Empty => "<not recognized>".into(),
     };
@@ -543,6 +549,14 @@ async fn process_frame(
             finish(Flow::Reply(text), if ok { "ok" } else { "error" })
         }
         Parsed::Bye => finish(Flow::Close, "ok"),
+        Parsed::Help { kind, path } => {
+            let lines = lock_model_help(rt, kind, &path).await;
+            let known = lines.is_some();
+            finish(
+                Flow::Reply(tsh::help_reply(lines)),
+                if known { "ok" } else { "not-recognized" },
+            )
+        }
         Parsed::Syntax { kind, reason, .. } => finish(
             Flow::Reply(tsh::render(
                 &tsh::syntax_error(kind, &reason),
