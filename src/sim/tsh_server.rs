@@ -425,9 +425,10 @@ pub fn parse_line(line: &str) -> Parsed {
         "bye" | "exit" | "quit" => return Parsed::Bye,
         _ => return Parsed::NotRecognized,
     };
-    // `<path> ?`: help, whatever the path (the device says whether it knows it). Checked
-    // before the parameters are parsed, so `Services Add ?` takes no body either.
-    if let Some(path) = rest.strip_suffix('?') {
+    // `xCommand <path> ?`: help, whatever the path (the device says whether it knows it).
+    // Checked before the parameters are parsed, so `Services Add ?` takes no body either.
+    // (`xStatus ?` / `xConfiguration ?` list trees on a device; not simulated.)
+    if let Some(path) = rest.strip_suffix('?').filter(|_| kind == Kind::Command) {
         let words: Vec<String> = path.split_whitespace().map(str::to_string).collect();
         let plain = |w: &String| w.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
         if !words.is_empty() && words.iter().all(plain) {
