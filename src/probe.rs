@@ -15,32 +15,32 @@ pub struct ProbeCommand {
     pub command: TshCommand,
 }
 
-/// The `?` help a probe asks for: catalogue entry, command path, and the parameters roomkey
-/// sends with that command (catalogue `help.*`), which the help must list.
-pub const HELP: &[(&str, &str, &[&str])] = &[
+/// A step's command whose help a probe asks for (built by the step's own constructor, so
+/// the path is spelled once).
+type StepCommand = fn() -> Result<TshCommand, crate::tsh::EncodeError>;
+
+/// The `?` help a probe asks for: catalogue entry, the step command, and the parameters
+/// roomkey sends with it (catalogue `help.*`), which the help must list.
+pub const HELP: &[(&str, StepCommand, &[&str])] = &[
     (
         "help.populate",
-        "Security ClientSecret Populate",
+        || steps::populate_command(&crate::secret::Secret::default()),
         &["Secret"],
     ),
     (
         "help.services-add",
-        "Security Certificates Services Add",
+        steps::certificate::services_add,
         &["IsEncrypted"],
     ),
     (
         "help.services-activate",
-        "Security Certificates Services Activate",
+        || steps::certificate::activation_header(true, crate::playbook::Purpose::WebexIdentity),
         &["Fingerprint", "Purpose"],
     ),
-    (
-        "help.services-show",
-        "Security Certificates Services Show",
-        &[],
-    ),
+    ("help.services-show", steps::show_cmd, &[]),
     (
         "help.scep-request",
-        "Security Certificates Services Enrollment SCEP Request",
+        || steps::scep_cmd(&[], None),
         &["URL", "Fingerprint", "CommonName"],
     ),
 ];
@@ -51,10 +51,10 @@ pub const HELP: &[(&str, &str, &[&str])] = &[
 /// device makes of it).
 pub fn commands() -> Result<Vec<ProbeCommand>, crate::tsh::EncodeError> {
     let mut help = Vec::new();
-    for (entry, path, _) in HELP {
+    for (entry, command, _) in HELP {
         help.push(ProbeCommand {
             entry,
-            command: TshCommand::xcommand_help(path)?,
+            command: command()?.into_help()?,
         });
     }
     let mut all = vec![
@@ -91,11 +91,10 @@ pub fn commands() -> Result<Vec<ProbeCommand>, crate::tsh::EncodeError> {
 /// A form the probe does not recognise is `Unknown`, never `Differs`: what RoomOS prints for
 /// help is only inferred. Only a recognised help that lacks a parameter roomkey sends
 /// differs.
-fn judge_help(path: &str, params: &[&str], reply: &Reply) -> Verdict {
+fn judge_help(want: &[String], params: &[&str], reply: &Reply) -> Verdict {
     if reply.status == ReplyStatus::NotRecognized {
         return Verdict::Unknown("the device does not answer `?` help".into());
     }
-    let want: Vec<&str> = path.split_whitespace().collect();
     let mut lines = reply.raw.iter().map(|l| l.trim()).skip_while(|l| {
         let words: Vec<&str> = l.split_whitespace().collect();
         !(words.len() == want.len() + 2
@@ -105,7 +104,7 @@ fn judge_help(path: &str, params: &[&str], reply: &Reply) -> Verdict {
                 .is_some_and(|w| w.eq_ignore_ascii_case("xCommand"))
             && words.get(2..).is_some_and(|rest| {
                 rest.iter()
-                    .zip(&want)
+                    .zip(want)
                     .all(|(a, b)| a.eq_ignore_ascii_case(b))
             }))
     });
@@ -241,9 +240,13 @@ pub fn judge(entry: &'static str, reply: &Reply) -> Finding {
             if ok { Verdict::Matches } else { failed() },
             "renewal profiles use the current names, the older ones on 'Unknown command'",
         ),
-        e if e.starts_with("help.") => match HELP.iter().find(|(h, _, _)| *h == e) {
-            Some((_, path, params)) => (
-                judge_help(path, params, reply),
+        e if e.starts_with("help.") => match HELP
+            .iter()
+            .find(|(h, _, _)| *h == e)
+            .and_then(|(_, c, p)| Some((c().ok()?, p)))
+        {
+            Some((command, params)) => (
+                judge_help(command.path(), params, reply),
                 "none at once: a command whose parameters differ fails with the device's \
                  reason when a playbook sends it",
             ),
@@ -377,7 +380,9 @@ mod tests {
                 } else if p.extension().is_some_and(|x| x == "rs") {
                     files += 1;
                     let text = std::fs::read_to_string(&p).unwrap();
-                    assert!(!text.contains("xcommand_help"), "{}", p.display());
+                    for call in ["xcommand_help", "into_help"] {
+                        assert!(!text.contains(call), "{}: {call}", p.display());
+                    }
                 }
             }
         }

@@ -82,6 +82,8 @@ pub enum EncodeError {
     BodyNotAllowed,
     #[error("parameters are only allowed on xCommand")]
     ParamsNotAllowed,
+    #[error("`?` help is only asked of an xCommand")]
+    HelpNotAllowed,
     #[error("invalid resultId {id:?} (allowed: letters, digits, '_', '-')")]
     InvalidResultId { id: String },
 }
@@ -275,6 +277,24 @@ impl TshCommand {
         let mut cmd = Self::new(Verb::XCommand, path)?;
         cmd.help = true;
         Ok(cmd)
+    }
+
+    /// The `?` help of this xCommand: its verb and path only — parameters and body (and any
+    /// secret in them) are dropped. So the probe asks for help of exactly the commands the
+    /// steps build, without spelling their paths again.
+    pub fn into_help(self) -> Result<Self, EncodeError> {
+        if self.verb != Verb::XCommand {
+            return Err(EncodeError::HelpNotAllowed);
+        }
+        Ok(TshCommand {
+            verb: self.verb,
+            path: self.path.clone(),
+            params: Vec::new(),
+            set_value: None,
+            body: None,
+            proof: false,
+            help: true,
+        })
     }
 
     /// Is this the `?` help of a command ([`xcommand_help`](Self::xcommand_help))?
@@ -591,6 +611,23 @@ mod tests {
         assert!(!TshCommand::xcommand("Security ClientSecret Populate")
             .unwrap()
             .is_help());
+        // The help of a built command keeps its path and drops the rest, secrets included.
+        let full = TshCommand::xcommand("Security ClientSecret Populate")
+            .unwrap()
+            .param_secret("Secret", &Secret::new("ossifrage"))
+            .unwrap();
+        let help = full.into_help().unwrap();
+        assert_eq!(
+            help.encode(&rid("r1")).as_str(),
+            "xCommand Security ClientSecret Populate ?\n"
+        );
+        assert_eq!(
+            TshCommand::xstatus("SystemUnit")
+                .unwrap()
+                .into_help()
+                .unwrap_err(),
+            EncodeError::HelpNotAllowed
+        );
     }
 
     #[test]
