@@ -68,7 +68,7 @@ pub fn show_cmd() -> Result<TshCommand, EncodeError> {
 
 /// `Services Add`: a certificate and key as its body (the identity's as a JWE, a service
 /// certificate's as PEM).
-pub(super) fn services_add() -> Result<TshCommand, EncodeError> {
+pub fn services_add() -> Result<TshCommand, EncodeError> {
     TshCommand::xcommand("Security Certificates Services Add")
 }
 
@@ -78,7 +78,7 @@ fn add_header() -> Result<TshCommand, EncodeError> {
 }
 
 /// `Services Activate|Deactivate Purpose: <p>`, awaiting its `Fingerprint`.
-fn activation_header(activate: bool, purpose: Purpose) -> Result<TshCommand, EncodeError> {
+pub fn activation_header(activate: bool, purpose: Purpose) -> Result<TshCommand, EncodeError> {
     let verb = if activate { "Activate" } else { "Deactivate" };
     TshCommand::xcommand(&format!("Security Certificates Services {verb}"))
         .and_then(|c| c.param_literal("Purpose", purpose.as_str()))
