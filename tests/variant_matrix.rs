@@ -20,8 +20,11 @@ fn shipped(dir: &Path, name: &str) -> PathBuf {
     )
     .unwrap();
     let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    // A generous command timeout: a shared, loaded machine makes the simulated rooms'
+    // scrypt slow, and the matrix tests behaviour, not speed. `body_wait` is short, so the
+    // multi-line Populate is settled long before any timeout.
     let policy: serde_yaml::Value = serde_yaml::from_str(
-        "{ concurrency: 8, connect_timeout: 5s, auth_timeout: 5s, command_timeout: 8s, \
+        "{ concurrency: 8, connect_timeout: 10s, auth_timeout: 10s, command_timeout: 30s, \
            retries: 0, retry_backoff: 100ms, host_key_policy: accept-new, body_wait: 1s }",
     )
     .unwrap();
