@@ -979,7 +979,10 @@ pub fn generate_key_and_csr(cn: &str, sans: &[String]) -> Result<(Secret, String
 pub struct IssueRequest {
     pub common_name: String,
     pub country: Option<String>,
+    pub state: Option<String>,
+    pub locality: Option<String>,
     pub organization: Option<String>,
+    pub organizational_units: Vec<String>,
     pub san_dns: Vec<String>,
     pub san_email: Vec<String>,
     pub san_ip: Vec<String>,
@@ -1108,8 +1111,18 @@ impl TestCa {
         if let Some(c) = req.country.as_deref().filter(|c| !c.is_empty()) {
             dn.push(DnType::CountryName, c);
         }
+        if let Some(st) = req.state.as_deref().filter(|s| !s.is_empty()) {
+            dn.push(DnType::StateOrProvinceName, st);
+        }
+        if let Some(l) = req.locality.as_deref().filter(|l| !l.is_empty()) {
+            dn.push(DnType::LocalityName, l);
+        }
         if let Some(o) = req.organization.as_deref().filter(|o| !o.is_empty()) {
             dn.push(DnType::OrganizationName, o);
+        }
+        // rcgen keeps one value per attribute type: the first unit stands for them all.
+        if let Some(ou) = req.organizational_units.iter().find(|u| !u.is_empty()) {
+            dn.push(DnType::OrganizationalUnitName, ou.as_str());
         }
         dn.push(DnType::CommonName, req.common_name.as_str());
         params.distinguished_name = dn;

@@ -139,6 +139,10 @@ pub struct StepOutputs {
         deserialize_with = "number_or_text"
     )]
     pub uptime_after: Option<u64>,
+    /// The device accepted this step's SCEP request (write-ahead after its reply): a rerun
+    /// waits for the enrolment and never requests it again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scep_request_accepted: Option<bool>,
 }
 
 impl StepOutputs {
@@ -160,7 +164,8 @@ impl StepOutputs {
             profiles,
             uptime_before,
             boot_sent_at_ms,
-            uptime_after
+            uptime_after,
+            scep_request_accepted
         );
         if !other.ca_fingerprints.is_empty() {
             self.ca_fingerprints = other.ca_fingerprints.clone();

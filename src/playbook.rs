@@ -105,7 +105,8 @@ pub struct ServiceCertificate {
 }
 
 /// `scep_enroll`: `Security Certificates Services Enrollment SCEP Request`. Text values may
-/// use `{name}`, `{host}` and inventory vars; each is at most 128 characters once filled in.
+/// use `{name}`, `{host}` and inventory vars; each is checked against the device's limits
+/// ([`SCEP_LIMITS`]) here when literal, and per device in preflight once filled in.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScepEnroll {
@@ -120,7 +121,13 @@ pub struct ScepEnroll {
     #[serde(default)]
     pub country_name: Option<String>,
     #[serde(default)]
+    pub state_or_province_name: Option<String>,
+    #[serde(default)]
+    pub locality_name: Option<String>,
+    #[serde(default)]
     pub organization_name: Option<String>,
+    #[serde(default)]
+    pub organizational_unit: Vec<String>,
     #[serde(default)]
     pub san_dns: Vec<String>,
     #[serde(default)]
@@ -131,8 +138,64 @@ pub struct ScepEnroll {
     pub san_uri: Vec<String>,
 }
 
-/// Longest value of a SCEP request parameter (seed 001: `<S: 0, 128>`).
-pub const SCEP_MAX_LEN: usize = 128;
+/// The limits of one SCEP request parameter as current RoomOS documents them (device
+/// catalogue `scep.limits`; seed 001's older text said 0–128 characters for every value and
+/// `SanDns[1]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScepLimit {
+    /// The device's parameter name.
+    pub param: &'static str,
+    /// The playbook key it comes from.
+    pub key: &'static str,
+    /// Most characters of one value.
+    pub max_len: usize,
+    /// Most values (1 for a single-valued parameter; `[5]` lists take 5).
+    pub max_count: usize,
+}
+
+const fn limit(
+    param: &'static str,
+    key: &'static str,
+    max_len: usize,
+    max_count: usize,
+) -> ScepLimit {
+    ScepLimit {
+        param,
+        key,
+        max_len,
+        max_count,
+    }
+}
+
+/// Every SCEP request parameter with its limits, in send order (catalogue `scep.limits`).
+/// The simulated device enforces its own copy (`sim::scep::LIMITS`); a test keeps the two
+/// equal.
+pub const SCEP_LIMITS: &[ScepLimit] = &[
+    limit("URL", "url", 256, 1),
+    limit("Fingerprint", "ca_fingerprint", 128, 1),
+    limit("ChallengePassword", "challenge_password", 256, 1),
+    limit("CommonName", "common_name", 64, 1),
+    limit("CountryName", "country_name", 2, 1),
+    limit("StateOrProvinceName", "state_or_province_name", 64, 1),
+    limit("LocalityName", "locality_name", 64, 1),
+    limit("OrganizationName", "organization_name", 64, 1),
+    limit("OrganizationalUnit", "organizational_unit", 64, 5),
+    limit("SanDns", "san_dns", 64, 5),
+    limit("SanEmail", "san_email", 64, 5),
+    limit("SanIp", "san_ip", 64, 5),
+    limit("SanUri", "san_uri", 64, 5),
+];
+
+/// Longest URL of a renewal profile (seed 001: `<S: 0, 128>`; the current documents give no
+/// limit for `Profiles Set`, so the seed's stands — catalogue `scep.limits`).
+pub const PROFILE_URL_MAX_LEN: usize = 128;
+
+/// The limits of parameter `param` (case-insensitive), if it is a SCEP request parameter.
+pub fn scep_limit(param: &str) -> Option<&'static ScepLimit> {
+    SCEP_LIMITS
+        .iter()
+        .find(|l| l.param.eq_ignore_ascii_case(param))
+}
 
 impl ScepEnroll {
     /// The request's parameters as (name, value template) in send order, without the
@@ -143,21 +206,26 @@ impl ScepEnroll {
             ("Fingerprint", self.ca_fingerprint.as_str()),
             ("CommonName", self.common_name.as_str()),
         ];
-        if let Some(c) = &self.country_name {
-            v.push(("CountryName", c.as_str()));
+        for (name, one) in [
+            ("CountryName", &self.country_name),
+            ("StateOrProvinceName", &self.state_or_province_name),
+            ("LocalityName", &self.locality_name),
+            ("OrganizationName", &self.organization_name),
+        ] {
+            if let Some(x) = one {
+                v.push((name, x.as_str()));
+            }
         }
-        if let Some(o) = &self.organization_name {
-            v.push(("OrganizationName", o.as_str()));
-        }
-        for (name, list) in self.san_lists() {
+        for (name, list) in self.lists() {
             v.extend(list.iter().map(|x| (name, x.as_str())));
         }
         v
     }
 
-    /// The SAN lists with their parameter names and the most values each takes.
-    pub fn san_lists(&self) -> [(&'static str, &Vec<String>); 4] {
+    /// The multi-valued parameters (`OrganizationalUnit[5]`, `San…[5]`) with their names.
+    pub fn lists(&self) -> [(&'static str, &Vec<String>); 5] {
         [
+            ("OrganizationalUnit", &self.organizational_unit),
             ("SanDns", &self.san_dns),
             ("SanEmail", &self.san_email),
             ("SanIp", &self.san_ip),
@@ -165,31 +233,81 @@ impl ScepEnroll {
         ]
     }
 
-    /// Checks filled-in values: length, and that the encoder can send them. Every problem
-    /// is returned (messages name the parameter, and show the value: none is a secret).
-    pub fn check_values(params: &[(&str, String)]) -> Vec<String> {
+    /// Checks how many values each list has (known without filling anything in).
+    pub fn check_counts(&self) -> Vec<(&'static str, String)> {
         let mut out = Vec::new();
-        for (name, value) in params {
-            let n = value.chars().count();
-            if n > SCEP_MAX_LEN {
-                out.push(format!(
-                    "{name} is {n} characters long; the device accepts at most {SCEP_MAX_LEN}: '{value}'"
+        for (name, list) in self.lists() {
+            let Some(l) = scep_limit(name) else { continue };
+            if list.len() > l.max_count {
+                out.push((
+                    l.key,
+                    format!(
+                        "`{}` has {} values; the device takes at most {} {name} values: \
+                         remove {}",
+                        l.key,
+                        list.len(),
+                        l.max_count,
+                        list.len() - l.max_count
+                    ),
                 ));
-            }
-            if let Err(e) = crate::tsh::TshCommand::xcommand("x").and_then(|c| c.param(name, value))
-            {
-                out.push(e.to_string());
             }
         }
         out
     }
-}
 
-/// The most values each SAN list of a SCEP request takes (seed 001: `SanDns[1]`, …).
-pub fn san_limit(name: &str) -> usize {
-    match name {
-        "SanDns" => 1,
-        _ => 5,
+    /// Checks filled-in values against the device's limits (catalogue `scep.limits`) and
+    /// that the encoder can send them. Every problem is returned, each with the playbook
+    /// key it concerns; a message names the key, the device parameter, the value's
+    /// position in a list, the limit and the fix. A value is quoted only when it is short
+    /// (none of these is a secret; the challenge password is checked on its own).
+    pub fn check_values(params: &[(&str, String)]) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let mut seen: Vec<&str> = Vec::new();
+        for (name, value) in params {
+            let index = seen.iter().filter(|n| **n == *name).count();
+            seen.push(name);
+            let Some(l) = scep_limit(name) else {
+                out.push(("", format!("{name} is not a SCEP request parameter")));
+                continue;
+            };
+            let at = if l.max_count > 1 {
+                format!("`{}[{}]` ({name})", l.key, index + 1)
+            } else {
+                format!("`{}` ({name})", l.key)
+            };
+            let n = value.chars().count();
+            if n > l.max_len {
+                out.push((
+                    l.key,
+                    format!(
+                        "{at} is {n} characters long; the device accepts at most {}: shorten it",
+                        l.max_len
+                    ),
+                ));
+            } else if *name == "CountryName"
+                && !(n == 2 && value.chars().all(|c| c.is_ascii_alphabetic()))
+            {
+                // The device takes 0–2 characters; a certificate's countryName is exactly
+                // two letters (RFC 5280, ISO 3166), so anything else would fail at the CA.
+                out.push((
+                    l.key,
+                    format!(
+                        "{at} is a two-letter ISO 3166 country code such as \"NO\" or \"US\": \
+                         got '{value}'"
+                    ),
+                ));
+            } else if value.trim().is_empty() && l.max_count > 1 {
+                out.push((
+                    l.key,
+                    format!("{at} is empty: remove the entry or give a value"),
+                ));
+            }
+            if let Err(e) = crate::tsh::TshCommand::xcommand("x").and_then(|c| c.param(name, value))
+            {
+                out.push((l.key, format!("{at}: {e}")));
+            }
+        }
+        out
     }
 }
 
@@ -322,6 +440,9 @@ pub struct RawXCommand {
 pub struct Empty {}
 
 /// One built-in step.
+// `scep_enroll` carries every SCEP request parameter (a few hundred bytes); a playbook
+// holds a handful of steps, read once per run, so boxing it would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Step {
@@ -466,6 +587,11 @@ pub struct Policy {
     pub device_estimate: Duration,
     /// JWE salts: `per-session` (default) or `per-jwe` (see [`KdfSalt`]).
     pub kdf_salt: KdfSalt,
+    /// How long `ClientSecret Populate` waits for the first byte of its reply before
+    /// roomkey ends a body the device may be waiting for (catalogue
+    /// `command.populate-form`); capped at half the command timeout.
+    #[serde(deserialize_with = "duration")]
+    pub body_wait: Duration,
 }
 
 impl Default for Policy {
@@ -482,6 +608,8 @@ impl Default for Policy {
             connection_rate: None,
             device_estimate: Duration::from_secs(120),
             kdf_salt: KdfSalt::PerSession,
+            // The session's own default (`ssh::DEFAULT_BODY_WAIT`).
+            body_wait: Duration::from_secs(5),
         }
     }
 }
@@ -544,6 +672,7 @@ const POLICY_KEYS: &[&str] = &[
     "connection_rate",
     "device_estimate",
     "kdf_salt",
+    "body_wait",
 ];
 
 /// Every step name, as written in playbooks (see [`Step::kind`]).
@@ -860,27 +989,35 @@ fn is_fingerprint(fp: &str) -> bool {
 }
 
 /// Problems of a new-style step that can be seen without a device (templated values are
-/// checked again per device in preflight, once filled in).
-fn check_step(step: &Step) -> Vec<String> {
-    let mut out = Vec::new();
+/// checked again per device in preflight, once filled in), each with the key of the step's
+/// settings it concerns (`""`: the step itself) so it is reported at that key's line.
+fn check_step(step: &Step) -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> = Vec::new();
     let fp_msg = |what: &str| format!("{what} is a SHA-1 fingerprint: 40 hex digits");
     match step {
         Step::AddCaCertificate(c) => {
             if c.file.is_none() {
-                out.push("`file:` (a PEM bundle of CA certificates) is required".into());
+                out.push((
+                    "",
+                    "`file:` (a PEM bundle of CA certificates) is required".into(),
+                ));
             }
             if c.fingerprint.is_some() {
-                out.push(
+                out.push((
+                    "fingerprint",
                     "`fingerprint:` is only for remove_ca_certificate; add_ca_certificate takes `file:`"
                         .into(),
-                );
+                ));
             }
         }
         Step::RemoveCaCertificate(c) => match (&c.file, &c.fingerprint) {
-            (None, None) | (Some(_), Some(_)) => {
-                out.push("give either `file:` (a PEM bundle) or `fingerprint:`".into())
+            (None, None) | (Some(_), Some(_)) => out.push((
+                "",
+                "give either `file:` (a PEM bundle) or `fingerprint:`".into(),
+            )),
+            (None, Some(fp)) if !is_fingerprint(fp) => {
+                out.push(("fingerprint", fp_msg("`fingerprint`")))
             }
-            (None, Some(fp)) if !is_fingerprint(fp) => out.push(fp_msg("`fingerprint`")),
             _ => {}
         },
         Step::ScepEnroll(s) => {
@@ -890,21 +1027,13 @@ fn check_step(step: &Step) -> Vec<String> {
                 ("common_name", &s.common_name),
             ] {
                 if value.trim().is_empty() {
-                    out.push(format!("`{name}` is required"));
+                    out.push((name, format!("`{name}` is required")));
                 }
             }
             if !s.ca_fingerprint.contains('{') && !is_fingerprint(&s.ca_fingerprint) {
-                out.push(fp_msg("`ca_fingerprint`"));
+                out.push(("ca_fingerprint", fp_msg("`ca_fingerprint`")));
             }
-            for (name, list) in s.san_lists() {
-                let limit = san_limit(name);
-                if list.len() > limit {
-                    out.push(format!(
-                        "{name} takes at most {limit} value(s), got {}",
-                        list.len()
-                    ));
-                }
-            }
+            out.extend(s.check_counts());
             // Values without placeholders are final: check them now.
             let literal: Vec<(&str, String)> = s
                 .params()
@@ -918,17 +1047,37 @@ fn check_step(step: &Step) -> Vec<String> {
             let needs_url = p.action == ProfileAction::Set;
             let needs_fp = p.action != ProfileAction::List;
             match &p.ca_fingerprint {
-                None if needs_fp => out.push("`ca_fingerprint` is required".into()),
-                Some(fp) if !is_fingerprint(fp) => out.push(fp_msg("`ca_fingerprint`")),
+                None if needs_fp => out.push(("", "`ca_fingerprint` is required".into())),
+                Some(fp) if !is_fingerprint(fp) => {
+                    out.push(("ca_fingerprint", fp_msg("`ca_fingerprint`")))
+                }
                 _ => {}
             }
             match &p.url {
-                None if needs_url => out.push("`url` is required to set a profile".into()),
-                Some(u) => out.extend(ScepEnroll::check_values(&[("URL", u.clone())])),
+                None if needs_url => out.push(("", "`url` is required to set a profile".into())),
+                Some(u) => {
+                    let n = u.chars().count();
+                    if n > PROFILE_URL_MAX_LEN {
+                        out.push((
+                            "url",
+                            format!(
+                                "`url` is {n} characters long; a renewal profile's URL is at \
+                                 most {PROFILE_URL_MAX_LEN} characters: shorten it"
+                            ),
+                        ));
+                    }
+                    if let Err(e) =
+                        crate::tsh::TshCommand::xcommand("x").and_then(|c| c.param("URL", u))
+                    {
+                        out.push(("url", format!("`url`: {e}")));
+                    }
+                }
                 None => {}
             }
         }
-        Step::Restart(r) => out.extend(check_timeout("timeout", r.timeout, false)),
+        Step::Restart(r) => {
+            out.extend(check_timeout("timeout", r.timeout, false).map(|m| ("timeout", m)))
+        }
         _ => {}
     }
     out
@@ -1024,6 +1173,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
         ("keepalive_interval", file.policy.keepalive_interval, true),
         ("retry_backoff", file.policy.retry_backoff, true),
         ("device_estimate", file.policy.device_estimate, true),
+        ("body_wait", file.policy.body_wait, false),
     ] {
         if let Some(message) = check_timeout(name, d, zero_ok) {
             problem(&policy_at(name), message);
@@ -1082,8 +1232,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Playbook, PlaybookError> {
                 step_problem("a certificate fingerprint is 40 hex digits (SHA-1)".into());
             }
             other => {
-                for message in check_step(other) {
-                    step_problem(message);
+                for (key, message) in check_step(other) {
+                    // At the setting's own line when it is written out, else the step's.
+                    let mut at_key = at.to_vec();
+                    if !key.is_empty() {
+                        at_key.push(Seg::key(other.kind()));
+                        at_key.push(Seg::key(key));
+                    }
+                    reader.problem_named(&entry, &at_key, message);
                 }
             }
         }
@@ -1382,7 +1538,7 @@ steps:
 
     #[test]
     fn certificate_step_limits_are_refused_at_load() {
-        let long = "x".repeat(129);
+        let long = "x".repeat(65);
         let all = problems(&format!(
             r#"
 name: t
@@ -1391,9 +1547,12 @@ steps:
       url: http://scep
       ca_fingerprint: nope
       common_name: "{long}"
-      san_dns: [a, b]
+      country_name: "1"
+      san_dns: [a, b, c, d, e]
       san_ip: ["1", "2", "3", "4", "5", "6"]
       organization_name: "a\"b"
+      organizational_unit: [a, b, c, d, e, f, g]
+      locality_name: "{long}"
   - add_ca_certificate: {{}}
   - remove_ca_certificate: {{ file: a.pem, fingerprint: 0123456789abcdef0123456789abcdef01234567 }}
   - scep_renewal_profile: {{ action: set, ca_fingerprint: 0123456789abcdef0123456789abcdef01234567 }}
@@ -1401,10 +1560,12 @@ steps:
 "#
         ));
         for want in [
-            "steps[1] (scep_enroll): `ca_fingerprint` is a SHA-1 fingerprint",
-            "CommonName is 129 characters long; the device accepts at most 128",
-            "SanDns takes at most 1 value(s), got 2",
-            "SanIp takes at most 5 value(s), got 6",
+            "line 6, column 7: steps[1] (scep_enroll): `ca_fingerprint` is a SHA-1 fingerprint",
+            "line 7, column 7: steps[1] (scep_enroll): `common_name` (CommonName) is 65 characters long; the device accepts at most 64: shorten it",
+            "line 8, column 7: steps[1] (scep_enroll): `country_name` (CountryName) is a two-letter ISO 3166 country code",
+            "line 10, column 7: steps[1] (scep_enroll): `san_ip` has 6 values; the device takes at most 5 SanIp values: remove 1",
+            "line 12, column 7: steps[1] (scep_enroll): `organizational_unit` has 7 values; the device takes at most 5 OrganizationalUnit values: remove 2",
+            "line 13, column 7: steps[1] (scep_enroll): `locality_name` (LocalityName) is 65 characters long",
             "\"OrganizationName\" contains a double quote",
             "steps[2] (add_ca_certificate): `file:`",
             "steps[3] (remove_ca_certificate): give either",
@@ -1413,6 +1574,23 @@ steps:
         ] {
             assert!(all.contains(want), "missing {want:?} in:\n{all}");
         }
+        // Five values of each list kind are fine (current limits; seed 001 said SanDns[1]).
+        assert!(!all.contains("san_dns"), "{all}");
+        assert!(!all.contains(&long), "a long value is not echoed:\n{all}");
+        // The current limits: a 256-character URL, a 64-character CN, two-letter country.
+        parse_ok(&format!(
+            "name: t\nsteps:\n  - scep_enroll: {{ url: \"http://{}\", ca_fingerprint: 0123456789abcdef0123456789abcdef01234567, common_name: \"{}\", country_name: NO, state_or_province_name: Oslo, organizational_unit: [a, b, c, d, e], san_email: [a@x, b@x, c@x, d@x, e@x] }}\n",
+            "u".repeat(249),
+            "c".repeat(64)
+        ));
+        let all = problems(&format!(
+            "name: t\nsteps:\n  - scep_enroll: {{ url: \"http://{}\", ca_fingerprint: 0123456789abcdef0123456789abcdef01234567, common_name: c }}\n",
+            "u".repeat(250)
+        ));
+        assert!(
+            all.contains("`url` (URL) is 257 characters long; the device accepts at most 256"),
+            "{all}"
+        );
         // A templated value is checked per device, once filled in (preflight).
         parse_ok(&format!(
             "name: t\nsteps:\n  - scep_enroll: {{ url: u, ca_fingerprint: \"{{fp}}\", common_name: \"{{name}}{}\" }}\n",

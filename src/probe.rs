@@ -15,11 +15,49 @@ pub struct ProbeCommand {
     pub command: TshCommand,
 }
 
-/// The commands a probe sends, in order. All read-only: status reads, `Show`/`List`, and
+/// A step's command whose help a probe asks for (built by the step's own constructor, so
+/// the path is spelled once).
+type StepCommand = fn() -> Result<TshCommand, crate::tsh::EncodeError>;
+
+/// The `?` help a probe asks for: catalogue entry, the step command, and the parameters
+/// roomkey sends with it (catalogue `help.*`), which the help must list.
+pub const HELP: &[(&str, StepCommand, &[&str])] = &[
+    (
+        "help.populate",
+        || steps::populate_command(&crate::secret::Secret::default()),
+        &["Secret"],
+    ),
+    (
+        "help.services-add",
+        steps::certificate::services_add,
+        &["IsEncrypted"],
+    ),
+    (
+        "help.services-activate",
+        || steps::certificate::activation_header(true, crate::playbook::Purpose::WebexIdentity),
+        &["Fingerprint", "Purpose"],
+    ),
+    ("help.services-show", steps::show_cmd, &[]),
+    (
+        "help.scep-request",
+        || steps::scep_cmd(&[], None),
+        &["URL", "Fingerprint", "CommonName"],
+    ),
+];
+
+/// The commands a probe sends, in order. All read-only: status reads, `Show`/`List`, the
+/// `?` help of the commands roomkey changes things with ([`HELP`]; help runs nothing), and
 /// one command the device cannot know (named `… Show`, so it is read-only whatever the
 /// device makes of it).
 pub fn commands() -> Result<Vec<ProbeCommand>, crate::tsh::EncodeError> {
-    Ok(vec![
+    let mut help = Vec::new();
+    for (entry, command, _) in HELP {
+        help.push(ProbeCommand {
+            entry,
+            command: command()?.into_help()?,
+        });
+    }
+    let mut all = vec![
         ProbeCommand {
             entry: "status.uptime",
             command: TshCommand::xstatus("SystemUnit")?,
@@ -40,11 +78,64 @@ pub fn commands() -> Result<Vec<ProbeCommand>, crate::tsh::EncodeError> {
             entry: "scep.commands",
             command: steps::scep::profiles_list_cmd()?,
         },
-        ProbeCommand {
-            entry: "reply.unknown-command",
-            command: TshCommand::xcommand("Roomkey Probe Show")?,
-        },
-    ])
+    ];
+    all.extend(help);
+    all.push(ProbeCommand {
+        entry: "reply.unknown-command",
+        command: TshCommand::xcommand("Roomkey Probe Show")?,
+    });
+    Ok(all)
+}
+
+/// Compares a `?` help reply with catalogue `help.format` and the parameters roomkey sends.
+/// A form the probe does not recognise is `Unknown`, never `Differs`: what RoomOS prints for
+/// help is only inferred. Only a recognised help that lacks a parameter roomkey sends
+/// differs.
+fn judge_help(want: &[String], params: &[&str], reply: &Reply) -> Verdict {
+    if reply.status == ReplyStatus::NotRecognized {
+        return Verdict::Unknown("the device does not answer `?` help".into());
+    }
+    let mut lines = reply.raw.iter().map(|l| l.trim()).skip_while(|l| {
+        let words: Vec<&str> = l.split_whitespace().collect();
+        !(words.len() == want.len() + 2
+            && words.first() == Some(&"*h")
+            && words
+                .get(1)
+                .is_some_and(|w| w.eq_ignore_ascii_case("xCommand"))
+            && words.get(2..).is_some_and(|rest| {
+                rest.iter()
+                    .zip(want)
+                    .all(|(a, b)| a.eq_ignore_ascii_case(b))
+            }))
+    });
+    if lines.next().is_none() {
+        return Verdict::Unknown("an unfamiliar help format (no `*h xCommand …` line)".into());
+    }
+    // `Name(r): <…>`, `Name[5]: <…>`, `Name: <…>`.
+    let listed: Vec<String> = lines
+        .filter_map(|l| {
+            let (name, space) = l.split_once(':')?;
+            if !space.trim_start().starts_with('<') {
+                return None;
+            }
+            let name = name.trim_end_matches("(r)");
+            let name = name.split('[').next().unwrap_or(name);
+            Some(name.to_ascii_lowercase())
+        })
+        .collect();
+    let missing: Vec<&str> = params
+        .iter()
+        .filter(|p| !listed.contains(&p.to_ascii_lowercase()))
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        Verdict::Matches
+    } else {
+        Verdict::Differs(format!(
+            "the help lists no {} parameter",
+            missing.join(", ")
+        ))
+    }
 }
 
 /// How a probed behaviour compares with the catalogue.
@@ -149,6 +240,21 @@ pub fn judge(entry: &'static str, reply: &Reply) -> Finding {
             if ok { Verdict::Matches } else { failed() },
             "renewal profiles use the current names, the older ones on 'Unknown command'",
         ),
+        e if e.starts_with("help.") => match HELP
+            .iter()
+            .find(|(h, _, _)| *h == e)
+            .and_then(|(_, c, p)| Some((c().ok()?, p)))
+        {
+            Some((command, params)) => (
+                judge_help(command.path(), params, reply),
+                "none at once: a command whose parameters differ fails with the device's \
+                 reason when a playbook sends it",
+            ),
+            None => (
+                Verdict::Unknown("not compared".into()),
+                "nothing (not in the catalogue)",
+            ),
+        },
         "reply.unknown-command" => (
             match &reply.status {
                 ReplyStatus::Error { reason: Some(r) } if r == "Unknown command" => {
@@ -229,6 +335,58 @@ mod tests {
         for c in commands().unwrap() {
             assert!(c.command.is_read_only(), "{}", c.command.redacted_line());
         }
+    }
+
+    #[test]
+    fn help_verdicts() {
+        let plain = |text: &str| reply(ReplyShape::Plain, text);
+        // catalogue help.format (TC guides' form)
+        let known =
+            plain("*h xCommand Security ClientSecret Populate\n    Secret(r): <S: 0, 1024>\nOK\n");
+        assert_eq!(judge("help.populate", &known).verdict, Verdict::Matches);
+        // catalogue command.populate-form: the multi-line form has no Secret parameter.
+        let body = plain("*h xCommand Security ClientSecret Populate\nOK\n");
+        assert!(matches!(
+            judge("help.populate", &body).verdict,
+            Verdict::Differs(d) if d.contains("Secret")
+        ));
+        // An unfamiliar form, a refusal: unknown, not differs.
+        let other = plain("Usage: Populate Secret=<text>\nOK\n");
+        assert!(matches!(
+            judge("help.populate", &other).verdict,
+            Verdict::Unknown(_)
+        ));
+        let refused = plain("Command not recognized.\n");
+        assert!(matches!(
+            judge("help.populate", &refused).verdict,
+            Verdict::Unknown(_)
+        ));
+        let scep = plain(
+            "*h xCommand Security Certificates Services Enrollment SCEP Request\n    CommonName(r): <S: 0, 64>\n    Fingerprint(r): <S: 0, 128>\n    SanDns[5]: <S: 0, 255>\n    URL(r): <S: 0, 256>\nOK\n",
+        );
+        assert_eq!(judge("help.scep-request", &scep).verdict, Verdict::Matches);
+    }
+
+    /// Help is for the probe only: no playbook step asks a device for it.
+    #[test]
+    fn the_engine_never_sends_help() {
+        let mut stack = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/engine")];
+        let mut files = 0;
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    files += 1;
+                    let text = std::fs::read_to_string(&p).unwrap();
+                    for call in ["xcommand_help", "into_help"] {
+                        assert!(!text.contains(call), "{}: {call}", p.display());
+                    }
+                }
+            }
+        }
+        assert!(files > 10);
     }
 
     #[test]

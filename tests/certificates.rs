@@ -1,6 +1,7 @@
 //! A room's other certificates end to end (seed 001), with a real `roomkey apply` against
 //! simulated rooms over real SSH: trusted CA bundles applied twice, SCEP enrolment with
-//! 802.1X activation and a restart on ten rooms, limits refused before connecting, a wrong
+//! 802.1X activation and a restart on ten rooms, the device's current limits refused before
+//! connecting, a wrong
 //! challenge failing only its room, a restart interrupted after the boot, service
 //! certificates whose keys are password-protected (openssl-encrypted PKCS#8), and the
 //! challenge and key passwords kept out of everything roomkey writes.
@@ -260,10 +261,11 @@ async fn scep_enrolment_on_ten_rooms_then_8021x_and_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_129_character_common_name_is_refused_before_connecting() {
+async fn a_65_character_common_name_is_refused_before_connecting() {
+    // catalogue scep.limits: CommonName ≤ 64 (seed 001's 128 is the older text).
     let (lab, fp) = scep_lab(2, 82).await;
     // A literal value: refused when the playbook is read.
-    let long = "c".repeat(129);
+    let long = "c".repeat(65);
     let literal = playbook(
         lab.path(),
         "long",
@@ -274,7 +276,10 @@ async fn a_129_character_common_name_is_refused_before_connecting() {
     assert_eq!(code, 1, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(stderr.contains("long.yaml"), "{stderr}");
     assert!(stderr.contains("steps[2] (scep_enroll)"), "{stderr}");
-    assert!(stderr.contains("CommonName is 129 characters"), "{stderr}");
+    assert!(
+        stderr.contains("`common_name` (CommonName) is 65 characters long; the device accepts at most 64: shorten it"),
+        "{stderr}"
+    );
     // A templated value that becomes too long for one device: refused in preflight,
     // naming the device, and no device is contacted.
     let templated = playbook(
@@ -284,7 +289,7 @@ async fn a_129_character_common_name_is_refused_before_connecting() {
         &scep_steps(
             &fp,
             "scep-challenge",
-            &format!("{{name}}{}", "c".repeat(122)),
+            &format!("{{name}}{}", "c".repeat(58)),
         ),
     );
     let (code, stdout, stderr) = lab.apply(&templated, &[]).await;
@@ -293,7 +298,10 @@ async fn a_129_character_common_name_is_refused_before_connecting() {
         stderr.contains("steps[2] (scep_enroll) for device room-01"),
         "{stderr}"
     );
-    assert!(stderr.contains("CommonName is 129 characters"), "{stderr}");
+    assert!(
+        stderr.contains("`common_name` (CommonName) is 65 characters long"),
+        "{stderr}"
+    );
     // Also the plan refuses it.
     let (code, _) = lab.plan(&literal).await;
     assert_ne!(code, 0);

@@ -275,22 +275,41 @@ pub fn open_store(
     playbook: &Playbook,
     read_only: bool,
 ) -> anyhow::Result<Arc<dyn SecretStore>> {
+    open_store_with(
+        target.vault.as_deref(),
+        target.passphrase_file.as_deref(),
+        inventory,
+        devices,
+        playbook,
+        read_only,
+    )
+}
+
+/// [`open_store`] for a command that has no [`Target`] (`probe`): `vault` is `--vault` /
+/// `ROOMKEY_VAULT`, else the inventory's; `passphrase_file` as `--passphrase-file`.
+pub fn open_store_with(
+    vault: Option<&Path>,
+    passphrase_file: Option<&Path>,
+    inventory: &Inventory,
+    devices: &[&Device],
+    playbook: &Playbook,
+    read_only: bool,
+) -> anyhow::Result<Arc<dyn SecretStore>> {
     if !needs_vault(devices, playbook) {
         return Ok(Arc::new(EnvSecrets::new()));
     }
-    let path = target
-        .vault
-        .clone()
+    let path = vault
+        .map(Path::to_path_buf)
         .unwrap_or_else(|| inventory.vault.clone());
-    let passphrase = roomkey::vault::read_passphrase(target.passphrase_file.as_deref())
-        .context("reading the vault passphrase")?;
-    let vault = if read_only {
+    let passphrase =
+        roomkey::vault::read_passphrase(passphrase_file).context("reading the vault passphrase")?;
+    let opened = if read_only {
         roomkey::vault::Vault::open_read_only(&path, &passphrase)
     } else {
         roomkey::vault::Vault::open(&path, &passphrase)
     }
-    .with_context(|| vault_advice(&path, &inventory.path, target.vault.is_some()))?;
-    Ok(Arc::new(VaultSecrets::new(vault)))
+    .with_context(|| vault_advice(&path, &inventory.path, vault.is_some()))?;
+    Ok(Arc::new(VaultSecrets::new(opened)))
 }
 
 /// Which vault was opened and why that one: every error that names the vault says where

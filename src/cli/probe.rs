@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context as _;
-use roomkey::inventory::{self, AuthSource};
+use roomkey::inventory;
 use roomkey::probe::{self, Verdict};
 use roomkey::ssh::{ConnectOptions, HostKeyPolicy, TshSession};
 
@@ -25,6 +25,13 @@ pub struct Args {
     /// Write the redacted transcript of every exchange here.
     #[arg(long, value_name = "FILE")]
     pub transcript: Option<PathBuf>,
+    /// Vault file, for logins kept in it (`auth: { password_vault: NAME }`). Default: the
+    /// inventory's `vault:` or `.roomkey/vault` beside it. Opened read-only.
+    #[arg(long, value_name = "FILE", env = "ROOMKEY_VAULT")]
+    pub vault: Option<PathBuf>,
+    /// File holding the vault passphrase (else ROOMKEY_VAULT_PASSPHRASE, else a prompt).
+    #[arg(long, value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
 }
 
 pub fn run(args: Args) -> anyhow::Result<i32> {
@@ -38,20 +45,22 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
         std::path::Path::new("probe"),
         "name: probe\nsteps:\n  - scep_renewal_profile: { action: list }\n",
     )?;
-    for d in &selected {
-        if matches!(d.auth, AuthSource::PasswordVault { .. }) {
-            anyhow::bail!(
-                "{}: probe logs in with password_env, a literal password, a key file or the \
-                 agent; its vault-held password is not supported yet",
-                d.name
-            );
-        }
-    }
+    // Logins are resolved as `apply` resolves them, vault-held ones included; the vault is
+    // opened read-only (a snapshot, no writer lock: probing never changes it, and works
+    // while an apply holds it).
+    let store = super::apply::open_store_with(
+        args.vault.as_deref(),
+        args.passphrase_file.as_deref(),
+        &inv,
+        &selected,
+        &pb,
+        true,
+    )?;
     let prepared = roomkey::engine::prepare::prepare(
         &inv.path,
         &selected,
         &pb,
-        None,
+        Some(store.as_ref()),
         time::OffsetDateTime::now_utc(),
     )
     .map_err(|p| anyhow::anyhow!(inventory::render_problems(&p)))?;

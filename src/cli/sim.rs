@@ -77,6 +77,30 @@ pub struct Args {
     /// Test-CA directory (`roomkey cert test-ca`) that signs the SCEP enrolments.
     #[arg(long, value_name = "DIR", requires = "scep_url")]
     pub scep_ca: Option<PathBuf>,
+    /// What the `--scep-url` server's CA issues: a valid certificate, or one roomkey must
+    /// not count as an enrolment (expired, not yet valid, or for a CN of the CA's own).
+    #[arg(long, value_enum, default_value_t = ScepIssueArg::Valid, requires = "scep_url")]
+    pub scep_issue: ScepIssueArg,
+}
+
+/// `--scep-issue` (the simulator's `ScepIssue`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ScepIssueArg {
+    Valid,
+    Expired,
+    NotYetValid,
+    OtherCommonName,
+}
+
+impl From<ScepIssueArg> for sim::scep::ScepIssue {
+    fn from(a: ScepIssueArg) -> Self {
+        match a {
+            ScepIssueArg::Valid => sim::scep::ScepIssue::Valid,
+            ScepIssueArg::Expired => sim::scep::ScepIssue::Expired,
+            ScepIssueArg::NotYetValid => sim::scep::ScepIssue::NotYetValid,
+            ScepIssueArg::OtherCommonName => sim::scep::ScepIssue::OtherCommonName,
+        }
+    }
 }
 
 /// `--populate-reading` (the simulator's `PopulateReading`).
@@ -108,8 +132,10 @@ fn scep_servers(args: &Args) -> anyhow::Result<Vec<sim::scep::ScepServer>> {
         })?;
     let ca = roomkey::cert::TestCa::load(dir)
         .with_context(|| format!("loading the SCEP test CA from {}", dir.display()))?;
-    let server = sim::scep::ScepServer::new(url, std::sync::Arc::new(ca), Secret::new(challenge))
-        .context("reading the SCEP CA certificate")?;
+    let mut server =
+        sim::scep::ScepServer::new(url, std::sync::Arc::new(ca), Secret::new(challenge))
+            .context("reading the SCEP CA certificate")?;
+    server.issue = args.scep_issue.into();
     println!(
         "SCEP server {url}: CA fingerprint {}",
         server.ca_fingerprint

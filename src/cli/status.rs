@@ -295,6 +295,7 @@ fn connect_options(
         keepalive_interval: Duration::from_secs(5),
         // The session itself refuses anything but reads.
         read_only: true,
+        body_wait: roomkey::ssh::DEFAULT_BODY_WAIT,
     }
 }
 

@@ -298,6 +298,23 @@ fn key_blocks(text: &str) -> zeroize::Zeroizing<String> {
     out
 }
 
+/// A SCEP challenge password the device would refuse (too long, or not sendable); the
+/// message never holds the value.
+fn check_challenge(secret: &crate::secret::Secret) -> Option<String> {
+    let max = crate::playbook::scep_limit("ChallengePassword").map_or(256, |l| l.max_len);
+    let n = secret.expose().chars().count();
+    if n > max {
+        return Some(format!(
+            "the vault credential for `challenge_password` is {n} characters long; the \
+             device accepts at most {max} (ChallengePassword): store a shorter one"
+        ));
+    }
+    crate::tsh::TshCommand::xcommand("x")
+        .and_then(|c| c.param_secret("ChallengePassword", secret))
+        .err()
+        .map(|e| format!("the vault credential for `challenge_password`: {e}"))
+}
+
 fn scep(s: &ScepEnroll, device: &Device) -> Result<StepAsset, Vec<String>> {
     let mut values = Vec::new();
     let mut problems = Vec::new();
@@ -307,8 +324,13 @@ fn scep(s: &ScepEnroll, device: &Device) -> Result<StepAsset, Vec<String>> {
             Err(e) => problems.push(e),
         }
     }
-    // The list lengths were checked when the playbook was loaded; values only now.
-    problems.extend(ScepEnroll::check_values(&values));
+    // The list lengths were checked when the playbook was loaded; values only now, against
+    // the device's limits (catalogue `scep.limits`), once filled in for this device.
+    problems.extend(
+        ScepEnroll::check_values(&values)
+            .into_iter()
+            .map(|(_, m)| format!("{m} (once filled in for this device)")),
+    );
     if let Some((_, fp)) = values.iter().find(|(n, _)| *n == "Fingerprint") {
         if fp.len() != 40 || !fp.chars().all(|c| c.is_ascii_hexdigit()) {
             problems.push(format!(
@@ -363,14 +385,18 @@ pub fn resolve_cached(
         // credentials; their names may be templated per device.
         if let Some(store) = secrets {
             for template in step.vault_credentials() {
-                let checked = fill(template, device).and_then(|name| {
-                    store
-                        .credential(device, &name)
-                        .map(drop)
-                        .map_err(|e| e.to_string())
-                });
-                if let Err(e) = checked {
-                    problem(e);
+                let checked = fill(template, device)
+                    .and_then(|name| store.credential(device, &name).map_err(|e| e.to_string()));
+                match checked {
+                    Err(e) => problem(e),
+                    // The SCEP challenge goes out as `ChallengePassword` (≤ 256 characters,
+                    // catalogue `scep.limits`); its value is never shown.
+                    Ok(secret) if matches!(step, Step::ScepEnroll(_)) => {
+                        if let Some(m) = check_challenge(&secret) {
+                            problem(m);
+                        }
+                    }
+                    Ok(_) => {}
                 }
             }
         }

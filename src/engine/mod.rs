@@ -579,6 +579,7 @@ fn connect_options(config: &RunConfig, prepared: &PreparedDevice) -> ConnectOpti
         command_timeout: policy.command_timeout,
         keepalive_interval: policy.keepalive_interval,
         read_only: config.check_mode,
+        body_wait: policy.body_wait,
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! Pure (no I/O, no network): the device model calls [`ScepServer::enrol`] in-process, so a
 //! fleet's enrolments are deterministic apart from the fresh keys and serial numbers. The
-//! request rules (required parameters, the 0–128 character limit, how many SANs of each
-//! kind) live here so the simulator refuses exactly what a device would.
+//! request rules (required parameters, each parameter's length limit, how many values each
+//! list takes — catalogue `scep.limits`) live here so the simulator refuses exactly what a
+//! device would.
 
 use std::sync::Arc;
 
@@ -14,13 +15,52 @@ use time::{Duration, OffsetDateTime};
 use crate::cert::{IssueRequest, TestCa};
 use crate::secret::Secret;
 
-/// Longest value of any SCEP request parameter (seed 001: `<S: 0, 128>`).
+/// Every SCEP request parameter a current device takes: (name, most characters of one
+/// value, most values). Current RoomOS documents (catalogue `scep.limits`): `URL` ≤ 256,
+/// `Fingerprint` ≤ 128, `ChallengePassword` ≤ 256, `CommonName` ≤ 64, `CountryName` ≤ 2,
+/// `StateOrProvinceName` / `LocalityName` / `OrganizationName` ≤ 64,
+/// `OrganizationalUnit[5]` and `San…[5]`, each ≤ 64. (Seed 001's older text said 0–128 for
+/// every value and `SanDns[1]`.)
+pub const LIMITS: &[(&str, usize, usize)] = &[
+    ("URL", 256, 1),
+    ("Fingerprint", 128, 1),
+    ("ChallengePassword", 256, 1),
+    ("CommonName", 64, 1),
+    ("CountryName", 2, 1),
+    ("StateOrProvinceName", 64, 1),
+    ("LocalityName", 64, 1),
+    ("OrganizationName", 64, 1),
+    ("OrganizationalUnit", 64, 5),
+    ("SanDns", 64, 5),
+    ("SanEmail", 64, 5),
+    ("SanIp", 64, 5),
+    ("SanUri", 64, 5),
+];
+/// Longest `Fingerprint` / `URL` of a renewal profile (seed 001: `<S: 0, 128>`; the
+/// current documents give no limit for `Profiles Set`, so the seed's stands).
 pub const MAX_VALUE_LEN: usize = 128;
-/// How many values each SAN list takes (seed 001: `SanDns[1]`, `SanEmail[5]`, …).
-pub const SAN_LIMITS: [(&str, usize); 4] =
-    [("SanDns", 1), ("SanEmail", 5), ("SanIp", 5), ("SanUri", 5)];
 /// How long an enrolled certificate is valid (the request asks for one year).
 pub const VALIDITY_DAYS: i64 = 365;
+
+/// What a simulated SCEP server's CA issues (a fault of the CA, not of the device): what
+/// roomkey must not count as an enrolment (engine `scep::judge_enrolled`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScepIssue {
+    /// A certificate for the requested CN, valid from a minute ago for a year.
+    #[default]
+    Valid,
+    /// One that expired a month ago (a CA with a wrong clock or validity template).
+    Expired,
+    /// One valid only from a month from now.
+    NotYetValid,
+    /// One for a CN the CA assigns itself ([`CA_ASSIGNED_CN`]) instead of the requested one
+    /// (a CA template that overrides the subject).
+    OtherCommonName,
+}
+
+/// The CN a [`ScepIssue::OtherCommonName`] CA puts in every certificate.
+pub const CA_ASSIGNED_CN: &str = "ca-assigned-device";
 
 /// One simulated SCEP server.
 #[derive(Clone)]
@@ -30,6 +70,8 @@ pub struct ScepServer {
     /// Lower-case hex SHA-1 of the CA certificate (what a request's `Fingerprint` names).
     pub ca_fingerprint: String,
     pub challenge: Secret,
+    /// What its CA issues (default: valid certificates).
+    pub issue: ScepIssue,
 }
 
 impl std::fmt::Debug for ScepServer {
@@ -38,6 +80,7 @@ impl std::fmt::Debug for ScepServer {
             .field("url", &self.url)
             .field("ca_fingerprint", &self.ca_fingerprint)
             .field("challenge", &self.challenge)
+            .field("issue", &self.issue)
             .finish()
     }
 }
@@ -64,6 +107,7 @@ impl ScepServer {
             ca,
             ca_fingerprint,
             challenge,
+            issue: ScepIssue::Valid,
         })
     }
 
@@ -98,12 +142,27 @@ impl ScepServer {
                 "Enrollment rejected by the SCEP server: wrong challenge password".into(),
             ));
         }
+        let year = Duration::days(VALIDITY_DAYS);
+        let month = Duration::days(30);
+        let (not_before, not_after) = match self.issue {
+            ScepIssue::Expired => (now - year - month, now - month),
+            ScepIssue::NotYetValid => (now + month, now + month + year),
+            ScepIssue::Valid | ScepIssue::OtherCommonName => {
+                (now - Duration::minutes(1), now + year)
+            }
+        };
+        let overridden;
+        let req = if self.issue == ScepIssue::OtherCommonName {
+            overridden = IssueRequest {
+                common_name: CA_ASSIGNED_CN.to_string(),
+                ..req.clone()
+            };
+            &overridden
+        } else {
+            req
+        };
         self.ca
-            .issue_request(
-                req,
-                now - Duration::minutes(1),
-                now + Duration::days(VALIDITY_DAYS),
-            )
+            .issue_request(req, not_before, not_after)
             .map_err(|e| EnrolError::Refused(format!("The SCEP server could not issue: {e}")))
     }
 }
@@ -113,11 +172,30 @@ impl ScepServer {
 pub fn parse_request(
     params: &[(String, String)],
 ) -> Result<(String, String, Option<String>, IssueRequest), EnrolError> {
+    // The device checks every parameter against its own limits before it contacts the
+    // SCEP server (reason wording inferred; status ParameterError as for any bad value).
     for (k, v) in params {
-        if v.chars().count() > MAX_VALUE_LEN {
+        let Some((name, max_len, _)) = LIMITS.iter().find(|(n, _, _)| n.eq_ignore_ascii_case(k))
+        else {
+            return Err(EnrolError::Parameter(format!("Unknown parameter: {k}")));
+        };
+        if v.chars().count() > *max_len {
             return Err(EnrolError::Parameter(format!(
-                "{k}: value is longer than {MAX_VALUE_LEN} characters"
+                "{name}: value is longer than {max_len} characters"
             )));
+        }
+    }
+    for (name, _, max_count) in LIMITS {
+        let n = params
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .count();
+        if n > *max_count {
+            return Err(EnrolError::Parameter(if *max_count == 1 {
+                format!("{name}: given more than once")
+            } else {
+                format!("{name}: at most {max_count} values")
+            }));
         }
     }
     let one = |name: &str| {
@@ -141,17 +219,13 @@ pub fn parse_request(
     let url = required("URL")?;
     let fingerprint = required("Fingerprint")?;
     let common_name = required("CommonName")?;
-    for (name, limit) in SAN_LIMITS {
-        if all(name).len() > limit {
-            return Err(EnrolError::Parameter(format!(
-                "{name}: at most {limit} value(s)"
-            )));
-        }
-    }
     let req = IssueRequest {
         common_name,
         country: one("CountryName"),
+        state: one("StateOrProvinceName"),
+        locality: one("LocalityName"),
         organization: one("OrganizationName"),
+        organizational_units: all("OrganizationalUnit"),
         san_dns: all("SanDns"),
         san_email: all("SanEmail"),
         san_ip: all("SanIp"),
@@ -183,39 +257,78 @@ mod tests {
         .unwrap();
         assert_eq!(ok.3.san_email.len(), 2);
         assert_eq!(ok.2, None);
-        let long = "x".repeat(129);
+        let long = "x".repeat(65);
         assert!(matches!(
             parse_request(&p(&[
                 ("URL", "u"),
                 ("Fingerprint", "f"),
                 ("CommonName", &long)
             ])),
-            Err(EnrolError::Parameter(_))
+            Err(EnrolError::Parameter(m)) if m == "CommonName: value is longer than 64 characters"
         ));
         assert!(matches!(
             parse_request(&p(&[("URL", "u"), ("Fingerprint", "f")])),
             Err(EnrolError::Parameter(m)) if m.contains("CommonName")
         ));
+        // A URL may be 256 characters, a CountryName 2.
+        let url = format!("http://{}", "u".repeat(249));
+        assert!(parse_request(&p(&[
+            ("URL", &url),
+            ("Fingerprint", "f"),
+            ("CommonName", "c")
+        ]))
+        .is_ok());
         assert!(matches!(
-            parse_request(&p(&[
-                ("URL", "u"),
-                ("Fingerprint", "f"),
-                ("CommonName", "c"),
-                ("SanDns", "a"),
-                ("SanDns", "b"),
-            ])),
-            Err(EnrolError::Parameter(m)) if m.contains("SanDns")
+            parse_request(&p(&[("URL", &format!("{url}x")), ("Fingerprint", "f"), ("CommonName", "c")])),
+            Err(EnrolError::Parameter(m)) if m.contains("URL")
+        ));
+        assert!(matches!(
+            parse_request(&p(&[("URL", "u"), ("Fingerprint", "f"), ("CommonName", "c"), ("CountryName", "NOR")])),
+            Err(EnrolError::Parameter(m)) if m.contains("CountryName")
+        ));
+        // Up to 5 values of each list kind (current names), not 6.
+        let mut five = p(&[
+            ("URL", "u"),
+            ("Fingerprint", "f"),
+            ("CommonName", "c"),
+            ("StateOrProvinceName", "Oslo"),
+            ("LocalityName", "Oslo"),
+        ]);
+        for kind in [
+            "SanDns",
+            "SanEmail",
+            "SanIp",
+            "SanUri",
+            "OrganizationalUnit",
+        ] {
+            for i in 0..5 {
+                five.push((kind.to_string(), format!("v{i}")));
+            }
+        }
+        let ok = parse_request(&five).unwrap();
+        assert_eq!(ok.3.san_dns.len(), 5);
+        assert_eq!(ok.3.organizational_units.len(), 5);
+        assert_eq!(ok.3.state.as_deref(), Some("Oslo"));
+        five.push(("SanDns".into(), "v5".into()));
+        assert!(matches!(
+            parse_request(&five),
+            Err(EnrolError::Parameter(m)) if m == "SanDns: at most 5 values"
+        ));
+        assert!(matches!(
+            parse_request(&p(&[("URL", "u"), ("Fingerprint", "f"), ("CommonName", "c"), ("Colour", "x")])),
+            Err(EnrolError::Parameter(m)) if m.contains("Colour")
         ));
     }
 
     #[test]
     fn the_client_checks_the_same_limits_the_device_enforces() {
-        // Two sides of one spec (seed 001): roomkey refuses in preflight exactly what the
-        // simulated device would refuse.
-        assert_eq!(MAX_VALUE_LEN, crate::playbook::SCEP_MAX_LEN);
-        for (name, limit) in SAN_LIMITS {
-            assert_eq!(crate::playbook::san_limit(name), limit, "{name}");
-        }
+        // Two sides of one catalogue entry (scep.limits): roomkey refuses in preflight
+        // exactly what the simulated device would refuse.
+        let client: Vec<(&str, usize, usize)> = crate::playbook::SCEP_LIMITS
+            .iter()
+            .map(|l| (l.param, l.max_len, l.max_count))
+            .collect();
+        assert_eq!(client, LIMITS.to_vec());
     }
 
     #[test]

@@ -435,6 +435,11 @@ impl SessionState {
     }
 }
 
+/// The device's help for `path` (read under the model's lock; changes nothing).
+async fn lock_model_help(rt: &DeviceRuntime, kind: Kind, path: &[String]) -> Option<Vec<String>> {
+    rt.model.lock().await.help(kind, path)
+}
+
 async fn process_frame(
     rt: &DeviceRuntime,
     st: &mut SessionState,
@@ -461,6 +466,7 @@ async fn process_frame(
         Parsed::BadPreference => "xpreferences ?".into(),
         Parsed::Feedback { .. } => "xFeedback".into(),
         Parsed::Bye => "bye".into(),
+        Parsed::Help { kind, path } => format!("x{kind:?} {} ?", path.join(" ")),
         Parsed::Syntax { kind, .. } => format!("{kind:?} <syntax error>"),
         Parsed::NotRecognized | Parsed::Empty => "<not recognized>".into(),
     };
@@ -549,6 +555,14 @@ async fn process_frame(
             finish(Flow::Reply(text), if ok { "ok" } else { "error" })
         }
         Parsed::Bye => finish(Flow::Close, "ok"),
+        Parsed::Help { kind, path } => {
+            let lines = lock_model_help(rt, kind, &path).await;
+            let known = lines.is_some();
+            finish(
+                Flow::Reply(tsh::help_reply(lines)),
+                if known { "ok" } else { "not-recognized" },
+            )
+        }
         Parsed::Syntax { kind, reason, .. } => finish(
             Flow::Reply(tsh::render(
                 &tsh::syntax_error(kind, &reason),
@@ -981,17 +995,31 @@ fn load_device(
     Ok((Some(st), device, keys))
 }
 
-/// Fresh keys of the given types (in-memory devices, the `wrong_host_key` fault).
-fn random_keys(name: &str, types: &[store::HostKeyType]) -> Result<Vec<PrivateKey>, SimError> {
-    types
-        .iter()
-        .map(|t| {
-            t.random().map_err(|reason| SimError::State {
-                device: name.to_string(),
-                reason: format!("host key: {reason}"),
-            })
-        })
-        .collect()
+/// Fresh keys of the given types (in-memory devices, the `wrong_host_key` fault), made on
+/// a blocking thread: an RSA key takes a noticeable time to generate.
+async fn random_keys(
+    name: &str,
+    types: &[store::HostKeyType],
+) -> Result<Vec<PrivateKey>, SimError> {
+    let owned = types.to_vec();
+    let made = tokio::task::spawn_blocking(move || {
+        owned
+            .iter()
+            .map(|t| t.random())
+            .collect::<Result<Vec<_>, String>>()
+    })
+    .await;
+    match made {
+        Ok(Ok(keys)) => Ok(keys),
+        Ok(Err(reason)) => Err(SimError::State {
+            device: name.to_string(),
+            reason: format!("host key: {reason}"),
+        }),
+        Err(_) => Err(SimError::State {
+            device: name.to_string(),
+            reason: "host key generation panicked".into(),
+        }),
+    }
 }
 
 impl Fleet {
@@ -1028,14 +1056,14 @@ impl Fleet {
                 None => (
                     None,
                     Device::new(&spec.name),
-                    random_keys(&spec.name, &types)?,
+                    random_keys(&spec.name, &types).await?,
                 ),
             };
             device.scep_servers = opts.scep_servers.clone();
             device.variants = spec.faults.variants.clone();
             device.populate_reading = spec.faults.populate_reading;
             let presented: Vec<PrivateKey> = if spec.faults.wrong_host_key {
-                random_keys(&spec.name, &types)?
+                random_keys(&spec.name, &types).await?
             } else {
                 host_keys.clone()
             };

@@ -1,6 +1,7 @@
 //! Persisted simulator state, one directory per device under the state dir:
 //! `<state-dir>/<device>/state.json` (the device model, secret included — it is a simulated
-//! device) and `<state-dir>/<device>/host_key` (its ed25519 SSH host key, OpenSSH format).
+//! device) and `<state-dir>/<device>/host_key` (its ed25519 SSH host key, OpenSSH format;
+//! `host_key_ecdsa` and `host_key_rsa` for the other types a device may offer).
 //! Both files are 0600 and written atomically (temp file in the same dir, fsync, rename,
 //! fsync of the directory), so a crash never leaves a torn file behind.
 
@@ -50,7 +51,6 @@ pub fn write_atomic_private(path: &Path, data: &[u8]) -> Result<(), StoreError> 
     })
 }
 
-/// A new random ed25519 host key.
 /// The host key types a simulated device can have (catalogue hostkey.types; devices choose
 /// with `NetworkServices SSH HostKeyAlgorithm`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize)]
@@ -60,7 +60,15 @@ pub enum HostKeyType {
     Ed25519,
     /// ECDSA on NIST P-256 (`ecdsa-sha2-nistp256`).
     Ecdsa,
+    /// RSA, 2,048 bits (key type `ssh-rsa`, signed as `rsa-sha2-512`/`rsa-sha2-256` or the
+    /// old SHA-1 `ssh-rsa`, whichever the client asks for). Generating one takes seconds
+    /// (longer in a debug build): it is persisted like the others and made off the executor.
+    Rsa,
 }
+
+/// The size of a generated RSA host key (catalogue hostkey.types: the size devices use is
+/// not documented; 2,048 is OpenSSH's minimum for new keys and common on appliances).
+pub const RSA_HOST_KEY_BITS: usize = 2048;
 
 impl HostKeyType {
     /// The file the persistent key of this type lives in.
@@ -68,6 +76,7 @@ impl HostKeyType {
         match self {
             HostKeyType::Ed25519 => HOST_KEY_FILE,
             HostKeyType::Ecdsa => "host_key_ecdsa",
+            HostKeyType::Rsa => "host_key_rsa",
         }
     }
 
@@ -76,8 +85,18 @@ impl HostKeyType {
         match self {
             HostKeyType::Ed25519 => Ok(random_host_key()),
             HostKeyType::Ecdsa => random_ecdsa_host_key(),
+            HostKeyType::Rsa => random_rsa_host_key(),
         }
     }
+}
+
+/// A fresh RSA host key of [`RSA_HOST_KEY_BITS`]. Blocking and slow: call it off the
+/// executor.
+fn random_rsa_host_key() -> Result<PrivateKey, String> {
+    use russh::keys::ssh_key::private::RsaKeypair;
+    let keypair =
+        RsaKeypair::random(&mut rand_0_10::rng(), RSA_HOST_KEY_BITS).map_err(|e| e.to_string())?;
+    Ok(PrivateKey::from(keypair))
 }
 
 /// Appends an SSH `string` (u32 length, bytes).
@@ -259,10 +278,21 @@ mod tests {
         assert_eq!(e1.public_key(), e2.public_key());
         assert_eq!(e1.algorithm().as_str(), "ecdsa-sha2-nistp256");
         assert_ne!(e1.public_key(), k1.public_key());
+        // And an RSA one (catalogue hostkey.types), 2,048 bits, made once and then read back.
+        let r1 = s.host_key_of(HostKeyType::Rsa).unwrap();
+        let r2 = s.host_key_of(HostKeyType::Rsa).unwrap();
+        assert_eq!(r1.public_key(), r2.public_key());
+        assert_eq!(r1.algorithm().as_str(), "ssh-rsa");
+        let bits = r1
+            .public_key()
+            .key_data()
+            .rsa()
+            .map(|k| k.n().as_positive_bytes().map_or(0, |b| b.len() * 8));
+        assert_eq!(bits, Some(RSA_HOST_KEY_BITS));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            for f in [STATE_FILE, HOST_KEY_FILE] {
+            for f in [STATE_FILE, HOST_KEY_FILE, "host_key_ecdsa", "host_key_rsa"] {
                 let m = std::fs::metadata(s.dir().join(f))
                     .unwrap()
                     .permissions()

@@ -251,6 +251,11 @@ pub enum Parsed {
         req: Request,
         result_id: Option<String>,
     },
+    /// `xCommand <path> ?`: the command's help (catalogue `help.format`).
+    Help {
+        kind: Kind,
+        path: Vec<String>,
+    },
     /// An x-command whose parameters could not be parsed.
     Syntax {
         kind: Kind,
@@ -420,6 +425,16 @@ pub fn parse_line(line: &str) -> Parsed {
         "bye" | "exit" | "quit" => return Parsed::Bye,
         _ => return Parsed::NotRecognized,
     };
+    // `xCommand <path> ?`: help, whatever the path (the device says whether it knows it).
+    // Checked before the parameters are parsed, so `Services Add ?` takes no body either.
+    // (`xStatus ?` / `xConfiguration ?` list trees on a device; not simulated.)
+    if let Some(path) = rest.strip_suffix('?').filter(|_| kind == Kind::Command) {
+        let words: Vec<String> = path.split_whitespace().map(str::to_string).collect();
+        let plain = |w: &String| w.chars().all(|c| c.is_ascii_alphanumeric() || c == '.');
+        if !words.is_empty() && words.iter().all(plain) {
+            return Parsed::Help { kind, path: words };
+        }
+    }
     match parse_args(rest) {
         Ok((path, params)) => Parsed::X {
             req: Request {
@@ -870,6 +885,24 @@ pub fn not_recognized() -> String {
     format!("Command not recognized.{EOL}")
 }
 
+/// The reply to `xCommand <path> ?` (catalogue `help.format`): the `*h` line, one line per
+/// parameter, then `OK`; a path the device does not know is not recognized.
+pub fn help_reply(lines: Option<Vec<String>>) -> String {
+    match lines {
+        Some(lines) => {
+            let mut out = String::new();
+            for l in lines {
+                out.push_str(&l);
+                out.push_str(EOL);
+            }
+            out.push_str("OK");
+            out.push_str(EOL);
+            out
+        }
+        None => not_recognized(),
+    }
+}
+
 /// `OK` (echo, xpreferences, xFeedback).
 pub fn ok_line() -> String {
     format!("OK{EOL}")
@@ -897,6 +930,40 @@ pub fn syntax_error(kind: Kind, reason: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// catalogue help.format: `<path> ?` is help (no body awaited, nothing run); a `?`
+    /// inside a quoted value is not.
+    #[test]
+    fn a_trailing_question_mark_is_help() {
+        match parse_line("xCommand Security Certificates Services Add ?") {
+            Parsed::Help { kind, path } => {
+                assert_eq!(kind, Kind::Command);
+                assert_eq!(path.join(" "), "Security Certificates Services Add");
+            }
+            _ => panic!("not help"),
+        }
+        assert!(!needs_body(
+            "xCommand Security Certificates Services Add ?",
+            &Variants::default()
+        ));
+        assert!(matches!(
+            parse_line("xCommand Dial Number: \"?\""),
+            Parsed::X { .. }
+        ));
+        let device = model::Device::new("room");
+        let text = help_reply(device.help(
+            Kind::Command,
+            &["security".into(), "clientsecret".into(), "populate".into()],
+        ));
+        assert_eq!(
+            text,
+            "*h xCommand Security ClientSecret Populate\n    Secret(r): <S: 0, 1024>\nOK\n"
+        );
+        assert_eq!(
+            help_reply(device.help(Kind::Command, &["Roomkey".into(), "Probe".into()])),
+            not_recognized()
+        );
+    }
 
     fn frames(inputs: Vec<Input>) -> Vec<(String, Option<String>)> {
         inputs

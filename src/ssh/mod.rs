@@ -15,7 +15,10 @@ use std::time::Duration;
 
 use crate::secret::Secret;
 
-pub use session::{TshSession, MAX_BANNER_BYTES, MAX_REPLY_BYTES};
+pub use session::{
+    judge_either_form, CommandForm, EitherFormReply, EitherFormVerdict, TshSession,
+    MAX_BANNER_BYTES, MAX_REPLY_BYTES,
+};
 
 /// What to do with a host key not yet in `known_hosts`. A *changed* key always fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,7 +79,16 @@ pub struct ConnectOptions {
     /// `apply --check`: the session refuses to send any command that could change the
     /// device (enforced here, below every step, so no step or playbook value can).
     pub read_only: bool,
+    /// How long a command that may or may not take a body (`ClientSecret Populate`,
+    /// catalogue `command.populate-form`) waits for the first byte of its reply before the
+    /// session ends a body the device may be waiting for (see
+    /// [`TshSession::run_either_form`]). Capped at half the command timeout.
+    pub body_wait: Duration,
 }
+
+/// The default of [`ConnectOptions::body_wait`]: a device answers a one-line command in
+/// well under a second; scrypt for a populate JWE takes a device a fraction of one.
+pub const DEFAULT_BODY_WAIT: Duration = Duration::from_secs(5);
 
 impl ConnectOptions {
     /// Options with the usual defaults: port 22, strict host keys, 10 s connect and auth,
@@ -94,6 +106,7 @@ impl ConnectOptions {
             command_timeout: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(15),
             read_only: false,
+            body_wait: DEFAULT_BODY_WAIT,
         }
     }
 }

@@ -164,6 +164,15 @@ pub struct TshSession {
     broken: Option<&'static str>,
     /// Only commands that change nothing may be sent (`apply --check`).
     read_only: bool,
+    /// See [`ConnectOptions::body_wait`].
+    body_wait: std::time::Duration,
+    /// Bytes received since the last command was sent.
+    received: usize,
+    /// Answers to no command of ours seen since the counter was reset: stray replies and
+    /// `Command not recognized.` / `ERROR` lines arriving while nothing was awaited.
+    strays: usize,
+    /// Learned in this session: the device takes `run_either_form`'s value as a body.
+    multi_line: bool,
 }
 
 impl std::fmt::Debug for TshSession {
@@ -300,20 +309,7 @@ impl TshSession {
     /// for its reply, skipping `*e` events and replies tagged with other ids. A reply with a
     /// device-side error is `Ok(reply)` with a non-OK status; `Err` is a transport problem.
     pub async fn run(&mut self, cmd: &TshCommand) -> Result<Reply, SshError> {
-        if self.read_only && !cmd.changes_nothing() {
-            return Err(SshError::ReadOnly {
-                host: self.host.clone(),
-                port: self.port,
-                command: cmd.redacted_line(),
-            });
-        }
-        if let Some(why) = self.broken {
-            return Err(SshError::Protocol {
-                host: self.host.clone(),
-                port: self.port,
-                detail: format!("session no longer usable ({why}); reconnect"),
-            });
-        }
+        self.check_sendable(cmd)?;
         self.next_id += 1;
         let id = ResultId::sequence(self.next_id);
         tracing::debug!(
@@ -348,6 +344,203 @@ impl TshSession {
                 })
             }
         }
+    }
+
+    /// Runs a command whose form is unknown (catalogue `command.populate-form`: is
+    /// `ClientSecret Populate` one line with its value as a parameter, or a multi-line
+    /// command with the value as its body?) without ever ending at the command timeout,
+    /// attributing a reply wrongly, or sending a value the caller did not give:
+    ///
+    /// 1. `one_line` is sent. A reply, or any byte of one, within the body wait
+    ///    ([`ConnectOptions::body_wait`]): a one-line device; its reply is the answer.
+    /// 2. Not a byte: the device is most likely waiting for a body. A line holding `.` ends
+    ///    it with an empty body; such a device then answers the command — it cannot have
+    ///    taken anything but the command line's own value (an empty body carries neither
+    ///    a secret nor a JWE). A one-line device that was merely slow answers the command
+    ///    and then the `.` on its own (`Command not recognized.`, catalogue
+    ///    `reply.not-recognized`); from the `.` on, such an untagged answer is never taken
+    ///    for the command's reply ([`ReplyReader::strict_terminators`]).
+    /// 3. A read marker (`xStatus SystemUnit Uptime`) is sent and awaited: every answer to
+    ///    no command of ours (the `.`'s) arrives before its reply, so afterwards the
+    ///    session is in step again, and the count tells the two devices apart. With an
+    ///    answer to the `.`, or with the command accepted, the reply stands.
+    /// 4. Refused after the empty body, with no answer to the `.`: a multi-line device
+    ///    that refused the one-line form — nothing changed. `multi_line` (the same value
+    ///    as the body) is sent and its reply is the answer, checked with a marker the same
+    ///    way; the session sends the multi-line form from then on. Should the `.` or the
+    ///    body line turn out to have been answered on their own after all, the first
+    ///    refusal is the device's real answer and is returned.
+    ///
+    /// Both forms carry the same value, so whatever the device took, it took what the
+    /// caller prepared for (the ClientSecret steps record every outcome of that value in
+    /// the vault before calling this).
+    pub async fn run_either_form(
+        &mut self,
+        one_line: &TshCommand,
+        multi_line: &TshCommand,
+    ) -> Result<EitherFormReply, SshError> {
+        if self.multi_line {
+            let reply = self.run(multi_line).await?;
+            return Ok(EitherFormReply {
+                reply,
+                form: CommandForm::MultiLine,
+                note: None,
+            });
+        }
+        self.check_sendable(one_line)?;
+        let deadline = tokio::time::Instant::now() + self.command_timeout;
+        self.next_id += 1;
+        let id = ResultId::sequence(self.next_id);
+        tracing::debug!(
+            host = %self.host, port = self.port, result_id = %id,
+            command = %one_line.redacted_line(), "sending command (one-line form)"
+        );
+        let bytes = one_line.encode(&id);
+        self.reader.expect_id(one_line.reply_shape(), &id);
+        self.received = 0;
+        self.strays = 0;
+        if let Err(e) = self.send(bytes.as_bytes(), Phase::Command).await {
+            self.broken = Some("the connection failed");
+            return Err(e);
+        }
+        let wait = self.body_wait;
+        match timeout(wait, self.await_reply(Phase::Command)).await {
+            Ok(Ok(reply)) => {
+                return Ok(EitherFormReply {
+                    reply,
+                    form: CommandForm::OneLine,
+                    note: None,
+                })
+            }
+            Ok(Err(e)) => {
+                self.broken = Some("the connection failed");
+                return Err(e);
+            }
+            Err(_) => {}
+        }
+        if self.received > 0 {
+            // The device is answering: a one-line device, merely slow.
+            let reply = self.await_until(deadline).await?;
+            return Ok(EitherFormReply {
+                reply,
+                form: CommandForm::OneLine,
+                note: None,
+            });
+        }
+        tracing::info!(
+            host = %self.host, port = self.port, result_id = %id,
+            "no reply within the body wait: ending a body the device may be waiting for"
+        );
+        self.reader.strict_terminators();
+        if let Err(e) = self.send(b".\n", Phase::Command).await {
+            self.broken = Some("the connection failed");
+            return Err(e);
+        }
+        let first = self.await_until(deadline).await?;
+        let strays = self.resynchronise().await?;
+        let waited = format!(
+            "it sent no reply within {} ms, so roomkey ended a body it might be waiting for",
+            wait.as_millis()
+        );
+        match judge_either_form(&first, strays) {
+            EitherFormVerdict::OneLine => {
+                return Ok(EitherFormReply {
+                    reply: first,
+                    form: CommandForm::OneLine,
+                    note: Some(format!(
+                        "{waited}; it answered the command line (one-line form)"
+                    )),
+                })
+            }
+            EitherFormVerdict::TryBody => {}
+        }
+        let refusal = first.status.to_string();
+        self.strays = 0;
+        let second = self.run(multi_line).await?;
+        let strays = self.resynchronise().await?;
+        if strays > 0 {
+            // The body line was answered on its own: a one-line device after all, and the
+            // first refusal was its answer to the command.
+            return Ok(EitherFormReply {
+                reply: first,
+                form: CommandForm::OneLine,
+                note: Some(format!(
+                    "{waited}; it refused the command ({refusal}) and answered the \
+                     multi-line form's lines one by one (a one-line device)"
+                )),
+            });
+        }
+        self.multi_line = true;
+        Ok(EitherFormReply {
+            reply: second,
+            form: CommandForm::MultiLine,
+            note: Some(format!(
+                "{waited}; it refused the one-line form with the empty body ({refusal}), so \
+                 the same value was sent as the body (multi-line form, used from now on in \
+                 this session)"
+            )),
+        })
+    }
+
+    /// Sends a read marker and awaits its reply; returns how many answers to no command of
+    /// ours arrived since the stray count was reset (they all come before the marker's).
+    async fn resynchronise(&mut self) -> Result<usize, SshError> {
+        let marker = TshCommand::xstatus(RESYNC_MARKER).map_err(|e| SshError::Protocol {
+            host: self.host.clone(),
+            port: self.port,
+            detail: format!("marker command: {e}"),
+        })?;
+        self.next_id += 1;
+        let id = ResultId::sequence(self.next_id);
+        let bytes = marker.encode(&id);
+        self.reader.expect_strict(marker.reply_shape(), &id);
+        if let Err(e) = self.send(bytes.as_bytes(), Phase::Command).await {
+            self.broken = Some("the connection failed");
+            return Err(e);
+        }
+        let deadline = tokio::time::Instant::now() + self.command_timeout;
+        let reply = self.await_until(deadline).await?;
+        tracing::debug!(host = %self.host, result_id = %id, strays = self.strays, status = ?reply.status, "resynchronised");
+        Ok(self.strays)
+    }
+
+    /// Awaits the pending reply until `deadline`; a timeout leaves the session unusable.
+    async fn await_until(&mut self, deadline: tokio::time::Instant) -> Result<Reply, SshError> {
+        match tokio::time::timeout_at(deadline, self.await_reply(Phase::Command)).await {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => {
+                self.broken = Some("the connection failed");
+                Err(e)
+            }
+            Err(_) => {
+                self.reader.cancel();
+                self.broken = Some("a command timed out");
+                Err(SshError::Timeout {
+                    host: self.host.clone(),
+                    port: self.port,
+                    phase: Phase::Command,
+                })
+            }
+        }
+    }
+
+    /// Refuses a command the session may not send (check mode, or a broken session).
+    fn check_sendable(&self, cmd: &TshCommand) -> Result<(), SshError> {
+        if self.read_only && !cmd.changes_nothing() {
+            return Err(SshError::ReadOnly {
+                host: self.host.clone(),
+                port: self.port,
+                command: cmd.redacted_line(),
+            });
+        }
+        if let Some(why) = self.broken {
+            return Err(SshError::Protocol {
+                host: self.host.clone(),
+                port: self.port,
+                detail: format!("session no longer usable ({why}); reconnect"),
+            });
+        }
+        Ok(())
     }
 
     /// The text the device printed before login was ready (welcome line, release, ...).
@@ -403,6 +596,7 @@ impl TshSession {
             match msg {
                 ChannelMsg::Data { data } => {
                     received = received.saturating_add(data.len());
+                    self.received = self.received.saturating_add(data.len());
                     if received > MAX_REPLY_BYTES {
                         self.reader.cancel();
                         return Err(SshError::Protocol {
@@ -461,15 +655,65 @@ impl TshSession {
                 }
             }
             TshEvent::Stray(r) => {
+                self.strays = self.strays.saturating_add(1);
                 tracing::debug!(host = %self.host, result_id = ?r.result_id, "skipped stray reply");
             }
             // Noise is not logged by content: with echo still on it could be a command we
             // sent, values included.
             TshEvent::Noise(n) => {
+                let t = n.trim();
+                if t == "Command not recognized." || t == "ERROR" {
+                    // An answer arriving while no reply was awaited.
+                    self.strays = self.strays.saturating_add(1);
+                }
                 tracing::trace!(host = %self.host, bytes = n.len(), "noise line");
             }
             TshEvent::LoginReady | TshEvent::Reply(_) => {}
         }
+    }
+}
+
+/// The read sent to bring a session back in step after a line the device may have
+/// answered on its own (catalogue `status.uptime`).
+const RESYNC_MARKER: &str = crate::tsh::UPTIME;
+
+/// Which form of a command that may take a body the device took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandForm {
+    /// The value as a parameter on the command line.
+    OneLine,
+    /// The value as a dot-terminated body.
+    MultiLine,
+}
+
+/// The answer of [`TshSession::run_either_form`].
+#[derive(Debug, Clone)]
+pub struct EitherFormReply {
+    pub reply: Reply,
+    /// The form `reply` answers.
+    pub form: CommandForm,
+    /// How it was found out, when the body wait passed (never holds a value).
+    pub note: Option<String>,
+}
+
+/// What to make of the reply to a one-line command after its body was ended with `.`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EitherFormVerdict {
+    /// The reply answers the one-line form: the `.` was answered on its own (a slow
+    /// one-line device), or the device accepted the command line.
+    OneLine,
+    /// Refused with the empty body and no answer to the `.`: a multi-line device refusing
+    /// the one-line form (nothing changed); send the value as the body.
+    TryBody,
+}
+
+/// Pure: the reply to the command after the `.`, and how many answers to no command of
+/// ours arrived before the marker's reply.
+pub fn judge_either_form(first: &Reply, strays: usize) -> EitherFormVerdict {
+    if strays > 0 || first.is_ok() {
+        EitherFormVerdict::OneLine
+    } else {
+        EitherFormVerdict::TryBody
     }
 }
 
@@ -509,6 +753,10 @@ async fn open_shell(
         events: Vec::new(),
         broken: None,
         read_only: false,
+        body_wait: opts.body_wait.min(opts.command_timeout / 2),
+        received: 0,
+        strays: 0,
+        multi_line: false,
     };
     let mut banner: Vec<String> = Vec::new();
     let mut received = 0usize;
@@ -708,4 +956,35 @@ async fn keyboard_interactive(
         }
     }
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tsh::ReplyStatus;
+
+    fn reply(status: ReplyStatus) -> Reply {
+        Reply {
+            result_id: Some("r1".into()),
+            status,
+            result_name: Some("ClientSecretPopulateResult".into()),
+            fields: Vec::new(),
+            raw: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_reply_after_an_ended_body_is_judged_by_what_answered_the_dot() {
+        let refused = reply(ReplyStatus::ParameterError {
+            reason: Some("The secret is given as the command's body".into()),
+        });
+        // No answer to the `.`, refused: a multi-line device refused the empty body.
+        assert_eq!(judge_either_form(&refused, 0), EitherFormVerdict::TryBody);
+        // The `.` answered on its own: a slow one-line device; its refusal stands.
+        assert_eq!(judge_either_form(&refused, 1), EitherFormVerdict::OneLine);
+        // Accepted: the command line's own value was taken (an empty body carries none).
+        let ok = reply(ReplyStatus::Ok);
+        assert_eq!(judge_either_form(&ok, 0), EitherFormVerdict::OneLine);
+        assert_eq!(judge_either_form(&ok, 1), EitherFormVerdict::OneLine);
+    }
 }

@@ -14,6 +14,10 @@ use zeroize::Zeroizing;
 
 use crate::secret::{Secret, REDACTED};
 
+/// `xStatus SystemUnit Uptime` (catalogue `status.uptime`): the `restart` step judges a
+/// boot by it, and the session reads it as a harmless marker to get back in step.
+pub const UPTIME: &str = "SystemUnit Uptime";
+
 /// The three TSH verbs roomkey speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Verb {
@@ -82,6 +86,8 @@ pub enum EncodeError {
     BodyNotAllowed,
     #[error("parameters are only allowed on xCommand")]
     ParamsNotAllowed,
+    #[error("`?` help is only asked of an xCommand")]
+    HelpNotAllowed,
     #[error("invalid resultId {id:?} (allowed: letters, digits, '_', '-')")]
     InvalidResultId { id: String },
 }
@@ -167,6 +173,8 @@ pub struct TshCommand {
     body: Option<Body>,
     /// Marked by `into_secret_proof`: sent only to learn whether the device can decrypt it.
     proof: bool,
+    /// `xCommand <path> ?`: the command's help, not the command (see `xcommand_help`).
+    help: bool,
 }
 
 impl fmt::Debug for TshCommand {
@@ -256,12 +264,46 @@ impl TshCommand {
             set_value: None,
             body: None,
             proof: false,
+            help: false,
         })
     }
 
     /// `xCommand <path>`, e.g. `"Security Certificates Services Add"`.
     pub fn xcommand(path: &str) -> Result<Self, EncodeError> {
         Self::new(Verb::XCommand, path)
+    }
+
+    /// `xCommand <path> ?`: asks the device for the command's help (its parameters and
+    /// value spaces, catalogue `help.format`) instead of running it. Read-only whatever the
+    /// path; it takes no parameters and no body, and is sent without a resultId (the `?`
+    /// must end the line). Only `roomkey probe` sends it, never a playbook step.
+    pub fn xcommand_help(path: &str) -> Result<Self, EncodeError> {
+        let mut cmd = Self::new(Verb::XCommand, path)?;
+        cmd.help = true;
+        Ok(cmd)
+    }
+
+    /// The `?` help of this xCommand: its verb and path only — parameters and body (and any
+    /// secret in them) are dropped. So the probe asks for help of exactly the commands the
+    /// steps build, without spelling their paths again.
+    pub fn into_help(self) -> Result<Self, EncodeError> {
+        if self.verb != Verb::XCommand {
+            return Err(EncodeError::HelpNotAllowed);
+        }
+        Ok(TshCommand {
+            verb: self.verb,
+            path: self.path.clone(),
+            params: Vec::new(),
+            set_value: None,
+            body: None,
+            proof: false,
+            help: true,
+        })
+    }
+
+    /// Is this the `?` help of a command ([`xcommand_help`](Self::xcommand_help))?
+    pub fn is_help(&self) -> bool {
+        self.help
     }
 
     /// `xStatus <path>`.
@@ -289,7 +331,7 @@ impl TshCommand {
     }
 
     fn push_param(mut self, name: &str, value: Value) -> Result<Self, EncodeError> {
-        if self.verb != Verb::XCommand {
+        if self.verb != Verb::XCommand || self.help {
             return Err(EncodeError::ParamsNotAllowed);
         }
         if !is_word(name) {
@@ -355,7 +397,7 @@ impl TshCommand {
     }
 
     fn set_body(mut self, text: &str, secret: bool) -> Result<Self, EncodeError> {
-        if self.verb != Verb::XCommand {
+        if self.verb != Verb::XCommand || self.help {
             return Err(EncodeError::BodyNotAllowed);
         }
         let text = text.strip_suffix('\n').unwrap_or(text);
@@ -412,6 +454,10 @@ impl TshCommand {
 
     /// How the device will delimit the reply to this command.
     pub fn reply_shape(&self) -> ReplyShape {
+        if self.help {
+            // catalogue help.format: `*h` lines, then `OK`.
+            return ReplyShape::Plain;
+        }
         match self.verb {
             Verb::XCommand => ReplyShape::Command,
             Verb::XConfiguration if self.set_value.is_some() => ReplyShape::ConfigSet,
@@ -452,6 +498,9 @@ impl TshCommand {
     /// True for commands that change nothing on the device: `xStatus`, an `xConfiguration`
     /// read, and `xCommand ... Show|List`.
     pub fn is_read_only(&self) -> bool {
+        if self.help {
+            return true;
+        }
         match self.verb {
             Verb::XStatus => true,
             Verb::XConfiguration => self.set_value.is_none(),
@@ -467,6 +516,9 @@ impl TshCommand {
         for w in &self.path {
             out.push(' ');
             out.push_str(w);
+        }
+        if self.help {
+            out.push_str(" ?");
         }
         if let Some(v) = &self.set_value {
             out.push_str(": ");
@@ -512,6 +564,12 @@ impl TshCommand {
     /// the body lines and `.\n` (the dot-terminated form).
     pub fn encode(&self, result_id: &ResultId) -> Zeroizing<String> {
         let mut out = Zeroizing::new(self.render_line(false));
+        if self.help {
+            // Help is not a command: no resultId (whether a device accepts one after `?`
+            // is not known), the `?` ends the line.
+            out.push('\n');
+            return out;
+        }
         out.push_str(" | resultId=\"");
         out.push_str(result_id.as_str());
         out.push_str("\"\n");
@@ -529,6 +587,51 @@ mod tests {
 
     fn rid(s: &str) -> ResultId {
         ResultId::new(s).unwrap()
+    }
+
+    #[test]
+    fn help_is_read_only_and_takes_nothing_but_a_path() {
+        let c = TshCommand::xcommand_help("Security ClientSecret Populate").unwrap();
+        assert_eq!(
+            c.encode(&rid("r1")).as_str(),
+            "xCommand Security ClientSecret Populate ?\n"
+        );
+        assert_eq!(
+            c.redacted_line(),
+            "xCommand Security ClientSecret Populate ?"
+        );
+        assert!(c.is_help() && c.is_read_only() && c.changes_nothing());
+        assert_eq!(c.reply_shape(), ReplyShape::Plain);
+        // Nothing can be smuggled after the `?`: no parameters, no body, path words only.
+        let c = TshCommand::xcommand_help("Security ClientSecret Populate").unwrap();
+        assert_eq!(
+            c.param("Secret", "x").unwrap_err(),
+            EncodeError::ParamsNotAllowed
+        );
+        let c = TshCommand::xcommand_help("Security Certificates Services Add").unwrap();
+        assert_eq!(c.body("text").unwrap_err(), EncodeError::BodyNotAllowed);
+        assert!(TshCommand::xcommand_help("Security ClientSecret Populate Secret: x").is_err());
+        assert!(TshCommand::xcommand_help("Dial ? | resultId=\"x\"").is_err());
+        assert!(!TshCommand::xcommand("Security ClientSecret Populate")
+            .unwrap()
+            .is_help());
+        // The help of a built command keeps its path and drops the rest, secrets included.
+        let full = TshCommand::xcommand("Security ClientSecret Populate")
+            .unwrap()
+            .param_secret("Secret", &Secret::new("ossifrage"))
+            .unwrap();
+        let help = full.into_help().unwrap();
+        assert_eq!(
+            help.encode(&rid("r1")).as_str(),
+            "xCommand Security ClientSecret Populate ?\n"
+        );
+        assert_eq!(
+            TshCommand::xstatus("SystemUnit")
+                .unwrap()
+                .into_help()
+                .unwrap_err(),
+            EncodeError::HelpNotAllowed
+        );
     }
 
     #[test]

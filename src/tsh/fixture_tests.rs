@@ -652,3 +652,36 @@ fn event_between_result_id_and_end_does_not_swallow_the_end() {
     assert!(matches!(&ev[1], TshEvent::Reply(rep) if rep.result_id.as_deref() == Some("r1")));
     assert_eq!(ev[2], TshEvent::Noise("** end".into()));
 }
+
+#[test]
+fn after_a_body_terminator_an_untagged_not_recognized_is_the_dots_answer() {
+    // catalogue command.populate-form, reply.not-recognized: a slow one-line device
+    // answers the `.` roomkey sent on its own; that answer is never the command's reply.
+    let mut r = ReplyReader::new();
+    r.feed(LOGIN);
+    r.expect_id(ReplyShape::Command, &ResultId::new("r3").unwrap());
+    r.strict_terminators();
+    // Out of order (the `.`'s answer first), then the command's own tagged block.
+    let ev = r.feed(
+        b"Command not recognized.\n\nOK\n*r ClientSecretPopulateResult (status=OK): \n** resultId: \"r3\"\n** end\n",
+    );
+    assert!(
+        matches!(&ev[..], [TshEvent::Stray(s), TshEvent::Reply(m)]
+            if s.status == ReplyStatus::NotRecognized && m.is_ok()
+                && m.result_id.as_deref() == Some("r3")),
+        "{ev:?}"
+    );
+    // The marker after it: a bare `ERROR` answering no command is skipped; an untagged
+    // status block (a device ignoring tags) is still the marker's reply.
+    r.expect_strict(ReplyShape::Status, &ResultId::new("r4").unwrap());
+    let ev = r.feed(b"ERROR\n*s SystemUnit Uptime: 42\n** end\n\nOK\n");
+    assert!(
+        matches!(&ev[..], [TshEvent::Stray(s), TshEvent::Reply(m)]
+            if s.status == ReplyStatus::BareError && m.get("SystemUnit Uptime") == Some("42")),
+        "{ev:?}"
+    );
+    // Without the mark an untagged answer is accepted, as before.
+    r.expect_id(ReplyShape::Command, &ResultId::new("r5").unwrap());
+    let ev = r.feed(b"Command not recognized.\n");
+    assert!(matches!(&ev[..], [TshEvent::Reply(m)] if m.status == ReplyStatus::NotRecognized));
+}

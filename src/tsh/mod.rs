@@ -11,7 +11,7 @@
 mod command;
 mod reply;
 
-pub use command::{EncodeError, ReplyShape, ResultId, TshCommand, Verb};
+pub use command::{EncodeError, ReplyShape, ResultId, TshCommand, Verb, UPTIME};
 pub use reply::{Field, Item, Reply, ReplyReader, ReplyStatus, TshEvent};
 
 /// The session command sent after login so commands are not echoed back.

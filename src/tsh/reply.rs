@@ -264,6 +264,10 @@ struct Pending {
     expected_id: Option<String>,
     phase: Phase,
     acc: Acc,
+    /// An extra line the device may answer on its own was sent (a body terminator `.` for
+    /// a command that may have taken none): an untagged `Command not recognized.` or bare
+    /// `ERROR` is that line's answer, reported as [`TshEvent::Stray`], never this reply.
+    strict: bool,
 }
 
 /// The incremental reader. Feed it whatever the channel delivers; it keeps a partial line
@@ -301,6 +305,7 @@ impl ReplyReader {
             expected_id: None,
             phase: Phase::Before,
             acc: Acc::default(),
+            strict: false,
         });
     }
 
@@ -314,7 +319,25 @@ impl ReplyReader {
             expected_id: Some(result_id.as_str().to_string()),
             phase: Phase::Before,
             acc: Acc::default(),
+            strict: false,
         });
+    }
+
+    /// From now on, until the pending reply completes (and for the next one announced with
+    /// [`expect_strict`](Self::expect_strict)), an untagged `Command not recognized.` or
+    /// bare `ERROR` is reported as [`TshEvent::Stray`]: the client sent a line of its own
+    /// that a device may answer that way (the `.` that ends a body the device may not have
+    /// been waiting for), and that answer must not be taken for the command's.
+    pub fn strict_terminators(&mut self) {
+        if let Some(p) = self.pending.as_mut() {
+            p.strict = true;
+        }
+    }
+
+    /// [`expect_id`](Self::expect_id) with [`strict_terminators`](Self::strict_terminators).
+    pub fn expect_strict(&mut self, shape: ReplyShape, result_id: &ResultId) {
+        self.expect_id(shape, result_id);
+        self.strict_terminators();
     }
 
     /// Forgets a pending reply (after a timeout).
@@ -402,6 +425,23 @@ impl ReplyReader {
                         expected_id: p.expected_id,
                         phase: Phase::Before,
                         acc: Acc::default(),
+                        strict: p.strict,
+                    });
+                }
+                (_, None)
+                    if p.strict
+                        && matches!(
+                            reply.status,
+                            ReplyStatus::NotRecognized | ReplyStatus::BareError
+                        ) =>
+                {
+                    out.push(TshEvent::Stray(reply));
+                    self.pending = Some(Pending {
+                        shape: p.shape,
+                        expected_id: p.expected_id,
+                        phase: Phase::Before,
+                        acc: Acc::default(),
+                        strict: true,
                     });
                 }
                 _ => out.push(TshEvent::Reply(reply)),

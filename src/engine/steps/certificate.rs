@@ -20,6 +20,10 @@ pub struct ShownCertificate {
     pub subject: String,
     pub issuer: String,
     pub used_for: Vec<String>,
+    /// `notBefore` / `notAfter` as the device prints them (catalogue `show.fields`,
+    /// `show.time-format`); empty when not shown.
+    pub not_before: String,
+    pub not_after: String,
 }
 
 /// Normalises a fingerprint as devices and tools print it (`AB:CD…`, `abcd…`).
@@ -50,6 +54,8 @@ pub fn parse_show(reply: &Reply) -> Vec<ShownCertificate> {
                 subject: item.get("SubjectName").unwrap_or_default().to_string(),
                 issuer: item.get("IssuerName").unwrap_or_default().to_string(),
                 used_for,
+                not_before: item.get("notBefore").unwrap_or_default().to_string(),
+                not_after: item.get("notAfter").unwrap_or_default().to_string(),
             })
         })
         .collect()
@@ -62,7 +68,7 @@ pub fn show_cmd() -> Result<TshCommand, EncodeError> {
 
 /// `Services Add`: a certificate and key as its body (the identity's as a JWE, a service
 /// certificate's as PEM).
-pub(super) fn services_add() -> Result<TshCommand, EncodeError> {
+pub fn services_add() -> Result<TshCommand, EncodeError> {
     TshCommand::xcommand("Security Certificates Services Add")
 }
 
@@ -72,7 +78,7 @@ fn add_header() -> Result<TshCommand, EncodeError> {
 }
 
 /// `Services Activate|Deactivate Purpose: <p>`, awaiting its `Fingerprint`.
-fn activation_header(activate: bool, purpose: Purpose) -> Result<TshCommand, EncodeError> {
+pub fn activation_header(activate: bool, purpose: Purpose) -> Result<TshCommand, EncodeError> {
     let verb = if activate { "Activate" } else { "Deactivate" };
     TshCommand::xcommand(&format!("Security Certificates Services {verb}"))
         .and_then(|c| c.param_literal("Purpose", purpose.as_str()))

@@ -20,7 +20,7 @@ pub fn restarted_since(before: u64, elapsed: u64, now: u64) -> bool {
 }
 
 /// The status node the restart is judged by (the command reads it, the reply carries it).
-pub const UPTIME: &str = "SystemUnit Uptime";
+pub use crate::tsh::UPTIME;
 
 fn uptime_cmd() -> Result<TshCommand, StepError> {
     TshCommand::xstatus(UPTIME).map_err(local)

@@ -1,5 +1,14 @@
 //! SCEP: `scep_enroll` (the device enrols with its CA; every value checked against the
-//! 0–128 character limits in preflight) and `scep_renewal_profile` (set, delete, list).
+//! device's limits in preflight, catalogue `scep.limits`) and `scep_renewal_profile` (set,
+//! delete, list).
+//!
+//! An enrolment counts as done only for a certificate that was not on the device before the
+//! request and is valid — the requested CN, within its notBefore/notAfter by roomkey's
+//! clock ([`judge_enrolled`]). A certificate already there does not count for a request;
+//! one already there *and valid* makes the request unnecessary. A new certificate that is
+//! not valid stops the device with that reason. A request the device accepted is recorded
+//! (write-ahead, `scep_request_accepted`) so a rerun waits for a pending enrolment and
+//! never requests it twice (catalogue `scep.completion`).
 
 use crate::journal::StepOutputs;
 
@@ -74,8 +83,63 @@ fn value<'a>(values: &'a [(&'static str, String)], name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-/// Enrols a certificate over SCEP unless the device already has one for this CN from this
-/// CA; records its fingerprint (`enrolled_fingerprint`) for the activation step.
+/// How far a device's clock may be ahead of roomkey's for a just-issued certificate's
+/// notBefore to count as reached.
+const CLOCK_SKEW: time::Duration = time::Duration::minutes(5);
+
+/// Whether `c` counts as an enrolment for `cn` at `now` (pure): the CN as requested and
+/// within its validity (notBefore up to [`CLOCK_SKEW`] ahead). `Err` says why not.
+pub fn judge_enrolled(
+    c: &ShownCertificate,
+    cn: &str,
+    now: time::OffsetDateTime,
+) -> Result<(), String> {
+    use super::identity::parse_device_time;
+    match subject_cn(&c.subject) {
+        Some(got) if got.eq_ignore_ascii_case(cn) => {}
+        Some(got) => {
+            return Err(format!(
+                "it was issued for CN={got}, not the requested CN={cn}"
+            ))
+        }
+        None => return Err(format!("its subject names no CN (requested CN={cn})")),
+    }
+    let (Some(not_before), Some(not_after)) = (
+        parse_device_time(&c.not_before),
+        parse_device_time(&c.not_after),
+    ) else {
+        return Err(
+            "the device shows no readable notBefore/notAfter for it (catalogue show.fields), \
+             so its validity cannot be confirmed"
+                .into(),
+        );
+    };
+    if not_after <= now {
+        return Err(format!("it expired on {} (notAfter)", c.not_after.trim()));
+    }
+    if not_before > now + CLOCK_SKEW {
+        return Err(format!(
+            "it is not valid before {} (notBefore)",
+            c.not_before.trim()
+        ));
+    }
+    Ok(())
+}
+
+/// The certificates among `shown` that may be this CN's enrolment: issued by the CA when
+/// its subject is known, else any (pure).
+fn from_ca<'a>(
+    shown: impl IntoIterator<Item = &'a ShownCertificate>,
+    ca_subject: Option<&str>,
+) -> Vec<&'a ShownCertificate> {
+    shown
+        .into_iter()
+        .filter(|c| ca_subject.is_none_or(|ca| same_dn(&c.issuer, ca)))
+        .collect()
+}
+
+/// Enrols a certificate over SCEP unless the device already has a valid one for this CN
+/// from this CA; records its fingerprint (`enrolled_fingerprint`) for the activation step.
 pub async fn scep_enroll(
     ctx: &mut StepContext<'_>,
     step: &ScepEnroll,
@@ -94,49 +158,63 @@ pub async fn scep_enroll(
         .find(|(fp, _)| *fp == ca_fp)
         .map(|(_, s)| s.clone());
     let shown = show(ctx).await?;
+    let now = time::OffsetDateTime::now_utc();
     // Which certificate is already the enrolled one: with the CA trusted, one for this CN
     // issued by it. Without it the issuer cannot be told (the identity certificate may
     // carry the same CN), so only an earlier attempt's own enrolment counts: a certificate
-    // for the CN that was not listed when that attempt journalled itself.
-    let earlier = match ca_subject.as_deref() {
-        Some(subject) => find_enrolled(&shown, &cn, Some(subject)),
-        None if ctx.resuming && !ctx.step_outputs.listed_before.is_empty() => {
-            let before = &ctx.step_outputs.listed_before;
-            let new: Vec<ShownCertificate> = shown
-                .iter()
-                .filter(|c| !before.contains(&c.fingerprint))
-                .cloned()
-                .collect();
-            find_enrolled(&new, &cn, None)
-                .and_then(|c| shown.iter().find(|s| s.fingerprint == c.fingerprint))
-        }
-        None => None,
+    // that was not listed when that attempt journalled itself. Either way only a valid one:
+    // an expired or not yet valid certificate is replaced by a new enrolment.
+    let resumed_before = (ctx.resuming && !ctx.step_outputs.listed_before.is_empty())
+        .then(|| ctx.step_outputs.listed_before.clone());
+    let earlier: Vec<&ShownCertificate> = match (ca_subject.as_deref(), &resumed_before) {
+        (Some(subject), _) => from_ca(&shown, Some(subject)),
+        (None, Some(before)) => shown
+            .iter()
+            .filter(|c| !before.contains(&c.fingerprint))
+            .collect(),
+        (None, None) => Vec::new(),
     };
-    if let Some(c) = earlier {
-        return Ok(StepDone {
-            changed: false,
-            outputs: StepOutputs {
-                enrolled_fingerprint: Some(c.fingerprint.clone()),
-                ..StepOutputs::default()
-            },
-            note: Some(format!(
-                "certificate {} for CN={cn} is already on the device",
+    if let Some(c) = earlier.iter().find(|c| judge_enrolled(c, &cn, now).is_ok()) {
+        return Ok(enrolled_done(
+            false,
+            &c.fingerprint,
+            format!(
+                "certificate {} for CN={cn} is already on the device and valid",
                 c.fingerprint
-            )),
-        });
+            ),
+        ));
+    }
+    // The certificates that were there before this enrolment: an earlier attempt's list
+    // when resuming (its request may be pending on the device), else today's.
+    let before: Vec<String> = match resumed_before {
+        Some(b) => b,
+        None => shown.iter().map(|c| c.fingerprint.clone()).collect(),
+    };
+    // catalogue scep.completion: an earlier attempt's request was accepted and may still
+    // be pending: wait for it, never request again.
+    let accepted_earlier = ctx.resuming && ctx.step_outputs.scep_request_accepted == Some(true);
+    if accepted_earlier {
+        if ctx.check_mode {
+            return Ok(unchanged(
+                "an earlier attempt's enrolment is pending; a run waits for it",
+            ));
+        }
+        let enrolled = wait_for_enrolment(ctx, &before, &cn, ca_subject.as_deref()).await?;
+        return Ok(enrolled_done(
+            true,
+            &enrolled.fingerprint,
+            format!(
+                "enrolled certificate {} for CN={cn} (the request of an earlier attempt, \
+                 not sent again)",
+                enrolled.fingerprint
+            ),
+        ));
     }
     let challenge = vault_credential(ctx, step.challenge_password.as_deref())?;
     let cmd = scep_cmd(values, challenge.as_ref()).map_err(local)?;
     if ctx.check_mode {
         return Ok(would(&cmd));
     }
-    // The certificates that were there before this enrolment: an earlier attempt's list
-    // when resuming (its request may be pending on the device), else today's.
-    let before: Vec<String> = if ctx.resuming && !ctx.step_outputs.listed_before.is_empty() {
-        ctx.step_outputs.listed_before.clone()
-    } else {
-        shown.iter().map(|c| c.fingerprint.clone()).collect()
-    };
     write_ahead
         .in_flight(
             "scep enroll",
@@ -147,24 +225,40 @@ pub async fn scep_enroll(
         )
         .await?;
     let reply = send(ctx, &cmd).await?;
-    crate::failpoint::hit("scep-after-reply");
-    // catalogue scep.completion: an enrolment may still be pending from an earlier attempt;
-    // the device refuses a second request then, and roomkey waits for the first.
+    // An enrolment still pending from an earlier attempt whose acceptance was not
+    // recorded (it stopped between sending and the reply): the device refuses a second
+    // request then, and roomkey waits for the first.
     if !(ctx.resuming && enrolment_in_progress(&reply)) {
         require_ok(&cmd, &reply)?;
     }
-    let enrolled = wait_for_enrolment(ctx, &before, &cn).await?;
-    Ok(StepDone {
-        changed: true,
+    write_ahead
+        .in_flight(
+            "scep request accepted",
+            StepOutputs {
+                listed_before: before.clone(),
+                scep_request_accepted: Some(true),
+                ..StepOutputs::default()
+            },
+        )
+        .await?;
+    crate::failpoint::hit("scep-after-reply");
+    let enrolled = wait_for_enrolment(ctx, &before, &cn, ca_subject.as_deref()).await?;
+    Ok(enrolled_done(
+        true,
+        &enrolled.fingerprint,
+        format!("enrolled certificate {} for CN={cn}", enrolled.fingerprint),
+    ))
+}
+
+fn enrolled_done(changed: bool, fingerprint: &str, note: String) -> StepDone {
+    StepDone {
+        changed,
         outputs: StepOutputs {
-            enrolled_fingerprint: Some(enrolled.fingerprint.clone()),
+            enrolled_fingerprint: Some(fingerprint.to_string()),
             ..StepOutputs::default()
         },
-        note: Some(format!(
-            "enrolled certificate {} for CN={cn}",
-            enrolled.fingerprint
-        )),
-    })
+        note: Some(note),
+    }
 }
 
 /// How long `scep_enroll` waits for an accepted enrolment's certificate to appear (devices
@@ -180,22 +274,40 @@ pub fn enrolment_in_progress(reply: &Reply) -> bool {
             .is_some_and(|r| r.to_ascii_lowercase().contains("in progress"))
 }
 
-/// Reads `Services Show` until a certificate for `cn` that was not listed `before` appears
-/// and is valid now (catalogue scep.completion), or [`ENROL_WAIT`] has passed.
+/// Reads `Services Show` until a certificate that was not listed `before` (from the CA,
+/// when its subject is known) appears (catalogue scep.completion), or [`ENROL_WAIT`] has
+/// passed. It counts only if valid for `cn` ([`judge_enrolled`]); a new one that is not
+/// stops the step with the reason.
 async fn wait_for_enrolment(
     ctx: &mut StepContext<'_>,
     before: &[String],
     cn: &str,
+    ca_subject: Option<&str>,
 ) -> Result<ShownCertificate, StepError> {
     let deadline = tokio::time::Instant::now() + ENROL_WAIT;
     loop {
         let after = show(ctx).await?;
-        let fresh: Vec<ShownCertificate> = after
-            .into_iter()
-            .filter(|c| !before.contains(&c.fingerprint))
-            .collect();
-        if let Some(enrolled) = find_enrolled(&fresh, cn, None) {
-            return Ok(enrolled.clone());
+        let now = time::OffsetDateTime::now_utc();
+        let fresh = from_ca(
+            after.iter().filter(|c| !before.contains(&c.fingerprint)),
+            ca_subject,
+        );
+        if let Some(enrolled) = fresh.iter().find(|c| judge_enrolled(c, cn, now).is_ok()) {
+            return Ok((*enrolled).clone());
+        }
+        if !fresh.is_empty() {
+            let why: Vec<String> = fresh
+                .iter()
+                .map(|c| {
+                    let reason = judge_enrolled(c, cn, now).err().unwrap_or_default();
+                    format!("{}: {reason}", c.fingerprint)
+                })
+                .collect();
+            return Err(StepError::Refused(format!(
+                "the SCEP enrolment produced a certificate that does not count ({}); it \
+                 stays on the device unused — check the CA's template and clock",
+                why.join("; ")
+            )));
         }
         if tokio::time::Instant::now() >= deadline {
             return Err(StepError::Refused(format!(
@@ -359,13 +471,15 @@ pub(super) fn plan_enroll(
         planned(
             scep_cmd(values, challenge.as_ref()),
             format!(
-                "if no certificate for CN={cn} issued by that CA is listed (the issuer is known \
-                 only if CA Show lists the CA; otherwise it enrols)"
+                "if no valid certificate for CN={cn} (within its dates) issued by that CA is \
+                 listed (the issuer is known only if CA Show lists the CA; otherwise it \
+                 enrols), and no request of an earlier attempt is pending"
             ),
         ),
         planned(
             super::certificate::show_cmd(),
-            "after the request: finds the enrolled certificate's fingerprint",
+            "after the request, until it appears (at most 60 s): the new certificate counts \
+             only if valid for the CN; otherwise the device stops with the reason",
         ),
     ]
 }
@@ -408,12 +522,16 @@ mod tests {
                 subject: "/CN=room-1".into(),
                 issuer: "/CN=Other CA".into(),
                 used_for: vec![],
+                not_before: String::new(),
+                not_after: String::new(),
             },
             ShownCertificate {
                 fingerprint: "bb".into(),
                 subject: "/CN=room-1".into(),
                 issuer: "/O=Ex/CN=SCEP CA".into(),
                 used_for: vec![],
+                not_before: String::new(),
+                not_after: String::new(),
             },
         ];
         assert_eq!(
@@ -422,6 +540,61 @@ mod tests {
             Some("bb")
         );
         assert_eq!(find_enrolled(&shown, "room-2", None), None);
+    }
+
+    #[test]
+    fn an_enrolment_counts_only_valid_and_for_the_requested_cn() {
+        // catalogue show.fields, show.time-format: `notBefore`/`notAfter` as printed.
+        let now = time::macros::datetime!(2026-06-01 12:00 UTC);
+        let cert = |subject: &str, nb: &str, na: &str| ShownCertificate {
+            fingerprint: "aa".into(),
+            subject: subject.into(),
+            issuer: "/CN=lab SCEP CA".into(),
+            used_for: vec![],
+            not_before: nb.into(),
+            not_after: na.into(),
+        };
+        let ok = cert(
+            "/CN=room-1.example.com",
+            "Jun 01 11:59:00 2026 GMT",
+            "Jun 01 11:59:00 2027 GMT",
+        );
+        assert_eq!(judge_enrolled(&ok, "ROOM-1.example.com", now), Ok(()));
+        // A device clock a little ahead: notBefore a minute in roomkey's future still counts.
+        let ahead = cert(
+            "/CN=room-1.example.com",
+            "Jun 01 12:01:00 2026 GMT",
+            "Jun 01 12:01:00 2027 GMT",
+        );
+        assert_eq!(judge_enrolled(&ahead, "room-1.example.com", now), Ok(()));
+        let expired = cert(
+            "/CN=room-1.example.com",
+            "Apr 27 12:00:00 2025 GMT",
+            "Apr 27 12:00:00 2026 GMT",
+        );
+        assert!(judge_enrolled(&expired, "room-1.example.com", now)
+            .unwrap_err()
+            .contains("expired on Apr 27 12:00:00 2026 GMT"));
+        let later = cert(
+            "/CN=room-1.example.com",
+            "Jul 01 12:00:00 2026 GMT",
+            "Jul 01 12:00:00 2027 GMT",
+        );
+        assert!(judge_enrolled(&later, "room-1.example.com", now)
+            .unwrap_err()
+            .contains("not valid before Jul 01 12:00:00 2026 GMT"));
+        let other = cert(
+            "/O=Lab/CN=device-4711",
+            "Jun 01 11:59:00 2026 GMT",
+            "Jun 01 11:59:00 2027 GMT",
+        );
+        assert!(judge_enrolled(&other, "room-1.example.com", now)
+            .unwrap_err()
+            .contains("issued for CN=device-4711, not the requested CN=room-1.example.com"));
+        let undated = cert("/CN=room-1.example.com", "", "");
+        assert!(judge_enrolled(&undated, "room-1.example.com", now)
+            .unwrap_err()
+            .contains("show.fields"));
     }
 
     #[test]

@@ -36,14 +36,35 @@ use crate::vault::{phrase, Held, Reading};
 /// such certificate" and deactivates nothing.
 pub const PROBE_FINGERPRINT: &str = "0000000000000000000000000000000000000000";
 
+const POPULATE: &str = "Security ClientSecret Populate";
+
 /// `ClientSecret Populate Secret: "…"` — plaintext (base64url) the first time, a JWE after.
 pub fn populate_command(value: &Secret) -> Result<TshCommand, crate::tsh::EncodeError> {
-    TshCommand::xcommand("Security ClientSecret Populate")
-        .and_then(|c| c.param_secret("Secret", value))
+    TshCommand::xcommand(POPULATE).and_then(|c| c.param_secret("Secret", value))
 }
 
-fn populate_cmd(value: Secret) -> Result<TshCommand, StepError> {
-    populate_command(&value).map_err(local)
+/// The same `Populate` in the multi-line form: the value as the body (catalogue
+/// `command.populate-form`: a schema text calls the command multi-line).
+pub fn populate_body_command(value: &Secret) -> Result<TshCommand, crate::tsh::EncodeError> {
+    TshCommand::xcommand(POPULATE).and_then(|c| c.body_secret(value))
+}
+
+/// Sends `Populate` with `value`, one-line first, the multi-line form only if the device
+/// shows it waits for a body (`TshSession::run_either_form`: never a wait to the command
+/// timeout, never a reply taken for another's). Both forms carry the same value, so the
+/// candidates the vault recorded before the call cover whatever the device took.
+async fn send_populate(
+    ctx: &mut StepContext<'_>,
+    value: Secret,
+) -> Result<(TshCommand, Reply, Option<String>), StepError> {
+    let one_line = populate_command(&value).map_err(local)?;
+    let multi_line = populate_body_command(&value).map_err(local)?;
+    let answer = ctx.session.run_either_form(&one_line, &multi_line).await?;
+    let cmd = match answer.form {
+        crate::ssh::CommandForm::OneLine => one_line,
+        crate::ssh::CommandForm::MultiLine => multi_line,
+    };
+    Ok((cmd, answer.reply, answer.note))
 }
 
 /// The proof: `Services Deactivate Purpose: WebexIdentity Fingerprint: "<JWE>"`, the JWE
@@ -354,12 +375,16 @@ pub(super) async fn populate_secret(
     write_ahead
         .in_flight("populate plaintext", StepOutputs::default())
         .await?;
-    let cmd = populate_cmd(Secret::new(jwe::initial_populate_value(&current)))?;
-    let reply = send(ctx, &cmd).await?;
+    let (cmd, reply, form_note) =
+        send_populate(ctx, Secret::new(jwe::initial_populate_value(&current))).await?;
+    let device = &ctx.prepared.device;
     if reply.is_ok() {
         crate::failpoint::hit("populate-after-reply");
         ctx.secrets.confirm_current(device).await.map_err(local)?;
-        return Ok(changed("ClientSecret seeded (plaintext first seeding)"));
+        return Ok(changed(match form_note {
+            Some(n) => format!("ClientSecret seeded (plaintext first seeding; {n})"),
+            None => "ClientSecret seeded (plaintext first seeding)".to_string(),
+        }));
     }
     // Refused: the device most likely has a secret already. Prove it is ours.
     let plaintext_refusal = refusal(&cmd, &reply);
@@ -490,8 +515,10 @@ pub(super) async fn rotate_secret(
             )
             .await
             .map_err(local)?;
-        let cmd = populate_cmd(Secret::new(jwe))?;
-        let reply = send(ctx, &cmd).await?;
+        let (cmd, reply, form_note) = send_populate(ctx, Secret::new(jwe)).await?;
+        if let Some(n) = form_note {
+            tracing::info!(device = %ctx.prepared.device.name, "populate: {n}");
+        }
         crate::failpoint::hit("rotate-after-reply");
         crate::failpoint::hit(&format!("rotate-after-reply-{form}"));
         // Either reading may answer OK: only a proof says what the device now holds.
@@ -572,6 +599,11 @@ const PROOF_WHEN: &str = "a proof that changes nothing: a Deactivate JWE for a f
      certificate has, keyed from each secret the vault records for the device (current, or \
      an unfinished rotation's candidates) until one decrypts";
 
+/// When the multi-line `Populate` is sent (catalogue `command.populate-form`).
+const POPULATE_BODY_WHEN: &str = "only if the device sends no byte within `body_wait` and, \
+     after a `.` ends the body it waits for, refuses the one-line form: the same value as \
+     the body";
+
 pub(super) fn plan_populate(
     pc: &super::PlanContext<'_>,
     initial: bool,
@@ -592,6 +624,7 @@ pub(super) fn plan_populate(
                     populate_command(&placeholder()),
                     "if the vault records the device as never seeded: plaintext first seeding",
                 ),
+                planned(populate_body_command(&placeholder()), POPULATE_BODY_WHEN),
                 proof(&format!("if refused, or resuming: {PROOF_WHEN}")),
             ]
         }
@@ -615,6 +648,7 @@ pub(super) fn plan_rotate() -> Vec<super::PlannedCommand> {
              form the device's release reads (a canary tries the raw phrase, then its \
              base64url form); every secret it may hold afterwards is saved in the vault first",
         ),
+        planned(populate_body_command(&placeholder()), POPULATE_BODY_WHEN),
         planned(
             probe_command(&placeholder()),
             format!("after each populate: {PROOF_WHEN}; only then is one promoted"),

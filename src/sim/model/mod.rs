@@ -14,7 +14,8 @@
 //! activation, `Services Show`), [`cas`] (the trusted CA list), [`enrolment`] (SCEP
 //! enrolment and renewal profiles as the device holds them; the SCEP server is
 //! `sim::scep`), [`status`] and [`config`] (the two trees), [`persistence`] (the on-disk
-//! form) and [`variants`] (the firmware alternatives that are not one subject's).
+//! form), [`help`] (what `xCommand <path> ?` prints) and [`variants`] (the firmware
+//! alternatives that are not one subject's).
 
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
@@ -25,6 +26,7 @@ mod cas;
 mod certificates;
 mod config;
 mod enrolment;
+mod help;
 mod persistence;
 mod secrets;
 mod status;
