@@ -172,6 +172,59 @@ async fn prove(ctx: &mut StepContext<'_>) -> Result<Proof, StepError> {
     Ok(Proof::Neither(last))
 }
 
+/// Pause between two rounds of proofs when resuming an interrupted rotation.
+///
+/// Why: a Populate sent by a session that died (killed controller, dropped link) may still
+/// be running on the device when the next run proves its secret — the device finishes a
+/// command it has read even when nobody waits for the answer. Proofs made while it lands
+/// can see the old secret (and abandon a rotation that then lands) or see neither secret
+/// (and flag a healthy device `secret-unknown`). Proofs change nothing, so roomkey proves
+/// again after a pause and acts only on two rounds that agree.
+const PROOF_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Rounds of proofs before roomkey gives up on a device whose answer keeps changing.
+const PROOF_ROUNDS: usize = 4;
+
+/// Two proofs showed the same thing (the evidence texts may differ).
+fn same_proof(a: &Proof, b: &Proof) -> bool {
+    match (a, b) {
+        (Proof::Holds(x), Proof::Holds(y)) => x == y,
+        (Proof::Neither(_), Proof::Neither(_)) | (Proof::NoSecret(_), Proof::NoSecret(_)) => true,
+        _ => false,
+    }
+}
+
+/// [`prove`] for a device an earlier, interrupted session may still be changing: proves
+/// until two rounds [`PROOF_SETTLE`] apart agree. Holding the new secret is final (the
+/// interrupted command can only have brought the device there), so it needs one round.
+async fn prove_settled(ctx: &mut StepContext<'_>) -> Result<Proof, StepError> {
+    let mut last = prove(ctx).await?;
+    for _ in 1..PROOF_ROUNDS {
+        if matches!(last, Proof::Holds(held) if held != Held::Current) {
+            return Ok(last);
+        }
+        tokio::time::sleep(PROOF_SETTLE).await;
+        let next = prove(ctx).await?;
+        if same_proof(&last, &next) {
+            return Ok(next);
+        }
+        tracing::info!(
+            device = %ctx.prepared.device.name,
+            "the device's answer to the ClientSecret proofs changed between two rounds \
+             (an interrupted command may still be landing): proving again"
+        );
+        last = next;
+    }
+    if matches!(last, Proof::Holds(held) if held != Held::Current) {
+        return Ok(last);
+    }
+    Err(StepError::Refused(format!(
+        "the device's ClientSecret kept changing while roomkey proved it ({PROOF_ROUNDS} \
+         rounds {} ms apart disagreed): another session may be changing it; nothing was \
+         changed and every candidate secret is kept in the vault — rerun when it is idle",
+        PROOF_SETTLE.as_millis()
+    )))
+}
+
 /// The recovery advice every "secret unknown" or "no secret" message carries.
 fn recovery(name: &str) -> String {
     format!(
@@ -273,7 +326,14 @@ async fn prove_and_settle(ctx: &mut StepContext<'_>) -> Result<StepDone, StepErr
         .pending(&ctx.prepared.device)
         .map_err(local)?
         .is_some();
-    match prove(ctx).await? {
+    // After an interrupted attempt (pending, or `secret-unknown`) its command may still be
+    // landing: prove until two rounds agree. A device merely seeded needs one round.
+    let proof = if had_pending || ctx.secrets.is_secret_unknown(&ctx.prepared.device) {
+        prove_settled(ctx).await?
+    } else {
+        prove(ctx).await?
+    };
+    match proof {
         Proof::Holds(Held::Current) => {
             settle(ctx, Held::Current).await?;
             Ok(unchanged(if had_pending {
@@ -453,8 +513,14 @@ pub(super) async fn rotate_secret(
         // attempt may have landed, or promoted already (it crashed before the journal said
         // done); the device may be `secret-unknown`, or factory-reset — and a populate JWE
         // must never reach a device without a secret, which might take it for a plaintext
-        // first seeding.
-        match prove(ctx).await? {
+        // first seeding. After an interrupted attempt (pending, or `secret-unknown`), its
+        // command may still be landing: prove until two rounds agree.
+        let proof = if pending.is_some() || unknown {
+            prove_settled(ctx).await?
+        } else {
+            prove(ctx).await?
+        };
+        match proof {
             Proof::Holds(Held::Current) => {
                 if pending.is_none() {
                     settle(ctx, Held::Current).await?;
