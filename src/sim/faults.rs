@@ -72,6 +72,35 @@ impl ErrorRule {
     }
 }
 
+/// A command still running on the device when its client gave up: it is not answered (as
+/// with `hang`), and its effect lands only once the device has answered a later command
+/// whose line contains `after` (case-insensitive; from any session). Real devices finish a
+/// command they have read whether or not anybody waits for the answer, so a rerun's first
+/// reads can race the landing of a killed run's last command.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LandLateRule {
+    #[serde(default)]
+    pub nth: Option<u64>,
+    #[serde(default)]
+    pub pattern: Option<String>,
+    #[serde(default)]
+    pub times: Option<u32>,
+    /// The later command after whose answer the effect lands.
+    pub after: String,
+}
+
+impl LandLateRule {
+    /// The trigger part of the rule.
+    pub fn trigger(&self) -> Trigger {
+        Trigger {
+            nth: self.nth,
+            pattern: self.pattern.clone(),
+            times: self.times,
+        }
+    }
+}
+
 fn default_reason() -> String {
     "Simulated failure".to_string()
 }
@@ -94,6 +123,8 @@ pub struct FaultPlan {
     pub hang: Vec<Trigger>,
     /// Answer with `(status=Error)` and this reason.
     pub error: Vec<ErrorRule>,
+    /// Never answer the command, and apply it only after a later one ([`LandLateRule`]).
+    pub land_late: Vec<LandLateRule>,
     /// Extra lines printed after the banner's `OK` (a variant real devices show, e.g.
     /// `Last login from 10.0.0.5 at 2024-05-10 13:14:47`); clients must cope.
     pub login_notice: Vec<String>,
@@ -138,6 +169,8 @@ pub enum Action {
     DropBefore,
     DropAfter,
     Hang,
+    /// Hang, and land the command after the device answers one containing this text.
+    LandLate(String),
     Error(String),
 }
 
@@ -155,6 +188,7 @@ pub struct FaultState {
     drop_before: Vec<TriggerState>,
     drop_after: Vec<TriggerState>,
     hang: Vec<TriggerState>,
+    land_late: Vec<TriggerState>,
     error: Vec<TriggerState>,
     /// Every JWE salt received, in order (not secret: salts travel in the clear).
     salts: Vec<Vec<u8>>,
@@ -190,6 +224,7 @@ impl FaultState {
             drop_before: n(plan.drop_before.len()),
             drop_after: n(plan.drop_after.len()),
             hang: n(plan.hang.len()),
+            land_late: n(plan.land_late.len()),
             error: n(plan.error.len()),
             plan,
             seen: 0,
@@ -214,7 +249,8 @@ impl FaultState {
     }
 
     /// Counts one received command and decides its fate (first firing fault wins, in the
-    /// order drop-before, hang, error, drop-after; every trigger still counts the command).
+    /// order drop-before, hang, land-late, error, drop-after; every trigger still counts the
+    /// command).
     pub fn on_command(&mut self, line: &str) -> Action {
         self.seen += 1;
         let seq = self.seen;
@@ -230,6 +266,13 @@ impl FaultState {
         };
         let db = fire(&self.plan.drop_before, &mut self.drop_before);
         let hang = fire(&self.plan.hang, &mut self.hang);
+        let land_whens: Vec<Trigger> = self
+            .plan
+            .land_late
+            .iter()
+            .map(LandLateRule::trigger)
+            .collect();
+        let land = fire(&land_whens, &mut self.land_late);
         let error_whens: Vec<Trigger> = self.plan.error.iter().map(ErrorRule::trigger).collect();
         let err = fire(&error_whens, &mut self.error);
         let da = fire(&self.plan.drop_after, &mut self.drop_after);
@@ -237,6 +280,8 @@ impl FaultState {
             Action::DropBefore
         } else if hang.is_some() {
             Action::Hang
+        } else if let Some(rule) = land.and_then(|i| self.plan.land_late.get(i)) {
+            Action::LandLate(rule.after.to_ascii_lowercase())
         } else if let Some(i) = err {
             Action::Error(
                 self.plan
@@ -302,6 +347,26 @@ mod tests {
         assert_eq!(
             s.on_command("xcommand x show"),
             Action::Error("busy".into())
+        );
+    }
+
+    #[test]
+    fn land_late_hangs_and_names_what_it_lands_after() {
+        let mut s = FaultState::new(FaultPlan {
+            land_late: vec![LandLateRule {
+                pattern: Some("Populate".into()),
+                after: "Deactivate".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        assert_eq!(
+            s.on_command("xCommand Security ClientSecret Populate"),
+            Action::LandLate("deactivate".into())
+        );
+        assert_eq!(
+            s.on_command("xCommand Security ClientSecret Populate"),
+            Action::Normal
         );
     }
 

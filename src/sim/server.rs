@@ -164,6 +164,9 @@ struct DeviceRuntime {
     model: tokio::sync::Mutex<Device>,
     faults: StdMutex<FaultState>,
     log: StdMutex<Vec<LoggedCommand>>,
+    /// A command held back by the `land_late` fault, and the (lowercase) text of the later
+    /// command after whose answer it lands.
+    landing: StdMutex<Option<(Request, String)>>,
     store: Option<Store>,
     kdf: KdfPool,
     /// JWE opening cost settings, and this device's derived keys (used only if cached).
@@ -485,6 +488,14 @@ async fn process_frame(
             rt.log_command(seq, log_line, "hang");
             return Flow::Hang;
         }
+        faults::Action::LandLate(after) => {
+            rt.log_command(seq, log_line, "hang");
+            if let Parsed::X { mut req, .. } = parsed {
+                req.body = body.map(|b| b.0);
+                *lock(&rt.landing) = Some((req, after));
+            }
+            return Flow::Hang;
+        }
         faults::Action::Error(reason) => {
             rt.log_command(seq, log_line, "injected-error");
             let (kind, name) = match &parsed {
@@ -594,8 +605,35 @@ async fn process_frame(
             if drop_after && outcome.reboot {
                 rt.reboot();
             }
-            finish(flow, if ok { "ok" } else { "error" })
+            let flow = finish(flow, if ok { "ok" } else { "error" });
+            land_held_back(rt, &log_line).await;
+            flow
         }
+    }
+}
+
+/// Lands the command the `land_late` fault held back, once the device has answered the
+/// command it waits for (the answer above was made before it landed).
+async fn land_held_back(rt: &DeviceRuntime, answered: &str) {
+    let held = {
+        let mut landing = lock(&rt.landing);
+        let due = landing
+            .as_ref()
+            .is_some_and(|(_, after)| answered.to_ascii_lowercase().contains(after.as_str()));
+        if due {
+            landing.take()
+        } else {
+            None
+        }
+    };
+    if let Some((req, _)) = held {
+        let outcome = rt.apply(&req).await;
+        let seq = lock(&rt.log).len() as u64 + 1;
+        let landed = match &outcome.response {
+            Response::Result { status, .. } if *status == model::ResultStatus::Ok => "landed",
+            _ => "landed-with-error",
+        };
+        rt.log_command(seq, tsh::redacted(&req), landed);
     }
 }
 
@@ -1127,6 +1165,7 @@ impl Fleet {
                     .collect(),
                 faults: StdMutex::new(FaultState::new(spec.faults.clone())),
                 log: StdMutex::new(Vec::new()),
+                landing: StdMutex::new(None),
                 store,
                 kdf: opts.kdf.clone(),
                 cpu: opts.device_cpu.clone(),
