@@ -468,7 +468,12 @@ async fn device_task(shared: &Shared, index: usize, mut halt: Halt) -> Option<De
         match opens {
             None => {
                 let started = Instant::now();
-                let outcome = run_device(shared, prepared, halt).await;
+                // Boxed: a device's whole run is a large state machine, and every device
+                // of a batch is spawned at once to queue for a session slot. Inline, each
+                // queued task would hold that state from the start; boxed, it is allocated
+                // only while the device holds a slot (memory bounded by sessions, not by
+                // the fleet).
+                let outcome = Box::pin(run_device(shared, prepared, halt)).await;
                 drop(permit);
                 if outcome.connections > 0 && outcome.status.is_success() {
                     shared.estimator.record(started.elapsed());
