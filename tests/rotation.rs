@@ -290,24 +290,10 @@ async fn crash_at_every_write_ahead_point_resumes(reading: PopulateReading, subn
 }
 both_readings!(crash_at_every_write_ahead_point_resumes, 10);
 
-async fn kill_while_the_device_has_not_replied_resumes(reading: PopulateReading, subnet: u8) {
-    let lab = seeded_lab(3, subnet, reading).await;
-    let before = lab.read_vault();
-    // room-01 never answers its first rotation (nor anything after it in that session).
-    lab.fleet()
-        .set_faults(
-            "room-01",
-            FaultPlan {
-                hang: vec![Trigger::pattern("ClientSecret Populate")],
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    let policy = "concurrency: 8, connect_timeout: 5s, auth_timeout: 5s, command_timeout: 60s, retries: 0, retry_backoff: 100ms, host_key_policy: accept-new";
-    let pb = rotate_playbook(&lab, policy);
-    let mut child = lab.apply_command(&pb, &[]).spawn().unwrap();
-
-    // Wait for the observable event: the simulator logged the hanging Populate.
+/// Starts `apply` of `pb` and kills it (SIGKILL) once the simulator has logged room-01's
+/// hanging command — the observable event, no timed wait.
+async fn kill_once_room_01_hangs(lab: &Lab, pb: &Path) {
+    let mut child = lab.apply_command(pb, &[]).spawn().unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let snap = lab.snapshot("room-01").await;
@@ -323,12 +309,29 @@ async fn kill_while_the_device_has_not_replied_resumes(reading: PopulateReading,
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The command is on the wire and unanswered: the new secret is already pending.
+    child.start_kill().unwrap(); // SIGKILL
+    assert!(!child.wait().await.unwrap().success());
+}
+
+async fn kill_while_the_device_has_not_replied_resumes(reading: PopulateReading, subnet: u8) {
+    let lab = seeded_lab(3, subnet, reading).await;
+    let before = lab.read_vault();
+    // room-01 never answers its first rotation (nor anything after it in that session).
+    lab.fleet()
+        .set_faults(
+            "room-01",
+            FaultPlan {
+                hang: vec![Trigger::pattern("ClientSecret Populate")],
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let policy = "concurrency: 8, connect_timeout: 5s, auth_timeout: 5s, command_timeout: 60s, retries: 0, retry_backoff: 100ms, host_key_policy: accept-new";
+    let pb = rotate_playbook(&lab, policy);
+    kill_once_room_01_hangs(&lab, &pb).await;
+    // The command was on the wire and unanswered: the new secret was already pending.
     let mid = lab.read_vault();
     assert!(pending_of(&mid, "room-01").is_some(), "pending before send");
-    child.start_kill().unwrap(); // SIGKILL
-    let status = child.wait().await.unwrap();
-    assert!(!status.success());
     assert_eq!(
         lab.device_secret("room-01").await.unwrap(),
         current_of(&before, "room-01"),
@@ -378,24 +381,7 @@ async fn a_populate_landing_during_the_reruns_proofs_is_waited_for(
         .unwrap();
     let policy = "concurrency: 8, connect_timeout: 5s, auth_timeout: 5s, command_timeout: 60s, retries: 0, retry_backoff: 100ms, host_key_policy: accept-new";
     let pb = rotate_playbook(&lab, policy);
-    let mut child = lab.apply_command(&pb, &[]).spawn().unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let snap = lab.snapshot("room-01").await;
-        if snap.commands.iter().any(|c| c.outcome == "hang") {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "room-01 never received its rotation"
-        );
-        if let Ok(status) = child.try_wait() {
-            assert!(status.is_none(), "apply ended before the hang: {status:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    child.start_kill().unwrap(); // SIGKILL
-    assert!(!child.wait().await.unwrap().success());
+    kill_once_room_01_hangs(&lab, &pb).await;
     assert_eq!(
         lab.device_secret("room-01").await.unwrap(),
         current_of(&before, "room-01"),

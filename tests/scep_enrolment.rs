@@ -70,30 +70,6 @@ fn steps(fp: &str) -> String {
     )
 }
 
-/// name → (status, failed step and reason) from a `--report` file.
-fn outcomes(report: &std::path::Path) -> std::collections::BTreeMap<String, (String, String)> {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
-    v["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["device"].as_str().unwrap().to_string(),
-                (
-                    o["status"].as_str().unwrap().to_string(),
-                    format!(
-                        "{} {}",
-                        o["failed_step"].as_str().unwrap_or_default(),
-                        o["reason"].as_str().unwrap_or_default()
-                    ),
-                ),
-            )
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_expired_not_yet_valid_or_other_cn_enrolment_does_not_count() {
     let issues = [
@@ -114,7 +90,7 @@ async fn an_expired_not_yet_valid_or_other_cn_enrolment_does_not_count() {
         let (code, stdout, stderr) = lab
             .apply(&pb, &["--report", report.to_str().unwrap()])
             .await;
-        let got = outcomes(&report);
+        let got = report_outcomes(&report);
         let all = format!("attempt {attempt}: exit {code}\n{stdout}\n{stderr}\n{got:#?}");
         for (i, want) in wants.iter().enumerate() {
             let name = room_name(i);
@@ -185,7 +161,7 @@ async fn a_pending_enrolment_is_waited_for_across_a_rerun_not_requested_twice() 
     let (code, stdout, stderr) = lab
         .apply(&pb, &["--report", report.to_str().unwrap()])
         .await;
-    let got = outcomes(&report);
+    let got = report_outcomes(&report);
     assert_eq!(code, 0, "{stdout}\n{stderr}\n{got:#?}");
     assert_eq!(got[&name].0, "changed", "{got:#?}");
     let snap = lab.snapshot(&name).await;

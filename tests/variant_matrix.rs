@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use roomkey::sim::{FaultPlan, Variants};
@@ -32,31 +31,6 @@ fn shipped(dir: &Path, name: &str) -> PathBuf {
     let path = dir.join(format!("shipped-{name}.yaml"));
     std::fs::write(&path, serde_yaml::to_string(&doc).unwrap()).unwrap();
     path
-}
-
-/// The per-device outcomes of a `--report` file: name → (status, reason with the failed
-/// step).
-fn outcomes(report: &Path) -> BTreeMap<String, (String, String)> {
-    let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
-    v["outcomes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|o| {
-            (
-                o["device"].as_str().unwrap().to_string(),
-                (
-                    o["status"].as_str().unwrap().to_string(),
-                    format!(
-                        "{} {}",
-                        o["failed_step"].as_str().unwrap_or_default(),
-                        o["reason"].as_str().unwrap_or_default()
-                    ),
-                ),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -94,7 +68,7 @@ async fn shipped_playbooks_against_every_variant() {
             &["--report", report.to_str().unwrap()],
         )
         .await;
-    let got = outcomes(&report);
+    let got = report_outcomes(&report);
     let all = format!("exit {code}\n{stdout}\n{stderr}\n{got:#?}");
     for (key, _) in &variants {
         let name = name_of(key);
@@ -163,7 +137,7 @@ async fn shipped_playbooks_against_every_variant() {
         .apply(&failing, &["--report", report3.to_str().unwrap()])
         .await;
     assert!(report3.exists(), "exit {code}\n{stdout}\n{stderr}");
-    let got = outcomes(&report3);
+    let got = report_outcomes(&report3);
     for key in ["default", "command_error=error"] {
         let (status, reason) = &got[&name_of(key)];
         assert_eq!(status, "failed", "{key}: {got:#?}");
@@ -188,7 +162,7 @@ async fn shipped_playbooks_against_every_variant() {
         .apply(&toggle, &["--report", report5.to_str().unwrap()])
         .await;
     assert!(report5.exists(), "exit {code}\n{stdout}\n{stderr}");
-    let got = outcomes(&report5);
+    let got = report_outcomes(&report5);
     for (key, _) in &variants {
         let name = name_of(key);
         assert_eq!(got[&name].0, "changed", "{key}: {got:#?}");
@@ -209,7 +183,7 @@ async fn shipped_playbooks_against_every_variant() {
         &["--report", report4.to_str().unwrap()],
     )
     .await;
-    let got = outcomes(&report4);
+    let got = report_outcomes(&report4);
     let vault = lab.read_vault();
     for (key, _) in &variants {
         let name = name_of(key);
@@ -307,7 +281,7 @@ async fn shipped_scep_playbook_against_scep_variants() {
     let (code, stdout, stderr) = lab
         .apply(&shipped_path, &["--report", report.to_str().unwrap()])
         .await;
-    let got = outcomes(&report);
+    let got = report_outcomes(&report);
     let all = format!("exit {code}\n{stdout}\n{stderr}\n{got:#?}");
     for (i, (key, _)) in cases.iter().enumerate() {
         let name = &lab.names[i];

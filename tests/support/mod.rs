@@ -54,6 +54,31 @@ pub fn identity(name: &str) -> String {
     format!("{name}.lab.example.com")
 }
 
+/// The per-device outcomes of a `--report` file: name → (status, the failed step and the
+/// reason).
+pub fn report_outcomes(report: &Path) -> std::collections::BTreeMap<String, (String, String)> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap();
+    v["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            (
+                o["device"].as_str().unwrap().to_string(),
+                (
+                    o["status"].as_str().unwrap().to_string(),
+                    format!(
+                        "{} {}",
+                        o["failed_step"].as_str().unwrap_or_default(),
+                        o["reason"].as_str().unwrap_or_default()
+                    ),
+                ),
+            )
+        })
+        .collect()
+}
+
 /// A playbook with the given steps (YAML list items) and test-sized timeouts.
 pub fn playbook(dir: &Path, name: &str, policy: &str, steps: &str) -> PathBuf {
     let path = dir.join(format!("{name}.yaml"));

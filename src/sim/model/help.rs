@@ -97,25 +97,6 @@ const HELP: &[(&[&str], &[&str])] = &[
     (&["SystemUnit", "Boot"], &["Action: <Restart/Shutdown>"]),
 ];
 
-/// The SCEP profile command of each verb generation (catalogue scep.commands).
-const PROFILES_SET: &[&str] = &[
-    "Security",
-    "Certificates",
-    "Services",
-    "Enrollment",
-    "SCEP",
-    "Profiles",
-    "Set",
-];
-const RENEWAL_REQUEST: &[&str] = &[
-    "Security",
-    "Certificates",
-    "Services",
-    "Enrollment",
-    "SCEP",
-    "Renewal",
-    "Request",
-];
 const PROFILE_PARAMS: &[&str] = &["Fingerprint(r): <S: 0, 128>", "URL(r): <S: 0, 256>"];
 
 impl Device {
@@ -142,7 +123,7 @@ impl Device {
                 crate::sim::variants::PopulateForm::OneLine => vec!["Secret(r): <S: 0, 1024>"],
                 crate::sim::variants::PopulateForm::MultiLine => vec![],
             }
-        } else if (!older && same(PROFILES_SET)) || (older && same(RENEWAL_REQUEST)) {
+        } else if (!older && same(super::PROFILES_SET)) || (older && same(super::RENEWAL_REQUEST)) {
             PROFILE_PARAMS.to_vec()
         } else {
             HELP.iter().find(|(p, _)| same(p))?.1.to_vec()

@@ -37,6 +37,28 @@ pub use certificates::{
     parse_cert_der, CertError, CertMeta, Purpose, ServiceCert,
 };
 pub use enrolment::RenewalProfile;
+
+/// The SCEP profile command of each verb generation (catalogue scep.commands): current
+/// devices know `SCEP Profiles Set`, older ones `SCEP Renewal Request` (variant
+/// `scep_verbs`). The dispatcher and the `?` help both use these.
+const PROFILES_SET: &[&str] = &[
+    "Security",
+    "Certificates",
+    "Services",
+    "Enrollment",
+    "SCEP",
+    "Profiles",
+    "Set",
+];
+const RENEWAL_REQUEST: &[&str] = &[
+    "Security",
+    "Certificates",
+    "Services",
+    "Enrollment",
+    "SCEP",
+    "Renewal",
+    "Request",
+];
 pub use persistence::{PersistedCert, PersistedState};
 pub use variants::PopulateReading;
 
@@ -426,30 +448,7 @@ impl Device {
         // catalogue scep.commands: current devices know `SCEP Profiles Set`, older ones
         // `SCEP Renewal Request` (variant `scep_verbs`).
         let older = self.variants.scep_verbs == super::variants::ScepVerbs::Older;
-        if older
-            && req.path_is(&[
-                "Security",
-                "Certificates",
-                "Services",
-                "Enrollment",
-                "SCEP",
-                "Renewal",
-                "Request",
-            ])
-        {
-            return self.renewal_request(name, req);
-        }
-        if !older
-            && req.path_is(&[
-                "Security",
-                "Certificates",
-                "Services",
-                "Enrollment",
-                "SCEP",
-                "Profiles",
-                "Set",
-            ])
-        {
+        if (older && req.path_is(RENEWAL_REQUEST)) || (!older && req.path_is(PROFILES_SET)) {
             return self.renewal_request(name, req);
         }
         if req.path_is(&[
