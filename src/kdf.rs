@@ -2,10 +2,11 @@
 //!
 //! scrypt (N=32768, r=8, p=1) costs ~32 MiB and tens of milliseconds of CPU per call. Run on
 //! the async executor it would stall every other connection; run unbounded over a fleet it
-//! would exhaust memory. [`KdfPool`] therefore runs each derivation with
-//! `tokio::task::spawn_blocking` while holding a semaphore permit, so at most `max_parallel`
-//! derivations (by default one per core) run at once. The permit moves into the blocking
-//! task, so a cancelled caller does not free a slot while its scrypt is still running.
+//! would exhaust memory. [`KdfPool`] therefore runs each derivation on a thread of its own
+//! while holding a semaphore permit, so at most `max_parallel` derivations (by default one
+//! per core) run at once. The permit moves into the thread, so a cancelled caller does not
+//! free a slot while its scrypt is still running. The controller's pool runs them below
+//! its other work ([`KdfPool::below_io`], nice +10).
 //!
 //! One derivation per device session ([`SessionKeys`]): the device derives a JWE's key
 //! from (ClientSecret, salt) alone, and the seed only asks that the sender choose a salt
@@ -35,7 +36,12 @@ pub struct KdfPool {
     permits: Arc<Semaphore>,
     max_parallel: usize,
     usage: Arc<Accounting>,
+    /// Nice value of the derivation threads (0: the process's priority).
+    nice: i32,
 }
+
+/// The nice value of a [`KdfPool::below_io`] pool's derivation threads.
+pub const BACKGROUND_NICE: i32 = 10;
 
 /// What the pool's derivations cost: how many ran and the CPU time of the threads that ran
 /// them (the unavoidable cost a run is measured against).
@@ -52,6 +58,22 @@ pub struct KdfUsage {
     pub derivations: u64,
     /// Thread CPU time they took, in milliseconds.
     pub cpu_ms: u64,
+}
+
+/// Lowers the calling thread's priority by `nice` (nothing for 0, or where it cannot be
+/// done: the derivation then runs at the process's priority, as before).
+fn lower_priority(nice: i32) {
+    #[cfg(target_os = "linux")]
+    if nice > 0 {
+        // On Linux a thread is a task with its own nice value: PRIO_PROCESS with id 0
+        // names the calling thread (setpriority(2), "BUGS").
+        // SAFETY: plain syscall on the calling thread; no pointers involved.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = nice;
 }
 
 /// CPU time consumed so far by the calling thread (zero where the clock is unavailable).
@@ -80,7 +102,21 @@ impl KdfPool {
             permits: Arc::new(Semaphore::new(max_parallel)),
             max_parallel,
             usage: Arc::default(),
+            nice: 0,
         }
+    }
+
+    /// The same pool with its derivations running below everything else the process does
+    /// (nice +[`BACKGROUND_NICE`] on their own threads): the controller's. scrypt is the
+    /// one long CPU burst of a run; below it, the async workers (keepalives, timeouts,
+    /// replies) and the journal's and vault's writes get a core as soon as they are ready
+    /// even on a 2-core machine, and a device's own work is never queued behind a
+    /// derivation for another device. It also makes the bench's simulator, on the same
+    /// cores, run first: its devices answer, end their sessions and free them, instead of
+    /// sessions piling up while the controller derives ahead.
+    pub fn below_io(mut self) -> Self {
+        self.nice = BACKGROUND_NICE;
+        self
     }
 
     /// One derivation per available core (1 if that cannot be determined).
@@ -101,7 +137,11 @@ impl KdfPool {
         }
     }
 
-    /// Runs `work` on the blocking thread pool while holding one permit.
+    /// Runs `work` on a thread of its own while holding one permit. Its own thread, not
+    /// tokio's blocking pool: a derivation thread may run at a lower priority
+    /// ([`KdfPool::below_io`]), which an unprivileged process cannot undo, so it must not
+    /// be a thread that later does the run's I/O. Starting a thread costs microseconds
+    /// against a derivation's tens of milliseconds.
     async fn run_bounded<T, F>(&self, work: F) -> Result<T, JweError>
     where
         F: FnOnce() -> Result<T, JweError> + Send + 'static,
@@ -112,17 +152,25 @@ impl KdfPool {
             .await
             .map_err(|_| JweError::Kdf("key derivation pool is closed".into()))?;
         let usage = Arc::clone(&self.usage);
-        tokio::task::spawn_blocking(move || {
-            let _permit = permit; // released when the derivation is really finished
-            let before = thread_cpu_ns();
-            let result = work();
-            let spent = thread_cpu_ns().saturating_sub(before);
-            usage.derivations.fetch_add(1, Ordering::Relaxed);
-            usage.cpu_ns.fetch_add(spent, Ordering::Relaxed);
-            result
-        })
-        .await
-        .map_err(|_| JweError::Kdf("key derivation task panicked or was cancelled".into()))?
+        let nice = self.nice;
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("roomkey-kdf".into())
+            .spawn(move || {
+                let _permit = permit; // released when the derivation is really finished
+                lower_priority(nice);
+                let before = thread_cpu_ns();
+                let result = work();
+                let spent = thread_cpu_ns().saturating_sub(before);
+                usage.derivations.fetch_add(1, Ordering::Relaxed);
+                usage.cpu_ns.fetch_add(spent, Ordering::Relaxed);
+                // The caller may have stopped waiting (cancelled): the result is dropped.
+                let _ = done.send(result);
+            })
+            .map_err(|e| JweError::Kdf(format!("cannot start a key derivation thread: {e}")))?;
+        result
+            .await
+            .map_err(|_| JweError::Kdf("key derivation thread panicked".into()))?
     }
 
     /// [`jwe::seal`] off the executor, bounded.
@@ -245,46 +293,67 @@ impl SessionKeys {
         secret: &Secret,
         plaintext: Zeroizing<Vec<u8>>,
     ) -> Result<String, JweError> {
-        let (salt, cached) = {
-            let mut st = self.state();
-            if st.per_jwe {
-                None
-            } else {
-                let salt = match st.salt {
-                    Some(salt) => salt,
-                    None => *st.salt.insert(jwe::fresh_salt()?),
-                };
-                let cached = st
-                    .keys
-                    .iter()
-                    .find(|k| k.enc == enc && k.secret.as_bytes() == secret.as_bytes())
-                    .map(|k| k.key.clone());
-                Some((salt, cached))
-            }
-        }
-        .unzip();
-        let Some(salt) = salt else {
+        let Some((salt, key)) = self.session_key(enc, secret).await? else {
             return self.pool.seal(action, enc, secret, plaintext).await;
-        };
-        let key = match cached.flatten() {
-            Some(key) => key,
-            None => {
-                let s = secret.clone();
-                let key = self
-                    .pool
-                    .run_bounded(move || jwe::derive_key(s.as_bytes(), &salt, enc))
-                    .await?;
-                self.state().keys.push(SessionKey {
-                    secret: secret.clone(),
-                    enc,
-                    key: key.clone(),
-                });
-                key
-            }
         };
         self.state().sealed += 1;
         // AES-GCM over a few KiB: microseconds, fine on the executor.
         jwe::seal_fresh_iv(action, enc, &key, &salt, &plaintext)
+    }
+
+    /// Derives the session key for (`secret`, `enc`) now, ahead of the JWE that will use
+    /// it, so the derivation's wait for the pool is spent before the device's SSH session
+    /// is opened rather than holding it idle (the engine does this when the session will
+    /// almost surely need the key). Nothing in per-JWE mode, or when the key is there.
+    pub async fn prepare(&self, enc: Enc, secret: &Secret) -> Result<(), JweError> {
+        self.session_key(enc, secret).await.map(|_| ())
+    }
+
+    /// The session salt and the key for (`secret`, `enc`), derived on the pool at its first
+    /// use; `None` in per-JWE mode.
+    async fn session_key(
+        &self,
+        enc: Enc,
+        secret: &Secret,
+    ) -> Result<Option<([u8; SALT_LEN], Zeroizing<Vec<u8>>)>, JweError> {
+        let (salt, cached) = {
+            let mut st = self.state();
+            if st.per_jwe {
+                return Ok(None);
+            }
+            let salt = match st.salt {
+                Some(salt) => salt,
+                None => *st.salt.insert(jwe::fresh_salt()?),
+            };
+            let cached = st
+                .keys
+                .iter()
+                .find(|k| k.enc == enc && k.secret.as_bytes() == secret.as_bytes())
+                .map(|k| k.key.clone());
+            (salt, cached)
+        };
+        if let Some(key) = cached {
+            return Ok(Some((salt, key)));
+        }
+        let s = secret.clone();
+        let key = self
+            .pool
+            .run_bounded(move || jwe::derive_key(s.as_bytes(), &salt, enc))
+            .await?;
+        let mut st = self.state();
+        // Two callers may have derived the same key at once; one copy is kept.
+        if !st
+            .keys
+            .iter()
+            .any(|k| k.enc == enc && k.secret.as_bytes() == secret.as_bytes())
+        {
+            st.keys.push(SessionKey {
+                secret: secret.clone(),
+                enc,
+                key: key.clone(),
+            });
+        }
+        Ok(Some((salt, key)))
     }
 
     /// Switches this session to a fresh salt per JWE if it has sealed more than one JWE
@@ -490,5 +559,42 @@ mod tests {
             .unwrap();
         assert_ne!(salt_of(&e), salt_of(&c));
         assert_eq!(jwe::open(&e, &secret).unwrap().1.as_slice(), b"payload");
+    }
+
+    #[tokio::test]
+    async fn a_prepared_key_is_the_one_the_session_seals_with() {
+        let pool = KdfPool::new(1);
+        let secret = Secret::new("ossifrage");
+        let pt = || Zeroizing::new(b"payload".to_vec());
+        let session = SessionKeys::new(pool.clone(), false);
+        session.prepare(Enc::A128Gcm, &secret).await.unwrap();
+        assert_eq!(pool.usage().derivations, 1);
+        assert_eq!(session.sealed(), 0, "preparing seals nothing");
+        let a = session
+            .seal(Action::Add, Enc::A128Gcm, &secret, pt())
+            .await
+            .unwrap();
+        let b = session
+            .seal(Action::Activate, Enc::A128Gcm, &secret, pt())
+            .await
+            .unwrap();
+        assert_eq!(pool.usage().derivations, 1, "the prepared key was used");
+        assert_eq!(salt_of(&a), salt_of(&b));
+        assert_eq!(jwe::open(&a, &secret).unwrap().1.as_slice(), b"payload");
+        // Preparing again, or for a key already derived, derives nothing.
+        session.prepare(Enc::A128Gcm, &secret).await.unwrap();
+        assert_eq!(pool.usage().derivations, 1);
+        // A wrong guess costs a derivation, never a wrong key.
+        let other = Secret::new("squeamish");
+        let c = session
+            .seal(Action::Add, Enc::A256Gcm, &other, pt())
+            .await
+            .unwrap();
+        assert_eq!(pool.usage().derivations, 2);
+        assert_eq!(jwe::open(&c, &other).unwrap().1.as_slice(), b"payload");
+        // Per JWE there is no session key to prepare.
+        let per_jwe = SessionKeys::new(pool.clone(), true);
+        per_jwe.prepare(Enc::A128Gcm, &secret).await.unwrap();
+        assert_eq!(pool.usage().derivations, 2);
     }
 }

@@ -88,6 +88,7 @@ fn init_logging(format: LogFormat, multi: &indicatif::MultiProgress) {
 }
 
 fn main() -> std::process::ExitCode {
+    roomkey::kdf::buffers::tune_system_allocator();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // `--help` and `--version` are not errors; every usage error exits 1 with the other

@@ -65,6 +65,11 @@ pub struct Args {
     /// Print the measurements as one JSON object on stdout (the summary goes to stderr).
     #[arg(long)]
     pub json: bool,
+    /// Run the controller under a profiler: a command prefix, split at spaces, e.g.
+    /// `--profile-with "heaptrack -o apply"` or `--profile-with "perf record -g --"`. Its
+    /// files land in the bench dir; the CPU and memory figures are then the profiler's.
+    #[arg(long, value_name = "COMMAND")]
+    pub profile_with: Option<String>,
 }
 
 /// The simulator's account of its devices' simulated time (its "device time:" line).
@@ -79,7 +84,10 @@ struct DeviceTime {
 /// CPU time and peak resident memory of a process.
 #[derive(Debug, Clone, Copy, Default)]
 struct Usage {
+    /// User + system.
     cpu: Duration,
+    /// The system (kernel) part of `cpu`: syscalls, fsyncs, socket I/O.
+    system: Duration,
     peak_rss_kib: u64,
 }
 
@@ -118,7 +126,16 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
     eprintln!("bench: running roomkey apply");
     let sim_before = sim.usage()?;
     let started = Instant::now();
-    let mut apply = Command::new(&exe)
+    let mut apply = match args.profile_with.as_deref().map(str::split_whitespace) {
+        Some(mut prefix) => {
+            let program = prefix.next().context("--profile-with is empty")?;
+            let mut command = Command::new(program);
+            command.args(prefix).arg(&exe);
+            command
+        }
+        None => Command::new(&exe),
+    };
+    let mut apply = apply
         .current_dir(&dir)
         .args(["apply", "-i", "inventory.yaml", "external-identity.yaml"])
         .args(["--output", "plain", "--report", "report.json"])
@@ -220,8 +237,9 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             verdict(wall_ok)
         ),
         format!(
-            "  controller CPU               {:.2} s total, {:.1} ms per device",
+            "  controller CPU               {:.2} s total ({:.2} s system), {:.1} ms per device",
             controller.cpu.as_secs_f64(),
+            controller.system.as_secs_f64(),
             ms(cpu_per_device)
         ),
         format!(
@@ -253,6 +271,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             "scrypt_alone_ms": ms(scrypt_alone),
             "controller": {
                 "cpu_s": controller.cpu.as_secs_f64(),
+                "system_cpu_s": controller.system.as_secs_f64(),
                 "cpu_per_device_ms": ms(cpu_per_device),
                 "scrypt_derivations": controller_kdf.derivations,
                 "scrypt_cpu_s": scrypt_cpu(&controller_kdf).as_secs_f64(),
@@ -264,6 +283,7 @@ pub fn run(args: Args) -> anyhow::Result<i32> {
             },
             "simulator": {
                 "cpu_s": sim_cpu.as_secs_f64(),
+                "system_cpu_s": sim_after.system.saturating_sub(sim_before.system).as_secs_f64(),
                 "peak_rss_mib": sim_peak_mib,
                 "scrypt_derivations": sim_kdf.derivations,
                 "scrypt_cpu_s": scrypt_cpu(&sim_kdf).as_secs_f64(),
@@ -558,6 +578,7 @@ fn proc_usage(pid: u32) -> anyhow::Result<Usage> {
         .max(1);
     let total = ticks(11) + ticks(12); // utime, stime (fields 14, 15; 3 is the first here)
     let cpu = Duration::from_secs_f64(total as f64 / hz as f64);
+    let system = Duration::from_secs_f64(ticks(12) as f64 / hz as f64);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let peak_rss_kib = status
         .lines()
@@ -565,7 +586,11 @@ fn proc_usage(pid: u32) -> anyhow::Result<Usage> {
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    Ok(Usage { cpu, peak_rss_kib })
+    Ok(Usage {
+        cpu,
+        system,
+        peak_rss_kib,
+    })
 }
 
 /// Waits for `child` and returns its exit code with the kernel's account of its CPU time
@@ -596,6 +621,7 @@ fn wait_with_usage(child: &mut Child) -> anyhow::Result<(i32, Usage)> {
         code,
         Usage {
             cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+            system: tv(usage.ru_stime),
             peak_rss_kib: u64::try_from(usage.ru_maxrss).unwrap_or(0),
         },
     ))

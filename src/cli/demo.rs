@@ -154,7 +154,7 @@ pub fn run(args: Args, multi: indicatif::MultiProgress) -> anyhow::Result<i32> {
         check_mode: false,
         new_run: false,
         confirm_resend: Vec::new(),
-        kdf: KdfPool::per_core(),
+        kdf: KdfPool::per_core().below_io(),
         secrets: store,
         stop,
         wait_for_window: false,

@@ -868,6 +868,25 @@ impl DeviceRun<'_> {
 
     async fn session_attempt(&mut self) -> Attempt {
         let opts = connect_options(self.config, self.prepared);
+        // One salt and one derivation per (secret, enc) for this session's JWEs; the keys
+        // are zeroized when `keys` drops at the end of the session.
+        let per_jwe = self.config.playbook.policy.kdf_salt == crate::playbook::KdfSalt::PerJwe;
+        let keys = SessionKeys::new(self.config.kdf.clone(), per_jwe);
+        // The key the session will almost surely need is derived before connecting: the
+        // wait for a derivation slot (the whole fleet shares a few) is then spent without
+        // an SSH session held open and idle on the device and here (~100 KiB each in
+        // russh). A wrong guess costs one derivation, never correctness: the steps derive
+        // whatever key they need when they seal, and a failure here shows there again.
+        if self.expects_current_key() {
+            if let Ok(secret) = self.config.secrets.current(&self.prepared.device) {
+                let mut halt = self.halt.clone();
+                // A halt (budget, Ctrl-C) stops the wait: nothing was sent yet.
+                tokio::select! {
+                    _ = keys.prepare(self.prepared.device.enc, &secret) => {}
+                    _ = halt.wait_for(|h| h.is_some()) => return Attempt::Stopped,
+                }
+            }
+        }
         self.rate.wait(&self.prepared.device.name).await;
         let mut session = match TshSession::connect(&opts).await {
             Ok(s) => s,
@@ -882,13 +901,35 @@ impl DeviceRun<'_> {
                 .unwrap_or_default()
                 .to_string(),
         });
-        // One salt and one derivation per (secret, enc) for this session's JWEs; the keys
-        // are zeroized when `keys` drops at the end of the session.
-        let per_jwe = self.config.playbook.policy.kdf_salt == crate::playbook::KdfSalt::PerJwe;
-        let keys = SessionKeys::new(self.config.kdf.clone(), per_jwe);
         let result = self.run_steps(&mut session, &keys).await;
         session.close().await;
         result
+    }
+
+    /// Whether some step of this session will seal a JWE with the device's current
+    /// ClientSecret, judged before connecting from the vault's record and the journal
+    /// (which may be out of date: this only decides when the key is derived).
+    fn expects_current_key(&self) -> bool {
+        let device = &self.prepared.device;
+        let secrets = self.config.secrets.as_ref();
+        self.resolved.iter().any(|rs| {
+            let Some(step) = self.config.playbook.steps.get(rs.index) else {
+                return false;
+            };
+            let state = self.journal.step(&rs.id);
+            match steps::seals_with_current(step) {
+                steps::SealsWithCurrent::Never => false,
+                steps::SealsWithCurrent::Proofs => {
+                    secrets.is_seeded(device)
+                        || secrets.is_secret_unknown(device)
+                        || secrets.pending(device).is_ok_and(|p| p.is_some())
+                        || state.status == StepStatus::InFlight
+                }
+                steps::SealsWithCurrent::Payload => {
+                    !self.config.check_mode && state.status != StepStatus::Done
+                }
+            }
+        })
     }
 
     /// Whether the administrator confirmed that the step may be sent again.

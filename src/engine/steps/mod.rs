@@ -129,6 +129,32 @@ pub fn plan(step: &Step, pc: &PlanContext<'_>) -> (Vec<PlannedCommand>, Vec<Stri
     (commands, notes)
 }
 
+/// What a step will seal with the device's current ClientSecret in this session, as far
+/// as can be told before connecting (the engine derives that session key before it opens
+/// the SSH session, see `DeviceRun::expects_current_key`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealsWithCurrent {
+    /// Never (the step sends no JWE keyed from the current secret).
+    Never,
+    /// Its proofs, once the device is recorded as holding a secret (seeded, pending,
+    /// secret-unknown) or an earlier attempt was interrupted: `populate_secret`.
+    Proofs,
+    /// Its payload, unless the step is already done (and never in check mode): the
+    /// certificate and key (`add_certificate`), the fingerprint (activation).
+    Payload,
+}
+
+/// [`SealsWithCurrent`] of `step`.
+pub fn seals_with_current(step: &Step) -> SealsWithCurrent {
+    match step {
+        Step::PopulateSecret(_) => SealsWithCurrent::Proofs,
+        Step::AddCertificate(_) | Step::ActivateCertificate(_) | Step::DeactivateCertificate(_) => {
+            SealsWithCurrent::Payload
+        }
+        _ => SealsWithCurrent::Never,
+    }
+}
+
 /// Reasons starting with this mark a device whose ClientSecret is unknown.
 pub const SECRET_UNKNOWN_PREFIX: &str = "secret-unknown:";
 
