@@ -353,6 +353,21 @@ pub struct DeviceJournal {
     pub torn_tail: bool,
     /// Damaged lines found when the journal was opened, and where the file went.
     pub damage: Option<Damage>,
+    /// Some appended line is not fsynced yet ([`Durability::WithNext`]).
+    unsynced: bool,
+}
+
+/// When an appended record must be on disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Before the append returns (fsync): a write-ahead (`in-flight`) record, which must be
+    /// durable before its command is sent, and what a lost record would let be repeated.
+    Now,
+    /// With the next `Now` append or [`DeviceJournal::sync_async`] (the engine syncs when
+    /// a device ends): an outcome whose loss in a power cut (a killed process loses
+    /// nothing: the line is in the page cache) only makes the next run read the device
+    /// again, as it always does. One fsync then carries several records.
+    WithNext,
 }
 
 impl std::fmt::Debug for DeviceJournal {
@@ -409,6 +424,7 @@ impl DeviceJournal {
                 records: Vec::new(),
                 torn_tail: parsed.torn_tail,
                 damage: None,
+                unsynced: false,
             };
             for r in parsed.records {
                 journal.fold(r);
@@ -466,6 +482,7 @@ impl DeviceJournal {
             records: Vec::new(),
             torn_tail: parsed.torn_tail,
             damage,
+            unsynced: false,
         };
         for r in parsed.records {
             journal.fold(r);
@@ -490,7 +507,8 @@ impl DeviceJournal {
             path: self.path.clone(),
             source: std::io::Error::other(e),
         })?;
-        write_line(file, &self.path, &line)?;
+        write_line(file, &self.path, &line, Durability::Now)?;
+        self.unsynced = false;
         self.fold(record);
         Ok(())
     }
@@ -501,6 +519,15 @@ impl DeviceJournal {
     /// the file, but the record is not folded into this journal's in-memory state (the
     /// next open reads it from the file).
     pub async fn append_async(&mut self, record: Record) -> Result<(), JournalError> {
+        self.append_async_with(record, Durability::Now).await
+    }
+
+    /// [`DeviceJournal::append_async`] with the record's [`Durability`].
+    pub async fn append_async_with(
+        &mut self,
+        record: Record,
+        durability: Durability,
+    ) -> Result<(), JournalError> {
         let Some(file) = self.file.as_ref() else {
             self.fold(record);
             return Ok(());
@@ -511,13 +538,36 @@ impl DeviceJournal {
         })?;
         let file = Arc::clone(file);
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || write_line(&file, &path, &line))
+        tokio::task::spawn_blocking(move || write_line(&file, &path, &line, durability))
             .await
             .map_err(|e| JournalError::Io {
                 path: self.path.clone(),
                 source: std::io::Error::other(format!("journal write task failed: {e}")),
             })??;
+        self.unsynced = durability == Durability::WithNext;
         self.fold(record);
+        Ok(())
+    }
+
+    /// Makes every appended line durable (fsync on the blocking pool); nothing when all
+    /// are.
+    pub async fn sync_async(&mut self) -> Result<(), JournalError> {
+        let Some(file) = self.file.as_ref().filter(|_| self.unsynced) else {
+            return Ok(());
+        };
+        let file = Arc::clone(file);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            run_sync_hook(&path);
+            file.sync_data().map_err(io_err(&path))
+        })
+        .await
+        .map_err(|e| JournalError::Io {
+            path: self.path.clone(),
+            source: std::io::Error::other(format!("journal sync task failed: {e}")),
+        })??;
+        self.unsynced = false;
         Ok(())
     }
 
@@ -562,9 +612,15 @@ fn run_sync_hook(path: &Path) {
     }
 }
 
-/// Writes one encoded line at the end of the file and fsyncs it; on failure cuts the file
-/// back to its length before the write. Blocking.
-fn write_line(file: &Mutex<File>, path: &Path, line: &[u8]) -> Result<(), JournalError> {
+/// Writes one encoded line at the end of the file and, for [`Durability::Now`], fsyncs it
+/// (and every line before it); on failure cuts the file back to its length before the
+/// write. Blocking.
+fn write_line(
+    file: &Mutex<File>,
+    path: &Path,
+    line: &[u8],
+    durability: Durability,
+) -> Result<(), JournalError> {
     // A poisoned lock means an earlier write panicked; the file itself is still usable and
     // the length check below rolls back whatever that write left.
     let mut file = file.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -575,8 +631,13 @@ fn write_line(file: &Mutex<File>, path: &Path, line: &[u8]) -> Result<(), Journa
         let _ = file.write_all(half).and_then(|()| file.sync_data());
         crate::failpoint::abort("journal-torn-append");
     }
-    run_sync_hook(path);
-    let written = file.write_all(line).and_then(|()| file.sync_data());
+    let written = match durability {
+        Durability::Now => {
+            run_sync_hook(path);
+            file.write_all(line).and_then(|()| file.sync_data())
+        }
+        Durability::WithNext => file.write_all(line),
+    };
     if let Err(e) = written {
         let _ = file.set_len(before);
         let _ = file.sync_data();
@@ -771,6 +832,57 @@ fn fold_into(steps: &mut BTreeMap<String, StepState>, r: &Record) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An outcome appended `WithNext` is written at once (a reopen reads it) but costs no
+    /// fsync; the next `Now` append or `sync_async` carries it, and a second sync is free.
+    #[tokio::test]
+    async fn outcomes_ride_on_the_next_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().to_path_buf();
+        let syncs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&syncs);
+        // The hook is process-wide: count only this test's directory.
+        set_sync_hook(Some(Arc::new(move |path: &Path| {
+            if path.starts_with(&root) {
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })));
+        let count = || syncs.load(std::sync::atomic::Ordering::SeqCst);
+        let mut j = DeviceJournal::open(dir.path(), "pb", "room-1").unwrap();
+        j.append_async_with(
+            rec("add_certificate-1", StepStatus::InFlight),
+            Durability::Now,
+        )
+        .await
+        .unwrap();
+        assert_eq!(count(), 1);
+        j.append_async_with(
+            rec("add_certificate-1", StepStatus::Done),
+            Durability::WithNext,
+        )
+        .await
+        .unwrap();
+        assert_eq!(count(), 1, "an outcome costs no fsync of its own");
+        let reread = DeviceJournal::open_read_only(dir.path(), "pb", "room-1").unwrap();
+        assert_eq!(reread.step("add_certificate-1").status, StepStatus::Done);
+        j.sync_async().await.unwrap();
+        assert_eq!(count(), 2);
+        j.sync_async().await.unwrap();
+        assert_eq!(count(), 2, "nothing left to sync");
+        j.append_async_with(rec("activate-1", StepStatus::Done), Durability::WithNext)
+            .await
+            .unwrap();
+        j.append_async(rec("show-1", StepStatus::InFlight))
+            .await
+            .unwrap();
+        assert_eq!(
+            count(),
+            3,
+            "the write-ahead record's fsync carried the outcome"
+        );
+        j.sync_async().await.unwrap();
+        assert_eq!(count(), 3);
+    }
 
     fn rec(step: &str, status: StepStatus) -> Record {
         Record {

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{watch, Semaphore};
 
-use crate::journal::{now_ms, DeviceJournal, Record, RunLog, StepOutputs, StepStatus};
+use crate::journal::{now_ms, DeviceJournal, Durability, Record, RunLog, StepOutputs, StepStatus};
 use crate::kdf::{KdfPool, SessionKeys};
 use crate::playbook::{HostKeyPolicySetting, Playbook};
 use crate::ssh::{ConnectOptions, HostKeyPolicy, SshError, TshSession};
@@ -793,6 +793,10 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
     }
     outcome.duration_ms = started.elapsed().as_millis() as u64;
     dr.record_outcome(&outcome).await;
+    // However the device ended, its records are on disk before it counts as finished.
+    if let Err(e) = dr.journal.sync_async().await {
+        tracing::warn!(device = %outcome.device, "syncing the journal: {e}");
+    }
     crate::failpoint::hit("device-finished");
     outcome
 }
@@ -852,16 +856,29 @@ impl DeviceRun<'_> {
         outputs: StepOutputs,
         error: Option<String>,
     ) -> Result<(), String> {
+        // A step's outcome rides on the next fsync of the device's journal (its next
+        // write-ahead record, or the device's last record): lost in a power cut, it only
+        // makes the next run read the device again. An action done once per run is
+        // recorded durably at once, so a lost record can never repeat it.
+        let once = self.resolved.iter().any(|r| r.id == step && r.once_per_run);
+        let durability = if once || step == DEVICE_RECORD {
+            Durability::Now
+        } else {
+            Durability::WithNext
+        };
         self.journal
-            .append_async(Record {
-                run: self.run.to_string(),
-                step: step.to_string(),
-                status,
-                at_ms: now_ms(),
-                changed,
-                outputs,
-                error,
-            })
+            .append_async_with(
+                Record {
+                    run: self.run.to_string(),
+                    step: step.to_string(),
+                    status,
+                    at_ms: now_ms(),
+                    changed,
+                    outputs,
+                    error,
+                },
+                durability,
+            )
             .await
             .map_err(|e| e.to_string())
     }
