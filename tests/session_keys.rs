@@ -102,3 +102,25 @@ async fn kdf_salt_per_jwe_draws_a_salt_for_every_jwe() {
     assert_eq!(distinct.len(), salts.len());
     assert_eq!(derivations, salts.len() as u64);
 }
+
+/// A device that never gets as far as a JWE (here it refuses every session) is retried
+/// with the key derived for its first attempt: the device never saw that salt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_retried_before_any_jwe_costs_one_derivation() {
+    let lab = Lab::start(1, 205, |_| FaultPlan {
+        max_sessions: Some(0),
+        ..FaultPlan::default()
+    })
+    .await;
+    let pb = playbook(lab.path(), "keys", TEST_POLICY, FULL_FLOW);
+    let (playbook, devices, store) = lab.prepare(&pb);
+    let (config, _stop) = lab.run_config(playbook, devices, store);
+    let summary = roomkey::engine::run(config, Arc::new(roomkey::engine::events::Silent)).await;
+    let outcome = &summary.outcomes[0];
+    assert_eq!(outcome.connections, 3, "{outcome:#?}");
+    assert!(!outcome.status.is_success(), "{outcome:#?}");
+    assert_eq!(
+        summary.kdf.derivations, 1,
+        "one derivation for three attempts"
+    );
+}

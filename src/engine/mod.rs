@@ -620,6 +620,10 @@ struct DeviceRun<'a> {
     /// `apply --check`: an earlier step would change the device, so later reads describe
     /// a device that the real run would already have changed.
     would_change: bool,
+    /// Keys of an attempt that sealed nothing (it failed to connect, or before any JWE):
+    /// the device never saw their salt, so the next attempt uses them instead of deriving
+    /// again — an unreachable device costs one derivation, not one per retry.
+    unused_keys: Option<SessionKeys>,
 }
 
 async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> DeviceOutcome {
@@ -717,6 +721,7 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
         outputs,
         changed_this_run,
         would_change: false,
+        unused_keys: None,
     };
 
     let policy = &config.playbook.policy;
@@ -888,7 +893,10 @@ impl DeviceRun<'_> {
         // One salt and one derivation per (secret, enc) for this session's JWEs; the keys
         // are zeroized when `keys` drops at the end of the session.
         let per_jwe = self.config.playbook.policy.kdf_salt == crate::playbook::KdfSalt::PerJwe;
-        let keys = SessionKeys::new(self.config.kdf.clone(), per_jwe);
+        let keys = self
+            .unused_keys
+            .take()
+            .unwrap_or_else(|| SessionKeys::new(self.config.kdf.clone(), per_jwe));
         // The key the session will almost surely need is derived before connecting: the
         // wait for a derivation slot (the whole fleet shares a few) is then spent without
         // an SSH session held open and idle on the device and here (~100 KiB each in
@@ -907,7 +915,10 @@ impl DeviceRun<'_> {
         self.rate.wait(&self.prepared.device.name).await;
         let mut session = match TshSession::connect(&opts).await {
             Ok(s) => s,
-            Err(e) => return classify_ssh_error(&e),
+            Err(e) => {
+                self.keep_if_unused(keys);
+                return classify_ssh_error(&e);
+            }
         };
         self.reporter.event(&Event::Connected {
             device: self.prepared.device.name.clone(),
@@ -920,7 +931,18 @@ impl DeviceRun<'_> {
         });
         let result = self.run_steps(&mut session, &keys).await;
         session.close().await;
+        if matches!(result, Attempt::Retry(_)) {
+            self.keep_if_unused(keys);
+        }
         result
+    }
+
+    /// Keeps `keys` for the next attempt if no JWE was sealed with them (otherwise they
+    /// drop here, zeroized, and the next session draws a new salt).
+    fn keep_if_unused(&mut self, keys: SessionKeys) {
+        if keys.sealed() == 0 && !keys.is_per_jwe() {
+            self.unused_keys = Some(keys);
+        }
     }
 
     /// Whether some step of this session will seal a JWE with the device's current
