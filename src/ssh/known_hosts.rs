@@ -156,20 +156,8 @@ impl KnownHosts {
         {
             return Verdict::Revoked { line: e.line };
         }
-        // The candidates in line order: the host's exact entries and every patterned one.
-        let mut candidates: Vec<usize> = self
-            .exact
-            .get(&pattern)
-            .map(|v| v.as_slice())
-            .unwrap_or_default()
-            .iter()
-            .chain(&self.patterned)
-            .copied()
-            .collect();
-        candidates.sort_unstable();
-        candidates.dedup();
         let mut first_other: Option<(&Entry, PublicKey)> = None;
-        for e in candidates.iter().filter_map(|&i| self.entries.get(i)) {
+        for e in self.candidates(&pattern) {
             if !hosts_match(&e.hosts, &pattern) {
                 continue;
             }
@@ -194,24 +182,28 @@ impl KnownHosts {
 }
 
 impl KnownHosts {
-    /// The algorithms of the keys pinned for `host:port` (not revoked), in line order,
-    /// found through the index (the host's exact entries and the patterned ones).
-    pub fn pinned_algorithms(&self, host: &str, port: u16) -> Vec<russh::keys::Algorithm> {
-        let pattern = host_pattern(host, port);
-        let mut candidates: Vec<usize> = self
+    /// The entries that may name `pattern`, in line order: its exact entries and every
+    /// patterned one (the caller still matches the patterned ones).
+    fn candidates(&self, pattern: &str) -> impl Iterator<Item = &Entry> {
+        let mut indices: Vec<usize> = self
             .exact
-            .get(&pattern)
+            .get(pattern)
             .map(|v| v.as_slice())
             .unwrap_or_default()
             .iter()
             .chain(&self.patterned)
             .copied()
             .collect();
-        candidates.sort_unstable();
-        candidates.dedup();
-        candidates
-            .iter()
-            .filter_map(|&i| self.entries.get(i))
+        indices.sort_unstable();
+        indices.dedup();
+        indices.into_iter().filter_map(|i| self.entries.get(i))
+    }
+
+    /// The algorithms of the keys pinned for `host:port` (not revoked), in line order,
+    /// found through the index (the host's exact entries and the patterned ones).
+    pub fn pinned_algorithms(&self, host: &str, port: u16) -> Vec<russh::keys::Algorithm> {
+        let pattern = host_pattern(host, port);
+        self.candidates(&pattern)
             .filter(|e| !e.revoked && hosts_match(&e.hosts, &pattern))
             .filter_map(|e| e.key().map(|k| k.algorithm()))
             .collect()
