@@ -9,10 +9,8 @@ mod support;
 use std::sync::Arc;
 
 use roomkey::engine::events::{DeviceStatus, Event, Reporter};
-use roomkey::engine::secrets::VaultSecrets;
-use roomkey::secret::Secret;
 use roomkey::sim::FaultPlan;
-use support::{playbook, Lab, PASSPHRASE};
+use support::{playbook, Lab};
 
 const ROOMS: usize = 50;
 const POLICY: &str = "concurrency: 50, connect_timeout: 20s, auth_timeout: 20s, command_timeout: 60s, retries: 2, retry_backoff: 100ms, host_key_policy: accept-new";
@@ -26,22 +24,11 @@ impl Reporter for Quiet {
 /// (saves, changes).
 async fn run(lab: &Lab, name: &str, steps: &str) -> (u64, u64) {
     let pb = playbook(lab.path(), name, POLICY, steps);
-    let inventory = roomkey::inventory::load(&lab.path().join("inventory-literal.yaml")).unwrap();
-    let playbook = roomkey::playbook::load(&pb).unwrap();
-    let vault = roomkey::vault::Vault::open(&lab.vault, &Secret::new(PASSPHRASE)).unwrap();
-    let store = Arc::new(VaultSecrets::new(vault));
-    let devices: Vec<&roomkey::inventory::Device> = inventory.devices.iter().collect();
-    let prepared = roomkey::engine::prepare::prepare(
-        &inventory.path,
-        &devices,
-        &playbook,
-        Some(store.as_ref()),
-        time::OffsetDateTime::now_utc(),
-    )
-    .unwrap();
+    let store = Arc::new(lab.vault_store());
+    let (playbook, devices) = lab.prepare_with(&pb, store.as_ref());
     let (config, _stop) = lab.run_config(
         playbook,
-        prepared.devices,
+        devices,
         Arc::clone(&store) as Arc<dyn roomkey::engine::SecretStore>,
     );
     let summary = roomkey::engine::run(config, Arc::new(Quiet)).await;

@@ -289,22 +289,39 @@ impl Lab {
         Vec<roomkey::engine::PreparedDevice>,
         std::sync::Arc<dyn roomkey::engine::SecretStore>,
     ) {
+        let store = std::sync::Arc::new(self.vault_store());
+        let (playbook, devices) = self.prepare_with(playbook, store.as_ref());
+        (playbook, devices, store)
+    }
+
+    /// A store over the lab's vault (opened now, so it holds the vault's lock).
+    pub fn vault_store(&self) -> roomkey::engine::secrets::VaultSecrets {
+        let vault = roomkey::vault::Vault::open(&self.vault, &Secret::new(PASSPHRASE)).unwrap();
+        roomkey::engine::secrets::VaultSecrets::new(vault)
+    }
+
+    /// [`Lab::prepare`] with the caller's store (a test that needs the concrete type).
+    pub fn prepare_with(
+        &self,
+        playbook: &Path,
+        store: &dyn roomkey::engine::SecretStore,
+    ) -> (
+        roomkey::playbook::Playbook,
+        Vec<roomkey::engine::PreparedDevice>,
+    ) {
         let inventory =
             roomkey::inventory::load(&self.dir.path().join("inventory-literal.yaml")).unwrap();
         let playbook = roomkey::playbook::load(playbook).unwrap();
-        let vault = roomkey::vault::Vault::open(&self.vault, &Secret::new(PASSPHRASE)).unwrap();
-        let store: std::sync::Arc<dyn roomkey::engine::SecretStore> =
-            std::sync::Arc::new(roomkey::engine::secrets::VaultSecrets::new(vault));
         let devices: Vec<&roomkey::inventory::Device> = inventory.devices.iter().collect();
         let prepared = roomkey::engine::prepare::prepare(
             &inventory.path,
             &devices,
             &playbook,
-            Some(store.as_ref()),
+            Some(store),
             time::OffsetDateTime::now_utc(),
         )
         .unwrap();
-        (playbook, prepared.devices, store)
+        (playbook, prepared.devices)
     }
 }
 
