@@ -107,6 +107,35 @@ async fn a_tripped_budget_lets_in_flight_devices_finish_and_the_rerun_resumes() 
     }
 }
 
+/// Regression: a device's key is derived before it takes a session slot, so the next
+/// devices wait for the slot with their keys ready. The slot must not pass to one of them
+/// before the failed device's outcome has been counted: with one session and no failure
+/// allowed, exactly one device may ever connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tripped_budget_stops_devices_whose_keys_are_ready() {
+    let lab = Lab::start(4, 56, |_| refuse("Services Add")).await;
+    let pb = playbook(
+        lab.path(),
+        "flow",
+        &POLICY.replace("concurrency: 3", "concurrency: 1"),
+        FULL_FLOW,
+    );
+    let text = std::fs::read_to_string(&pb).unwrap();
+    std::fs::write(&pb, format!("max_failures: 0\n{text}")).unwrap();
+    let (code, stdout, stderr) = lab.apply(&pb, &[]).await;
+    assert_eq!(code, 4, "stdout:\n{stdout}\nstderr:\n{stderr}");
+    let mut connected = 0;
+    for name in &lab.names {
+        if lab.snapshot(name).await.logins > 0 {
+            connected += 1;
+            assert!(stdout.contains(&format!("{name}  failed")), "{stdout}");
+        } else {
+            assert!(stdout.contains(&format!("{name}  not-started")), "{stdout}");
+        }
+    }
+    assert_eq!(connected, 1, "{stdout}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closing_window_leaves_no_device_half_provisioned() {
     let lab = Lab::start(8, 53, |_| FaultPlan {

@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Semaphore, SemaphorePermit};
 
 use crate::journal::{now_ms, DeviceJournal, Durability, Record, RunLog, StepOutputs, StepStatus};
 use crate::kdf::{KdfPool, SessionKeys};
@@ -188,6 +188,12 @@ impl RateLimiter {
 struct Shared {
     config: Arc<RunConfig>,
     reporter: Arc<dyn Reporter>,
+    /// Devices in their turn (journal open, key being prepared, or in a session): the
+    /// sessions plus one per derivation slot, so that while every session is busy the
+    /// next devices' keys are already being derived.
+    turns: Semaphore,
+    /// Open SSH sessions (`policy.concurrency`): taken when a device's key is ready and it
+    /// connects, given back when its session closes (also between retries).
     sessions: Semaphore,
     halt_tx: watch::Sender<Option<String>>,
     failed_total: AtomicUsize,
@@ -267,8 +273,10 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
     for d in journal_durations(&config).await {
         estimator.record(d);
     }
+    let sessions = config.playbook.policy.concurrency.max(1);
     let shared = Arc::new(Shared {
-        sessions: Semaphore::new(config.playbook.policy.concurrency.max(1)),
+        turns: Semaphore::new(sessions.saturating_add(config.kdf.max_parallel())),
+        sessions: Semaphore::new(sessions),
         rate: RateLimiter::new(config.playbook.policy.connection_rate),
         clock: Clock {
             wall: config.start_time.unwrap_or_else(jiff::Timestamp::now),
@@ -319,12 +327,6 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
             let halt = halt_rx.clone();
             tasks.spawn(async move {
                 let outcome = device_task(&shared, index, halt).await?;
-                if !outcome.status.is_success() && !outcome.status.is_unfinished() {
-                    let failed = shared.failed_total.fetch_add(1, Ordering::SeqCst) + 1;
-                    if let Some(reason) = shared.config.playbook.budget.run_tripped(failed) {
-                        shared.halt(reason);
-                    }
-                }
                 shared.reporter.event(&Event::DeviceFinished {
                     outcome: outcome.clone(),
                 });
@@ -414,7 +416,7 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
 /// Reasons of devices held back by their maintenance window start with this.
 pub const WINDOW_PREFIX: &str = "maintenance window";
 
-/// One device from the start of its turn to its outcome: window, session slot, halt check.
+/// One device from the start of its turn to its outcome: window, turn, halt check.
 async fn device_task(shared: &Shared, index: usize, mut halt: Halt) -> Option<DeviceOutcome> {
     let config = &shared.config;
     let prepared = config.devices.get(index)?;
@@ -425,14 +427,14 @@ async fn device_task(shared: &Shared, index: usize, mut halt: Halt) -> Option<De
         .or(config.playbook.window.as_ref());
     loop {
         let permit = tokio::select! {
-            p = shared.sessions.acquire() => p.ok(),
+            p = shared.turns.acquire() => p.ok(),
             _ = halt.wait_for(|h| h.is_some()) => None,
         };
         let Some(permit) = permit.filter(|_| !halted(&halt)) else {
             return Some(not_started(prepared));
         };
-        // The window is judged when the device would really start (it may have queued for a
-        // session slot), with the estimate as it stands now.
+        // The window is judged when the device would really start (it may have queued for
+        // its turn), with the estimate as it stands now.
         let opens = match window {
             None => None,
             Some(window) => {
@@ -469,11 +471,15 @@ async fn device_task(shared: &Shared, index: usize, mut halt: Halt) -> Option<De
             None => {
                 let started = Instant::now();
                 // Boxed: a device's whole run is a large state machine, and every device
-                // of a batch is spawned at once to queue for a session slot. Inline, each
-                // queued task would hold that state from the start; boxed, it is allocated
-                // only while the device holds a slot (memory bounded by sessions, not by
-                // the fleet).
-                let outcome = Box::pin(run_device(shared, prepared, halt)).await;
+                // of a batch is spawned at once to queue for its turn. Inline, each queued
+                // task would hold that state from the start; boxed, it is allocated only
+                // while the device has its turn (memory bounded by sessions, not by the
+                // fleet).
+                let (outcome, session_slot) = Box::pin(run_device(shared, prepared, halt)).await;
+                // Counted while the device still holds its session slot: a budget that
+                // trips halts the run before the next device can take the slot.
+                count_failure(shared, &outcome);
+                drop(session_slot);
                 drop(permit);
                 if outcome.connections > 0 && outcome.status.is_success() {
                     shared.estimator.record(started.elapsed());
@@ -481,7 +487,7 @@ async fn device_task(shared: &Shared, index: usize, mut halt: Halt) -> Option<De
                 return Some(outcome);
             }
             Some((window, opens)) => {
-                // Wait without holding a session slot.
+                // Wait without holding a turn.
                 drop(permit);
                 shared.reporter.event(&Event::WindowWait {
                     device: prepared.device.name.clone(),
@@ -495,6 +501,16 @@ async fn device_task(shared: &Shared, index: usize, mut halt: Halt) -> Option<De
                     device: prepared.device.name.clone(),
                 });
             }
+        }
+    }
+}
+
+/// Counts a failed device against the run's failure budget, halting the run when it trips.
+fn count_failure(shared: &Shared, outcome: &DeviceOutcome) {
+    if !outcome.status.is_success() && !outcome.status.is_unfinished() {
+        let failed = shared.failed_total.fetch_add(1, Ordering::SeqCst) + 1;
+        if let Some(reason) = shared.config.playbook.budget.run_tripped(failed) {
+            shared.halt(reason);
         }
     }
 }
@@ -604,6 +620,12 @@ struct DeviceRun<'a> {
     config: &'a RunConfig,
     prepared: &'a PreparedDevice,
     rate: &'a RateLimiter,
+    /// The run's SSH session slots. One is taken when the device first connects — after
+    /// its key was derived, so a slot is never held by a device waiting for scrypt — and
+    /// kept through its retries until its outcome has been counted against the failure
+    /// budgets (so a budget that trips stops the next device before it connects).
+    sessions: &'a Semaphore,
+    session_slot: Option<SemaphorePermit<'a>>,
     halt: Halt,
     journal: DeviceJournal,
     run: &'a str,
@@ -626,7 +648,13 @@ struct DeviceRun<'a> {
     unused_keys: Option<SessionKeys>,
 }
 
-async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> DeviceOutcome {
+/// A device's run, and the session slot it held (if it connected), for the caller to give
+/// back once the outcome has been counted.
+async fn run_device<'s>(
+    shared: &'s Shared,
+    prepared: &'s PreparedDevice,
+    halt: Halt,
+) -> (DeviceOutcome, Option<SemaphorePermit<'s>>) {
     let config: &RunConfig = &shared.config;
     let reporter: &dyn Reporter = shared.reporter.as_ref();
     let run: &str = &shared.run;
@@ -649,7 +677,7 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
     if let Some(e) = &shared.run_error {
         outcome.status = DeviceStatus::Failed;
         outcome.reason = Some(e.clone());
-        return outcome;
+        return (outcome, None);
     }
     let key = playbook_key(&config.playbook);
     // Check mode writes no journal: it reads it and keeps its own records in memory. The
@@ -675,7 +703,7 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
         Err(e) => {
             outcome.status = DeviceStatus::Failed;
             outcome.reason = Some(e.to_string());
-            return outcome;
+            return (outcome, None);
         }
     };
     if let Some(damage) = &journal.damage {
@@ -694,7 +722,7 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
     if device_state.run == run && device_state.status == StepStatus::Done {
         outcome.reason = Some("finished earlier in this run (not redone)".into());
         outcome.identity = device_state.outputs.identity.clone();
-        return outcome;
+        return (outcome, None);
     }
     let resolved = resolve::resolve(&config.playbook, prepared, run);
     // What earlier attempts recorded for these very steps (same inputs), e.g. the
@@ -713,6 +741,7 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
         run,
         reporter,
         rate: &shared.rate,
+        sessions: &shared.sessions,
         halt: halt.clone(),
         resolved,
         reports: BTreeMap::new(),
@@ -722,6 +751,7 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
         changed_this_run,
         would_change: false,
         unused_keys: None,
+        session_slot: None,
     };
 
     let policy = &config.playbook.policy;
@@ -791,6 +821,14 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
             outcome.reason = Some(reason);
             outcome.failed_step = dr.failed.take().map(|(s, _)| s);
         }
+        // Halted while its first key was derived or it waited for a session slot: it
+        // never connected, so it did not start.
+        Attempt::Stopped if dr.session_slot.is_none() => {
+            outcome = DeviceOutcome {
+                duration_ms: 0,
+                ..not_started(prepared)
+            };
+        }
         Attempt::Stopped => {
             outcome.status = DeviceStatus::Interrupted;
             outcome.reason = Some("the run stopped; rerun to resume this device".into());
@@ -803,7 +841,7 @@ async fn run_device(shared: &Shared, prepared: &PreparedDevice, halt: Halt) -> D
         tracing::warn!(device = %outcome.device, "syncing the journal: {e}");
     }
     crate::failpoint::hit("device-finished");
-    outcome
+    (outcome, dr.session_slot.take())
 }
 
 /// The journal's step id for device-level facts (how the device's last run ended).
@@ -897,19 +935,31 @@ impl DeviceRun<'_> {
             .unused_keys
             .take()
             .unwrap_or_else(|| SessionKeys::new(self.config.kdf.clone(), per_jwe));
-        // The key the session will almost surely need is derived before connecting: the
-        // wait for a derivation slot (the whole fleet shares a few) is then spent without
-        // an SSH session held open and idle on the device and here (~100 KiB each in
-        // russh). A wrong guess costs one derivation, never correctness: the steps derive
-        // whatever key they need when they seal, and a failure here shows there again.
+        // The key the session will almost surely need is derived before connecting, and
+        // before taking a session slot: the wait for a derivation slot (the whole fleet
+        // shares a few) is then spent without an SSH session held open and idle on the
+        // device and here (~100 KiB each in russh), and a session slot is only ever held by
+        // a device that is talking to its device. A wrong guess costs one derivation, never
+        // correctness: the steps derive whatever key they need when they seal, and a
+        // failure here shows there again.
+        let mut halt = self.halt.clone();
         if self.expects_current_key() {
             if let Ok(secret) = self.config.secrets.current(&self.prepared.device) {
-                let mut halt = self.halt.clone();
                 // A halt (budget, Ctrl-C) stops the wait: nothing was sent yet.
                 tokio::select! {
                     _ = keys.prepare(self.prepared.device.enc, &secret) => {}
                     _ = halt.wait_for(|h| h.is_some()) => return Attempt::Stopped,
                 }
+            }
+        }
+        if self.session_slot.is_none() {
+            let slot = tokio::select! {
+                slot = self.sessions.acquire() => slot.ok(),
+                _ = halt.wait_for(|h| h.is_some()) => None,
+            };
+            match slot.filter(|_| !halted(&halt)) {
+                Some(slot) => self.session_slot = Some(slot),
+                None => return Attempt::Stopped,
             }
         }
         self.rate.wait(&self.prepared.device.name).await;
