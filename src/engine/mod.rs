@@ -355,6 +355,9 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
         }
     }
     forward.abort();
+    // Gone once awaited: the run's references (to the secret store among them) are then
+    // all in `shared`, released below.
+    let _ = forward.await;
 
     let outcomes: Vec<DeviceOutcome> = outcomes
         .into_iter()
@@ -407,7 +410,13 @@ pub async fn run(config: RunConfig, reporter: Arc<dyn Reporter>) -> RunSummary {
         check_mode: shared.config.check_mode,
         kdf: shared.config.kdf.usage(),
     };
-    shared.reporter.event(&Event::RunFinished {
+    // The run may hold the last reference to the secret store: releasing it closes the
+    // vault, folding its change log into the vault file (a blocking save) — done on the
+    // blocking pool, and before the run is reported finished, so the caller finds the
+    // vault whole and unlocked.
+    let reporter = Arc::clone(&shared.reporter);
+    let _ = tokio::task::spawn_blocking(move || drop(shared)).await;
+    reporter.event(&Event::RunFinished {
         summary: summary.clone(),
     });
     summary
@@ -660,9 +669,6 @@ async fn run_device<'s>(
     let run: &str = &shared.run;
     let started = Instant::now();
     let name = prepared.device.name.clone();
-    reporter.event(&Event::DeviceStarted {
-        device: name.clone(),
-    });
     let mut outcome = DeviceOutcome {
         device: name.clone(),
         address: prepared.device.address(),
@@ -758,12 +764,8 @@ async fn run_device<'s>(
     let mut attempt = 0u32;
     let final_state = loop {
         attempt += 1;
-        reporter.event(&Event::Connecting {
-            device: name.clone(),
-            attempt,
-        });
         outcome.connections += 1;
-        let result = dr.session_attempt().await;
+        let result = dr.session_attempt(attempt).await;
         match result {
             Attempt::Retry(reason) if attempt <= policy.retries && !halted(&halt) => {
                 let backoff = backoff_delay(policy.retry_backoff, attempt, &name);
@@ -926,7 +928,7 @@ impl DeviceRun<'_> {
             .map_err(|e| e.to_string())
     }
 
-    async fn session_attempt(&mut self) -> Attempt {
+    async fn session_attempt(&mut self, attempt: u32) -> Attempt {
         let opts = connect_options(self.config, self.prepared);
         // One salt and one derivation per (secret, enc) for this session's JWEs; the keys
         // are zeroized when `keys` drops at the end of the session.
@@ -961,7 +963,15 @@ impl DeviceRun<'_> {
                 Some(slot) => self.session_slot = Some(slot),
                 None => return Attempt::Stopped,
             }
+            // Started: it holds one of the `concurrency` slots until it is finished.
+            self.reporter.event(&Event::DeviceStarted {
+                device: self.prepared.device.name.clone(),
+            });
         }
+        self.reporter.event(&Event::Connecting {
+            device: self.prepared.device.name.clone(),
+            attempt,
+        });
         self.rate.wait(&self.prepared.device.name).await;
         let mut session = match TshSession::connect(&opts).await {
             Ok(s) => s,

@@ -6,11 +6,14 @@
 //!
 //! Vault saves are group commits: a change is applied to the in-memory vault under a short
 //! lock, and the caller awaits the save that includes it. One writer thread per open vault
-//! does every save (serialize, encrypt with the key derived at open — no scrypt —, write,
-//! fsync, rename) off the async workers; changes that arrive while a save is being written
-//! go together into the next one, so a fleet seeding at once costs a handful of saves, not
-//! one whole-vault rewrite per change (which grew with the square of the fleet). A failed
-//! save fails every caller whose change it carried, and they do not proceed.
+//! does every save off the async workers, sealing with the key derived at open (no
+//! scrypt); changes that arrive while a save is being written go together into the next
+//! one. A save of changes to some devices is an append to the vault's change log (their
+//! entries, sealed, fsynced: `vault::log`), so its cost does not grow with the fleet; the
+//! log is folded into a full rewrite of the vault file (serialize, encrypt, write, fsync,
+//! rename) once it outgrows the file, when a change is not tied to devices, after a failed
+//! append, and when the store closes. A failed save fails every caller whose change it
+//! carried, and they do not proceed.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -251,14 +254,47 @@ struct Shared {
     wake: Condvar,
     /// How far the saves got; callers wait on it for their change.
     committed: tokio::sync::watch::Sender<Committed>,
-    saves: AtomicU64,
+    /// Saves done: log appends and whole-vault rewrites.
+    appends: AtomicU64,
+    rewrites: AtomicU64,
 }
 
 struct State {
     vault: crate::vault::Vault,
     /// Changes applied so far (a change's ticket is this count right after it).
     changes: u64,
+    /// Devices whose entries changed since the last save (what a log append carries).
+    dirty: BTreeSet<String>,
+    /// A change since the last save is not tied to devices, or an append failed: the next
+    /// save rewrites the whole vault.
+    whole: bool,
     closing: bool,
+}
+
+/// Saves done by a [`VaultSecrets`] so far (see [`VaultSecrets::save_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaveCounts {
+    /// Changes appended to the vault's log.
+    pub appends: u64,
+    /// Whole-vault rewrites (folding the log in).
+    pub rewrites: u64,
+    /// Changes made.
+    pub changes: u64,
+}
+
+impl SaveCounts {
+    pub fn saves(&self) -> u64 {
+        self.appends + self.rewrites
+    }
+}
+
+/// What a change touches, which decides how it can be saved.
+#[derive(Clone, Copy)]
+enum Scope<'a> {
+    /// One device's entry (and the release readings): a log append carries it.
+    Device(&'a str),
+    /// Anything else: a full save.
+    Whole,
 }
 
 /// The writer's progress. A change with ticket `t` is durable once `durable >= t`; it is
@@ -285,11 +321,14 @@ impl VaultSecrets {
             state: Mutex::new(State {
                 vault,
                 changes: 0,
+                dirty: BTreeSet::new(),
+                whole: false,
                 closing: false,
             }),
             wake: Condvar::new(),
             committed,
-            saves: AtomicU64::new(0),
+            appends: AtomicU64::new(0),
+            rewrites: AtomicU64::new(0),
         });
         let for_writer = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
@@ -309,12 +348,15 @@ impl VaultSecrets {
         }
     }
 
-    /// How many saves (whole-vault writes) were done, and how many changes they carried —
-    /// for tests and benchmarks: group commit makes the first far smaller than the second
-    /// when many devices change the vault at once.
-    pub fn save_counts(&self) -> (u64, u64) {
+    /// How many saves were done (log appends, whole-vault rewrites) and how many changes
+    /// they carried — for tests and benchmarks.
+    pub fn save_counts(&self) -> SaveCounts {
         let changes = self.shared.state.lock().map(|s| s.changes).unwrap_or(0);
-        (self.shared.saves.load(Ordering::Relaxed), changes)
+        SaveCounts {
+            appends: self.shared.appends.load(Ordering::Relaxed),
+            rewrites: self.shared.rewrites.load(Ordering::Relaxed),
+            changes,
+        }
     }
 
     fn with<T>(
@@ -333,6 +375,7 @@ impl VaultSecrets {
     /// for the save that carries the change. The lock is held only for `f`.
     async fn commit<T>(
         &self,
+        scope: Scope<'_>,
         f: impl FnOnce(&mut crate::vault::Vault) -> Result<(T, bool), SecretStoreError>,
     ) -> Result<T, SecretStoreError> {
         let (value, ticket) = {
@@ -346,6 +389,12 @@ impl VaultSecrets {
                 return Ok(value);
             }
             guard.changes += 1;
+            match scope {
+                Scope::Device(name) => {
+                    guard.dirty.insert(name.to_owned());
+                }
+                Scope::Whole => guard.whole = true,
+            }
             (value, guard.changes)
         };
         self.shared.wake.notify_one();
@@ -372,9 +421,10 @@ impl VaultSecrets {
     /// Applies a vault change and waits for the save that carries it.
     async fn change(
         &self,
+        scope: Scope<'_>,
         f: impl FnOnce(&mut crate::vault::Vault) -> Result<(), crate::vault::VaultError>,
     ) -> Result<(), SecretStoreError> {
-        self.commit(|v| f(v).map(|()| ((), true)).map_err(vault_err))
+        self.commit(scope, |v| f(v).map(|()| ((), true)).map_err(vault_err))
             .await
     }
 }
@@ -394,15 +444,24 @@ impl Drop for FailRemaining<'_> {
     }
 }
 
-/// The writer thread: whenever changes are waiting, snapshot the vault (a copy, under the
-/// lock), then seal and write it with the lock released, so callers keep changing the
-/// vault meanwhile — those changes are the next save's batch. Ends once the store is
-/// dropped and every change is saved.
+/// One save, prepared under the lock and written without it.
+enum Save {
+    /// The changed devices' entries, appended to the vault's change log.
+    Append(crate::vault::LogAppend),
+    /// The whole vault, rewritten (folding the log in).
+    Whole(crate::vault::Snapshot),
+}
+
+/// The writer thread: whenever changes are waiting, take what the save needs under the
+/// lock (the changed devices' entries for a log append, or a copy of the whole vault),
+/// then seal and write it with the lock released, so callers keep changing the vault
+/// meanwhile — those changes are the next save's batch. Ends once the store is dropped,
+/// every change is saved and the log is folded into the vault file.
 fn writer_loop(shared: &Shared) {
     let _guard = FailRemaining(shared);
     let mut saved = 0u64;
     loop {
-        let (snapshot, upto) = {
+        let (save, upto) = {
             let Ok(mut st) = shared.state.lock() else {
                 return;
             };
@@ -412,14 +471,43 @@ fn writer_loop(shared: &Shared) {
                     Err(_) => return,
                 };
             }
-            if st.changes == saved {
-                return; // closing, nothing left to save
+            // Closing with every change saved: fold the log in, once.
+            let compact_on_close = st.changes == saved && st.vault.has_log() && !st.whole;
+            if st.changes == saved && !compact_on_close {
+                return;
             }
-            (st.vault.snapshot(), st.changes)
+            let whole = st.whole || st.closing || st.vault.log_due_for_compaction();
+            let save = if whole {
+                st.vault.snapshot().map(Save::Whole)
+            } else {
+                st.vault.log_append(&st.dirty).map(Save::Append)
+            };
+            st.dirty.clear();
+            st.whole = false;
+            (save, st.changes)
         };
-        let result = snapshot.and_then(crate::vault::Snapshot::write);
+        let result = save.and_then(|save| match save {
+            Save::Append(append) => {
+                shared.appends.fetch_add(1, Ordering::Relaxed);
+                append.write().map(|len| {
+                    with_vault(shared, |v| v.log_appended(len));
+                })
+            }
+            Save::Whole(snapshot) => {
+                shared.rewrites.fetch_add(1, Ordering::Relaxed);
+                snapshot.write().map(|written| {
+                    with_vault(shared, |v| v.base_written(written));
+                })
+            }
+        });
+        if result.is_err() {
+            // The log may now end in a torn record, or the vault file is older than the
+            // changes: the next save rewrites the whole vault.
+            if let Ok(mut st) = shared.state.lock() {
+                st.whole = true;
+            }
+        }
         saved = upto;
-        shared.saves.fetch_add(1, Ordering::Relaxed);
         shared.committed.send_modify(|c| match &result {
             Ok(()) => c.durable = upto,
             Err(e) => {
@@ -427,6 +515,13 @@ fn writer_loop(shared: &Shared) {
                 c.error = Some(Arc::from(e.to_string()));
             }
         });
+    }
+}
+
+/// Updates the vault's record of what is on disk, after a save.
+fn with_vault(shared: &Shared, f: impl FnOnce(&mut crate::vault::Vault)) {
+    if let Ok(mut st) = shared.state.lock() {
+        f(&mut st.vault);
     }
 }
 
@@ -459,7 +554,7 @@ impl VaultSecrets {
         &self,
         f: impl FnOnce(&mut crate::vault::Vault) -> Result<(), crate::vault::VaultError>,
     ) -> Result<(), SecretStoreError> {
-        self.change(f).await
+        self.change(Scope::Whole, f).await
     }
 }
 
@@ -491,7 +586,7 @@ impl SecretStore for VaultSecrets {
         if matches!(device.client_secret, ClientSecretSource::Env(_)) {
             return Ok(());
         }
-        self.commit(|v| {
+        self.commit(Scope::Device(&device.name), |v| {
             if v.device(&device.name).is_some_and(|d| d.seeded) {
                 return Ok(((), false));
             }
@@ -516,7 +611,7 @@ impl SecretStore for VaultSecrets {
                 var: var.clone(),
             });
         }
-        self.commit(|v| {
+        self.commit(Scope::Device(&device.name), |v| {
             // An unresolved rotation's pending secret is reused, never replaced. It may
             // still be on its way to disk (another call's batch): waiting for the ticket
             // of this call is enough, since it is later than that change's.
@@ -532,18 +627,24 @@ impl SecretStore for VaultSecrets {
     }
 
     async fn promote_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
-        self.change(|v| v.promote_pending(&device.name)).await
+        self.change(Scope::Device(&device.name), |v| {
+            v.promote_pending(&device.name)
+        })
+        .await
     }
 
     async fn abandon_pending(&self, device: &Device) -> Result<(), SecretStoreError> {
-        self.change(|v| v.abandon_pending(&device.name)).await
+        self.change(Scope::Device(&device.name), |v| {
+            v.abandon_pending(&device.name)
+        })
+        .await
     }
 
     async fn confirm_current(&self, device: &Device) -> Result<(), SecretStoreError> {
         if matches!(device.client_secret, ClientSecretSource::Env(_)) {
             return Ok(());
         }
-        self.commit(|v| {
+        self.commit(Scope::Device(&device.name), |v| {
             let settled = v.device(&device.name).is_some_and(|d| {
                 d.seeded && d.pending.is_none() && d.state == crate::vault::SecretState::Ok
             });
@@ -578,8 +679,10 @@ impl SecretStore for VaultSecrets {
         device: &Device,
         sent_as: Reading,
     ) -> Result<(), SecretStoreError> {
-        self.change(|v| v.record_attempt(&device.name, sent_as))
-            .await
+        self.change(Scope::Device(&device.name), |v| {
+            v.record_attempt(&device.name, sent_as)
+        })
+        .await
     }
 
     fn pending_reading(&self, device: &Device) -> Result<Option<Reading>, SecretStoreError> {
@@ -615,8 +718,10 @@ impl SecretStore for VaultSecrets {
                             ))
                         })
                 })?;
-                self.change(|v| v.promote_alternate(&device.name, i))
-                    .await?;
+                self.change(Scope::Device(&device.name), |v| {
+                    v.promote_alternate(&device.name, i)
+                })
+                .await?;
                 Ok(Some(reading))
             }
         }
@@ -644,8 +749,10 @@ impl SecretStore for VaultSecrets {
         if matches!(device.client_secret, ClientSecretSource::Env(_)) {
             return Ok(());
         }
-        self.change(|v| v.learn_reading(&device.name, release, reading).map(|_| ()))
-            .await
+        self.change(Scope::Device(&device.name), |v| {
+            v.learn_reading(&device.name, release, reading).map(|_| ())
+        })
+        .await
     }
 
     fn is_secret_unknown(&self, device: &Device) -> bool {
@@ -657,7 +764,10 @@ impl SecretStore for VaultSecrets {
     }
 
     async fn mark_secret_unknown(&self, device: &Device) -> Result<(), SecretStoreError> {
-        self.change(|v| v.mark_secret_unknown(&device.name)).await
+        self.change(Scope::Device(&device.name), |v| {
+            v.mark_secret_unknown(&device.name)
+        })
+        .await
     }
 
     fn credential(&self, device: &Device, name: &str) -> Result<Secret, SecretStoreError> {
@@ -795,9 +905,9 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        let (saves, changes) = store.save_counts();
-        assert_eq!(changes, 50);
-        assert!(saves < 50 / 4, "{saves} saves for {changes} changes");
+        let counts = store.save_counts();
+        assert_eq!(counts.changes, 50);
+        assert!(counts.saves() < 50 / 4, "{counts:?}");
         let on_disk = Vault::open_read_only(&path, &Secret::new("unit test passphrase")).unwrap();
         assert!(devices
             .iter()

@@ -46,6 +46,37 @@ pub fn write_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     File::open(parent_dir(path))?.sync_all()
 }
 
+/// Starts the vault's change log at `path` with `bytes` (header and first record), mode
+/// 0600, replacing a stale log; durable (file and directory fsynced) when this returns Ok.
+/// Not atomic, and need not be: a reader takes a log cut short for a torn append.
+pub fn write_log(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    File::open(parent_dir(path))?.sync_all()
+}
+
+/// Appends `bytes` to the change log at `path` at offset `at` (the end of its verified
+/// records: a torn record beyond it is cut off first) and fsyncs it; returns the new length.
+pub fn append_log(path: &Path, at: u64, bytes: &[u8]) -> io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = OpenOptions::new().write(true).open(path)?;
+    if f.metadata()?.len() != at {
+        f.set_len(at)?;
+    }
+    f.write_all_at(bytes, at)?;
+    // fdatasync: the new length is metadata the data needs, so it is flushed too.
+    f.sync_data()?;
+    let added = u64::try_from(bytes.len()).map_err(io::Error::other)?;
+    at.checked_add(added)
+        .ok_or_else(|| io::Error::other("vault log too long"))
+}
+
 /// The lock file beside the vault. It is a separate file because the vault itself is
 /// replaced by rename on every save (a lock on its inode would not cover the new file).
 /// It is never deleted: deleting lock files reopens the race they close.

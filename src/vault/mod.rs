@@ -4,6 +4,8 @@
 //!
 //! - `format`: the versioned file layout (scrypt + AES-256-GCM, header as AAD) — pure.
 //! - `model`: the decrypted document and its bookkeeping rules — pure.
+//! - `log`: the change log beside the vault (`<vault>.log`): a run's changes are appended
+//!   (sealed, fsynced) instead of rewriting the whole file per change — pure layout.
 //! - `fsio`: atomic durable 0600 writes and the writer lock — I/O.
 //! - `passphrase`: file, environment or no-echo prompt — I/O.
 //!
@@ -16,10 +18,12 @@
 
 mod format;
 mod fsio;
+mod log;
 mod model;
 mod passphrase;
 pub mod phrase;
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -132,7 +136,30 @@ pub struct Vault {
     salt: [u8; SALT_LEN],
     /// The writer lock, held while the vault is open; `None` for a read-only snapshot.
     lock: Option<File>,
+    /// The vault file as last written or read (the change log's base).
+    base: Written,
+    /// Where the change log of that base stands.
+    log: LogState,
 }
+
+/// What a full save wrote: the base a change log extends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Written {
+    nonce: [u8; NONCE_LEN],
+    len: u64,
+}
+
+/// The change log of the current base: records appended so far and the length of its
+/// verified content (0: no log for this base yet; the next append creates it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct LogState {
+    seq: u64,
+    len: u64,
+}
+
+/// A log is compacted into the base once it is larger than the base (and this floor): the
+/// appends a compaction saves then pay for it, so the cost per change stays constant.
+const COMPACT_AT_LEAST: u64 = 64 * 1024;
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -199,6 +226,11 @@ impl Vault {
             kdf,
             salt,
             lock: Some(lock),
+            base: Written {
+                nonce: [0; NONCE_LEN],
+                len: 0,
+            },
+            log: LogState::default(),
         };
         vault.save()?;
         Ok(vault)
@@ -245,14 +277,42 @@ impl Vault {
         let key = format::derive_key(passphrase, &header.salt, header.kdf).map_err(fail)?;
         let plain = format::open(&key, &header, body).map_err(fail)?;
         // Only the position is reported: serde messages may quote the offending value.
-        let doc: Document = serde_json::from_slice(&plain).map_err(|e| VaultError::Corrupt {
+        let corrupt = |path: &Path, what: &str, e: serde_json::Error| VaultError::Corrupt {
             path: path.to_path_buf(),
             reason: format!(
-                "content does not parse (line {}, column {})",
+                "{what} does not parse (line {}, column {})",
                 e.line(),
                 e.column()
             ),
-        })?;
+        };
+        let mut doc: Document =
+            serde_json::from_slice(&plain).map_err(|e| corrupt(path, "content", e))?;
+        // The changes appended since this base was written (see `log`).
+        let log_file = log::log_path(path);
+        let mut log = LogState::default();
+        let log_bytes = match std::fs::read(&log_file) {
+            Ok(bytes) => Some(Zeroizing::new(bytes)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(VaultError::io(&log_file, "read the vault log")(e)),
+        };
+        if let Some(bytes) = log_bytes {
+            let read =
+                log::read(&bytes, &key, &header.nonce).map_err(|reason| VaultError::Corrupt {
+                    path: log_file.clone(),
+                    reason,
+                })?;
+            if let log::LogRead::Current { records, good_len } = read {
+                for record in &records {
+                    let delta: log::Delta = serde_json::from_slice(record)
+                        .map_err(|e| corrupt(&log_file, "a record", e))?;
+                    delta.apply(&mut doc);
+                }
+                log = LogState {
+                    seq: records.len() as u64,
+                    len: good_len,
+                };
+            }
+        }
         Ok(Vault {
             path: path.to_path_buf(),
             doc,
@@ -260,6 +320,11 @@ impl Vault {
             kdf: header.kdf,
             salt: header.salt,
             lock,
+            base: Written {
+                nonce: header.nonce,
+                len: bytes.len() as u64,
+            },
+            log,
         })
     }
 
@@ -267,7 +332,61 @@ impl Vault {
     /// file and its directory entry are fsynced. The file key was derived when the vault was
     /// opened: a save never runs the passphrase's scrypt again.
     pub fn save(&mut self) -> Result<(), VaultError> {
-        self.snapshot()?.write()
+        let written = self.snapshot()?.write()?;
+        self.base_written(written);
+        Ok(())
+    }
+
+    /// A full save wrote `written`: it holds every change so far, so the log of the old
+    /// base is stale — it is removed (if that fails, it is still ignored: it names the old
+    /// base) and the next change starts a new one.
+    pub fn base_written(&mut self, written: Written) {
+        self.base = written;
+        self.log = LogState::default();
+        let _ = std::fs::remove_file(log::log_path(&self.path));
+    }
+
+    /// Whether changes are in the log rather than the vault file (a full save folds them in).
+    pub fn has_log(&self) -> bool {
+        self.log.seq > 0
+    }
+
+    /// Whether the log has outgrown the vault file, so the next save should be a full one.
+    pub fn log_due_for_compaction(&self) -> bool {
+        self.log.len > self.base.len.max(COMPACT_AT_LEAST)
+    }
+
+    /// The change to `devices` (their whole entries, and the release readings), ready to
+    /// be appended to the log — by `engine::secrets`'s writer thread, like [`Snapshot`].
+    pub fn log_append(&self, devices: &BTreeSet<String>) -> Result<LogAppend, VaultError> {
+        if self.lock.is_none() {
+            return Err(VaultError::ReadOnly {
+                path: self.path.clone(),
+            });
+        }
+        let delta = log::Delta {
+            devices: devices
+                .iter()
+                .filter_map(|name| Some((name.clone(), self.doc.devices.get(name)?.clone())))
+                .collect(),
+            readings: self.doc.readings.clone(),
+        };
+        Ok(LogAppend {
+            path: log::log_path(&self.path),
+            delta,
+            key: self.key.clone(),
+            base: self.base.nonce,
+            at: self.log,
+        })
+    }
+
+    /// A [`LogAppend`] made from this vault's log state reached the disk; the log is now
+    /// `len` bytes long.
+    pub fn log_appended(&mut self, len: u64) {
+        self.log = LogState {
+            seq: self.log.seq.saturating_add(1),
+            len,
+        };
     }
 
     /// A copy of the document as it stands, with what saving it needs (the derived key,
@@ -484,13 +603,9 @@ impl std::fmt::Debug for Snapshot {
 impl Snapshot {
     /// Serializes, encrypts (fresh nonce) and writes it atomically; returns only once the
     /// new file and its directory entry are fsynced. Blocking: call it off the async workers.
-    pub fn write(self) -> Result<(), VaultError> {
-        let plain = serialize(&self.doc).map_err(|_| VaultError::Corrupt {
-            path: self.path.clone(),
-            reason: "cannot serialize the vault".to_owned(),
-        })?;
-        let mut nonce = [0u8; NONCE_LEN];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+    /// Give the result to [`Vault::base_written`].
+    pub fn write(self) -> Result<Written, VaultError> {
+        let (plain, nonce) = to_seal(&self.doc, &self.path, "the vault")?;
         let header = Header {
             kdf: self.kdf,
             salt: self.salt,
@@ -498,13 +613,76 @@ impl Snapshot {
         };
         let bytes = format::seal(&self.key, &header, &plain)
             .map_err(|e| VaultError::format(&self.path, e))?;
-        write_atomic(&self.path, &bytes).map_err(VaultError::io(&self.path, "write the vault"))
+        write_atomic(&self.path, &bytes).map_err(VaultError::io(&self.path, "write the vault"))?;
+        Ok(Written {
+            nonce,
+            len: bytes.len() as u64,
+        })
     }
+}
+
+/// Changes ready to be appended to the vault's log (see [`Vault::log_append`]). Its
+/// secrets are zeroized when it is dropped.
+pub struct LogAppend {
+    path: PathBuf,
+    delta: log::Delta,
+    key: Zeroizing<[u8; 32]>,
+    base: [u8; NONCE_LEN],
+    at: LogState,
+}
+
+impl std::fmt::Debug for LogAppend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LogAppend")
+            .field("path", &self.path)
+            .field("devices", &self.delta.devices.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LogAppend {
+    /// Seals the change and appends it; returns the log's new length once the record is
+    /// fsynced (for [`Vault::log_appended`]). The first record of a base creates the log
+    /// (header, fsync, directory fsync); a torn record left by a crash is overwritten.
+    /// Blocking: call it off the async workers.
+    pub fn write(self) -> Result<u64, VaultError> {
+        let (plain, nonce) = to_seal(&self.delta, &self.path, "a vault change")?;
+        let record = log::seal_record(&self.key, &self.base, self.at.seq, nonce, &plain).map_err(
+            |reason| VaultError::Corrupt {
+                path: self.path.clone(),
+                reason: reason.to_owned(),
+            },
+        )?;
+        let io = VaultError::io(&self.path, "append to the vault log");
+        if self.at.len == 0 {
+            let mut bytes = log::header(&self.base).to_vec();
+            bytes.extend_from_slice(&record);
+            fsio::write_log(&self.path, &bytes).map_err(io)?;
+            Ok(bytes.len() as u64)
+        } else {
+            fsio::append_log(&self.path, self.at.len, &record).map_err(io)
+        }
+    }
+}
+
+/// `value` serialized (see [`serialize`]) and a fresh nonce to seal it with.
+fn to_seal<T: serde::Serialize>(
+    value: &T,
+    path: &Path,
+    what: &str,
+) -> Result<(Zeroizing<Vec<u8>>, [u8; NONCE_LEN]), VaultError> {
+    let plain = serialize(value).map_err(|_| VaultError::Corrupt {
+        path: path.to_path_buf(),
+        reason: format!("cannot serialize {what}"),
+    })?;
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    Ok((plain, nonce))
 }
 
 /// Serializes the document into one exactly sized, zeroizing buffer: measuring first means
 /// the buffer never grows, so no freed copy of the plaintext is left behind by a realloc.
-fn serialize(doc: &Document) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
+fn serialize<T: serde::Serialize>(doc: &T) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
     struct Count(usize);
     impl std::io::Write for Count {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
@@ -570,6 +748,152 @@ mod tests {
         assert_eq!(v.credential("ssh-admin").unwrap().expose(), "pw");
         assert_eq!(v.device_names().collect::<Vec<_>>(), ["r1"]);
         assert!(!v.device("r1").unwrap().seeded);
+    }
+
+    /// A vault with three devices (saved whole), and a change to two of them appended
+    /// to its log, as the engine's writer thread does.
+    fn vault_with_a_log(path: &Path) -> Vault {
+        let mut v = Vault::create(path, &pass()).unwrap();
+        for name in ["r1", "r2", "r3"] {
+            v.set_current(name, Secret::new(format!("s-{name}")), false, None)
+                .unwrap();
+        }
+        v.save().unwrap();
+        append(&mut v, &["r1"], |v| v.mark_seeded("r1").unwrap());
+        append(&mut v, &["r2"], |v| {
+            v.begin_rotation("r2", Secret::new("new-r2")).unwrap()
+        });
+        v
+    }
+
+    fn append(v: &mut Vault, devices: &[&str], change: impl FnOnce(&mut Vault)) {
+        change(v);
+        let names = devices.iter().map(|d| d.to_string()).collect();
+        let len = v.log_append(&names).unwrap().write().unwrap();
+        v.log_appended(len);
+    }
+
+    fn assert_logged_changes(v: &Vault) {
+        assert!(v.device("r1").unwrap().seeded);
+        assert_eq!(
+            v.device("r2")
+                .unwrap()
+                .pending
+                .as_ref()
+                .unwrap()
+                .secret
+                .expose(),
+            "new-r2"
+        );
+    }
+
+    #[test]
+    fn logged_changes_are_read_back_and_a_full_save_folds_them_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault");
+        let log = log::log_path(&path);
+        let v = vault_with_a_log(&path);
+        assert!(v.has_log());
+        assert!(!v.device("r3").unwrap().seeded);
+        let mode = std::fs::metadata(&log).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(v);
+        assert_logged_changes(&Vault::open_read_only(&path, &pass()).unwrap());
+        let mut v = Vault::open(&path, &pass()).unwrap();
+        assert_logged_changes(&v);
+        // Appending continues the log the open found.
+        append(&mut v, &["r3"], |v| v.mark_seeded("r3").unwrap());
+        drop(v);
+        let mut v = Vault::open(&path, &pass()).unwrap();
+        assert!(v.device("r3").unwrap().seeded);
+        v.save().unwrap();
+        assert!(!log.exists(), "the full save folded the log in");
+        assert!(!v.has_log());
+        drop(v);
+        let v = Vault::open(&path, &pass()).unwrap();
+        assert_logged_changes(&Vault::open_read_only(&path, &pass()).unwrap());
+        assert!(v.device("r3").unwrap().seeded);
+    }
+
+    #[test]
+    fn a_log_left_by_a_crash_after_a_full_save_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault");
+        let mut v = vault_with_a_log(&path);
+        // The full save lands, the crash comes before the log is removed.
+        v.mark_seeded("r3").unwrap();
+        v.snapshot().unwrap().write().unwrap();
+        drop(v);
+        assert!(log::log_path(&path).exists());
+        let mut v = Vault::open(&path, &pass()).unwrap();
+        assert_logged_changes(&v);
+        assert!(v.device("r3").unwrap().seeded);
+        assert!(!v.has_log(), "the stale log is not this base's");
+        // The next change starts a new log over the stale one.
+        append(&mut v, &["r1"], |v| v.confirm_current("r1").unwrap());
+        drop(v);
+        assert!(Vault::open(&path, &pass()).unwrap().has_log());
+    }
+
+    #[test]
+    fn a_torn_append_is_dropped_and_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault");
+        let log_file = log::log_path(&path);
+        let v = vault_with_a_log(&path);
+        drop(v);
+        // The second record was being appended when the power went.
+        let len = std::fs::metadata(&log_file).unwrap().len();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log_file)
+            .unwrap();
+        f.set_len(len - 5).unwrap();
+        drop(f);
+        let mut v = Vault::open(&path, &pass()).unwrap();
+        assert!(v.device("r1").unwrap().seeded);
+        assert!(
+            v.device("r2").unwrap().pending.is_none(),
+            "never acknowledged"
+        );
+        append(&mut v, &["r3"], |v| v.mark_seeded("r3").unwrap());
+        drop(v);
+        let v = Vault::open(&path, &pass()).unwrap();
+        assert!(v.device("r1").unwrap().seeded && v.device("r3").unwrap().seeded);
+    }
+
+    #[test]
+    fn a_damaged_log_record_refuses_to_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault");
+        let log_file = log::log_path(&path);
+        drop(vault_with_a_log(&path));
+        let mut bytes = std::fs::read(&log_file).unwrap();
+        bytes[log::HEADER_LEN + 30] ^= 1; // inside the first of two records
+        std::fs::write(&log_file, &bytes).unwrap();
+        match Vault::open(&path, &pass()) {
+            Err(VaultError::Corrupt { path, reason }) => {
+                assert_eq!(path, log_file);
+                assert!(reason.contains("record 1"), "{reason}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_log_is_due_for_compaction_once_larger_than_the_vault() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault");
+        let mut v = vault_with_a_log(&path);
+        assert!(!v.log_due_for_compaction());
+        let mut appends = 0;
+        while !v.log_due_for_compaction() {
+            append(&mut v, &["r1"], |v| v.confirm_current("r1").unwrap());
+            appends += 1;
+            assert!(appends < 1_000, "never due");
+        }
+        v.save().unwrap();
+        assert!(!v.log_due_for_compaction() && !v.has_log());
     }
 
     #[test]
