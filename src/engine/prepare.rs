@@ -133,9 +133,10 @@ pub fn prepare(
                         playbook.name
                     ),
                 ),
-                Some(cert_path) => match loaded.take().unwrap_or_else(|| {
-                    load_identity(cert_path, device.key.as_deref())
-                }) {
+                Some(cert_path) => match loaded
+                    .take()
+                    .unwrap_or_else(|| load_identity(cert_path, device.key.as_deref()))
+                {
                     Err(e) => problem("certificate", e.to_string()),
                     Ok(id) => {
                         let report = id.check(now);
@@ -388,7 +389,12 @@ mod tests {
         for i in 0..9 {
             let cn = format!("room-{i}.example.com");
             let (cert, key) = ca
-                .issue(&cn, &[cn.clone()], now, now + time::Duration::days(30))
+                .issue(
+                    &cn,
+                    std::slice::from_ref(&cn),
+                    now,
+                    now + time::Duration::days(30),
+                )
                 .unwrap();
             let cert_path = dir.path().join(format!("{i}.pem"));
             let key_path = dir.path().join(format!("{i}.key"));
@@ -397,7 +403,10 @@ mod tests {
             // Room 4 names no certificate; room 7's key file is missing.
             let files = match i {
                 4 => String::new(),
-                7 => format!(", certificate: {}, key: /nonexistent.key", cert_path.display()),
+                7 => format!(
+                    ", certificate: {}, key: /nonexistent.key",
+                    cert_path.display()
+                ),
                 _ => format!(
                     ", certificate: {}, key: {}",
                     cert_path.display(),

@@ -460,6 +460,7 @@ enum Save {
 fn writer_loop(shared: &Shared) {
     let _guard = FailRemaining(shared);
     let mut saved = 0u64;
+    let mut folded_on_close = false;
     loop {
         let (save, upto) = {
             let Ok(mut st) = shared.state.lock() else {
@@ -471,10 +472,14 @@ fn writer_loop(shared: &Shared) {
                     Err(_) => return,
                 };
             }
-            // Closing with every change saved: fold the log in, once.
-            let compact_on_close = st.changes == saved && st.vault.has_log() && !st.whole;
-            if st.changes == saved && !compact_on_close {
-                return;
+            if st.changes == saved {
+                // Closing, every change handed to a save. Once more, a whole rewrite: it
+                // folds the log into the vault file, and writes the changes a failed
+                // save left in memory only (their callers were told, and stopped).
+                if folded_on_close || !(st.whole || st.vault.has_log()) {
+                    return;
+                }
+                folded_on_close = true;
             }
             let whole = st.whole || st.closing || st.vault.log_due_for_compaction();
             let save = if whole {
@@ -938,5 +943,36 @@ mod tests {
         // The pending secrets applied in memory went to disk with the save that worked:
         // more is recorded than was acted on, never less.
         assert!(on_disk.device("d1").unwrap().pending.is_some());
+    }
+
+    /// Changes go to the vault's log as they come; closing the store folds the log into
+    /// the vault file — and writes a change that a failed save left in memory only.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn closing_folds_the_log_and_writes_what_a_failed_save_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, store, devices) = fleet(dir.path(), 3);
+        let log = path.with_file_name("vault.log");
+        store.confirm_current(&devices[0]).await.unwrap();
+        let counts = store.save_counts();
+        assert_eq!((counts.appends, counts.rewrites), (1, 0), "{counts:?}");
+        assert!(log.exists());
+        // Seen by a reader while the store is open.
+        let passphrase = Secret::new("unit test passphrase");
+        let on_disk = Vault::open_read_only(&path, &passphrase).unwrap();
+        assert!(on_disk.device(&devices[0].name).unwrap().seeded);
+        // A save fails (the log cannot be written), leaving the change in memory only.
+        std::fs::remove_file(&log).unwrap();
+        std::fs::create_dir(&log).unwrap();
+        let failed = store.confirm_current(&devices[1]).await;
+        assert!(failed.is_err());
+        std::fs::remove_dir(&log).unwrap();
+        drop(store);
+        assert!(!log.exists(), "folded into the vault file");
+        let on_disk = Vault::open_read_only(&path, &passphrase).unwrap();
+        assert!(on_disk.device(&devices[0].name).unwrap().seeded);
+        assert!(
+            on_disk.device(&devices[1].name).unwrap().seeded,
+            "more is recorded than was acted on, never less"
+        );
     }
 }
