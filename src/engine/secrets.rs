@@ -476,7 +476,8 @@ fn writer_loop(shared: &Shared) {
                 // Closing, every change handed to a save. Once more, a whole rewrite: it
                 // folds the log into the vault file, and writes the changes a failed
                 // save left in memory only (their callers were told, and stopped).
-                if folded_on_close || !(st.whole || st.vault.has_log()) {
+                let unsaved = st.whole || st.vault.has_log();
+                if folded_on_close || !unsaved || !st.vault.is_writable() {
                     return;
                 }
                 folded_on_close = true;
@@ -974,5 +975,31 @@ mod tests {
             on_disk.device(&devices[1].name).unwrap().seeded,
             "more is recorded than was acted on, never less"
         );
+    }
+
+    /// A store over a vault opened read-only (`apply --check`) reads the log and never
+    /// writes: closing it leaves the log for the next writer to fold in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_only_store_leaves_the_log_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, store, devices) = fleet(dir.path(), 2);
+        let log = path.with_file_name("vault.log");
+        store.confirm_current(&devices[0]).await.unwrap();
+        drop(store);
+        // An interrupted run: the log is left beside the vault file.
+        let passphrase = Secret::new("unit test passphrase");
+        let mut v = Vault::open(&path, &passphrase).unwrap();
+        let names = [devices[1].name.clone()].into_iter().collect();
+        v.confirm_current(&devices[1].name).unwrap();
+        let len = v.log_append(&names).unwrap().write().unwrap();
+        v.log_appended(len);
+        drop(v);
+        let (vault_before, log_before) =
+            (std::fs::read(&path).unwrap(), std::fs::read(&log).unwrap());
+        let store = VaultSecrets::new(Vault::open_read_only(&path, &passphrase).unwrap());
+        assert!(store.is_seeded(&devices[0]) && store.is_seeded(&devices[1]));
+        drop(store);
+        assert_eq!(std::fs::read(&path).unwrap(), vault_before);
+        assert_eq!(std::fs::read(&log).unwrap(), log_before);
     }
 }

@@ -351,6 +351,11 @@ impl Vault {
         self.log.seq > 0
     }
 
+    /// Whether this vault can be saved (it was not opened read-only).
+    pub fn is_writable(&self) -> bool {
+        self.lock.is_some()
+    }
+
     /// Whether the log has outgrown the vault file, so the next save should be a full one.
     pub fn log_due_for_compaction(&self) -> bool {
         self.log.len > self.base.len.max(COMPACT_AT_LEAST)
