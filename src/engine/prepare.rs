@@ -3,9 +3,12 @@
 //! problem of every device at once. Nothing is sent to any device unless this succeeds for
 //! all of them: a half-valid fleet is not started.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use crate::cert::{load_identity, DeviceIdentity};
 use crate::engine::secrets::{env_secret, SecretStore};
@@ -240,15 +243,104 @@ pub fn prepare(
     }
 }
 
-/// Devices written with a DNS name are resolved here: a name that resolves to another
-/// device's address (and port) would provision one device twice. A name that does not
-/// resolve now is a warning (the device may be unreachable at run time, exit 3).
+/// How long preflight waits for the inventory's names to resolve, all of them together: a
+/// resolver that does not answer must not hold up a run (or `plan`) indefinitely.
+const RESOLVE_DEADLINE: Duration = Duration::from_secs(10);
+/// Lookups in flight at once (the system resolver blocks a thread per lookup).
+const RESOLVERS: usize = 32;
+
+/// Resolves a host name (and port) to addresses: the system resolver, or a test's.
+type Resolve = dyn Fn(&str, u16) -> std::io::Result<Vec<IpAddr>> + Send + Sync;
+
+fn system_resolve(host: &str, port: u16) -> std::io::Result<Vec<IpAddr>> {
+    use std::net::ToSocketAddrs;
+    Ok((host, port)
+        .to_socket_addrs()?
+        .map(|a| a.ip().to_canonical())
+        .collect())
+}
+
+/// Resolves every distinct (host, port) on up to [`RESOLVERS`] threads at once. A name
+/// with no answer by `deadline` is reported as such; its lookup (which cannot be
+/// cancelled) finishes in the background and is ignored, and no new lookup starts.
+fn resolve_all(
+    names: BTreeSet<(String, u16)>,
+    resolve: Arc<Resolve>,
+    deadline: Duration,
+) -> BTreeMap<(String, u16), Result<Vec<IpAddr>, String>> {
+    let wanted = names.len();
+    let queue = Arc::new(Mutex::new(names.iter().cloned().collect::<Vec<_>>()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for _ in 0..wanted.min(RESOLVERS) {
+        let (queue, stop, tx, resolve) = (
+            Arc::clone(&queue),
+            Arc::clone(&stop),
+            tx.clone(),
+            Arc::clone(&resolve),
+        );
+        let spawned = std::thread::Builder::new()
+            .name("roomkey-resolve".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let next = queue.lock().ok().and_then(|mut q| q.pop());
+                    let Some((host, port)) = next else { break };
+                    let answer = resolve(&host, port).map_err(|e| e.to_string());
+                    if tx.send(((host, port), answer)).is_err() {
+                        break;
+                    }
+                }
+            });
+        if spawned.is_err() {
+            break; // fewer resolvers; the names left unanswered are reported below
+        }
+    }
+    drop(tx);
+    let until = std::time::Instant::now() + deadline;
+    let mut answers = BTreeMap::new();
+    while answers.len() < wanted {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((name, answer)) => {
+                answers.insert(name, answer);
+            }
+            Err(_) => break, // the deadline, or every resolver gone
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    for name in names {
+        answers
+            .entry(name)
+            .or_insert_with(|| Err(format!("no answer within {deadline:?}")));
+    }
+    answers
+}
+
+/// Devices written with a DNS name are resolved here (all at once, see [`resolve_all`]):
+/// a name that resolves to another device's address (and port) would provision one device
+/// twice. A name that does not resolve now is a warning (the device may be unreachable at
+/// run time, exit 3).
 fn duplicate_resolved_addresses(
     inventory_path: &std::path::Path,
     devices: &[&Device],
     warnings: &mut Vec<String>,
 ) -> Vec<Problem> {
-    use std::net::{IpAddr, ToSocketAddrs};
+    duplicate_resolved_addresses_with(
+        inventory_path,
+        devices,
+        warnings,
+        Arc::new(system_resolve),
+        RESOLVE_DEADLINE,
+    )
+}
+
+fn duplicate_resolved_addresses_with(
+    inventory_path: &std::path::Path,
+    devices: &[&Device],
+    warnings: &mut Vec<String>,
+    resolve: Arc<Resolve>,
+    deadline: Duration,
+) -> Vec<Problem> {
     let mut problems = Vec::new();
     let mut by_address: BTreeMap<(IpAddr, u16), &str> = BTreeMap::new();
     // Literal addresses first, so a name is reported against the literal device.
@@ -262,9 +354,19 @@ fn duplicate_resolved_addresses(
                 .or_insert(&d.name);
         }
     }
+    let answers = resolve_all(
+        named.iter().map(|d| (d.host.clone(), d.port)).collect(),
+        resolve,
+        deadline,
+    );
     for d in named {
-        let resolved = match (d.host.as_str(), d.port).to_socket_addrs() {
-            Ok(addrs) => addrs.map(|a| a.ip().to_canonical()).collect::<Vec<_>>(),
+        // Cloned, not taken: two devices written with one name must both see it.
+        let answer = answers
+            .get(&(d.host.clone(), d.port))
+            .cloned()
+            .unwrap_or_else(|| Err("not looked up".into()));
+        let resolved = match answer {
+            Ok(addrs) => addrs,
             Err(e) => {
                 warnings.push(format!(
                     "{}: devices.{}: cannot resolve {} now ({e}); the run will try again",
@@ -430,6 +532,82 @@ mod tests {
             }
         }
         assert!(load_identities(&devices, false).iter().all(Option::is_none));
+    }
+
+    fn named_fleet(n: usize) -> crate::inventory::Inventory {
+        let mut yaml = String::from("defaults: { auth: { agent: true } }\ndevices:\n");
+        for i in 0..n {
+            yaml.push_str(&format!("  room-{i}: {{ host: room-{i}.test }}\n"));
+        }
+        yaml.push_str("  twin: { host: alias-3.test }\n  literal: { host: 10.0.0.7 }\n");
+        crate::inventory::parse(std::path::Path::new("inv.yaml"), &yaml).unwrap()
+    }
+
+    #[test]
+    fn names_resolve_all_at_once_and_duplicates_are_still_found() {
+        let inv = named_fleet(100);
+        let devices: Vec<&Device> = inv.devices.iter().collect();
+        let lookups = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&lookups);
+        // room-i.test and alias-i.test are 10.0.1.i, except room-7.test, which is the
+        // literal device's address.
+        let resolver = move |host: &str, _port: u16| -> std::io::Result<Vec<IpAddr>> {
+            counted.fetch_add(1, Ordering::Relaxed);
+            let i: u8 = host
+                .trim_start_matches("room-")
+                .trim_start_matches("alias-")
+                .trim_end_matches(".test")
+                .parse()
+                .map_err(std::io::Error::other)?;
+            Ok(vec![if i == 7 {
+                IpAddr::from([10, 0, 0, 7])
+            } else {
+                IpAddr::from([10, 0, 1, i])
+            }])
+        };
+        let mut warnings = Vec::new();
+        let problems = duplicate_resolved_addresses_with(
+            &inv.path,
+            &devices,
+            &mut warnings,
+            Arc::new(resolver),
+            Duration::from_secs(600),
+        );
+        // Each name once.
+        assert_eq!(lookups.load(Ordering::Relaxed), 101);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let mut entries: Vec<_> = problems.iter().map(|p| p.entry.as_str()).collect();
+        entries.sort();
+        assert_eq!(
+            entries,
+            ["devices.room-7.host", "devices.twin.host"],
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn a_resolver_that_never_answers_does_not_hold_up_preflight() {
+        let inv = named_fleet(5);
+        let devices: Vec<&Device> = inv.devices.iter().collect();
+        let hang = |_: &str, _: u16| -> std::io::Result<Vec<IpAddr>> {
+            loop {
+                std::thread::park();
+            }
+        };
+        let mut warnings = Vec::new();
+        let problems = duplicate_resolved_addresses_with(
+            &inv.path,
+            &devices,
+            &mut warnings,
+            Arc::new(hang),
+            Duration::ZERO,
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(warnings.len(), 6, "{warnings:?}");
+        assert!(
+            warnings[0].contains("cannot resolve room-0.test now (no answer within 0ns)"),
+            "{warnings:?}"
+        );
     }
 
     #[test]
