@@ -188,6 +188,55 @@ async fn a_closing_window_leaves_no_device_half_provisioned() {
     }
 }
 
+/// Regression: a device's key is derived before it takes a session slot, so it may wait
+/// for the slot after its window was judged. The window is judged again when it takes the
+/// slot: here the first room takes over a second (every reply 120 ms late) and the window
+/// closes one second after the start, so the rooms that waited never connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_closes_while_a_device_waits_for_its_slot_stops_it() {
+    let lab = Lab::start(4, 57, |_| FaultPlan {
+        latency_ms: 120,
+        ..Default::default()
+    })
+    .await;
+    let start = jiff::Timestamp::from_second(1_800_000_000).unwrap(); // 2027-01-15T08:00:00Z
+    let pb = with_rollout(
+        &lab,
+        "window: { start: \"07:00\", end: \"08:00:01\", timezone: UTC }",
+    );
+    let text = std::fs::read_to_string(&pb)
+        .unwrap()
+        .replace("concurrency: 3", "concurrency: 1, device_estimate: 500ms");
+    std::fs::write(&pb, text).unwrap();
+    let (playbook, devices, store) = lab.prepare(&pb);
+    let (config, _stop) = lab.run_config(playbook, devices, store);
+    let summary = roomkey::engine::run(
+        RunConfig {
+            start_time: Some(start),
+            ..config
+        },
+        Arc::new(roomkey::engine::events::Silent),
+    )
+    .await;
+    let mut connected = 0;
+    for o in &summary.outcomes {
+        if lab.snapshot(&o.device).await.logins > 0 {
+            connected += 1;
+            assert_eq!(o.status, DeviceStatus::Changed, "{o:?}");
+        } else {
+            assert_eq!(o.status, DeviceStatus::NotStarted, "{o:?}");
+            assert!(
+                o.reason
+                    .as_deref()
+                    .unwrap()
+                    .starts_with("maintenance window"),
+                "{o:?}"
+            );
+        }
+    }
+    assert!(connected <= 1, "{connected} rooms connected: {summary:#?}");
+}
+
 /// A reporter that lets time run again once a window opens: the wait itself happens in
 /// paused time (instantly), the SSH work after it in real time.
 struct ResumeOnOpen {

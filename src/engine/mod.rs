@@ -446,35 +446,13 @@ async fn device_task(shared: &Shared, index: usize, mut halt: Halt) -> Option<De
         // its turn), with the estimate as it stands now.
         let opens = match window {
             None => None,
-            Some(window) => {
-                let now = shared.clock.now();
-                let estimate = shared.estimator.estimate();
-                match window.decide(now, estimate) {
-                    rollout::WindowDecision::Fits { .. } => None,
-                    rollout::WindowDecision::TooLate { closes } if !config.wait_for_window => {
-                        return Some(window_refusal(
-                            prepared,
-                            format!(
-                                "{WINDOW_PREFIX} {} closes at {}; the estimated {}s would not fit",
-                                window.describe(),
-                                rollout::local_time(closes, &window.tz),
-                                estimate.as_secs()
-                            ),
-                        ));
-                    }
-                    rollout::WindowDecision::Closed { opens } if !config.wait_for_window => {
-                        return Some(window_refusal(
-                            prepared,
-                            format!(
-                                "{WINDOW_PREFIX} {} is closed; it opens at {}",
-                                window.describe(),
-                                rollout::local_time(opens, &window.tz)
-                            ),
-                        ));
-                    }
-                    _ => Some((window, window.next_open(now))),
+            Some(window) => match window_refusal_now(shared, window) {
+                None => None,
+                Some(reason) if !config.wait_for_window => {
+                    return Some(window_refusal(prepared, reason));
                 }
-            }
+                Some(_) => Some((window, window.next_open(shared.clock.now()))),
+            },
         };
         match opens {
             None => {
@@ -484,7 +462,20 @@ async fn device_task(shared: &Shared, index: usize, mut halt: Halt) -> Option<De
                 // task would hold that state from the start; boxed, it is allocated only
                 // while the device has its turn (memory bounded by sessions, not by the
                 // fleet).
-                let (outcome, session_slot) = Box::pin(run_device(shared, prepared, halt)).await;
+                let (outcome, session_slot) =
+                    Box::pin(run_device(shared, prepared, window, halt.clone())).await;
+                // Its window closed (or grew too short) while its key was derived and it
+                // waited for a session slot: nothing was sent; with --wait-for-window it
+                // waits for the next one like any device.
+                let window_closed = outcome.status == DeviceStatus::NotStarted
+                    && outcome
+                        .reason
+                        .as_deref()
+                        .is_some_and(|r| r.starts_with(WINDOW_PREFIX));
+                if window_closed && config.wait_for_window {
+                    drop(permit);
+                    continue;
+                }
                 // Counted while the device still holds its session slot: a budget that
                 // trips halts the run before the next device can take the slot.
                 count_failure(shared, &outcome);
@@ -511,6 +502,27 @@ async fn device_task(shared: &Shared, index: usize, mut halt: Halt) -> Option<De
                 });
             }
         }
+    }
+}
+
+/// Why the device's maintenance window does not let it start now — closed, or too short
+/// for the estimated duration — if it does not. Judged when a device takes its turn, and
+/// again when it takes its session slot (it may have waited for it).
+fn window_refusal_now(shared: &Shared, window: &rollout::Window) -> Option<String> {
+    let estimate = shared.estimator.estimate();
+    match window.decide(shared.clock.now(), estimate) {
+        rollout::WindowDecision::Fits { .. } => None,
+        rollout::WindowDecision::TooLate { closes } => Some(format!(
+            "{WINDOW_PREFIX} {} closes at {}; the estimated {}s would not fit",
+            window.describe(),
+            rollout::local_time(closes, &window.tz),
+            estimate.as_secs()
+        )),
+        rollout::WindowDecision::Closed { opens } => Some(format!(
+            "{WINDOW_PREFIX} {} is closed; it opens at {}",
+            window.describe(),
+            rollout::local_time(opens, &window.tz)
+        )),
     }
 }
 
@@ -623,6 +635,8 @@ enum Attempt {
     Fatal(DeviceStatus, String),
     /// The run is stopping.
     Stopped,
+    /// Before it connected, the device's maintenance window closed (or became too short).
+    WindowClosed(String),
 }
 
 struct DeviceRun<'a> {
@@ -635,6 +649,10 @@ struct DeviceRun<'a> {
     /// budgets (so a budget that trips stops the next device before it connects).
     sessions: &'a Semaphore,
     session_slot: Option<SemaphorePermit<'a>>,
+    /// The run (its clock and duration estimate, for the window) and the device's
+    /// maintenance window, judged again when the device takes its session slot.
+    shared: &'a Shared,
+    window: Option<&'a rollout::Window>,
     halt: Halt,
     journal: DeviceJournal,
     run: &'a str,
@@ -662,6 +680,7 @@ struct DeviceRun<'a> {
 async fn run_device<'s>(
     shared: &'s Shared,
     prepared: &'s PreparedDevice,
+    window: Option<&'s rollout::Window>,
     halt: Halt,
 ) -> (DeviceOutcome, Option<SemaphorePermit<'s>>) {
     let config: &RunConfig = &shared.config;
@@ -748,6 +767,8 @@ async fn run_device<'s>(
         reporter,
         rate: &shared.rate,
         sessions: &shared.sessions,
+        shared,
+        window,
         halt: halt.clone(),
         resolved,
         reports: BTreeMap::new(),
@@ -825,18 +846,20 @@ async fn run_device<'s>(
         }
         // Halted while its first key was derived or it waited for a session slot: it
         // never connected, so it did not start.
+        Attempt::WindowClosed(reason) => {
+            outcome = window_refusal(prepared, reason);
+        }
         Attempt::Stopped if dr.session_slot.is_none() => {
-            outcome = DeviceOutcome {
-                duration_ms: 0,
-                ..not_started(prepared)
-            };
+            outcome = not_started(prepared);
         }
         Attempt::Stopped => {
             outcome.status = DeviceStatus::Interrupted;
             outcome.reason = Some("the run stopped; rerun to resume this device".into());
         }
     }
-    outcome.duration_ms = started.elapsed().as_millis() as u64;
+    if outcome.status != DeviceStatus::NotStarted {
+        outcome.duration_ms = started.elapsed().as_millis() as u64;
+    }
     dr.record_outcome(&outcome).await;
     // However the device ended, its records are on disk before it counts as finished.
     if let Err(e) = dr.journal.sync_async().await {
@@ -960,7 +983,14 @@ impl DeviceRun<'_> {
                 _ = halt.wait_for(|h| h.is_some()) => None,
             };
             match slot.filter(|_| !halted(&halt)) {
-                Some(slot) => self.session_slot = Some(slot),
+                Some(slot) => {
+                    if let Some(reason) =
+                        self.window.and_then(|w| window_refusal_now(self.shared, w))
+                    {
+                        return Attempt::WindowClosed(reason);
+                    }
+                    self.session_slot = Some(slot);
+                }
                 None => return Attempt::Stopped,
             }
             // Started: it holds one of the `concurrency` slots until it is finished.
