@@ -136,6 +136,35 @@ async fn a_tripped_budget_stops_devices_whose_keys_are_ready() {
     assert_eq!(connected, 1, "{stdout}");
 }
 
+/// Runs the flow one room at a time, started at 08:00:00 UTC, in a window from 07:00 to
+/// `end`, each room estimated at `estimate` until real timings replace the estimate.
+async fn run_one_at_a_time_in_window(
+    lab: &Lab,
+    end: &str,
+    estimate: &str,
+) -> roomkey::engine::RunSummary {
+    let start = jiff::Timestamp::from_second(1_800_000_000).unwrap(); // 2027-01-15T08:00:00Z
+    let pb = with_rollout(
+        lab,
+        &format!("window: {{ start: \"07:00\", end: \"{end}\", timezone: UTC }}"),
+    );
+    let text = std::fs::read_to_string(&pb).unwrap().replace(
+        "concurrency: 3",
+        &format!("concurrency: 1, device_estimate: {estimate}"),
+    );
+    std::fs::write(&pb, text).unwrap();
+    let (playbook, devices, store) = lab.prepare(&pb);
+    let (config, _stop) = lab.run_config(playbook, devices, store);
+    roomkey::engine::run(
+        RunConfig {
+            start_time: Some(start),
+            ..config
+        },
+        Arc::new(roomkey::engine::events::Silent),
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closing_window_leaves_no_device_half_provisioned() {
     let lab = Lab::start(8, 53, |_| FaultPlan {
@@ -145,25 +174,7 @@ async fn a_closing_window_leaves_no_device_half_provisioned() {
     .await;
     // The window closes two seconds after the run starts; each device is estimated at one
     // second (until real timings replace the estimate) and they run one at a time.
-    let start = jiff::Timestamp::from_second(1_800_000_000).unwrap(); // 2027-01-15T08:00:00Z
-    let pb = with_rollout(
-        &lab,
-        "window: { start: \"07:00\", end: \"08:00:02\", timezone: UTC }",
-    );
-    let text = std::fs::read_to_string(&pb)
-        .unwrap()
-        .replace("concurrency: 3", "concurrency: 1, device_estimate: 1s");
-    std::fs::write(&pb, text).unwrap();
-    let (playbook, devices, store) = lab.prepare(&pb);
-    let (config, _stop) = lab.run_config(playbook, devices, store);
-    let summary = roomkey::engine::run(
-        RunConfig {
-            start_time: Some(start),
-            ..config
-        },
-        Arc::new(roomkey::engine::events::Silent),
-    )
-    .await;
+    let summary = run_one_at_a_time_in_window(&lab, "08:00:02", "1s").await;
     assert_eq!(summary.exit_code(), 4, "{summary:#?}");
     let held_back: Vec<_> = summary
         .outcomes
@@ -199,25 +210,7 @@ async fn a_window_that_closes_while_a_device_waits_for_its_slot_stops_it() {
         ..Default::default()
     })
     .await;
-    let start = jiff::Timestamp::from_second(1_800_000_000).unwrap(); // 2027-01-15T08:00:00Z
-    let pb = with_rollout(
-        &lab,
-        "window: { start: \"07:00\", end: \"08:00:01\", timezone: UTC }",
-    );
-    let text = std::fs::read_to_string(&pb)
-        .unwrap()
-        .replace("concurrency: 3", "concurrency: 1, device_estimate: 500ms");
-    std::fs::write(&pb, text).unwrap();
-    let (playbook, devices, store) = lab.prepare(&pb);
-    let (config, _stop) = lab.run_config(playbook, devices, store);
-    let summary = roomkey::engine::run(
-        RunConfig {
-            start_time: Some(start),
-            ..config
-        },
-        Arc::new(roomkey::engine::events::Silent),
-    )
-    .await;
+    let summary = run_one_at_a_time_in_window(&lab, "08:00:01", "500ms").await;
     let mut connected = 0;
     for o in &summary.outcomes {
         if lab.snapshot(&o.device).await.logins > 0 {
