@@ -643,11 +643,11 @@ struct DeviceRun<'a> {
     config: &'a RunConfig,
     prepared: &'a PreparedDevice,
     rate: &'a RateLimiter,
-    /// The run's SSH session slots. One is taken when the device first connects — after
-    /// its key was derived, so a slot is never held by a device waiting for scrypt — and
-    /// kept through its retries until its outcome has been counted against the failure
-    /// budgets (so a budget that trips stops the next device before it connects).
-    sessions: &'a Semaphore,
+    /// One of the run's SSH session slots (`Shared::sessions`), taken when the device
+    /// first connects — after its key was derived, so a slot is never held by a device
+    /// waiting for scrypt — and kept through its retries until its outcome has been
+    /// counted against the failure budgets (so a budget that trips stops the next device
+    /// before it connects).
     session_slot: Option<SemaphorePermit<'a>>,
     /// The run (its clock and duration estimate, for the window) and the device's
     /// maintenance window, judged again when the device takes its session slot.
@@ -766,7 +766,6 @@ async fn run_device<'s>(
         run,
         reporter,
         rate: &shared.rate,
-        sessions: &shared.sessions,
         shared,
         window,
         halt: halt.clone(),
@@ -979,7 +978,7 @@ impl DeviceRun<'_> {
         }
         if self.session_slot.is_none() {
             let slot = tokio::select! {
-                slot = self.sessions.acquire() => slot.ok(),
+                slot = self.shared.sessions.acquire() => slot.ok(),
                 _ = halt.wait_for(|h| h.is_some()) => None,
             };
             match slot.filter(|_| !halted(&halt)) {
