@@ -7,13 +7,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-/// The directory a file lives in (`.` for a bare file name).
-pub fn parent_dir(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
+pub use crate::fsutil::parent_dir;
 
 /// Creates the missing directories above `path`, new ones readable by the owner only.
 pub fn create_parent_dirs(path: &Path) -> io::Result<()> {
@@ -81,8 +75,13 @@ pub fn append_log(path: &Path, at: u64, bytes: &[u8]) -> io::Result<u64> {
 /// replaced by rename on every save (a lock on its inode would not cover the new file).
 /// It is never deleted: deleting lock files reopens the race they close.
 pub fn lock_path(vault: &Path) -> PathBuf {
+    beside(vault, ".lock")
+}
+
+/// The file beside the vault whose name is the vault's with `suffix` added.
+pub fn beside(vault: &Path, suffix: &str) -> PathBuf {
     let mut name = vault.file_name().unwrap_or_default().to_os_string();
-    name.push(".lock");
+    name.push(suffix);
     parent_dir(vault).join(name)
 }
 

@@ -63,9 +63,7 @@ impl Delta {
 
 /// `<vault>.log`, beside the vault.
 pub fn log_path(vault: &Path) -> PathBuf {
-    let mut name = vault.file_name().unwrap_or_default().to_os_string();
-    name.push(".log");
-    super::fsio::parent_dir(vault).join(name)
+    super::fsio::beside(vault, ".log")
 }
 
 /// The header of a log extending the base sealed with `base`.
